@@ -1,0 +1,70 @@
+"""kiq: Sidekiq's background-job system for Python, wire-compatible with Ruby Sidekiq.
+
+Importing ``kiq`` loads only the client side (jobs, the client, config); the worker
+engine is loaded by ``kiq worker``, so a web app that enqueues never starts threads.
+
+Example::
+
+    import kiq
+
+    class CalculateMetricsJob(kiq.Job, queue="default", retry=5):
+        def perform(self, entity_id: int) -> None: ...
+
+    CalculateMetricsJob.perform_async(42)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kiq.client import Client
+from kiq.config import Config, configure, get_default
+from kiq.errors import (
+    ConfigError,
+    Discard,
+    JobArgumentError,
+    JobNotFound,
+    JobTimeout,
+    KiqError,
+    PayloadError,
+    RedisUnavailable,
+    Shutdown,
+    UnknownJobError,
+)
+from kiq.job import FunctionJob, Job, Setter, job
+
+__version__ = "0.1.0"
+
+
+def on(event: str) -> Callable[[Callable[[Config], None]], Callable[[Config], None]]:
+    """Register a lifecycle handler on the default Config: ``@kiq.on("startup")``."""
+
+    def register(handler: Callable[[Config], None]) -> Callable[[Config], None]:
+        get_default().on(event, handler)
+        return handler
+
+    return register
+
+
+__all__ = [
+    "Client",
+    "Config",
+    "ConfigError",
+    "Discard",
+    "FunctionJob",
+    "Job",
+    "JobArgumentError",
+    "JobNotFound",
+    "JobTimeout",
+    "KiqError",
+    "PayloadError",
+    "RedisUnavailable",
+    "Setter",
+    "Shutdown",
+    "UnknownJobError",
+    "__version__",
+    "configure",
+    "get_default",
+    "job",
+    "on",
+]

@@ -1,0 +1,174 @@
+"""Client: push jobs into Redis exactly as Sidekiq's client does.
+
+Tasks:
+  1. normalize: merge the job's options under the caller's item, fill ``jid`` and
+     ``created_at``, check the arguments are native JSON (shared/sidekiq-wire.md §3).
+  2. run the client middleware chain, which may change or stop each push.
+  3. write: ``SADD queues`` + ``LPUSH queue:<q>`` (one pipeline), or ``ZADD schedule``
+     when the item has a future ``at``; a bulk push is one pipeline per 1,000 jobs.
+
+Example::
+
+    client = kiq.Client()
+    jid = client.push({"class": "Billing::ChargeJob", "queue": "ruby", "args": [7]})
+    jids = client.push_bulk({"class": HardJob, "args": [[1], [2], [3]]})
+
+Test modes (``kiq.testing``) replace step 3 through ``set_test_hook`` so that this
+module never imports the testing code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from kiq import payload as wire
+from kiq.config import Config, get_default
+from kiq.errors import JobArgumentError
+from kiq.payload import Payload
+
+if TYPE_CHECKING:
+    from kiq.job import Job
+
+BULK_BATCH: Final = 1000  # jobs per pipeline in push_bulk (Sidekiq 7: batch_size)
+_ABSOLUTE: Final = 1_000_000_000  # perform_in/at: numbers below are relative seconds
+
+# Set by kiq.testing while a fake/inline mode is on: receives the payloads that would
+# be written and returns True if it handled them.
+TestHook = Callable[[list[Payload], Config], bool]
+_test_hook: TestHook | None = None
+
+
+def set_test_hook(hook: TestHook | None) -> None:
+    global _test_hook
+    _test_hook = hook
+
+
+def timestamp(config: Config, now: float | None = None) -> float | int:
+    """A payload timestamp: float seconds (Sidekiq 6.4-7.x) or int ms (Sidekiq 8 mode)."""
+    value = wire.now() if now is None else now
+    return int(value * 1000) if config.timestamp_format == "ms" else value
+
+
+def resolve_at(value: float, now: float) -> float | None:
+    """Sidekiq's perform_in/perform_at rule: < 1e9 is relative; a time not after now runs now."""
+    at = now + value if value < _ABSOLUTE else value
+    return at if at > now else None
+
+
+class Client:
+    """Push jobs with a Config's Redis and client middleware (the default Config if none)."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or get_default()
+
+    def push(self, item: Mapping[str, Any]) -> str | None:
+        """Push one job; return its jid, or None if a client middleware stopped it."""
+        payload = self.normalize(item)
+        final = self._through_middleware(payload)
+        if final is None:
+            return None
+        self._write([final])
+        jid: str = final["jid"]
+        return jid
+
+    def push_bulk(self, item: Mapping[str, Any]) -> list[str | None]:
+        """Push ``item["args"]`` (a list of argument lists) as one job each.
+
+        Returns jids aligned with the input, ``None`` where middleware stopped a job
+        (Sidekiq 7.1+). ``at`` may be one time or a list with one time per job.
+        """
+        args_list = item.get("args")
+        if not isinstance(args_list, list) or not all(isinstance(a, list) for a in args_list):
+            raise JobArgumentError(
+                f"push_bulk needs 'args' as a list of argument lists, e.g. [[1], [2]]; "
+                f"got {args_list!r}"
+            )
+        at = item.get("at")
+        if isinstance(at, list) and len(at) != len(args_list):
+            raise JobArgumentError(
+                f"push_bulk: 'at' has {len(at)} times for {len(args_list)} jobs; give one "
+                f"time or one per job"
+            )
+        if "jid" in item and len(args_list) > 1:
+            raise JobArgumentError("push_bulk: an explicit 'jid' cannot be shared by many jobs")
+        jids: list[str | None] = []
+        base = {k: v for k, v in item.items() if k not in ("args", "at")}
+        for start in range(0, len(args_list), BULK_BATCH):
+            batch: list[Payload] = []
+            for offset, args in enumerate(args_list[start : start + BULK_BATCH]):
+                one = dict(base, args=args)
+                when = at[start + offset] if isinstance(at, list) else at
+                if when is not None:
+                    one["at"] = when
+                final = self._through_middleware(self.normalize(one))
+                jids.append(None if final is None else final["jid"])
+                if final is not None:
+                    batch.append(final)
+            self._write(batch)
+        return jids
+
+    def normalize(self, item: Mapping[str, Any]) -> Payload:
+        """Options under item, then jid and created_at, in Sidekiq's key order."""
+        if not isinstance(item, Mapping):
+            raise JobArgumentError(f"a job must be a dict with 'class' and 'args', got {item!r}")
+        klass = item.get("class")
+        options: Mapping[str, Any]
+        if isinstance(klass, str) and klass:
+            name, options = klass, _DEFAULT_OPTIONS
+        elif isinstance(klass, type) and hasattr(klass, "wire_name"):
+            job: type[Job] = klass
+            name, options = job.wire_name, job.payload_options()
+        else:
+            raise JobArgumentError(
+                f"a job needs 'class': a kiq Job subclass or a class name string, got {klass!r}"
+            )
+        payload: Payload = dict(options)
+        payload.update(item)
+        payload["class"] = name
+        wire.check_args(name, payload.get("args"))
+        queue = payload.get("queue")
+        if not isinstance(queue, str) or not queue:
+            raise JobArgumentError(f"job {name}: 'queue' must be a non-empty string, got {queue!r}")
+        at = payload.get("at")
+        if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
+            raise JobArgumentError(f"job {name}: 'at' must be epoch seconds, got {at!r}")
+        if "jid" not in payload:
+            payload["jid"] = wire.new_jid()
+        if "created_at" not in payload:
+            payload["created_at"] = timestamp(self.config)
+        return payload
+
+    def _through_middleware(self, payload: Payload) -> Payload | None:
+        chain = self.config.client_middleware
+        if not len(chain):
+            return payload
+        result: Payload | None = chain.invoke(
+            payload["class"], payload, payload["queue"], lambda: payload
+        )
+        return result or None
+
+    def _write(self, payloads: Sequence[Payload]) -> None:
+        if not payloads:
+            return
+        if _test_hook is not None and _test_hook(list(payloads), self.config):
+            return
+        immediate: list[tuple[str, bytes]] = []
+        scheduled: list[tuple[float, bytes]] = []
+        enqueued_at = timestamp(self.config)
+        for payload in payloads:
+            at = payload.pop("at", None)
+            if at is None:
+                payload["enqueued_at"] = enqueued_at
+                immediate.append((payload["queue"], wire.dumps(payload)))
+            else:
+                payload.pop("enqueued_at", None)  # Sidekiq 7.1.2+: not in schedule members
+                scheduled.append((float(at), wire.dumps(payload)))
+        store = self.config.store
+        if immediate:
+            store.push(immediate)
+        if scheduled:
+            store.schedule(scheduled)
+
+
+_DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {"retry": True, "queue": "default"}

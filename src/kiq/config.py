@@ -1,0 +1,336 @@
+"""Config: every setting of a kiq process or client, built once and passed explicitly.
+
+Precedence, written down once: command-line flags > environment (``KIQ_*``,
+``REDIS_URL``) > config file (Sidekiq's own ``config/sidekiq.yml`` format, unchanged)
+> the defaults below. ``Config.load(...)`` applies it; the CLI passes its flags as
+overrides.
+
+Environment variables: ``KIQ_REDIS_URL`` or ``REDIS_URL`` (or ``REDIS_PROVIDER``
+naming the variable that holds the URL, as Sidekiq), ``KIQ_CONCURRENCY``
+(else ``RAILS_MAX_THREADS``), ``KIQ_TIMEOUT``, ``KIQ_ENV`` (else ``APP_ENV``).
+
+A Config owns the Store (the Redis seam) and both middleware chains, as Sidekiq's
+Config owns ``redis_pool`` and the chains. The process-wide default is used only by
+the convenience entry points (``Job.perform_async``, ``kiq.api``)::
+
+    kiq.configure(redis_url="redis://localhost:6379/0", concurrency=5)
+
+    @kiq.on("startup")
+    def open_pools(config: kiq.Config) -> None: ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+
+from kiq.errors import ConfigError
+from kiq.keys import Keys
+from kiq.middleware import Chain, ClientMiddleware, ServerMiddleware
+from kiq.store import Store
+
+log = logging.getLogger(__name__)
+
+Queue = tuple[str, int]  # (name, weight); weight 0 = none given (strict order)
+ErrorHandler = Callable[[BaseException, dict[str, Any]], None]
+DeathHandler = Callable[[dict[str, Any], BaseException], None]
+LIFECYCLE_EVENTS: Final = ("startup", "quiet", "shutdown", "heartbeat", "beat", "exit")
+
+# Sidekiq file keys kiq reads, mapped to Config fields.
+_FILE_KEYS: Final = {
+    "concurrency": "concurrency",
+    "queues": "queues",
+    "timeout": "timeout",
+    "max_retries": "max_retries",
+    "dead_max_jobs": "dead_max_jobs",
+    "dead_timeout_in_seconds": "dead_timeout",
+    "average_scheduled_poll_interval": "average_scheduled_poll_interval",
+    "poll_interval_average": "poll_interval_average",
+    "tag": "tag",
+    "labels": "labels",
+    "require": "require",
+    "verbose": "verbose",
+    "redis_url": "redis_url",
+    "key_prefix": "key_prefix",
+    "heartbeat_interval": "heartbeat_interval",
+    "log_format": "log_format",
+    "skip_default_job_logging": "skip_default_job_logging",
+    "processes": "processes",
+    "schedule_file": "schedule_file",
+}
+# Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
+_IGNORED_FILE_KEYS: Final = frozenset(
+    {"strict", "pidfile", "logfile", "environment", "capsules", "cron_poll_interval",
+     "max_iteration_runtime", "lifecycle_events", "error_handlers", "death_handlers",
+     "scheduler", "schedule", "dynamic", "enabled"}
+)
+
+
+def parse_queue(spec: str) -> Queue:
+    """``"critical,3"`` -> ``("critical", 3)``; ``"default"`` -> ``("default", 0)``."""
+    name, _, weight = spec.partition(",")
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"queue {spec!r}: the name is empty; use -q NAME or -q NAME,WEIGHT")
+    if not weight:
+        return name, 0
+    try:
+        value = int(weight)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(
+            f"queue {spec!r}: weight {weight!r} must be a whole number >= 0 "
+            f"(e.g. -q {name},3); Sidekiq advises weights 1..10"
+        )
+    return name, value
+
+
+@dataclass
+class Config:
+    """Settings for a kiq client or process. See the module docstring for precedence."""
+
+    redis_url: str | None = None  # None: start or reuse the embedded server
+    key_prefix: str = ""  # redis-namespace prefix of a Sidekiq 6.x app, e.g. "myapp:"
+    concurrency: int = 10
+    queues: list[Queue] = field(default_factory=lambda: [("default", 0)])
+    timeout: float = 25.0  # shutdown grace, seconds (Sidekiq -t)
+    max_retries: int = 25
+    dead_max_jobs: int = 10_000
+    dead_timeout: float = 180 * 24 * 3600.0
+    average_scheduled_poll_interval: float = 5.0
+    poll_interval_average: float | None = None
+    poll_initial_wait: float | None = None  # None: Sidekiq's 10 + 5*rand seconds
+    heartbeat_interval: float = 5.0  # Sidekiq 6.x beats every 5 s
+    process_ttl: int = 60  # heartbeat expiry; a process silent this long is dead
+    orphan_check_interval: float = 15.0  # how often to look for dead processes' jobs
+    max_recoveries: int = 3  # a job recovered more often than this is a poison job
+    prefetch: int = 10  # jobs taken beyond idle slots, kept in Redis in-progress lists
+    processes: int = 1
+    tag: str = ""
+    labels: list[str] = field(default_factory=list)
+    environment: str = "development"
+    require: list[str] = field(default_factory=list)
+    verbose: bool = False
+    log_format: Literal["plain", "json"] = "plain"
+    skip_default_job_logging: bool = False
+    timestamp_format: Literal["float", "ms"] = "float"  # "ms" writes Sidekiq 8 style
+    schedule_file: str | None = None
+    client_middleware: Chain[ClientMiddleware] = field(default_factory=Chain)
+    server_middleware: Chain[ServerMiddleware] = field(default_factory=Chain)
+    error_handlers: list[ErrorHandler] = field(default_factory=list)
+    death_handlers: list[DeathHandler] = field(default_factory=list)
+    lifecycle: dict[str, list[Callable[[Config], None]]] = field(
+        default_factory=lambda: {event: [] for event in LIFECYCLE_EVENTS}
+    )
+
+    def __post_init__(self) -> None:
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the key, the value and what is allowed."""
+        _check_int("concurrency", self.concurrency, 1)
+        _check_int("max_retries", self.max_retries, 0)
+        _check_int("dead_max_jobs", self.dead_max_jobs, 1)
+        _check_int("prefetch", self.prefetch, 0)
+        _check_int("processes", self.processes, 1)
+        _check_int("max_recoveries", self.max_recoveries, 0)
+        for name in ("timeout", "average_scheduled_poll_interval", "heartbeat_interval",
+                     "dead_timeout", "orphan_check_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{name}: {value!r} is not allowed; use a number of seconds >= 0")
+        if not self.queues:
+            raise ConfigError("queues: the list is empty; give at least one queue, e.g. default")
+        if self.log_format not in ("plain", "json"):
+            raise ConfigError(f"log_format: {self.log_format!r} is not allowed; use plain or json")
+        if self.timestamp_format not in ("float", "ms"):
+            raise ConfigError(
+                f"timestamp_format: {self.timestamp_format!r} is not allowed; use float "
+                f"(Sidekiq 6.4-7.x readers) or ms (Sidekiq 8 only)"
+            )
+
+    # -- loading ----------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        environment: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Config:
+        """Defaults < file < environment < ``overrides`` (the CLI's flags)."""
+        env = os.environ if env is None else env
+        environment = environment or env.get("KIQ_ENV") or env.get("APP_ENV") or "development"
+        values: dict[str, Any] = {"environment": environment}
+        if path is not None:
+            values.update(read_file(path, environment))
+        values.update(_from_env(env))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.key_prefix)
+
+    @property
+    def store(self) -> Store:
+        """The Redis seam, connected on first use (the embedded server if no URL is set)."""
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    url = self.redis_url
+                    if url is None:
+                        from kiq import embedded  # noqa: PLC0415 - starts a server: only when needed
+
+                        url = embedded.url()
+                        self.redis_url = url
+                    self._store = Store(url, keys=self.keys, pool_size=self.concurrency + 10)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def on(self, event: str, handler: Callable[[Config], None]) -> None:
+        if event not in self.lifecycle:
+            raise ConfigError(f"lifecycle event {event!r} is unknown; use one of {LIFECYCLE_EVENTS}")
+        self.lifecycle[event].append(handler)
+
+    def fire(self, event: str) -> None:
+        """Call the handlers of a lifecycle event; one failing does not stop the others."""
+        for handler in self.lifecycle.get(event, []):
+            try:
+                handler(self)
+            except Exception:
+                log.exception("%s handler %r failed", event, handler)
+
+
+def read_file(path: str | os.PathLike[str], environment: str) -> dict[str, Any]:
+    """Read Sidekiq's YAML config (``:concurrency:`` or ``concurrency:`` keys) into Config fields."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {file}: cannot read it ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {file}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file}: the top level must be a mapping of settings")
+    data = {_key(k): v for k, v in data.items()}
+    section = data.pop(environment, None)
+    if isinstance(section, dict):
+        data.update({_key(k): v for k, v in section.items()})
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _FILE_KEYS:
+            values[_FILE_KEYS[key]] = _file_value(file, key, value)
+        elif key not in _IGNORED_FILE_KEYS and not isinstance(value, dict):
+            log.warning("config file %s: key %r is not a kiq setting and is ignored", file, key)
+    return values
+
+
+def _key(key: object) -> str:
+    return str(key).lstrip(":")
+
+
+def _file_value(file: Path, key: str, value: Any) -> Any:
+    if key == "queues":
+        return _file_queues(file, value)
+    if key in ("labels", "require"):
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"config file {file}: {key}: {value!r} must be a list of strings")
+        return [str(v) for v in value]
+    if key == "dead_timeout_in_seconds":
+        return float(value) if isinstance(value, int | float) else value
+    return value
+
+
+def _file_queues(file: Path, value: Any) -> list[Queue]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            f"config file {file}: queues: {value!r} must be a list of names or [name, weight] pairs"
+        )
+    queues: list[Queue] = []
+    for entry in value:
+        if isinstance(entry, str):
+            queues.append(parse_queue(entry))
+        elif isinstance(entry, list) and len(entry) in (1, 2) and isinstance(entry[0], str):
+            queues.append(parse_queue(",".join(str(part) for part in entry)))
+        else:
+            raise ConfigError(
+                f"config file {file}: queues: entry {entry!r} must be a name or [name, weight]"
+            )
+    return queues
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    provider = env.get("REDIS_PROVIDER")
+    url = env.get("KIQ_REDIS_URL") or (env.get(provider) if provider else None) or env.get("REDIS_URL")
+    if url:
+        values["redis_url"] = url
+    for name, key in (("KIQ_CONCURRENCY", "concurrency"), ("RAILS_MAX_THREADS", "concurrency")):
+        if name in env and key not in values:
+            values[key] = _env_number(name, env[name], int)
+    if "KIQ_TIMEOUT" in env:
+        values["timeout"] = _env_number("KIQ_TIMEOUT", env["KIQ_TIMEOUT"], float)
+    return values
+
+
+def _env_number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"environment {name}={raw!r} is not a {kind.__name__}") from None
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}: {value!r} is not allowed; use a whole number >= {minimum}")
+
+
+_default: Config | None = None
+_default_lock = threading.Lock()
+
+
+def get_default() -> Config:
+    """The process-wide Config used by ``Job.perform_async`` and ``kiq.api`` when none is given."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Config.load()
+    return _default
+
+
+def set_default(config: Config) -> None:
+    global _default
+    _default = config
+
+
+def configure(**settings: Any) -> Config:
+    """Set fields on the default Config (building it from the environment first)."""
+    config = get_default()
+    names = {f.name for f in fields(Config)}
+    for key, value in settings.items():
+        if key not in names:
+            raise ConfigError(f"configure(): {key!r} is not a setting; known: {sorted(names)}")
+        setattr(config, key, value)
+    config.validate()
+    if "redis_url" in settings or "key_prefix" in settings:
+        config.close()
+    return config

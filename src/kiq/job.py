@@ -1,0 +1,309 @@
+"""Job: the base class users subclass, its options, the enqueue verbs and the registry.
+
+Example::
+
+    class CalculateMetricsJob(kiq.Job, queue="default", retry=5):
+        def perform(self, entity_id: int) -> None:
+            ...
+
+    CalculateMetricsJob.perform_async(42)
+    CalculateMetricsJob.perform_in(300, 42)
+    CalculateMetricsJob.set(queue="urgent", retry=False).perform_async(42)
+
+    @kiq.job(queue="mailers", retry=2)
+    def send_digest(user_id: int) -> None: ...
+
+    send_digest.perform_async(7)
+
+Options are class keywords (the Python form of ``sidekiq_options``), inherited by
+subclasses. Those that Sidekiq knows travel in the payload under Sidekiq's names
+(``queue``, ``retry``, ``backtrace``, ``retry_queue``, ``dead``, ``tags``,
+``log_level``); ``timeout`` travels too (Ruby ignores it); ``discard_on`` stays in
+the class. Every subclass registers under ``name`` (default
+``f"{module}.{qualname}"``); the worker finds job classes only through this
+registry, never by importing a path taken from a payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Final, Generic, ParamSpec, TypeVar, cast
+
+from kiq import payload as wire
+from kiq.client import Client, resolve_at
+from kiq.config import Config, get_default
+from kiq.errors import ConfigError, JobArgumentError
+from kiq.payload import Payload
+
+log = logging.getLogger(__name__)
+
+# Options copied into every payload, under Sidekiq's names.
+PAYLOAD_OPTIONS: Final = (
+    "queue", "retry", "backtrace", "retry_queue", "dead", "tags", "log_level", "timeout",
+)
+CLASS_OPTIONS: Final = ("discard_on",)
+
+_registry: dict[str, type[Job]] = {}
+
+
+def lookup(name: str) -> type[Job] | None:
+    """The Job registered under a payload's ``class`` (or None)."""
+    return _registry.get(name)
+
+
+def registered() -> Mapping[str, type[Job]]:
+    return dict(_registry)
+
+
+When = float | int | datetime | timedelta
+
+
+def _seconds(value: When, *, relative: bool) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds() if relative else wire.now() + value.total_seconds()
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise JobArgumentError(f"a time must be seconds, a timedelta or a datetime, got {value!r}")
+    return float(value)
+
+
+class Job:
+    """Base class of kiq jobs; subclass it and define ``perform`` (sync or ``async def``)."""
+
+    wire_name: ClassVar[str] = "kiq.job.Job"
+    options: ClassVar[dict[str, Any]] = {"retry": True, "queue": "default"}
+    discard_on: ClassVar[tuple[type[BaseException], ...]] = ()
+    is_async: ClassVar[bool] = False
+
+    jid: str
+    payload: Payload
+
+    def __init_subclass__(cls, *, name: str | None = None, **options: Any) -> None:
+        super().__init_subclass__()
+        unknown = set(options) - set(PAYLOAD_OPTIONS) - set(CLASS_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"{cls.__qualname__}: unknown job option(s) {sorted(unknown)}; "
+                f"allowed: {sorted(PAYLOAD_OPTIONS + CLASS_OPTIONS)}"
+            )
+        if "discard_on" in options:
+            discard = options.pop("discard_on")
+            cls.discard_on = tuple(discard) if isinstance(discard, list | tuple) else (discard,)
+        merged = dict(cls.options)
+        merged.update(options)
+        _validate_options(cls.__qualname__, merged)
+        cls.options = merged
+        cls.wire_name = name or f"{cls.__module__}.{cls.__qualname__}"
+        cls.is_async = inspect.iscoroutinefunction(cls.perform)
+        _registry[cls.wire_name] = cls
+
+    def perform(self, *args: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__qualname__} must define perform(self, ...)")
+
+    @property
+    def logger(self) -> logging.Logger:
+        """A logger whose records carry this job's context (jid, class) via kiq.log."""
+        return logging.getLogger(f"kiq.job.{type(self).__qualname__}")
+
+    # -- hooks (override as classmethods) ----------------------------------------------
+    @classmethod
+    def retry_in(cls, count: int, exc: BaseException, payload: Payload) -> float | str | None:
+        """Seconds until the next try, ``"discard"``, ``"kill"``, or None for the default."""
+        return None
+
+    @classmethod
+    def retries_exhausted(cls, payload: Payload, exc: BaseException) -> str | None:
+        """Called once retries run out; return ``"discard"`` to skip the dead set."""
+        return None
+
+    # -- enqueue verbs ----------------------------------------------------------------
+    @classmethod
+    def payload_options(cls) -> dict[str, Any]:
+        return cls.options
+
+    @classmethod
+    def set(cls, **options: Any) -> Setter:
+        """Per-call options: queue, retry, timeout, ..., plus ``wait``/``wait_until``."""
+        return Setter(cls, options)
+
+    @classmethod
+    def perform_async(cls, *args: Any) -> str | None:
+        return Setter(cls, {}).perform_async(*args)
+
+    @classmethod
+    def perform_in(cls, interval: When, *args: Any) -> str | None:
+        return Setter(cls, {}).perform_in(interval, *args)
+
+    @classmethod
+    def perform_at(cls, when: When, *args: Any) -> str | None:
+        return Setter(cls, {}).perform_at(when, *args)
+
+    @classmethod
+    def perform_bulk(cls, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
+        return Setter(cls, {}).perform_bulk(args_list)
+
+    @classmethod
+    def perform_inline(cls, *args: Any) -> Any:
+        return Setter(cls, {}).perform_inline(*args)
+
+
+def _validate_options(owner: str, options: Mapping[str, Any]) -> None:
+    queue = options.get("queue")
+    if not isinstance(queue, str) or not queue:
+        raise ConfigError(f"{owner}: queue={queue!r} must be a non-empty string")
+    retry = options.get("retry")
+    if not isinstance(retry, bool | int) or (not isinstance(retry, bool) and retry < 0):
+        raise ConfigError(f"{owner}: retry={retry!r} must be True, False or a count >= 0")
+    timeout = options.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ConfigError(f"{owner}: timeout={timeout!r} must be seconds > 0")
+
+
+class Setter:
+    """Options for one enqueue (Sidekiq's ``Job.set``), returned by ``Job.set(...)``."""
+
+    def __init__(self, job: type[Job], options: Mapping[str, Any]) -> None:
+        opts = dict(options)
+        self._wait: When | None = opts.pop("wait", None)
+        self._wait_until: When | None = opts.pop("wait_until", None)
+        self._sync = bool(opts.pop("sync", False))
+        self._config: Config | None = opts.pop("config", None)
+        _validate_options(job.__qualname__, {**job.options, **opts})
+        self.job = job
+        self.options = opts
+
+    def _item(self, args: Sequence[Any], at: float | None = None) -> dict[str, Any]:
+        item: dict[str, Any] = {"class": self.job, "args": list(args), **self.options}
+        if at is None and self._wait is not None:
+            at = resolve_at(_seconds(self._wait, relative=True), wire.now())
+        if at is None and self._wait_until is not None:
+            at = resolve_at(_seconds(self._wait_until, relative=False), wire.now())
+        if at is not None:
+            item["at"] = at
+        return item
+
+    def _client(self) -> Client:
+        return Client(self._config or get_default())
+
+    def perform_async(self, *args: Any) -> str | None:
+        if self._sync:
+            self.perform_inline(*args)
+            return None
+        return self._client().push(self._item(args))
+
+    def perform_in(self, interval: When, *args: Any) -> str | None:
+        at = resolve_at(_seconds(interval, relative=True), wire.now())
+        return self._client().push(self._item(args, at))
+
+    def perform_at(self, when: When, *args: Any) -> str | None:
+        at = resolve_at(_seconds(when, relative=False), wire.now())
+        return self._client().push(self._item(args, at))
+
+    def perform_bulk(self, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
+        item = self._item([])
+        item["args"] = [list(a) for a in args_list]
+        return self._client().push_bulk(item)
+
+    def perform_inline(self, *args: Any) -> Any:
+        """Run now in this thread, through both middleware chains (Sidekiq perform_inline)."""
+        client = self._client()
+        payload = client.normalize(self._item(args))
+        payload.pop("at", None)
+        final = client._through_middleware(payload)
+        if final is None:
+            return None
+        return run_payload(client.config, self.job, wire.loads(wire.dumps(final)))
+
+
+def run_payload(config: Config, job_class: type[Job], payload: Payload) -> Any:
+    """Instantiate and perform one job through the server middleware, synchronously."""
+    job = job_class()
+    job.jid = payload["jid"]
+    job.payload = payload
+    result: Any = None
+
+    def call() -> None:
+        nonlocal result
+        result = job.perform(*payload["args"])
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))
+
+    config.server_middleware.invoke(job, payload, payload["queue"], call)
+    return result
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class FunctionJob(Generic[P, R]):
+    """What ``@kiq.job`` returns: call it to run now, or enqueue with the Job verbs."""
+
+    def __init__(self, fn: Callable[P, R], job_class: type[Job]) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.job_class = job_class
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def perform_async(self, *args: P.args, **kwargs: P.kwargs) -> str | None:
+        _no_kwargs(self.job_class, kwargs)
+        return self.job_class.perform_async(*args)
+
+    def perform_in(self, interval: When, *args: P.args, **kwargs: P.kwargs) -> str | None:
+        _no_kwargs(self.job_class, kwargs)
+        return self.job_class.perform_in(interval, *args)
+
+    def perform_at(self, when: When, *args: P.args, **kwargs: P.kwargs) -> str | None:
+        _no_kwargs(self.job_class, kwargs)
+        return self.job_class.perform_at(when, *args)
+
+    def perform_bulk(self, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
+        return self.job_class.perform_bulk(args_list)
+
+    def set(self, **options: Any) -> Setter:
+        return self.job_class.set(**options)
+
+
+def _no_kwargs(job: type[Job], kwargs: Mapping[str, Any]) -> None:
+    if kwargs:
+        raise JobArgumentError(
+            f"{job.wire_name}: keyword arguments {sorted(kwargs)} cannot travel in a Sidekiq "
+            f"payload (args is a JSON array); pass them positionally or as one dict argument"
+        )
+
+
+def job(
+    name: str | None = None, **options: Any
+) -> Callable[[Callable[P, R]], FunctionJob[P, R]]:
+    """Turn a function into a job: ``@kiq.job(queue="mailers", retry=2)``."""
+
+    def wrap(fn: Callable[P, R]) -> FunctionJob[P, R]:
+        wire_name = name or f"{fn.__module__}.{fn.__qualname__}"
+        if inspect.iscoroutinefunction(fn):
+            afn = cast(Callable[..., Awaitable[Any]], fn)
+
+            class AsyncFunctionJob(Job, name=wire_name, **options):
+                async def perform(self, *args: Any) -> Any:
+                    return await afn(*args)
+
+            return FunctionJob(fn, AsyncFunctionJob)
+
+        class SyncFunctionJob(Job, name=wire_name, **options):
+            def perform(self, *args: Any) -> Any:
+                return fn(*args)
+
+        return FunctionJob(fn, SyncFunctionJob)
+
+    return wrap

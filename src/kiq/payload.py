@@ -1,0 +1,127 @@
+"""The job payload: Sidekiq's JSON job hash, built, checked, encoded and decoded here.
+
+A payload is a plain ``dict`` with Sidekiq's field names (shared/sidekiq-wire.md §2):
+``class``, ``args``, ``jid``, ``queue``, ``retry``, ``created_at``, ``enqueued_at`` and,
+after a failure, ``error_class``, ``error_message``, ``retry_count``, ``failed_at``,
+``retried_at``, ``error_backtrace``. Any other key (a job option, ``wrapped``, ``bid``,
+``tags``...) is carried through untouched, because Sidekiq merges every option into
+the payload and a Ruby peer may rely on it.
+
+Encoding matches Ruby's ``JSON.generate`` byte for byte on what kiq writes (compact
+separators, UTF-8 kept, key order kept, no NaN), because Sidekiq's
+``SortedEntry#reschedule`` re-serialises a member and would otherwise duplicate it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, TypeAlias
+
+import orjson
+
+from kiq.errors import JobArgumentError, PayloadError
+
+JSON: TypeAlias = str | int | float | bool | None | list["JSON"] | dict[str, "JSON"]
+
+# A job as stored in Redis. A TypedDict cannot describe "these keys, plus any option
+# a Ruby app added", and the field named "class" is a keyword, so payloads stay dicts
+# and the known fields are documented above and in keys.py.
+Payload: TypeAlias = dict[str, Any]
+
+# orjson turns integers outside the signed 64-bit range into floats on load, which
+# would corrupt a Ruby bignum argument; 19+ digit runs go through the stdlib instead.
+_LONG_NUMBER: Final = re.compile(rb"\d{19,}")
+_MS_THRESHOLD: Final = 100_000_000_000  # an int timestamp above this is milliseconds
+
+
+def new_jid() -> str:
+    """24 lowercase hex characters from 12 random bytes, as Sidekiq's SecureRandom.hex(12)."""
+    return os.urandom(12).hex()
+
+
+def now() -> float:
+    """Wall-clock epoch seconds: the unit of every persisted time kiq writes."""
+    return time.time()
+
+
+def dumps(payload: Mapping[str, Any] | Sequence[Any]) -> bytes:
+    """Encode like Ruby's JSON.generate: compact, UTF-8 kept, insertion order kept."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        # Integers beyond 64 bits (Ruby bignums) are valid JSON that orjson refuses.
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()
+
+
+def loads(raw: bytes | str) -> Payload:
+    """Decode a job from Redis; raise PayloadError unless it is an object with class and args."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    try:
+        job = json.loads(data) if _LONG_NUMBER.search(data) else orjson.loads(data)
+    except ValueError as exc:
+        raise PayloadError(f"job is not valid JSON ({exc}): {_clip(data)}") from exc
+    if not isinstance(job, dict):
+        raise PayloadError(f"job must be a JSON object, got {type(job).__name__}: {_clip(data)}")
+    if not isinstance(job.get("class"), str) or not job["class"]:
+        raise PayloadError(f"job has no 'class' string: {_clip(data)}")
+    if not isinstance(job.get("args"), list):
+        raise PayloadError(f"job {job['class']} has no 'args' array: {_clip(data)}")
+    return job
+
+
+def to_seconds(value: object) -> float | None:
+    """Read a payload timestamp as Sidekiq 8 does: float = seconds, integer = milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int) and value > _MS_THRESHOLD:
+        return value / 1000.0
+    return float(value)
+
+
+def check_args(job: str, args: object) -> None:
+    """Refuse anything that would not survive a JSON round trip unchanged (Sidekiq strict_args!)."""
+    if not isinstance(args, list):
+        raise JobArgumentError(
+            f"Arguments to {job} must be a list, got {type(args).__name__}: {args!r}."
+        )
+    for index, arg in enumerate(args):
+        problem = _first_non_json(arg)
+        if problem is not None:
+            bad, why = problem
+            raise JobArgumentError(
+                f"Arguments to {job} must be native JSON types, but argument {index} "
+                f"contains {bad!r}, {why}. Pass ids and plain values (str, int, float, "
+                f"bool, None, list, dict with str keys), not objects: e.g. a model's id "
+                f"instead of the model, an ISO string instead of a datetime."
+            )
+
+
+def _first_non_json(value: object) -> tuple[object, str] | None:
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (value, "which JSON cannot represent")
+    if isinstance(value, list):
+        for item in value:
+            if (found := _first_non_json(item)) is not None:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return key, f"a {type(key).__name__} dict key (JSON keys are strings)"
+            if (found := _first_non_json(item)) is not None:
+                return found
+        return None
+    return value, f"a {type(value).__name__}"
+
+
+def _clip(data: bytes, limit: int = 200) -> str:
+    text = data[:limit].decode(errors="replace")
+    return text + ("…" if len(data) > limit else "")

@@ -1,0 +1,321 @@
+"""Store: kiq's one seam to Redis, and every engine write or atomic operation.
+
+This is the only module that imports ``redis``. It is built from a URL and knows
+nothing of Config; components reach it as ``config.store``. Key names come from
+``keys.Keys`` only.
+
+Tasks:
+  1. connect: a thread-safe pool for ordinary commands and a second pool whose read
+     timeout allows blocking pops, both RESP2 (Redis 6.2+, Valkey 7.2+), with
+     timeouts so nothing hangs forever; errors name the URL without its password.
+  2. push / schedule: Sidekiq's writes (SADD queues + LPUSH, or ZADD schedule).
+  3. fetch: one Lua round trip that acknowledges finished jobs and moves up to N new
+     ones from the queues into this process's in-progress lists (at-least-once:
+     a taken job is always in Redis until acknowledged).
+  4. wait: BLMOVE from one queue into its in-progress list, for idle workers.
+  5. requeue, zpop_due, retry/dead writes, heartbeat, orphan recovery primitives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from kiq.errors import RedisUnavailable
+from kiq.keys import PROCESS_TTL, STAT_TTL, Keys
+
+SOCKET_TIMEOUT: Final = 5.0  # seconds a command may take before RedisUnavailable
+CONNECT_TIMEOUT: Final = 5.0  # seconds to open a connection
+BLOCK_SLACK: Final = 5.0  # extra read time allowed on top of a blocking pop's own timeout
+
+# Errors that mean "Redis is away or was just failed over"; callers back off and retry.
+TRANSIENT_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+# KEYS: queue:q1, inprogress:q1, queue:q2, inprogress:q2, ... (fetch order)
+# ARGV: max jobs to take, number of acks, then per ack: its in-progress key, its raw job.
+# Acks first, so one round trip both frees and refills a process's slots.
+_FETCH: Final = """
+local want = tonumber(ARGV[1])
+local nacks = tonumber(ARGV[2])
+for i = 1, nacks do
+  redis.call('LREM', ARGV[1 + 2 * i], -1, ARGV[2 + 2 * i])
+end
+local out = {}
+if want <= 0 then return out end
+for i = 1, #KEYS, 2 do
+  local items = redis.call('RPOP', KEYS[i], want)
+  if items then
+    redis.call('LPUSH', KEYS[i + 1], unpack(items))
+    for _, item in ipairs(items) do
+      out[#out + 1] = (i + 1) / 2
+      out[#out + 1] = item
+    end
+    want = want - #items
+    if want <= 0 then break end
+  end
+end
+return out
+"""
+
+# Sidekiq's scheduled.rb script: pop one member due by ARGV[1], or nil.
+_ZPOP_DUE: Final = """
+local jobs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+if jobs[1] then
+  redis.call('ZREM', KEYS[1], jobs[1])
+  return jobs[1]
+end
+return nil
+"""
+
+# KEYS[1]: in-progress list, KEYS[2]: its queue. Newest first onto the tail, so the
+# oldest unfinished job ends up at the tail and is fetched next (Sidekiq: RPUSH).
+_REQUEUE_ALL: Final = """
+local n = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
+return n
+"""
+
+# KEYS[1]: in-progress list, KEYS[2]: queue; ARGV: raw jobs to put back at the tail.
+_REQUEUE: Final = """
+local n = 0
+for i = 1, #ARGV do
+  if redis.call('LREM', KEYS[1], -1, ARGV[i]) > 0 then
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class Store:
+    """Redis access for the engine.
+
+    Example::
+
+        store = Store("redis://localhost:6379/0", keys=Keys())
+        store.push([("default", b'{"class":"HardJob","args":[1],...}')])
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        keys: Keys | None = None,
+        pool_size: int = 20,
+        socket_timeout: float = SOCKET_TIMEOUT,
+        block_timeout: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.safe_url = redact(url)
+        self.keys = keys or Keys()
+        common: dict[str, Any] = {
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "protocol": 2,
+            "health_check_interval": 30,
+            "socket_keepalive": True,
+        }
+        self.redis: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            max_connections=pool_size,
+            **common,
+        )
+        self.blocking: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=block_timeout + BLOCK_SLACK, **common
+        )
+        self.block_timeout = block_timeout
+        self._fetch = self.redis.register_script(_FETCH)
+        self._zpop_due = self.redis.register_script(_ZPOP_DUE)
+        self._requeue_all = self.redis.register_script(_REQUEUE_ALL)
+        self._requeue = self.redis.register_script(_REQUEUE)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.blocking.close()
+
+    @contextlib.contextmanager
+    def translate_errors(self) -> Iterator[None]:
+        """Turn redis-py's connection errors into RedisUnavailable naming the URL."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {self.safe_url}: {exc}. Check that the server "
+                f"runs and REDIS_URL / KIQ_REDIS_URL points at it (connect timeout "
+                f"{CONNECT_TIMEOUT:g}s, command timeout {SOCKET_TIMEOUT:g}s)."
+            ) from exc
+
+    # -- client side ------------------------------------------------------------------
+    def push(self, jobs: Sequence[tuple[str, bytes]]) -> None:
+        """SADD queues + LPUSH queue:<q>, one pipeline for all jobs (Sidekiq: atomic_push)."""
+        by_queue: dict[str, list[bytes]] = {}
+        for queue, raw in jobs:
+            by_queue.setdefault(queue, []).append(raw)
+        with self.translate_errors():
+            self._retry_once_on_failover(self._push_pipeline, by_queue)
+
+    def _push_pipeline(self, by_queue: dict[str, list[bytes]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(self.keys.queues, *by_queue)
+        for queue, raws in by_queue.items():
+            pipe.lpush(self.keys.queue(queue), *raws)
+        pipe.execute()
+
+    def schedule(self, jobs: Sequence[tuple[float, bytes]]) -> None:
+        """ZADD schedule <at> <job> for each job (the member carries no ``at``)."""
+        mapping = {raw: at for at, raw in jobs}
+        with self.translate_errors():
+            self._retry_once_on_failover(self.redis.zadd, self.keys.schedule, mapping)
+
+    def _retry_once_on_failover(self, fn: Any, *args: Any) -> Any:
+        # Sidekiq client.rb: after a failover the old primary answers READONLY;
+        # reconnecting once reaches the new one.
+        try:
+            return fn(*args)
+        except ReadOnlyError:
+            self.redis.connection_pool.disconnect()
+            return fn(*args)
+
+    # -- fetch ------------------------------------------------------------------------
+    def fetch(
+        self,
+        identity: str,
+        queues: Sequence[str],
+        count: int,
+        acks: Sequence[tuple[str, bytes]] = (),
+    ) -> list[tuple[str, bytes]]:
+        """Acknowledge ``acks`` (queue, raw) and take up to ``count`` jobs, in queue order."""
+        keys: list[str] = []
+        for queue in queues:
+            keys.append(self.keys.queue(queue))
+            keys.append(self.keys.inprogress(identity, queue))
+        args: list[Any] = [count, len(acks)]
+        for queue, raw in acks:
+            args.append(self.keys.inprogress(identity, queue))
+            args.append(raw)
+        reply = self._fetch(keys=keys, args=args)
+        return [(queues[int(reply[i]) - 1], reply[i + 1]) for i in range(0, len(reply), 2)]
+
+    def wait(self, identity: str, queue: str) -> bytes | None:
+        """Block up to ``block_timeout`` for one job, moved straight into in-progress."""
+        result: bytes | None = self.blocking.blmove(
+            self.keys.queue(queue),
+            self.keys.inprogress(identity, queue),
+            self.block_timeout,
+            "RIGHT",
+            "LEFT",
+        )
+        return result
+
+    def ack(self, identity: str, acks: Iterable[tuple[str, bytes]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for queue, raw in acks:
+            pipe.lrem(self.keys.inprogress(identity, queue), -1, raw)
+        pipe.execute()
+
+    def requeue(self, identity: str, queue: str, raws: Sequence[bytes]) -> int:
+        """Move these unfinished jobs from in-progress back to the tail of their queue."""
+        keys = [self.keys.inprogress(identity, queue), self.keys.queue(queue)]
+        return int(self._requeue(keys=keys, args=list(raws)))
+
+    def requeue_all(self, identity: str, queues: Iterable[str]) -> int:
+        """Move everything still in this identity's in-progress lists back to its queues."""
+        moved = 0
+        for queue in queues:
+            keys = [self.keys.inprogress(identity, queue), self.keys.queue(queue)]
+            moved += int(self._requeue_all(keys=keys))
+        return moved
+
+    def register_fetcher(self, identity: str, queues_json: bytes) -> None:
+        self.redis.hset(self.keys.fetchers, identity, queues_json)
+
+    def unregister_fetcher(self, identity: str) -> None:
+        self.redis.hdel(self.keys.fetchers, identity)
+
+    # -- scheduled and retry sets ---------------------------------------------------
+    def zpop_due(self, key: str, now: float) -> bytes | None:
+        try:
+            result: bytes | None = self._zpop_due(keys=[key], args=[repr(now)])
+        except NoScriptError:  # pragma: no cover - register_script reloads on its own
+            result = None
+        return result
+
+    def add_retry(self, at: float, raw: bytes) -> None:
+        self.redis.zadd(self.keys.retry, {raw: at})
+
+    def add_dead(self, raw: bytes, now: float, max_jobs: int, timeout: float) -> None:
+        """ZADD dead now + both trims in one MULTI (Sidekiq: DeadSet#kill)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(self.keys.dead, {raw: now})
+        pipe.zremrangebyscore(self.keys.dead, "-inf", now - timeout)
+        pipe.zremrangebyrank(self.keys.dead, 0, -(max_jobs + 1))
+        pipe.execute()
+
+    # -- heartbeat ----------------------------------------------------------------------
+    def flush_stats(self, processed: int, failed: int, day: Any) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, count in (("processed", processed), ("failed", failed)):
+            if count:
+                pipe.incrby(self.keys.stat(kind), count)
+                pipe.incrby(self.keys.stat_daily(kind, day), count)
+                pipe.expire(self.keys.stat_daily(kind, day), STAT_TTL)
+        if len(pipe):
+            pipe.execute()
+
+    def beat(
+        self,
+        identity: str,
+        fields: dict[str, Any],
+        work: dict[str, bytes],
+        ttl: int = PROCESS_TTL,
+    ) -> tuple[bool, bytes | None]:
+        """Write the process hash and busy-jobs hashes; return (existed, signal)."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=True)
+        for work_key in (k.work(identity), k.workers(identity)):
+            pipe.unlink(work_key)
+            if work:
+                pipe.hset(work_key, mapping=work)  # type: ignore[arg-type]
+                pipe.expire(work_key, ttl)
+        pipe.sadd(k.processes, identity)
+        pipe.exists(k.process(identity))
+        pipe.hset(k.process(identity), mapping=fields)
+        pipe.expire(k.process(identity), ttl)
+        pipe.rpop(k.signals(identity))
+        replies = pipe.execute()
+        return bool(replies[-4]), replies[-1]
+
+    def clear_process(self, identity: str) -> None:
+        """At exit: SREM processes, drop busy hashes; the hash itself is left to expire."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.srem(k.processes, identity)
+        pipe.unlink(k.work(identity), k.workers(identity))
+        pipe.hset(k.process(identity), "quiet", "true")
+        pipe.execute()
+
+    def rtt_us(self) -> int:
+        started = time.perf_counter()
+        self.redis.ping()
+        return int((time.perf_counter() - started) * 1_000_000)
