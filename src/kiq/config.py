@@ -67,9 +67,22 @@ _FILE_KEYS: Final = {
 }
 # Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
 _IGNORED_FILE_KEYS: Final = frozenset(
-    {"strict", "pidfile", "logfile", "environment", "capsules", "cron_poll_interval",
-     "max_iteration_runtime", "lifecycle_events", "error_handlers", "death_handlers",
-     "scheduler", "schedule", "dynamic", "enabled"}
+    {
+        "strict",
+        "pidfile",
+        "logfile",
+        "environment",
+        "capsules",
+        "cron_poll_interval",
+        "max_iteration_runtime",
+        "lifecycle_events",
+        "error_handlers",
+        "death_handlers",
+        "scheduler",
+        "schedule",
+        "dynamic",
+        "enabled",
+    }
 )
 
 
@@ -144,8 +157,13 @@ class Config:
         _check_int("prefetch", self.prefetch, 0)
         _check_int("processes", self.processes, 1)
         _check_int("max_recoveries", self.max_recoveries, 0)
-        for name in ("timeout", "average_scheduled_poll_interval", "heartbeat_interval",
-                     "dead_timeout", "orphan_check_interval"):
+        for name in (
+            "timeout",
+            "average_scheduled_poll_interval",
+            "heartbeat_interval",
+            "dead_timeout",
+            "orphan_check_interval",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{name}: {value!r} is not allowed; use a number of seconds >= 0")
@@ -191,7 +209,7 @@ class Config:
                 if self._store is None:
                     url = self.redis_url
                     if url is None:
-                        from kiq import embedded  # noqa: PLC0415 - starts a server: only when needed
+                        from kiq import embedded
 
                         url = embedded.url()
                         self.redis_url = url
@@ -205,7 +223,9 @@ class Config:
 
     def on(self, event: str, handler: Callable[[Config], None]) -> None:
         if event not in self.lifecycle:
-            raise ConfigError(f"lifecycle event {event!r} is unknown; use one of {LIFECYCLE_EVENTS}")
+            raise ConfigError(
+                f"lifecycle event {event!r} is unknown; use one of {LIFECYCLE_EVENTS}"
+            )
         self.lifecycle[event].append(handler)
 
     def fire(self, event: str) -> None:
@@ -280,7 +300,11 @@ def _file_queues(file: Path, value: Any) -> list[Queue]:
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     provider = env.get("REDIS_PROVIDER")
-    url = env.get("KIQ_REDIS_URL") or (env.get(provider) if provider else None) or env.get("REDIS_URL")
+    url = (
+        env.get("KIQ_REDIS_URL")
+        or (env.get(provider) if provider else None)
+        or env.get("REDIS_URL")
+    )
     if url:
         values["redis_url"] = url
     for name, key in (("KIQ_CONCURRENCY", "concurrency"), ("RAILS_MAX_THREADS", "concurrency")):

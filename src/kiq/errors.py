@@ -65,7 +65,7 @@ class Discard(KiqError):
     """
 
 
-class Shutdown(BaseException):  # noqa: N818 - Sidekiq's name; a signal, not an error
+class Shutdown(BaseException):
     """Raised into busy processor threads when the shutdown deadline passes.
 
     The job it interrupts has already been pushed back to its queue, so it is

@@ -44,7 +44,14 @@ log = logging.getLogger(__name__)
 
 # Options copied into every payload, under Sidekiq's names.
 PAYLOAD_OPTIONS: Final = (
-    "queue", "retry", "backtrace", "retry_queue", "dead", "tags", "log_level", "timeout",
+    "queue",
+    "retry",
+    "backtrace",
+    "retry_queue",
+    "dead",
+    "tags",
+    "log_level",
+    "timeout",
 )
 CLASS_OPTIONS: Final = ("discard_on",)
 
@@ -284,9 +291,7 @@ def _no_kwargs(job: type[Job], kwargs: Mapping[str, Any]) -> None:
         )
 
 
-def job(
-    name: str | None = None, **options: Any
-) -> Callable[[Callable[P, R]], FunctionJob[P, R]]:
+def job(name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], FunctionJob[P, R]]:
     """Turn a function into a job: ``@kiq.job(queue="mailers", retry=2)``."""
 
     def wrap(fn: Callable[P, R]) -> FunctionJob[P, R]:

@@ -25,7 +25,8 @@ First added runs outermost, as in Sidekiq.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from kiq.payload import Payload
@@ -107,3 +108,31 @@ class Chain(Generic[M]):
             return entry(first, payload, queue, lambda: step(index + 1))
 
         return step(0)
+
+    async def ainvoke(
+        self, first: Any, payload: Payload, queue: str, last: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """Run the chain around an ``async def perform``.
+
+        A middleware whose ``__call__`` is ``async def`` gets a ``call_next`` returning an
+        awaitable and wraps the whole job. A plain (sync) middleware's ``call_next()``
+        only starts the job: its code after ``call_next()`` runs before the job ends.
+        """
+        entries = self._entries
+
+        async def step(index: int) -> Any:
+            if index == len(entries):
+                return await last()
+            entry: Any = entries[index]
+            if inspect.iscoroutinefunction(entry) or inspect.iscoroutinefunction(
+                getattr(entry, "__call__", None)
+            ):
+                return await entry(first, payload, queue, lambda: step(index + 1))
+            started: list[Awaitable[Any]] = []
+            entry(first, payload, queue, lambda: started.append(step(index + 1)))
+            result = None
+            for awaitable in started:
+                result = await awaitable
+            return result
+
+        return await step(0)

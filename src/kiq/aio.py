@@ -1,0 +1,91 @@
+"""Run ``async def perform`` jobs as tasks on one event loop thread.
+
+An async job holds a slot only while its task runs, so I/O-bound async jobs use the
+process's ``concurrency`` fully without a thread each. ``timeout`` is enforced with
+``asyncio.timeout`` (the task is cancelled and fails with JobTimeout); at the hard
+shutdown deadline every task is cancelled and, like a thread job, not retried: the
+manager has already put it back in its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from typing import Any
+
+from kiq import log as kiq_log
+from kiq.errors import JobTimeout
+from kiq.fetch import UnitOfWork
+from kiq.processor import Executor
+
+log = logging.getLogger(__name__)
+
+
+class AsyncRunner:
+    """An event loop in a named thread, fed with units from the fetcher's thread."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.loop = asyncio.new_event_loop()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._run, name="kiq.asyncio", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, unit: UnitOfWork) -> None:
+        self.loop.call_soon_threadsafe(self._spawn, unit)
+
+    def busy(self) -> int:
+        return len(self.tasks)
+
+    def _spawn(self, unit: UnitOfWork) -> None:
+        task = self.loop.create_task(self._execute(unit))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _execute(self, unit: UnitOfWork) -> None:
+        ex = self.executor
+        slot = f"{kiq_log.tid()}-{next(self._ids)}"
+        job_class, ctx = ex.begin(unit, slot)
+        kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
+        exc: BaseException | None = None
+        if ex.log_jobs:
+            logging.getLogger("kiq.job").info("start")
+        try:
+            job = ex.instantiate(unit, job_class)
+            payload: dict[str, Any] = unit.payload or {}
+            timeout = payload.get("timeout")
+            try:
+                async with asyncio.timeout(float(timeout) if timeout else None):
+                    await ex.config.server_middleware.ainvoke(
+                        job, payload, unit.queue, lambda: job.perform(*payload["args"])
+                    )
+            except TimeoutError as error:
+                raise JobTimeout(f"job ran longer than its timeout of {timeout}s") from error
+        except asyncio.CancelledError as error:
+            if ex.stopping.is_set():
+                with ex.state.lock:
+                    ex.state.work.pop(slot, None)
+                return  # hard shutdown: already requeued
+            exc = error  # cancelled by the job's own code: a failure like any other
+        except BaseException as error:  # a failing job, whatever it raised
+            exc = error
+        ex.finish(unit, job_class, ctx, exc, slot)
+
+    def cancel_all(self) -> None:
+        def cancel() -> None:
+            for task in list(self.tasks):
+                task.cancel()
+
+        self.loop.call_soon_threadsafe(cancel)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)

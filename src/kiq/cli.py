@@ -1,0 +1,178 @@
+"""The ``kiq`` command: ``kiq worker``, ``kiq demo``, ``kiq web``, ``kiq embedded``.
+
+``kiq worker`` takes Sidekiq's flags (``-r -q -c -C -e -t -g -v``), builds one Config
+(flags > env > file > defaults, see kiq.config), imports the app so its jobs
+register, installs the signal table (TERM/INT stop, TSTP quiet, TTIN thread dump)
+and runs a Launcher on the main thread. This is the only module that configures
+logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import runpy
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from kiq import __version__
+from kiq import log as kiq_log
+from kiq.config import Config, parse_queue, set_default
+from kiq.errors import ConfigError, KiqError
+
+log = logging.getLogger("kiq")
+
+SIGNALS = {"SIGTERM": "TERM", "SIGINT": "INT", "SIGTSTP": "TSTP", "SIGTTIN": "TTIN"}
+DEFAULT_FILES = ("config/kiq.yml", "config/sidekiq.yml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiq", description="Sidekiq for Python")
+    parser.add_argument("-V", "--version", action="version", version=f"kiq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker", help="run a worker process")
+    add_worker_options(worker)
+    demo = sub.add_parser("demo", help="run the example app end to end on the embedded Redis")
+    demo.add_argument("--jobs", type=int, default=200, help="how many example jobs to enqueue")
+    demo.add_argument("--keep", action="store_true", help="keep serving after the jobs are done")
+    emb = sub.add_parser("embedded", help="status or stop of the embedded Redis")
+    emb.add_argument("action", choices=["status", "stop"])
+    return parser
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-r",
+        "--require",
+        action="append",
+        default=[],
+        help="module (app.jobs) or file (app/jobs.py) defining jobs; repeatable",
+    )
+    parser.add_argument(
+        "-q",
+        "--queue",
+        action="append",
+        default=[],
+        metavar="NAME[,WEIGHT]",
+        help="queue to process, with an optional weight; repeatable",
+    )
+    parser.add_argument("-c", "--concurrency", type=int, help="job slots (threads), default 10")
+    parser.add_argument("-C", "--config", help="YAML config (Sidekiq's format works unchanged)")
+    parser.add_argument("-e", "--environment", help="section of the config file to apply")
+    parser.add_argument("-t", "--timeout", type=float, help="shutdown grace in seconds, default 25")
+    parser.add_argument("-g", "--tag", help="process tag shown in the Web UI")
+    parser.add_argument("-v", "--verbose", action="store_true", default=None, help="debug logging")
+    parser.add_argument("--log-format", choices=["plain", "json"], help="job log format")
+    parser.add_argument("--processes", type=int, help="fork this many worker processes")
+    parser.add_argument("--redis-url", help="Redis URL (else KIQ_REDIS_URL, REDIS_URL, embedded)")
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    path = args.config
+    if path is None:
+        path = next((p for p in DEFAULT_FILES if Path(p).is_file()), None)
+    queues = [parse_queue(spec) for spec in args.queue] or None
+    if queues is not None:
+        names = [name for name, _ in queues]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"-q: a queue is listed twice in {args.queue}; list each queue once")
+    return Config.load(
+        path,
+        environment=args.environment,
+        concurrency=args.concurrency,
+        queues=queues,
+        timeout=args.timeout,
+        tag=args.tag,
+        verbose=args.verbose,
+        log_format=args.log_format,
+        processes=args.processes,
+        redis_url=args.redis_url,
+    )
+
+
+def require(targets: Sequence[str]) -> None:
+    """Import each -r target: a dotted module, or a .py file / package directory."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for target in targets:
+        path = Path(target)
+        try:
+            if path.suffix == ".py" and path.is_file():
+                runpy.run_path(str(path), run_name=path.stem)
+            elif path.is_dir() and (path / "__init__.py").is_file():
+                sys.path.insert(0, str(path.resolve().parent))
+                importlib.import_module(path.resolve().name)
+            else:
+                importlib.import_module(target)
+        except ImportError as exc:
+            raise ConfigError(
+                f"-r {target}: cannot import it ({exc}); give a module on sys.path "
+                f"(app.jobs) or a file path (app/jobs.py)"
+            ) from exc
+
+
+def install_signals(handler: object) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        handler.signal(SIGNALS[signal.Signals(signum).name])  # type: ignore[attr-defined]
+
+    for name in SIGNALS:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    kiq_log.setup(config.log_format, config.verbose)
+    set_default(config)
+    require([*config.require, *args.require])
+    if config.processes > 1:
+        from kiq.supervisor import Supervisor
+
+        supervisor = Supervisor(config)
+        install_signals(supervisor)
+        return supervisor.run()
+    from kiq.launcher import Launcher
+
+    launcher = Launcher(config)
+    install_signals(launcher)
+    launcher.run()
+    return 0
+
+
+def run_embedded(action: str) -> int:
+    from kiq import embedded
+
+    if action == "stop":
+        print("stopped" if embedded.stop() else "not running")
+        return 0
+    status = embedded.status()
+    print(
+        f"running: {status.running}\nurl: {status.url}\npid: {status.pid}\ndir: {status.data_dir}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "worker":
+            return run_worker(args)
+        if args.command == "embedded":
+            return run_embedded(args.action)
+        if args.command == "demo":
+            from kiq.demo import run_demo
+
+            return run_demo(args)
+    except KiqError as exc:
+        print(f"kiq: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Fetch: pull work from Redis in batches without ever holding a job only in memory.
+
+Tasks:
+  1. order: the queue list for each fetch; strict (all weights 0: always in the
+     given order) or weighted (Sidekiq: expand each queue ``weight`` times, shuffle,
+     keep first occurrences), minus paused queues.
+  2. fetch: one Lua call (``Store.fetch``) acknowledges finished jobs and moves up to
+     ``free`` new jobs from the queues into this process's in-progress lists, so a
+     batch costs one round trip instead of one per job (issue 5).
+  3. wait: when every queue is empty, one waiter thread per queue blocks in
+     ``BLMOVE queue -> in-progress`` (atomic, so still nothing only in memory) for at
+     most ``TIMEOUT`` seconds; the first job to arrive wakes the fetcher.
+  4. done: a processor hands back a finished unit; its ack rides on the next fetch,
+     or is written at once while the fetcher is idle.
+
+``free`` starts at ``concurrency + prefetch``: a few jobs beyond the idle slots are
+taken ahead (they sit in Redis in-progress lists, and are put back on quiet), which
+keeps slots busy while the next batch is on the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from kiq import payload as wire
+from kiq.config import Config, Queue
+from kiq.errors import PayloadError
+from kiq.payload import Payload
+from kiq.store import TRANSIENT_ERRORS
+
+log = logging.getLogger(__name__)
+
+TIMEOUT: Final = 2.0  # seconds a waiter blocks; bounds how long quiet takes to notice
+
+
+@dataclass(slots=True)
+class UnitOfWork:
+    """A job taken from ``queue`` (and held in Redis in-progress) until acked or requeued."""
+
+    queue: str
+    raw: bytes
+    payload: Payload | None = None
+    error: PayloadError | None = None
+    started: float = field(default=0.0)
+
+    @classmethod
+    def parse(cls, queue: str, raw: bytes) -> UnitOfWork:
+        try:
+            return cls(queue, raw, wire.loads(raw))
+        except PayloadError as exc:
+            return cls(queue, raw, None, exc)
+
+
+class QueueOrder:
+    """Sidekiq's queue ordering: strict when no weights are given, else weighted-random."""
+
+    def __init__(self, queues: Sequence[Queue], rng: random.Random | None = None) -> None:
+        self.strict = all(weight == 0 for _, weight in queues)
+        self._expanded = [name for name, weight in queues for _ in range(max(weight, 1))]
+        self.names = list(dict.fromkeys(name for name, _ in queues))
+        self._rng = rng or random.Random()
+        self.paused: frozenset[str] = frozenset()
+
+    def next(self) -> list[str]:
+        if self.strict:
+            names = self.names
+        else:
+            expanded = self._expanded[:]
+            self._rng.shuffle(expanded)
+            names = list(dict.fromkeys(expanded))
+        if self.paused:
+            return [n for n in names if n not in self.paused]
+        return names
+
+
+class Fetcher:
+    """Keep ``concurrency + prefetch`` jobs in flight; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        identity: str,
+        deliver: Callable[[list[UnitOfWork]], None],
+        on_redis_error: Callable[[BaseException], None],
+        on_redis_ok: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.store = config.store
+        self.identity = identity
+        self.order = QueueOrder(config.queues)
+        self._deliver = deliver
+        self._redis_error = on_redis_error
+        self._redis_ok = on_redis_ok
+        self._cond = threading.Condition()
+        self._acks: list[tuple[str, bytes]] = []
+        self._free = config.concurrency + config.prefetch
+        self._batch = max(1, config.prefetch // 2)  # refill when this many slots are free
+        self._idle = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- called by processors ---------------------------------------------------------
+    def done(self, unit: UnitOfWork) -> None:
+        """A unit finished (success or failure recorded): ack it and free its slot."""
+        with self._cond:
+            self._free += 1
+            if not self._idle.is_set():
+                self._acks.append((unit.queue, unit.raw))
+                self._cond.notify()
+                return
+        self._ack_now([(unit.queue, unit.raw)])
+
+    def release(self) -> None:
+        """A unit was put back without an ack (shutdown); just free its slot."""
+        with self._cond:
+            self._free += 1
+            self._cond.notify()
+
+    def flush_acks(self) -> None:
+        with self._cond:
+            acks, self._acks = self._acks, []
+        if acks:
+            self._ack_now(acks)
+
+    def _ack_now(self, acks: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                self.store.ack(self.identity, acks)
+                return
+            except TRANSIENT_ERRORS as exc:
+                self._redis_error(exc)
+                if self._stopping.wait(1.0):
+                    return  # left in-progress: requeued at exit or recovered later
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        self._spawn("fetcher", self._run)
+        for queue in self.order.names:
+            self._spawn(f"waiter-{queue}", lambda q=queue: self._wait_loop(q))
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=f"kiq.{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop taking work; waiters notice within TIMEOUT seconds."""
+        self._stopping.set()
+        self._idle.set()  # release parked waiters so they can exit
+        with self._cond:
+            self._cond.notify_all()
+        # Closing the blocking connections ends a waiter's BLMOVE now instead of after
+        # TIMEOUT; a job the server moved just before is still in-progress in Redis and
+        # is requeued by the manager's final requeue_all.
+        self.store.blocking.connection_pool.disconnect()
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- the loops ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            with self._cond:
+                while not self._stopping.is_set() and (
+                    self._idle.is_set() or (self._free < self._batch and not self._acks)
+                ):
+                    self._cond.wait(TIMEOUT)
+                if self._stopping.is_set():
+                    return
+                acks, self._acks = self._acks, []
+                want = self._free
+            units = self._fetch(want, acks)
+            if units is None:
+                continue
+            if units:
+                self._take(units)
+            elif want > 0:
+                self._idle.set()
+
+    def _fetch(self, want: int, acks: list[tuple[str, bytes]]) -> list[UnitOfWork] | None:
+        try:
+            pairs = self.store.fetch(self.identity, self.order.next(), want, acks)
+        except TRANSIENT_ERRORS as exc:
+            with self._cond:
+                self._acks[:0] = acks
+            self._redis_error(exc)
+            self._stopping.wait(1.0)
+            return None
+        self._redis_ok()
+        return [UnitOfWork.parse(queue, raw) for queue, raw in pairs]
+
+    def _take(self, units: list[UnitOfWork]) -> None:
+        with self._cond:
+            self._free -= len(units)
+        self._deliver(units)
+
+    def _wait_loop(self, queue: str) -> None:
+        while not self._stopping.is_set():
+            self._idle.wait()
+            if self._stopping.is_set():
+                return
+            if queue in self.order.paused:
+                self._stopping.wait(TIMEOUT)
+                continue
+            try:
+                raw = self.store.wait(self.identity, queue)
+            except TRANSIENT_ERRORS as exc:
+                if self._stopping.is_set():
+                    return
+                self._redis_error(exc)
+                self._stopping.wait(1.0)
+                continue
+            self._redis_ok()
+            if raw is None:
+                continue
+            with self._cond:
+                self._idle.clear()
+                self._cond.notify()
+            self._take([UnitOfWork.parse(queue, raw)])

@@ -1,0 +1,243 @@
+"""Launcher: one kiq process — heartbeat, poller, orphan sweeps, the Manager, signals.
+
+Tasks:
+  1. start: check the Redis version, fire ``startup``, write the first heartbeat,
+     register this process's in-progress lists, sweep dead processes' jobs, then
+     start the Manager and the Poller.
+  2. heartbeat (every ``heartbeat_interval``, 5 s): flush stats, write the process
+     hash and busy-jobs hashes Sidekiq's API and Web UI read, take one remote signal
+     from ``<identity>-signals``, refresh paused queues, sweep orphans every
+     ``orphan_check_interval``.
+  3. signals: TERM/INT stop, TSTP quiets, TTIN logs every thread's stack; they arrive
+     from the OS (through the CLI) or remotely, and are handled on the main thread.
+  4. stop: quiet, let running jobs finish until ``timeout``, requeue the rest, flush
+     stats, remove this process from ``processes``; a second TERM forces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import traceback
+from datetime import UTC, datetime
+from typing import Final
+
+import orjson
+
+from kiq import __version__
+from kiq import payload as wire
+from kiq.config import Config
+from kiq.errors import ConfigError
+from kiq.manager import Manager
+from kiq.outage import Outage
+from kiq.processor import State
+from kiq.recover import Recoverer
+from kiq.scheduler import Poller
+from kiq.store import TRANSIENT_ERRORS
+
+log = logging.getLogger("kiq")
+
+MIN_REDIS: Final = (6, 2)  # LMOVE/BLMOVE and RPOP count
+
+
+def new_identity() -> str:
+    host = os.environ.get("DYNO") or socket.gethostname()
+    return f"{host}:{os.getpid()}:{os.urandom(6).hex()}"
+
+
+def rss_kb() -> int:
+    try:
+        with open(f"/proc/{os.getpid()}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Launcher:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.identity = new_identity()
+        self.state = State()
+        self.outage = Outage(config.store.safe_url)
+        self.manager = Manager(config, self.identity, self.state, self.outage.error, self.outage.ok)
+        self.poller = Poller(config, self.outage)
+        self.recoverer = Recoverer(config, self.identity)
+        self.events: queue.Queue[str] = queue.Queue()
+        self.started_at = wire.now()
+        self.quiet_flag = False
+        self.stopping = False
+        self.forced = threading.Event()
+        self._stop_beat = threading.Event()
+        self._last_sweep = 0.0
+        self._info = self._process_info()
+
+    def _process_info(self) -> bytes:
+        c = self.config
+        names = list(dict.fromkeys(name for name, _ in c.queues))
+        weights = {name: weight for name, weight in c.queues}
+        mode = "strict" if all(w == 0 for w in weights.values()) else "weighted"
+        return orjson.dumps(
+            {
+                "hostname": self.identity.rsplit(":", 2)[0],
+                "started_at": self.started_at,
+                "pid": os.getpid(),
+                "tag": c.tag or os.path.basename(os.getcwd()),
+                "concurrency": c.concurrency,
+                "queues": names,
+                "weights": [weights],
+                "capsules": {
+                    "default": {"concurrency": c.concurrency, "mode": mode, "weights": weights}
+                },
+                "labels": ["kiq", *c.labels],
+                "identity": self.identity,
+                "version": f"kiq {__version__}",
+                "embedded": False,
+            }
+        )
+
+    # -- start ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._check_redis()
+        self.config.fire("startup")
+        self.beat()
+        names = self.manager.fetcher.order.names
+        self.config.store.register_fetcher(self.identity, orjson.dumps(names))
+        self.recoverer.sweep()
+        self._last_sweep = time.monotonic()
+        self.manager.start()
+        self.poller.start()
+        threading.Thread(target=self._heartbeat_loop, name="kiq.heartbeat", daemon=True).start()
+        log.info(
+            "kiq %s started: %s, concurrency %d, queues %s, Redis %s",
+            __version__,
+            self.identity,
+            self.config.concurrency,
+            ",".join(f"{n}{',' + str(w) if w else ''}" for n, w in self.config.queues),
+            self.config.store.safe_url,
+        )
+
+    def _check_redis(self) -> None:
+        store = self.config.store
+        with store.translate_errors():
+            info = store.redis.info()
+        version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
+        if version < MIN_REDIS:
+            raise ConfigError(
+                f"Redis at {store.safe_url} is {info.get('redis_version')}; kiq needs 6.2 or "
+                f"newer (7.0+ to share with Sidekiq 8)"
+            )
+        policy = info.get("maxmemory_policy", "noeviction")
+        if policy != "noeviction":
+            log.warning("Redis maxmemory-policy is %s: jobs may be evicted; use noeviction", policy)
+
+    # -- heartbeat --------------------------------------------------------------------
+    def beat(self) -> None:
+        processed, failed = self.state.take_counts()
+        store = self.config.store
+        try:
+            store.flush_stats(processed, failed, datetime.now(UTC).date())
+            with self.state.lock:
+                work = {
+                    tid: orjson.dumps({"queue": q, "payload": raw.decode(), "run_at": run_at})
+                    for tid, (q, raw, run_at) in self.state.work.items()
+                }
+            fields = {
+                "info": self._info,
+                "concurrency": self.config.concurrency,
+                "busy": len(work),
+                "beat": repr(wire.now()),
+                "rtt_us": store.rtt_us(),
+                "quiet": "true" if self.quiet_flag else "false",
+                "rss": rss_kb(),
+            }
+            existed, signal = store.beat(self.identity, fields, work, self.config.process_ttl)
+            paused = store.redis.smembers(self.config.keys.paused)
+            self.manager.fetcher.order.paused = frozenset(p.decode() for p in paused)
+            self.outage.ok()
+        except TRANSIENT_ERRORS as exc:
+            self.state.restore_counts(processed, failed)
+            self.outage.error(exc)
+            return
+        if not existed:
+            self.config.fire("heartbeat")
+        self.config.fire("beat")
+        if signal:
+            self.events.put(signal.decode())
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop_beat.wait(self.config.heartbeat_interval):
+            self.beat()
+            if time.monotonic() - self._last_sweep >= self.config.orphan_check_interval:
+                self._last_sweep = time.monotonic()
+                try:
+                    self.recoverer.sweep()
+                except TRANSIENT_ERRORS as exc:
+                    self.outage.error(exc)
+
+    # -- signals and stop -------------------------------------------------------------
+    def signal(self, name: str) -> None:
+        """Called from a signal handler or the heartbeat; handled on the main thread."""
+        if name in ("TERM", "INT") and self.stopping:
+            log.warning("second %s: forcing shutdown now", name)
+            self.forced.set()
+            return
+        self.events.put(name)
+
+    def run(self) -> None:
+        """Start, then handle signals until told to stop (the CLI's main loop)."""
+        self.start()
+        while True:
+            try:
+                name = self.events.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if name in ("TERM", "INT"):
+                self.stop()
+                return
+            if name == "TSTP":
+                self.quiet()
+            elif name == "TTIN":
+                self.dump_threads()
+
+    def quiet(self) -> None:
+        if self.quiet_flag:
+            return
+        log.info("quieting: no new jobs will be taken")
+        self.quiet_flag = True
+        self.manager.quiet()
+        self.poller.stop()
+        self.config.fire("quiet")
+        self.beat()
+
+    def stop(self) -> None:
+        self.stopping = True
+        log.info("shutting down (timeout %ss)", self.config.timeout)
+        self.quiet()
+        self.manager.stop(time.monotonic() + self.config.timeout, self.forced)
+        self.config.fire("shutdown")
+        self._stop_beat.set()
+        processed, failed = self.state.take_counts()
+        store = self.config.store
+        try:
+            store.flush_stats(processed, failed, datetime.now(UTC).date())
+            store.clear_process(self.identity)
+            store.unregister_fetcher(self.identity)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("could not clear the heartbeat at exit: %s", exc)
+        self.config.fire("exit")
+        log.info("bye")
+
+    def dump_threads(self) -> None:
+        frames = sys._current_frames()
+        for thread in threading.enumerate():
+            frame = frames.get(thread.ident or -1)
+            stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
+            log.warning("thread %s\n%s", thread.name, stack)

@@ -1,0 +1,156 @@
+"""Manager: the pool of slots of one kiq process, and its quiet -> stop sequence.
+
+Tasks:
+  1. start: ``concurrency`` Processor threads for ``def perform`` jobs, one event loop
+     for ``async def perform`` jobs, and the Fetcher that feeds both.
+  2. deliver: route each fetched unit to the loop or the thread inbox; after quiet,
+     put it straight back in its queue instead.
+  3. processor_died: replace a Processor whose thread died, so no state leaks from a
+     failed job into the next (Sidekiq: Manager#processor_result).
+  4. quiet: stop fetching; units fetched ahead but not started go back to their queues.
+  5. stop(deadline): wait for running jobs; at the deadline requeue what is still
+     unfinished, then raise Shutdown into busy threads and cancel busy tasks
+     (Sidekiq: Manager#hard_shutdown). Acks are flushed first, so a finished job is
+     never requeued and an unfinished one never lost.
+
+Example::
+
+    manager = Manager(config, identity, state)
+    manager.start()
+    ...
+    manager.stop(deadline=time.monotonic() + config.timeout)
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+from kiq.aio import AsyncRunner
+from kiq.config import Config
+from kiq.fetch import Fetcher, UnitOfWork
+from kiq.job import lookup
+from kiq.processor import Executor, Processor, State
+
+log = logging.getLogger(__name__)
+
+HARD_SHUTDOWN_WAIT: Final = 3.0  # seconds to wait for interrupted threads (Sidekiq: 3)
+POLL: Final = 0.05  # seconds between checks while waiting for busy jobs at stop
+
+
+class Manager:
+    def __init__(
+        self,
+        config: Config,
+        identity: str,
+        state: State,
+        on_redis_error: Callable[[BaseException], None],
+        on_redis_ok: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.state = state
+        self.stopping = threading.Event()
+        self.quieted = threading.Event()
+        self.inbox: queue.SimpleQueue[UnitOfWork | None] = queue.SimpleQueue()
+        self.fetcher = Fetcher(config, identity, self._deliver, on_redis_error, on_redis_ok)
+        self.executor = Executor(config, state, self.fetcher.done, self.stopping)
+        self.aio = AsyncRunner(self.executor)
+        self.processors = [self._processor(i) for i in range(config.concurrency)]
+
+    def _processor(self, index: int) -> Processor:
+        return Processor(index, self.executor, self.inbox, self._processor_died)
+
+    def start(self) -> None:
+        self.aio.start()
+        for processor in self.processors:
+            processor.start()
+        self.fetcher.start()
+
+    def busy(self) -> int:
+        with self.state.lock:
+            return len(self.state.work)
+
+    def _deliver(self, units: list[UnitOfWork]) -> None:
+        if self.quieted.is_set():
+            self._put_back(units)
+            return
+        for unit in units:
+            job_class = lookup(unit.payload["class"]) if unit.payload else None
+            if job_class is not None and job_class.is_async:
+                self.aio.submit(unit)
+            else:
+                self.inbox.put(unit)
+
+    def _put_back(self, units: list[UnitOfWork]) -> None:
+        by_queue: dict[str, list[bytes]] = {}
+        for unit in units:
+            by_queue.setdefault(unit.queue, []).append(unit.raw)
+        try:
+            for name, raws in by_queue.items():
+                self.config.store.requeue(self.identity, name, raws)
+        except Exception:  # still in-progress in Redis: requeued at exit or recovered
+            log.warning("could not put %d fetched jobs back yet", len(units), exc_info=True)
+        for _ in units:
+            self.fetcher.release()
+
+    def _processor_died(self, processor: Processor, exc: BaseException) -> None:
+        if self.stopping.is_set():
+            return
+        unit = processor.current
+        if unit is not None:
+            self.fetcher.release()  # stays in-progress: recovered if we die, requeued at exit
+        replacement = self._processor(processor.index)
+        self.processors[processor.index] = replacement
+        replacement.start()
+
+    def quiet(self) -> None:
+        """Stop fetching; put back what was fetched ahead but not started."""
+        if self.quieted.is_set():
+            return
+        self.quieted.set()
+        self.fetcher.stop()
+        pending: list[UnitOfWork] = []
+        while True:
+            try:
+                unit = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if unit is not None:
+                pending.append(unit)
+        if pending:
+            self._put_back(pending)
+
+    def stop(self, deadline: float, forced: threading.Event | None = None) -> None:
+        """Finish running jobs until ``deadline`` (monotonic) or ``forced``, then hard-shutdown."""
+        self.quiet()
+        forced = forced or threading.Event()
+        while self._running() and time.monotonic() < deadline and not forced.is_set():
+            time.sleep(POLL)
+        self.stopping.set()
+        self.fetcher.join(1.0)
+        self.fetcher.flush_acks()
+        busy = self._running()
+        moved = self.config.store.requeue_all(self.identity, self.fetcher.order.names)
+        if busy:
+            log.warning(
+                "timeout reached: %d jobs still running were put back in their queues", moved
+            )
+            for processor in self.processors:
+                if processor.current is not None:
+                    processor.interrupt()
+            self.aio.cancel_all()
+            end = time.monotonic() + HARD_SHUTDOWN_WAIT
+            while self._running() and time.monotonic() < end:
+                time.sleep(POLL)
+        for _ in self.processors:
+            self.inbox.put(None)
+        self.aio.stop()
+        self.executor.reaper.stop()
+
+    def _running(self) -> int:
+        return self.busy()

@@ -1,0 +1,42 @@
+"""Outage: log once when Redis goes away and once when it is back, with the downtime.
+
+Every loop that talks to Redis (fetcher, waiters, heartbeat, poller) reports here
+instead of logging each failed attempt, so a minute-long restart is two lines, not
+thousands (issue 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+log = logging.getLogger("kiq")
+
+
+class Outage:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def error(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._since is not None:
+                return
+            self._since = time.monotonic()
+        log.warning("Redis is unreachable at %s (%s); retrying with backoff", self.url, exc)
+
+    def ok(self) -> None:
+        if self._since is None:
+            return
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning(
+                "Redis is back at %s after %.1f s downtime", self.url, time.monotonic() - since
+            )

@@ -1,0 +1,296 @@
+"""Processor: run one job at a time on a thread (sync jobs) or a task (async jobs).
+
+Tasks, per unit of work:
+  1. decode (done once at fetch); an unparseable payload goes to the dead set as
+     Sidekiq does, an unknown class fails with UnknownJobError (retried, as Sidekiq's
+     NameError), so a Ruby job on a shared queue is never lost.
+  2. set the job's log context and log ``start``; mark the slot busy for the heartbeat.
+  3. run server middleware around ``perform(*args)``; a ``timeout`` is enforced by
+     the Reaper (thread jobs: JobTimeout raised into the thread) or ``asyncio.timeout``.
+  4. log ``done`` or ``fail`` with ``elapsed``; a failure goes through RetryHandler;
+     every outcome is written before the unit is acknowledged, so a crash in between
+     re-runs the job rather than losing it (at-least-once).
+  5. count processed / failed for the heartbeat's stats flush.
+
+``Shutdown`` (raised into a thread at the hard-shutdown deadline) is never retried:
+the manager has already put the job back in its queue.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from kiq import log as kiq_log
+from kiq import payload as wire
+from kiq.config import Config
+from kiq.errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
+from kiq.fetch import UnitOfWork
+from kiq.job import Job, lookup
+from kiq.retry import RetryHandler, error_class, error_message
+from kiq.store import TRANSIENT_ERRORS
+
+if TYPE_CHECKING:
+    from kiq.payload import Payload
+
+log = logging.getLogger("kiq.processor")
+job_log = logging.getLogger("kiq.job")
+
+RETRY_WRITE_BACKOFF: Final = (0.5, 1.0, 2.0, 5.0)  # seconds between failed retry writes
+
+
+class State:
+    """What the heartbeat reports: counters and the running jobs, behind one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.processed = 0
+        self.failed = 0
+        self.work: dict[str, tuple[str, bytes, int]] = {}  # tid -> (queue, raw, run_at)
+
+    def take_counts(self) -> tuple[int, int]:
+        with self.lock:
+            counts = self.processed, self.failed
+            self.processed = self.failed = 0
+        return counts
+
+    def restore_counts(self, processed: int, failed: int) -> None:
+        with self.lock:
+            self.processed += processed
+            self.failed += failed
+
+
+class Reaper:
+    """Raise JobTimeout into threads whose job passed its deadline (dramatiq's technique).
+
+    CPython delivers the exception at the thread's next bytecode, so C code blocking in
+    a thread (a socket read without its own timeout) is interrupted only once it
+    returns to Python: put timeouts on network calls too.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, int]] = []  # (deadline, token, thread ident)
+        self._armed: dict[int, int] = {}  # token -> thread ident
+        self._fired: set[int] = set()
+        self._tokens = itertools.count(1)
+        self._stop = False
+        threading.Thread(target=self._run, name="kiq.reaper", daemon=True).start()
+
+    def arm(self, seconds: float) -> int:
+        token = next(self._tokens)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, token, threading.get_ident()))
+            self._armed[token] = threading.get_ident()
+            self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        """Called by the job's thread when it is done; cancels a raise not yet delivered."""
+        with self._cond:
+            ident = self._armed.pop(token, None)
+            if token in self._fired:
+                self._fired.discard(token)
+                if ident is not None:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stop:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, token, ident = heapq.heappop(self._heap)
+                    if token in self._armed:
+                        self._fired.add(token)
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(ident), ctypes.py_object(JobTimeout)
+                        )
+                wait = self._heap[0][0] - now if self._heap else None
+                self._cond.wait(wait)
+
+
+class Executor:
+    """The steps shared by thread and async jobs (decode, log, run, record, ack)."""
+
+    def __init__(
+        self,
+        config: Config,
+        state: State,
+        done: Callable[[UnitOfWork], None],
+        stopping: threading.Event,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.done = done
+        self.stopping = stopping
+        self.retry = RetryHandler(config)
+        self.reaper = Reaper()
+        self.log_jobs = not config.skip_default_job_logging
+
+    def begin(self, unit: UnitOfWork, slot: str) -> tuple[type[Job] | None, dict[str, Any]]:
+        payload = unit.payload or {}
+        name = payload.get("class", "?")
+        ctx: dict[str, Any] = {"class": payload.get("wrapped") or name, "jid": payload.get("jid")}
+        unit.started = time.monotonic()
+        with self.state.lock:
+            self.state.work[slot] = (unit.queue, unit.raw, int(wire.now()))
+        return lookup(name) if isinstance(name, str) else None, ctx
+
+    def instantiate(self, unit: UnitOfWork, job_class: type[Job] | None) -> Job:
+        if unit.error is not None:
+            raise unit.error
+        payload: Payload = unit.payload  # type: ignore[assignment]
+        if job_class is None:
+            raise UnknownJobError(
+                f"no kiq Job is registered as {payload['class']!r}: import the module that "
+                f"defines it with -r, or give a Job name={payload['class']!r}"
+            )
+        job = job_class()
+        job.jid = payload.get("jid", "")
+        job.payload = payload
+        return job
+
+    def finish(
+        self,
+        unit: UnitOfWork,
+        job_class: type[Job] | None,
+        ctx: dict[str, Any],
+        exc: BaseException | None,
+        slot: str,
+    ) -> None:
+        """Log, record the outcome in Redis (retrying while Redis is away), then ack."""
+        ctx["elapsed"] = round(time.monotonic() - unit.started, 3)
+        with self.state.lock:
+            self.state.work.pop(slot, None)
+            self.state.processed += 1
+            if exc is not None:
+                self.state.failed += 1
+        if exc is None:
+            if self.log_jobs:
+                job_log.info("done")
+        else:
+            job_log.warning("fail: %s: %s", error_class(exc), error_message(exc))
+            if not self._record_failure(unit, job_class, exc):
+                return  # stopping with Redis away: left in-progress, requeued at exit
+        self.done(unit)
+
+    def _record_failure(
+        self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
+    ) -> bool:
+        for attempt in itertools.count():
+            try:
+                if isinstance(exc, PayloadError):
+                    self._bury_unparseable(unit, exc)
+                else:
+                    self.retry.handle(unit.raw, unit.queue, exc, job_class)
+                return True
+            except TRANSIENT_ERRORS:
+                pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
+                log.warning("cannot record the failure in Redis yet; trying again in %ss", pause)
+                if self.stopping.wait(pause):
+                    return False
+        return False  # pragma: no cover
+
+    def _bury_unparseable(self, unit: UnitOfWork, exc: PayloadError) -> None:
+        # Sidekiq: invalid JSON goes straight to the dead set; error handlers hear of it.
+        log.error("dead: %s", exc)
+        store = self.config.store
+        store.add_dead(unit.raw, wire.now(), self.config.dead_max_jobs, self.config.dead_timeout)
+        context = {"context": "Invalid JSON for job", "jobstr": unit.raw, "queue": unit.queue}
+        for handler in self.config.error_handlers:
+            try:
+                handler(exc, context)
+            except Exception:
+                log.exception("error handler %r failed", handler)
+
+    def run_sync(self, unit: UnitOfWork) -> None:
+        """Run one unit on the calling thread."""
+        slot = kiq_log.tid()
+        job_class, ctx = self.begin(unit, slot)
+        token = kiq_log.set_context(ctx)
+        exc: BaseException | None = None
+        try:
+            if self.log_jobs:
+                job_log.info("start")
+            timer = 0
+            try:
+                job = self.instantiate(unit, job_class)
+                timeout = unit.payload.get("timeout") if unit.payload else None
+                if timeout:
+                    timer = self.reaper.arm(float(timeout))
+                try:
+                    self._perform(job, unit)
+                finally:
+                    if timer:
+                        self.reaper.disarm(timer)
+            except Shutdown:
+                raise
+            except BaseException as error:  # job code may raise SystemExit & co: a failure
+                exc = error
+            self.finish(unit, job_class, ctx, exc, slot)
+        finally:
+            kiq_log.reset_context(token)
+
+    def _perform(self, job: Job, unit: UnitOfWork) -> None:
+        payload: Payload = unit.payload  # type: ignore[assignment]
+        args = payload["args"]
+        chain = self.config.server_middleware
+        if len(chain):
+            chain.invoke(job, payload, unit.queue, lambda: job.perform(*args))
+        else:
+            job.perform(*args)
+
+
+class Processor:
+    """One thread: take units from the inbox and run them until told to stop."""
+
+    def __init__(
+        self,
+        index: int,
+        executor: Executor,
+        inbox: Any,
+        on_death: Callable[[Processor, BaseException], None],
+    ) -> None:
+        self.index = index
+        self.executor = executor
+        self.inbox = inbox
+        self.on_death = on_death
+        self.current: UnitOfWork | None = None
+        self.thread = threading.Thread(target=self._run, name=f"kiq.processor-{index}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def interrupt(self) -> None:
+        """Raise Shutdown in this thread (hard shutdown)."""
+        ident = self.thread.ident
+        if ident is not None and self.thread.is_alive():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(ident), ctypes.py_object(Shutdown)
+            )
+
+    def _run(self) -> None:
+        try:
+            while True:
+                unit = self.inbox.get()
+                if unit is None:
+                    return
+                self.current = unit
+                self.executor.run_sync(unit)
+                self.current = None
+        except Shutdown:
+            return
+        except BaseException as exc:  # watchdog: report and let the manager replace us
+            log.exception("processor %d died", self.index)
+            self.on_death(self, exc)

@@ -1,0 +1,196 @@
+"""Decide what happens to a failed job: retry later, the dead set, or discard.
+
+Sidekiq's rules, exactly (shared/sidekiq-wire.md §6):
+  1. ``retry`` false/absent-and-class-false: no retry and no dead set; death handlers run.
+  2. ``max`` = ``retry`` if it is an integer, else ``config.max_retries`` (25).
+     ``retry: 0`` is Ruby-truthy: retries on, zero of them, so the first failure dies.
+  3. Error fields: ``error_message`` (first 10,000 chars), ``error_class``,
+     ``failed_at`` + ``retry_count = 0`` on the first failure, then ``retried_at`` and
+     ``retry_count += 1``; ``error_backtrace`` (zlib + Base64 of a JSON array of
+     lines) when ``backtrace`` is true or a line count; ``queue`` becomes
+     ``retry_queue`` or the queue the job came from.
+  4. Exhausted when ``retry_count >= max``; otherwise the delay is the job's
+     ``retry_in(count, exc, payload)`` (seconds, ``"discard"`` or ``"kill"``) or
+     ``count**4 + 15``, plus jitter ``randrange(10) * (count + 1)`` (6.4/7.x), and the
+     job is ZADDed to ``retry`` at now + delay.
+  5. Exhausted: ``retries_exhausted(payload, exc)`` (may return ``"discard"``); unless
+     ``dead`` is literally false or it was discarded, ZADD ``dead`` and trim; then the
+     death handlers.
+
+``kiq.Discard`` (or an exception listed in the job's ``discard_on``) ends the job at
+once without retry or dead set: the brief's "rescue and return", made visible.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import traceback
+import zlib
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import orjson
+
+from kiq import payload as wire
+from kiq.client import timestamp
+from kiq.config import Config
+from kiq.errors import Discard
+from kiq.payload import Payload
+
+if TYPE_CHECKING:
+    from kiq.job import Job
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE: Final = 10_000  # characters of error_message kept (Sidekiq)
+Outcome = Literal["retry", "dead", "discard", "dropped"]
+
+
+def backoff(count: int, rng: random.Random | None = None) -> float:
+    """Sidekiq 6.4's default delay: count**4 + 15 + rand(10) * (count + 1) seconds."""
+    r = rng or random
+    return float(count**4 + 15 + r.randrange(10) * (count + 1))
+
+
+def jitter(count: int, rng: random.Random | None = None) -> int:
+    return (rng or random).randrange(10) * (count + 1)
+
+
+def encode_backtrace(lines: list[str]) -> str:
+    """Base64(zlib(JSON array)), strict Base64 as Sidekiq 7.2.1+ (every reader accepts it)."""
+    return base64.b64encode(zlib.compress(orjson.dumps(lines))).decode()
+
+
+def decode_backtrace(value: str) -> list[str]:
+    """Read strict or MIME (6.4, newline-wrapped) Base64, or a plain JSON array."""
+    if value.lstrip().startswith("["):
+        loaded = orjson.loads(value)
+    else:
+        loaded = orjson.loads(zlib.decompress(base64.b64decode(value.replace("\n", ""))))
+    return [str(line) for line in loaded]
+
+
+def backtrace_lines(exc: BaseException) -> list[str]:
+    """Frames as Ruby-style lines (``file:line:in `func'``), innermost first like Ruby."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return [f"{f.filename}:{f.lineno}:in `{f.name}'" for f in reversed(frames)]
+
+
+def error_class(exc: BaseException) -> str:
+    return type(exc).__qualname__
+
+
+def error_message(exc: BaseException) -> str:
+    try:
+        return str(exc)[:MAX_MESSAGE]
+    except Exception:
+        return "!!! ERROR MESSAGE THREW AN ERROR !!!"
+
+
+class RetryHandler:
+    """Apply the rules above for one failed job; writes go through ``config.store``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def handle(
+        self,
+        raw: bytes,
+        queue: str,
+        exc: BaseException,
+        job_class: type[Job] | None,
+        now: float | None = None,
+    ) -> Outcome:
+        """Record the failure of ``raw`` (as fetched from ``queue``); return what was done."""
+        payload = wire.loads(raw)  # the original, not what middleware may have changed
+        self._notify_error(exc, payload, queue)
+        if isinstance(exc, Discard) or (job_class and isinstance(exc, job_class.discard_on)):
+            return self._discard(payload, exc)
+        option = payload.get("retry", job_class.options.get("retry") if job_class else True)
+        if option is None or option is False:
+            self._notify_death(payload, exc)
+            return "dropped"
+        now = wire.now() if now is None else now
+        count = self._stamp(payload, queue, exc, now)
+        limit = (
+            option
+            if isinstance(option, int) and not isinstance(option, bool)
+            else self.config.max_retries
+        )
+        if count >= limit:
+            return self._exhausted(payload, exc, job_class, now)
+        delay: Any = job_class.retry_in(count, exc, payload) if job_class else None
+        if delay == "discard":
+            return self._discard(payload, exc)
+        if delay == "kill":
+            return self._exhausted(payload, exc, job_class, now)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay <= 0:
+            delay = count**4 + 15
+        at = now + float(delay) + jitter(count)
+        self.config.store.add_retry(at, wire.dumps(payload))
+        return "retry"
+
+    def _stamp(self, payload: Payload, queue: str, exc: BaseException, now: float) -> int:
+        payload["queue"] = payload.get("retry_queue") or queue
+        payload["error_message"] = error_message(exc)
+        payload["error_class"] = error_class(exc)
+        stamp = timestamp(self.config, now)
+        if "retry_count" in payload and isinstance(payload["retry_count"], int):
+            payload["retried_at"] = stamp
+            payload["retry_count"] += 1
+        else:
+            payload["failed_at"] = stamp
+            payload["retry_count"] = 0
+        option = payload.get("backtrace")
+        if option is not None and option is not False:
+            lines = backtrace_lines(exc)
+            if isinstance(option, int) and not isinstance(option, bool):
+                lines = lines[:option]
+            payload["error_backtrace"] = encode_backtrace(lines)
+        count: int = payload["retry_count"]
+        return count
+
+    def _exhausted(
+        self, payload: Payload, exc: BaseException, job_class: type[Job] | None, now: float
+    ) -> Outcome:
+        verdict = None
+        if job_class is not None:
+            try:
+                verdict = job_class.retries_exhausted(payload, exc)
+            except Exception:
+                log.exception("retries_exhausted of %s failed", payload.get("class"))
+        if payload.get("dead") is False or verdict == "discard":
+            payload["discarded_at"] = timestamp(self.config, now)
+            self._notify_death(payload, exc)
+            return "discard"
+        self.kill(payload, exc, now)
+        return "dead"
+
+    def kill(self, payload: Payload, exc: BaseException, now: float | None = None) -> None:
+        """Send a job to the dead set (trimmed) and tell the death handlers."""
+        now = wire.now() if now is None else now
+        self.config.store.add_dead(
+            wire.dumps(payload), now, self.config.dead_max_jobs, self.config.dead_timeout
+        )
+        self._notify_death(payload, exc)
+
+    def _discard(self, payload: Payload, exc: BaseException) -> Outcome:
+        log.warning("discarded: %s: %s", error_class(exc), error_message(exc))
+        self._notify_death(payload, exc)
+        return "discard"
+
+    def _notify_error(self, exc: BaseException, payload: Payload, queue: str) -> None:
+        context = {"context": "Job raised exception", "job": payload, "queue": queue}
+        for handler in self.config.error_handlers:
+            try:
+                handler(exc, context)
+            except Exception:
+                log.exception("error handler %r failed", handler)
+
+    def _notify_death(self, payload: Payload, exc: BaseException) -> None:
+        for handler in self.config.death_handlers:
+            try:
+                handler(payload, exc)
+            except Exception:
+                log.exception("death handler %r failed", handler)

@@ -1,0 +1,92 @@
+"""Poller: move due jobs from the ``retry`` and ``schedule`` sets into their queues.
+
+Sidekiq's algorithm, so Ruby and Python pollers can share one Redis safely
+(shared/sidekiq-wire.md §5):
+  1. pop one member with score <= now with a tiny Lua script (atomic, so two pollers
+     never both get it), push it through the normal client (``enqueued_at`` set,
+     client middleware run), repeat until nothing is due; ``retry`` before ``schedule``.
+  2. sleep a random interval averaging ``process_count * average_scheduled_poll_interval``
+     (5 s), so the whole cluster polls about every 5 s: uniform in [A/2, 3A/2] under 10
+     processes, [0, A] from 10 up; ``poll_interval_average`` fixes A.
+  3. wait ``10 + 5 * rand`` seconds before the first poll (heartbeats register first).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Final
+
+from kiq import payload as wire
+from kiq.client import Client
+from kiq.config import Config
+from kiq.errors import PayloadError
+from kiq.outage import Outage
+from kiq.store import TRANSIENT_ERRORS
+
+log = logging.getLogger(__name__)
+
+INITIAL_WAIT: Final = 10.0  # seconds, plus up to 5 random (Sidekiq)
+
+
+class Poller:
+    def __init__(self, config: Config, outage: Outage, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.client = Client(config)
+        self.outage = outage
+        self.rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kiq.poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def enqueue_due(self, now: float | None = None) -> int:
+        """Push every job due by ``now``; return how many were pushed."""
+        store = self.config.store
+        pushed = 0
+        for key in (store.keys.retry, store.keys.schedule):
+            while not self._stop.is_set():
+                raw = store.zpop_due(key, wire.now() if now is None else now)
+                if raw is None:
+                    break
+                try:
+                    self.client.push(wire.loads(raw))
+                except PayloadError as exc:
+                    log.error("unparseable job in %s sent to the dead set: %s", key, exc)
+                    store.add_dead(
+                        raw, wire.now(), self.config.dead_max_jobs, self.config.dead_timeout
+                    )
+                pushed += 1
+        return pushed
+
+    def interval(self, process_count: int) -> float:
+        average = self.config.poll_interval_average
+        if average is None:
+            average = max(process_count, 1) * self.config.average_scheduled_poll_interval
+        if process_count < 10:
+            return average * self.rng.random() + average / 2
+        return average * self.rng.random()
+
+    def initial_wait(self) -> float:
+        if self.config.poll_initial_wait is not None:
+            return self.config.poll_initial_wait
+        jitter = 5 * self.rng.random()
+        return jitter if self.config.poll_interval_average is not None else INITIAL_WAIT + jitter
+
+    def _run(self) -> None:
+        if self._stop.wait(self.initial_wait()):
+            return
+        while not self._stop.is_set():
+            try:
+                self.enqueue_due()
+                count = int(self.config.store.redis.scard(self.config.keys.processes))
+                self.outage.ok()
+            except TRANSIENT_ERRORS as exc:
+                self.outage.error(exc)
+                count = 1
+            self._stop.wait(self.interval(count))
