@@ -1,0 +1,397 @@
+"""Shared plumbing for the benchmarks in bench/: systems, Redis, polling, /proc sampling.
+
+A *system* is one job engine under test (Ruby Sidekiq, kiq, a Python peer). Each implements
+the small `System` protocol below; `run()` drives any number of them through the same three
+measurements and `report()` prints one table and writes one JSON file, so numbers from
+different systems are always taken the same way:
+
+  enqueue(n)  client-side push rate, one call per job, timed inside the client's own process
+  drain(n)    n no-op jobs pushed in bulk, then one worker process started; time from the
+              queue first shrinking to it staying empty (LLEN polled every 5 ms), plus the
+              worker's CPU µs/job (utime+stime from /proc) and RSS after the drain
+  latency()   an idle worker; jobs carrying their send time, sent 10 ms apart; the job
+              records (now - sent); p50/p99 in ms, plus the worker's idle RSS
+
+Example::
+
+    with RedisServer.private(port=6390) as server:
+        results = run([SidekiqSystem(server.url)], n=20_000)
+    report(results, json_path="out.json")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import redis
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+
+POLL_INTERVAL = 0.005  # seconds between LLEN polls: 5 ms, fine enough for multi-second drains
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat times are in these ticks (usually 100/s)
+
+
+# -- systems ---------------------------------------------------------------------------------
+
+
+Metrics = dict[str, float]
+
+
+class System(Protocol):
+    """One job engine under test. Every method leaves the Redis database empty behind it."""
+
+    name: str
+
+    def enqueue(self, n: int) -> Metrics:
+        """Push n jobs one call at a time; return at least enqueue_s and enqueue_per_s."""
+        ...
+
+    def drain(self, n: int) -> Metrics:
+        """Drain n pre-pushed no-op jobs; return drain_s, drain_per_s, cpu_us_per_job."""
+        ...
+
+    def latency(self, count: int, interval: float) -> Metrics:
+        """Send count jobs interval s apart to an idle worker; return p50/p99 ms, idle RSS."""
+        ...
+
+
+# Row order and labels of the printed table; systems may return extra keys (kept in JSON).
+COLUMNS: list[tuple[str, str, str]] = [
+    ("enqueue_per_s", "enqueue, jobs/s (one call per job)", "{:,.0f}"),
+    ("drain_per_s", "drain, jobs/s", "{:,.0f}"),
+    ("drain_s", "drain, s", "{:.2f}"),
+    ("cpu_us_per_job", "worker CPU, µs/job", "{:.1f}"),
+    ("redis_cpu_us_per_job", "redis-server CPU during drain, µs/job", "{:.1f}"),
+    ("latency_p50_ms", "latency p50, ms", "{:.2f}"),
+    ("latency_p99_ms", "latency p99, ms", "{:.2f}"),
+    ("idle_rss_kb", "worker idle RSS, MiB", "kib_to_mib"),
+    ("rss_after_drain_kb", "worker RSS after drain, MiB", "kib_to_mib"),
+]
+
+
+@dataclass
+class Result:
+    system: str
+    n: int
+    metrics: Metrics = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)  # versions, command line, log path
+
+
+def run(
+    systems: Sequence[System],
+    *,
+    n: int,
+    latency_count: int = 200,
+    latency_interval: float = 0.010,
+    phases: Sequence[str] = ("enqueue", "drain", "latency"),
+) -> list[Result]:
+    """Run each phase for each system; a failing phase is recorded, not fatal."""
+    results = []
+    for system in systems:
+        result = Result(system.name, n)
+        steps: dict[str, Callable[[], Metrics]] = {
+            "enqueue": functools.partial(system.enqueue, n),
+            "drain": functools.partial(system.drain, n),
+            "latency": functools.partial(system.latency, latency_count, latency_interval),
+        }
+        for phase in phases:
+            started = time.monotonic()
+            print(f"[{system.name}] {phase} ...", flush=True)
+            try:
+                result.metrics.update(steps[phase]())
+            except Exception as exc:  # report the phase as failed, keep benchmarking
+                result.errors.append(f"{phase}: {type(exc).__name__}: {exc}")
+                print(f"[{system.name}] {phase} FAILED: {exc}", flush=True)
+            print(f"[{system.name}] {phase} took {time.monotonic() - started:.1f}s", flush=True)
+        results.append(result)
+    return results
+
+
+def _format(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if fmt == "kib_to_mib":
+        return f"{value / 1024:.1f}"
+    return fmt.format(value)
+
+
+def report(results: Sequence[Result], *, json_path: str | None = None) -> None:
+    """Print a metrics x systems table; optionally write everything as JSON."""
+    label_width = max(len(label) for _, label, _ in COLUMNS)
+    widths = [max(12, len(r.system)) for r in results]
+    header = (
+        " " * label_width
+        + "  "
+        + "  ".join(r.system.rjust(w) for r, w in zip(results, widths, strict=True))
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for key, label, fmt in COLUMNS:
+        cells = [
+            _format(r.metrics.get(key), fmt).rjust(w) for r, w in zip(results, widths, strict=True)
+        ]
+        print(label.ljust(label_width) + "  " + "  ".join(cells))
+    for r in results:
+        for error in r.errors:
+            print(f"!! {r.system}: {error}")
+    if json_path:
+        document = {
+            "host": host_info(),
+            "results": [
+                {
+                    "system": r.system,
+                    "n": r.n,
+                    "meta": r.meta,
+                    "metrics": r.metrics,
+                    "errors": r.errors,
+                }
+                for r in results
+            ],
+        }
+        Path(json_path).write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nwrote {json_path}")
+
+
+def host_info() -> dict[str, object]:
+    """What the numbers depend on: CPU, cores, kernel, interpreter versions."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg": os.getloadavg(),  # other work on the box skews everything
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# -- Redis -----------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A throwaway redis-server child process: no persistence, private working directory.
+
+    Example::
+
+        with RedisServer.private(port=6390) as server:
+            client = server.client()
+    """
+
+    def __init__(self, url: str, process: subprocess.Popen[bytes] | None = None) -> None:
+        self.url = url
+        self.process = process
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid when we started it (so its CPU can be sampled), else None."""
+        return self.process.pid if self.process else None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    @classmethod
+    @contextlib.contextmanager
+    def private(cls, port: int = 6390, db: int = 0) -> Iterator[RedisServer]:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: apt-get install redis-server")
+        workdir = tempfile.mkdtemp(prefix="bench-redis-")
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir, "--logfile", ""],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        server = cls(f"redis://127.0.0.1:{port}/{db}", process)
+        try:
+            wait_for(lambda: _pings(server.url), timeout=10.0, what="redis-server to start")
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    @classmethod
+    @contextlib.contextmanager
+    def external(cls, url: str) -> Iterator[RedisServer]:
+        """Use a server someone else runs; its database is flushed before and after."""
+        server = cls(url)
+        server.client().flushdb()
+        try:
+            yield server
+        finally:
+            server.client().flushdb()
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.2).ping())
+    except redis.ConnectionError:
+        return False
+
+
+def wait_for(
+    condition: Callable[[], object],
+    *,
+    timeout: float,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> None:
+    """Poll condition until it returns something truthy; TimeoutError after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class DrainTiming:
+    started: float  # monotonic time LLEN was first seen below n (≤ 5 ms after the first pop)
+    finished: float  # monotonic time LLEN was first seen at 0 (and then stayed there)
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+
+def time_drain(
+    client: redis.Redis,
+    key: str,
+    n: int,
+    *,
+    timeout: float,
+    on_start: Callable[[], None] | None = None,
+    alive: Callable[[], bool] | None = None,
+    settle_polls: int = 3,
+) -> DrainTiming:
+    """Poll LLEN key every 5 ms: start when it first drops below n, stop when it hits 0.
+
+    "Stays empty" is checked by `settle_polls` further zero readings; the finish time is
+    still the first zero reading. on_start runs right after the start is seen (e.g. to
+    sample the worker's CPU time); alive, if given, is checked on every poll so a worker
+    that crashed fails the drain at once instead of at the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    started: float | None = None
+    finished: float | None = None
+    zeros = 0
+    while True:
+        length = client.llen(key)
+        now = time.monotonic()
+        if started is None and length < n:
+            started = now
+            if on_start:
+                on_start()
+        if started is not None and length == 0:
+            finished = finished or now
+            zeros += 1
+            if zeros > settle_polls:
+                return DrainTiming(started, finished)
+        else:
+            finished, zeros = None, 0
+        if now > deadline:
+            raise TimeoutError(f"{key} still has {length} jobs after {timeout:.0f}s")
+        if alive is not None and not alive():
+            raise RuntimeError(f"worker exited with {length} jobs left in {key}")
+        time.sleep(POLL_INTERVAL)
+
+
+# -- /proc sampling --------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Field 2 (comm) may contain spaces; everything after the closing paren is space-split.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLK_TCK
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size in KiB (VmRSS from /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0-100) by linear interpolation, as numpy's default."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def latency_metrics(seconds: Sequence[float]) -> Metrics:
+    ms = [s * 1000 for s in seconds]
+    return {
+        "latency_samples": len(ms),
+        "latency_p50_ms": percentile(ms, 50),
+        "latency_p99_ms": percentile(ms, 99),
+        "latency_mean_ms": statistics.fmean(ms),
+        "latency_max_ms": max(ms),
+    }
+
+
+# -- worker processes ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def worker_process(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    cwd: str | Path | None = None,
+    stop_signal: int = signal.SIGTERM,
+    stop_timeout: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a worker with stdout+stderr appended to log_path, as a normal deployment logs.
+
+    On exit it is sent stop_signal and given stop_timeout seconds before SIGKILL.
+    """
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            list(argv), env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(stop_signal)
+                try:
+                    process.wait(timeout=stop_timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
