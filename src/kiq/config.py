@@ -64,6 +64,12 @@ _FILE_KEYS: Final = {
     "skip_default_job_logging": "skip_default_job_logging",
     "processes": "processes",
     "schedule_file": "schedule_file",
+    "process_ttl": "process_ttl",
+    "orphan_check_interval": "orphan_check_interval",
+    "max_recoveries": "max_recoveries",
+    "poll_initial_wait": "poll_initial_wait",
+    "prefetch": "prefetch",
+    "timestamp_format": "timestamp_format",
 }
 # Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
 _IGNORED_FILE_KEYS: Final = frozenset(

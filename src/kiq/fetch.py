@@ -169,21 +169,22 @@ class Fetcher:
     def _run(self) -> None:
         while not self._stopping.is_set():
             with self._cond:
-                while not self._stopping.is_set() and (
-                    self._idle.is_set() or (self._free < self._batch and not self._acks)
+                while not self._stopping.is_set() and not self._acks and (
+                    self._idle.is_set() or self._free < self._batch
                 ):
                     self._cond.wait(TIMEOUT)
                 if self._stopping.is_set():
                     return
                 acks, self._acks = self._acks, []
-                want = self._free
+                want = 0 if self._idle.is_set() else self._free
             units = self._fetch(want, acks)
             if units is None:
                 continue
             if units:
                 self._take(units)
             elif want > 0:
-                self._idle.set()
+                with self._cond:
+                    self._idle.set()  # from now on done() acks at once
 
     def _fetch(self, want: int, acks: list[tuple[str, bytes]]) -> list[UnitOfWork] | None:
         try:

@@ -14,11 +14,13 @@ separators, UTF-8 kept, key order kept, no NaN), because Sidekiq's
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
 import re
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
@@ -26,7 +28,7 @@ import orjson
 
 from kiq.errors import JobArgumentError, PayloadError
 
-JSON: TypeAlias = str | int | float | bool | None | list["JSON"] | dict[str, "JSON"]
+JSON: TypeAlias = str | int | float | bool | list["JSON"] | dict[str, "JSON"] | None
 
 # A job as stored in Redis. A TypedDict cannot describe "these keys, plus any option
 # a Ruby app added", and the field named "class" is a keyword, so payloads stay dicts
@@ -82,6 +84,20 @@ def to_seconds(value: object) -> float | None:
     if isinstance(value, int) and value > _MS_THRESHOLD:
         return value / 1000.0
     return float(value)
+
+
+def encode_backtrace(lines: list[str]) -> str:
+    """Base64(zlib(JSON array)), strict Base64 as Sidekiq 7.2.1+ (every reader accepts it)."""
+    return base64.b64encode(zlib.compress(orjson.dumps(lines))).decode()
+
+
+def decode_backtrace(value: str) -> list[str]:
+    """Read strict or MIME (6.4, newline-wrapped) Base64, or a plain JSON array."""
+    if value.lstrip().startswith("["):
+        loaded = orjson.loads(value)
+    else:
+        loaded = orjson.loads(zlib.decompress(base64.b64decode(value.replace("\n", ""))))
+    return [str(line) for line in loaded]
 
 
 def check_args(job: str, args: object) -> None:

@@ -23,20 +23,16 @@ once without retry or dead set: the brief's "rescue and return", made visible.
 
 from __future__ import annotations
 
-import base64
 import logging
 import random
 import traceback
-import zlib
 from typing import TYPE_CHECKING, Any, Final, Literal
-
-import orjson
 
 from kiq import payload as wire
 from kiq.client import timestamp
 from kiq.config import Config
 from kiq.errors import Discard
-from kiq.payload import Payload
+from kiq.payload import Payload, encode_backtrace
 
 if TYPE_CHECKING:
     from kiq.job import Job
@@ -55,20 +51,6 @@ def backoff(count: int, rng: random.Random | None = None) -> float:
 
 def jitter(count: int, rng: random.Random | None = None) -> int:
     return (rng or random).randrange(10) * (count + 1)
-
-
-def encode_backtrace(lines: list[str]) -> str:
-    """Base64(zlib(JSON array)), strict Base64 as Sidekiq 7.2.1+ (every reader accepts it)."""
-    return base64.b64encode(zlib.compress(orjson.dumps(lines))).decode()
-
-
-def decode_backtrace(value: str) -> list[str]:
-    """Read strict or MIME (6.4, newline-wrapped) Base64, or a plain JSON array."""
-    if value.lstrip().startswith("["):
-        loaded = orjson.loads(value)
-    else:
-        loaded = orjson.loads(zlib.decompress(base64.b64decode(value.replace("\n", ""))))
-    return [str(line) for line in loaded]
 
 
 def backtrace_lines(exc: BaseException) -> list[str]:

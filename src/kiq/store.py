@@ -133,8 +133,9 @@ class Store:
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "protocol": 2,
             "health_check_interval": 30,
-            "socket_keepalive": True,
         }
+        if not url.startswith("unix:"):
+            common["socket_keepalive"] = True  # unix sockets take no keepalive option
         self.redis: redis.Redis = redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout,
