@@ -69,6 +69,11 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", default=None, help="debug logging")
     parser.add_argument("--log-format", choices=["plain", "json"], help="job log format")
     parser.add_argument("--processes", type=int, help="fork this many worker processes")
+    parser.add_argument(
+        "--max-memory-mb",
+        type=float,
+        help="with --processes: restart a worker whose RSS passes this",
+    )
     parser.add_argument("--redis-url", help="Redis URL (else KIQ_REDIS_URL, REDIS_URL, embedded)")
 
 
@@ -133,7 +138,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if config.processes > 1:
         from kiq.supervisor import Supervisor
 
-        supervisor = Supervisor(config)
+        supervisor = Supervisor(config, args.max_memory_mb)
         install_signals(supervisor)
         return supervisor.run()
     from kiq.launcher import Launcher
