@@ -244,7 +244,7 @@ class Config:
 
 
 def read_file(path: str | os.PathLike[str], environment: str) -> dict[str, Any]:
-    """Read Sidekiq's YAML config (``:concurrency:`` or ``concurrency:`` keys) into Config fields."""
+    """Read Sidekiq's YAML config (``:concurrency:`` or ``concurrency:`` keys) into fields."""
     file = Path(path)
     try:
         data = yaml.safe_load(file.read_text()) or {}

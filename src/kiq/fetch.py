@@ -20,6 +20,7 @@ keeps slots busy while the next batch is on the wire.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -142,7 +143,7 @@ class Fetcher:
     def start(self) -> None:
         self._spawn("fetcher", self._run)
         for queue in self.order.names:
-            self._spawn(f"waiter-{queue}", lambda q=queue: self._wait_loop(q))
+            self._spawn(f"waiter-{queue}", functools.partial(self._wait_loop, queue))
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=f"kiq.{name}", daemon=True)
@@ -169,8 +170,10 @@ class Fetcher:
     def _run(self) -> None:
         while not self._stopping.is_set():
             with self._cond:
-                while not self._stopping.is_set() and not self._acks and (
-                    self._idle.is_set() or self._free < self._batch
+                while (
+                    not self._stopping.is_set()
+                    and not self._acks
+                    and (self._idle.is_set() or self._free < self._batch)
                 ):
                     self._cond.wait(TIMEOUT)
                 if self._stopping.is_set():

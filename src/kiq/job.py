@@ -303,11 +303,13 @@ def job(name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], F
                 async def perform(self, *args: Any) -> Any:
                     return await afn(*args)
 
-            return FunctionJob(fn, AsyncFunctionJob)
+            return FunctionJob(fn, AsyncFunctionJob)  # type: ignore[arg-type]  # R is the coroutine
+
+        call = cast(Callable[..., Any], fn)
 
         class SyncFunctionJob(Job, name=wire_name, **options):
             def perform(self, *args: Any) -> Any:
-                return fn(*args)
+                return call(*args)
 
         return FunctionJob(fn, SyncFunctionJob)
 

@@ -160,7 +160,9 @@ class Launcher:
             }
             existed, signal = store.beat(self.identity, fields, work, self.config.process_ttl)
             paused = store.redis.smembers(self.config.keys.paused)
-            self.manager.fetcher.order.paused = frozenset(p.decode() for p in paused)
+            self.manager.fetcher.order.paused = frozenset(
+                p.decode() if isinstance(p, bytes) else p for p in paused
+            )
             self.outage.ok()
         except TRANSIENT_ERRORS as exc:
             self.state.restore_counts(processed, failed)

@@ -46,7 +46,7 @@ class Recoverer:
         moved = 0
         try:
             for raw_ident, raw_queues in r.hgetall(keys.fetchers).items():
-                ident = raw_ident.decode()
+                ident = raw_ident.decode() if isinstance(raw_ident, bytes) else raw_ident
                 if ident == self.identity or r.exists(keys.process(ident)):
                     continue
                 for queue in orjson.loads(raw_queues):
@@ -63,7 +63,7 @@ class Recoverer:
         r = self.config.store.redis
         keys = self.config.keys
         source = keys.inprogress(ident, queue)
-        raws: list[bytes] = r.lrange(source, 0, -1)
+        raws: list[bytes] = r.lrange(source, 0, -1)  # type: ignore[assignment]  # bytes client
         if not raws:
             return 0
         now = wire.now()

@@ -220,19 +220,20 @@ class Store:
 
     def wait(self, identity: str, queue: str) -> bytes | None:
         """Block up to ``block_timeout`` for one job, moved straight into in-progress."""
-        result: bytes | None = self.blocking.blmove(
+        # redis-py's stub says int seconds; Redis 6+ takes a float timeout.
+        result = self.blocking.blmove(
             self.keys.queue(queue),
             self.keys.inprogress(identity, queue),
-            self.block_timeout,
+            self.block_timeout,  # type: ignore[arg-type]
             "RIGHT",
             "LEFT",
         )
-        return result
+        return result if isinstance(result, bytes) else None
 
     def ack(self, identity: str, acks: Iterable[tuple[str, bytes]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for queue, raw in acks:
-            pipe.lrem(self.keys.inprogress(identity, queue), -1, raw)
+            pipe.lrem(self.keys.inprogress(identity, queue), -1, raw)  # type: ignore[arg-type]
         pipe.execute()
 
     def requeue(self, identity: str, queue: str, raws: Sequence[bytes]) -> int:
@@ -301,7 +302,7 @@ class Store:
                 pipe.expire(work_key, ttl)
         pipe.sadd(k.processes, identity)
         pipe.exists(k.process(identity))
-        pipe.hset(k.process(identity), mapping=fields)
+        pipe.hset(k.process(identity), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(k.process(identity), ttl)
         pipe.rpop(k.signals(identity))
         replies = pipe.execute()
