@@ -82,7 +82,7 @@ class Launcher:
     def _process_info(self) -> bytes:
         c = self.config
         names = list(dict.fromkeys(name for name, _ in c.queues))
-        weights = {name: weight for name, weight in c.queues}
+        weights = dict(c.queues)
         mode = "strict" if all(w == 0 for w in weights.values()) else "weighted"
         return orjson.dumps(
             {
