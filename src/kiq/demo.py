@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import threading
 import time
@@ -98,10 +99,8 @@ def run_demo(args: argparse.Namespace) -> int:
     ok = _watch(config, n, started)
     if args.keep:
         print("--keep: still serving; press Ctrl-C to stop")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
     launcher.stop()
     print("worker stopped cleanly; job log lines are in kiq-demo.log")
     return 0 if ok else 1

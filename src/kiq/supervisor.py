@@ -13,6 +13,7 @@ Tasks:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -74,8 +75,8 @@ class Supervisor:
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor sends TERM
                 kiq_log.setup(self.config.log_format, self.config.verbose)
-                from kiq.cli import install_signals  # noqa: PLC0415 - avoid an import cycle
-                from kiq.launcher import Launcher  # noqa: PLC0415
+                from kiq.cli import install_signals  # avoid an import cycle
+                from kiq.launcher import Launcher
 
                 launcher = Launcher(self.config)
                 install_signals(launcher)
@@ -96,10 +97,8 @@ class Supervisor:
                 self.stopping = True
                 name = "TERM"
             for pid in list(self.children):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, getattr(signal, f"SIG{name}"))
-                except ProcessLookupError:
-                    pass
 
     def _reap(self) -> None:
         while self.children:
