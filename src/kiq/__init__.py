@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kiq.client import Client
+from kiq.client import AsyncClient, Client
 from kiq.config import Config, configure, get_default
 from kiq.errors import (
     ConfigError,
@@ -47,6 +47,7 @@ def on(event: str) -> Callable[[Callable[[Config], None]], Callable[[Config], No
 
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "Config",
     "ConfigError",

@@ -19,7 +19,7 @@ module never imports the testing code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from kiq import payload as wire
@@ -78,35 +78,22 @@ class Client:
         Returns jids aligned with the input, ``None`` where middleware stopped a job
         (Sidekiq 7.1+). ``at`` may be one time or a list with one time per job.
         """
-        args_list = item.get("args")
-        if not isinstance(args_list, list) or not all(isinstance(a, list) for a in args_list):
-            raise JobArgumentError(
-                f"push_bulk needs 'args' as a list of argument lists, e.g. [[1], [2]]; "
-                f"got {args_list!r}"
-            )
-        at = item.get("at")
-        if isinstance(at, list) and len(at) != len(args_list):
-            raise JobArgumentError(
-                f"push_bulk: 'at' has {len(at)} times for {len(args_list)} jobs; give one "
-                f"time or one per job"
-            )
-        if "jid" in item and len(args_list) > 1:
-            raise JobArgumentError("push_bulk: an explicit 'jid' cannot be shared by many jobs")
-        jids: list[str | None] = []
-        base = {k: v for k, v in item.items() if k not in ("args", "at")}
-        for start in range(0, len(args_list), BULK_BATCH):
-            batch: list[Payload] = []
-            for offset, args in enumerate(args_list[start : start + BULK_BATCH]):
-                one = dict(base, args=args)
-                when = at[start + offset] if isinstance(at, list) else at
-                if when is not None:
-                    one["at"] = when
-                final = self._through_middleware(self.normalize(one))
-                jids.append(None if final is None else final["jid"])
-                if final is not None:
-                    batch.append(final)
-            self._write(batch)
+        jids, payloads = self._prepare_bulk(item)
+        for start in range(0, len(payloads), BULK_BATCH):
+            self._write(payloads[start : start + BULK_BATCH])
         return jids
+
+    def _prepare_bulk(self, item: Mapping[str, Any]) -> tuple[list[str | None], list[Payload]]:
+        # Every job is checked before any is written: a bad argument list in the middle
+        # of a bulk push must not leave half of it enqueued.
+        jids: list[str | None] = []
+        payloads: list[Payload] = []
+        for one in _split_bulk(item):
+            final = self._through_middleware(self.normalize(one))
+            jids.append(None if final is None else final["jid"])
+            if final is not None:
+                payloads.append(final)
+        return jids, payloads
 
     def normalize(self, item: Mapping[str, Any]) -> Payload:
         """Options under item, then jid and created_at, in Sidekiq's key order."""
@@ -153,6 +140,16 @@ class Client:
             return
         if _test_hook is not None and _test_hook(list(payloads), self.config):
             return
+        immediate, scheduled = self._encode(payloads)
+        store = self.config.store
+        if immediate:
+            store.push(immediate)
+        if scheduled:
+            store.schedule(scheduled)
+
+    def _encode(
+        self, payloads: Sequence[Payload]
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[float, bytes]]]:
         immediate: list[tuple[str, bytes]] = []
         scheduled: list[tuple[float, bytes]] = []
         enqueued_at = timestamp(self.config)
@@ -164,11 +161,70 @@ class Client:
             else:
                 payload.pop("enqueued_at", None)  # Sidekiq 7.1.2+: not in schedule members
                 scheduled.append((float(at), wire.dumps(payload)))
-        store = self.config.store
-        if immediate:
-            store.push(immediate)
-        if scheduled:
-            store.schedule(scheduled)
+        return immediate, scheduled
+
+
+class AsyncClient(Client):
+    """The same pushes for async web apps: ``await AsyncClient().push({...})``.
+
+    Normalizing and client middleware are the sync ones (they do no I/O); only the
+    Redis write awaits, on a redis.asyncio connection bound to the running loop.
+
+    Example::
+
+        @app.post("/signup")
+        async def signup(...):
+            await kiq.AsyncClient().push({"class": WelcomeEmail, "args": [user.id]})
+            await WelcomeEmail.aperform_async(user.id)   # the same, from the Job
+    """
+
+    async def push(self, item: Mapping[str, Any]) -> str | None:  # type: ignore[override]
+        payload = self.normalize(item)
+        final = self._through_middleware(payload)
+        if final is None:
+            return None
+        await self._awrite([final])
+        jid: str = final["jid"]
+        return jid
+
+    async def push_bulk(self, item: Mapping[str, Any]) -> list[str | None]:  # type: ignore[override]
+        jids, payloads = self._prepare_bulk(item)
+        for start in range(0, len(payloads), BULK_BATCH):
+            await self._awrite(payloads[start : start + BULK_BATCH])
+        return jids
+
+    async def _awrite(self, payloads: Sequence[Payload]) -> None:
+        if not payloads:
+            return
+        if _test_hook is not None and _test_hook(list(payloads), self.config):
+            return
+        immediate, scheduled = self._encode(payloads)
+        await self.config.store.apush(immediate, scheduled)
+
+
+def _split_bulk(item: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """One item per argument list of a bulk push, each with its own ``at`` if given."""
+    args_list = item.get("args")
+    if not isinstance(args_list, list) or not all(isinstance(a, list) for a in args_list):
+        raise JobArgumentError(
+            f"push_bulk needs 'args' as a list of argument lists, e.g. [[1], [2]]; "
+            f"got {args_list!r}"
+        )
+    at = item.get("at")
+    if isinstance(at, list) and len(at) != len(args_list):
+        raise JobArgumentError(
+            f"push_bulk: 'at' has {len(at)} times for {len(args_list)} jobs; give one "
+            f"time or one per job"
+        )
+    if "jid" in item and len(args_list) > 1:
+        raise JobArgumentError("push_bulk: an explicit 'jid' cannot be shared by many jobs")
+    base = {k: v for k, v in item.items() if k not in ("args", "at")}
+    for index, args in enumerate(args_list):
+        one = dict(base, args=args)
+        when = at[index] if isinstance(at, list) else at
+        if when is not None:
+            one["at"] = when
+        yield one
 
 
 _DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {"retry": True, "queue": "default"}

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Final, Generic, ParamSpec, TypeVar, cast
 
 from kiq import payload as wire
-from kiq.client import Client, resolve_at
+from kiq.client import AsyncClient, Client, resolve_at
 from kiq.config import Config, get_default
 from kiq.errors import ConfigError, JobArgumentError
 from kiq.payload import Payload
@@ -159,6 +159,23 @@ class Job:
     def perform_inline(cls, *args: Any) -> Any:
         return Setter(cls, {}).perform_inline(*args)
 
+    # -- asyncio forms, for async web views (Django's ``a`` prefix convention) ---------
+    @classmethod
+    async def aperform_async(cls, *args: Any) -> str | None:
+        return await Setter(cls, {}).aperform_async(*args)
+
+    @classmethod
+    async def aperform_in(cls, interval: When, *args: Any) -> str | None:
+        return await Setter(cls, {}).aperform_in(interval, *args)
+
+    @classmethod
+    async def aperform_at(cls, when: When, *args: Any) -> str | None:
+        return await Setter(cls, {}).aperform_at(when, *args)
+
+    @classmethod
+    async def aperform_bulk(cls, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
+        return await Setter(cls, {}).aperform_bulk(args_list)
+
 
 def _validate_options(owner: str, options: Mapping[str, Any]) -> None:
     queue = options.get("queue")
@@ -216,6 +233,25 @@ class Setter:
         item = self._item([])
         item["args"] = [list(a) for a in args_list]
         return self._client().push_bulk(item)
+
+    def _aclient(self) -> AsyncClient:
+        return AsyncClient(self._config or get_default())
+
+    async def aperform_async(self, *args: Any) -> str | None:
+        return await self._aclient().push(self._item(args))
+
+    async def aperform_in(self, interval: When, *args: Any) -> str | None:
+        at = resolve_at(_seconds(interval, relative=True), wire.now())
+        return await self._aclient().push(self._item(args, at))
+
+    async def aperform_at(self, when: When, *args: Any) -> str | None:
+        at = resolve_at(_seconds(when, relative=False), wire.now())
+        return await self._aclient().push(self._item(args, at))
+
+    async def aperform_bulk(self, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
+        item = self._item([])
+        item["args"] = [list(a) for a in args_list]
+        return await self._aclient().push_bulk(item)
 
     def perform_inline(self, *args: Any) -> Any:
         """Run now in this thread, through both middleware chains (Sidekiq perform_inline)."""
