@@ -80,6 +80,11 @@ class Keys:
     def stat_daily(self, kind: str, day: date) -> str:
         return f"{self.prefix}stat:{kind}:{day.isoformat()}"
 
+    @property
+    def leader(self) -> str:
+        """Sidekiq Enterprise's leader identity; OSS readers only show it (Busy page star)."""
+        return f"{self.prefix}dear-leader"
+
     # kiq's own keys -----------------------------------------------------------------
     def inprogress(self, identity: str, queue: str) -> str:
         return f"{self.prefix}kiq|inprogress|{identity}|{queue}"
