@@ -32,12 +32,13 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Final, Generic, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, ParamSpec, TypeVar, cast
 
 from kiq import payload as wire
 from kiq.client import AsyncClient, Client, resolve_at
 from kiq.config import Config, get_default
 from kiq.errors import ConfigError, JobArgumentError
+from kiq.middleware import Chain, ServerMiddleware
 from kiq.payload import Payload
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,18 @@ class Job:
     async def aperform_bulk(cls, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
         return await Setter(cls, {}).aperform_bulk(args_list)
 
+    if TYPE_CHECKING:
+        # Test-mode accessors, attached when kiq.testing is imported (Sidekiq: require
+        # "sidekiq/testing"); declared here only so that type checkers know them.
+        jobs: ClassVar[list[Payload]]
+
+        @classmethod
+        def clear(cls) -> None: ...
+        @classmethod
+        def drain(cls) -> int: ...
+        @classmethod
+        def perform_one(cls) -> Any: ...
+
 
 def _validate_options(owner: str, options: Mapping[str, Any]) -> None:
     queue = options.get("queue")
@@ -264,8 +277,19 @@ class Setter:
         return run_payload(client.config, self.job, wire.loads(wire.dumps(final)))
 
 
-def run_payload(config: Config, job_class: type[Job], payload: Payload) -> Any:
-    """Instantiate and perform one job through the server middleware, synchronously."""
+def run_payload(
+    config: Config,
+    job_class: type[Job],
+    payload: Payload,
+    *,
+    middleware: Chain[ServerMiddleware] | None = None,
+) -> Any:
+    """Instantiate and perform one job through the server middleware, synchronously.
+
+    ``middleware`` replaces ``config.server_middleware``: kiq.testing runs jobs through
+    its own chain (Sidekiq: ``Sidekiq::Testing.server_middleware``).
+    """
+    chain = config.server_middleware if middleware is None else middleware
     job = job_class()
     job.jid = payload["jid"]
     job.payload = payload
@@ -277,7 +301,7 @@ def run_payload(config: Config, job_class: type[Job], payload: Payload) -> Any:
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
 
-    config.server_middleware.invoke(job, payload, payload["queue"], call)
+    chain.invoke(job, payload, payload["queue"], call)
     return result
 
 
@@ -317,6 +341,14 @@ class FunctionJob(Generic[P, R]):
 
     def set(self, **options: Any) -> Setter:
         return self.job_class.set(**options)
+
+    if TYPE_CHECKING:
+        # Attached by kiq.testing, as on Job: ``send_digest.jobs``, ``send_digest.drain()``.
+        @property
+        def jobs(self) -> list[Payload]: ...
+        def clear(self) -> None: ...
+        def drain(self) -> int: ...
+        def perform_one(self) -> Any: ...
 
 
 def _no_kwargs(job: type[Job], kwargs: Mapping[str, Any]) -> None:
