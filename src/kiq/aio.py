@@ -63,12 +63,15 @@ class AsyncRunner:
             job = ex.instantiate(unit, job_class)
             payload: dict[str, Any] = unit.payload or {}
             timeout = payload.get("timeout")
+            deadline = asyncio.timeout(float(timeout) if timeout else None)
             try:
-                async with asyncio.timeout(float(timeout) if timeout else None):
+                async with deadline:
                     await ex.config.server_middleware.ainvoke(
                         job, payload, unit.queue, lambda: job.perform(*payload["args"])
                     )
             except TimeoutError as error:
+                if not deadline.expired():
+                    raise  # the job's own TimeoutError (a network call...), not its timeout
                 raise JobTimeout(f"job ran longer than its timeout of {timeout}s") from error
         except asyncio.CancelledError as error:
             if ex.stopping.is_set():
