@@ -239,6 +239,12 @@ class Executor:
             except BaseException as error:  # job code may raise SystemExit & co: a failure
                 exc = error
             self.finish(unit, job_class, ctx, exc, slot)
+        except Shutdown:
+            # The manager has already requeued this job; free its slot, or stop() keeps
+            # counting it as running and waits HARD_SHUTDOWN_WAIT for nothing.
+            with self.state.lock:
+                self.state.work.pop(slot, None)
+            raise
         finally:
             kiq_log.reset_context(token)
 
