@@ -85,10 +85,11 @@ while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
 return n
 """
 
-# KEYS[1]: in-progress list, KEYS[2]: queue; ARGV: raw jobs to put back at the tail.
+# KEYS[1]: in-progress list, KEYS[2]: queue; ARGV: raw jobs to put back at the tail,
+# oldest first. Pushed newest first, so the oldest ends at the tail and is fetched next.
 _REQUEUE: Final = """
 local n = 0
-for i = 1, #ARGV do
+for i = #ARGV, 1, -1 do
   if redis.call('LREM', KEYS[1], -1, ARGV[i]) > 0 then
     redis.call('RPUSH', KEYS[2], ARGV[i])
     n = n + 1
@@ -291,7 +292,8 @@ class Store:
         pipe.execute()
 
     def requeue(self, identity: str, queue: str, raws: Sequence[bytes]) -> int:
-        """Move these unfinished jobs from in-progress back to the tail of their queue."""
+        """Move these unfinished jobs (oldest first) from in-progress back to the tail of
+        their queue, so they are fetched again in their original order."""
         keys = [self.keys.inprogress(identity, queue), self.keys.queue(queue)]
         return int(self._requeue(keys=keys, args=list(raws)))
 
