@@ -21,6 +21,20 @@ def record(key: str, job: kiq.Job, *args: Any) -> None:
     _redis.rpush(key, json.dumps({"jid": job.jid, "args": list(args), "pid": os.getpid()}))
 
 
+def records(r: redis.Redis, key: str = "test:done") -> list[dict[str, Any]]:
+    """What ``record`` wrote, oldest first (for the tests, which read from outside)."""
+    return [json.loads(item) for item in r.lrange(key, 0, -1)]
+
+
+def identity_of(r: redis.Redis, pid: int) -> str | None:
+    """The heartbeat identity (``host:pid:nonce``) of the worker process ``pid``, once beating."""
+    for identity in r.smembers("processes"):
+        text = identity.decode() if isinstance(identity, bytes) else identity
+        if text.split(":")[-2] == str(pid):
+            return text
+    return None
+
+
 class Record(kiq.Job, name="Record"):
     def perform(self, *args: Any) -> None:
         record("test:done", self, *args)
@@ -74,3 +88,72 @@ class AsyncSlowTimeout(kiq.Job, name="AsyncSlowTimeout", timeout=0.3, retry=0):
     async def perform(self) -> None:
         record("test:started", self)
         await asyncio.sleep(60)
+
+
+class Tally(kiq.Job, name="Tally"):
+    """Count a run and remember its index in one round trip (10,000-job drains)."""
+
+    def perform(self, index: int) -> None:
+        pipe = _redis.pipeline(transaction=False)
+        pipe.sadd("test:tally", index)
+        pipe.incr("test:count")
+        pipe.execute()
+
+
+class Exit(kiq.Job, name="Exit", retry=0):
+    """Raise SystemExit, which must fail the job, not end the process."""
+
+    def perform(self) -> None:
+        raise SystemExit(3)
+
+
+class Interrupt(kiq.Job, name="Interrupt", retry=0):
+    """Raise KeyboardInterrupt, which must fail the job, not end the process."""
+
+    def perform(self) -> None:
+        raise KeyboardInterrupt
+
+
+class Pair(kiq.Job, name="Pair"):
+    def perform(self, a: Any, b: Any) -> None:
+        record("test:done", self, a, b)
+
+
+class Big(kiq.Job, name="Big"):
+    """Record only the size of a (large) argument."""
+
+    def perform(self, blob: str) -> None:
+        record("test:done", self, len(blob))
+
+
+class AsyncRaisesTimeout(kiq.Job, name="AsyncRaisesTimeout", retry=0):
+    """An async job with no timeout whose own code raises TimeoutError."""
+
+    async def perform(self) -> None:
+        await asyncio.sleep(0)
+        raise TimeoutError("upstream took too long")
+
+
+class InteropEcho(kiq.Job, name="InteropEcho", queue="interop"):
+    """Record exactly what arrived, for the Ruby Sidekiq interop tests (tests/interop).
+
+    ``json`` (not orjson) keeps integers beyond 64 bits exact, as Ruby sends them.
+    """
+
+    def perform(self, *args: Any) -> None:
+        entry = {
+            "jid": self.jid,
+            "class": self.payload["class"],
+            "wrapped": self.payload.get("wrapped"),
+            "queue": self.payload.get("queue"),
+            "args": list(args),
+        }
+        _redis.rpush("interop:py:done", json.dumps(entry, ensure_ascii=False))
+
+
+class ActiveJobWrapper(InteropEcho, name="ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"):
+    """The class of ActiveJob jobs enqueued by Rails' Sidekiq adapter (and Sidekiq <= 7)."""
+
+
+class SidekiqActiveJobWrapper(InteropEcho, name="Sidekiq::ActiveJob::Wrapper"):
+    """The class Sidekiq 8's own ActiveJob adapter writes."""
