@@ -63,11 +63,12 @@ def dumps(payload: Mapping[str, Any] | Sequence[Any]) -> bytes:
 
 def loads(raw: bytes | str) -> Payload:
     """Decode a job from Redis; raise PayloadError unless it is an object with class and args."""
-    data = raw.encode() if isinstance(raw, str) else raw
     try:
-        job = json.loads(data) if _LONG_NUMBER.search(data) else orjson.loads(data)
-    except ValueError as exc:
-        raise PayloadError(f"job is not valid JSON ({exc}): {_clip(data)}") from exc
+        data = raw.encode() if isinstance(raw, str) else raw
+        job = _loads_exact(data) if _LONG_NUMBER.search(data) else orjson.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
+        shown = _clip(data) if isinstance(raw, bytes) else repr(raw[:200])
+        raise PayloadError(f"job is not valid JSON ({exc}): {shown}") from exc
     if not isinstance(job, dict):
         raise PayloadError(f"job must be a JSON object, got {type(job).__name__}: {_clip(data)}")
     if not isinstance(job.get("class"), str) or not job["class"]:
@@ -75,6 +76,26 @@ def loads(raw: bytes | str) -> Payload:
     if not isinstance(job.get("args"), list):
         raise PayloadError(f"job {job['class']} has no 'args' array: {_clip(data)}")
     return job
+
+
+def _loads_exact(data: bytes) -> Any:
+    # The stdlib keeps big integers exact but is laxer than orjson; hold it to the same
+    # rules (strict UTF-8, no NaN/Infinity, no overflowing floats, no lone surrogates) so
+    # a payload's validity never depends on whether it happens to hold a long number.
+    job = json.loads(data.decode(), parse_constant=_refuse_constant, parse_float=_finite_float)
+    json.dumps(job, ensure_ascii=False).encode()
+    return job
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
 
 
 def to_seconds(value: object) -> float | None:
@@ -119,8 +140,10 @@ def check_args(job: str, args: object) -> None:
 
 
 def _first_non_json(value: object) -> tuple[object, str] | None:
-    if value is None or isinstance(value, str | bool | int):
+    if value is None or isinstance(value, bool | int):
         return None
+    if isinstance(value, str):
+        return None if _is_utf8(value) else (value, "text that is not valid UTF-8")
     if isinstance(value, float):
         return None if math.isfinite(value) else (value, "which JSON cannot represent")
     if isinstance(value, list):
@@ -132,10 +155,24 @@ def _first_non_json(value: object) -> tuple[object, str] | None:
         for key, item in value.items():
             if not isinstance(key, str):
                 return key, f"a {type(key).__name__} dict key (JSON keys are strings)"
+            if not _is_utf8(key):
+                return key, "a dict key that is not valid UTF-8"
             if (found := _first_non_json(item)) is not None:
                 return found
         return None
     return value, f"a {type(value).__name__}"
+
+
+def _is_utf8(text: str) -> bool:
+    # Lone surrogates (e.g. from os.fsdecode of a bad file name) cannot be UTF-8;
+    # orjson refuses them and Ruby's JSON.generate would too.
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _clip(data: bytes, limit: int = 200) -> str:
