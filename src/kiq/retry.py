@@ -102,7 +102,7 @@ class RetryHandler:
         )
         if count >= limit:
             return self._exhausted(payload, exc, job_class, now)
-        delay: Any = job_class.retry_in(count, exc, payload) if job_class else None
+        delay = self._custom_delay(payload, exc, job_class, count)
         if delay == "discard":
             return self._discard(payload, exc)
         if delay == "kill":
@@ -112,6 +112,19 @@ class RetryHandler:
         at = now + float(delay) + jitter(count)
         self.config.store.add_retry(at, wire.dumps(payload))
         return "retry"
+
+    def _custom_delay(
+        self, payload: Payload, exc: BaseException, job_class: type[Job] | None, count: int
+    ) -> Any:
+        if job_class is None:
+            return None
+        try:
+            return job_class.retry_in(count, exc, payload)
+        except Exception:
+            # Sidekiq: an error inside sidekiq_retry_in is logged and the default delay
+            # used; letting it escape would leave the failure unrecorded.
+            log.exception("retry_in of %s failed; using the default delay", payload["class"])
+            return None
 
     def _stamp(self, payload: Payload, queue: str, exc: BaseException, now: float) -> int:
         payload["queue"] = payload.get("retry_queue") or queue
