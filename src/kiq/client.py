@@ -45,9 +45,13 @@ def set_test_hook(hook: TestHook | None) -> None:
 
 
 def timestamp(config: Config, now: float | None = None) -> float | int:
-    """A payload timestamp: float seconds (Sidekiq 6.4-7.x) or int ms (Sidekiq 8 mode)."""
+    """A payload timestamp: float seconds (Sidekiq 6.4-7.x) or int ms (Sidekiq 8 mode).
+
+    Seconds are always a float, so a whole-second ``now`` is still written as
+    ``1700000000.0``: Sidekiq 8 reads a JSON integer as milliseconds.
+    """
     value = wire.now() if now is None else now
-    return int(value * 1000) if config.timestamp_format == "ms" else value
+    return int(value * 1000) if config.timestamp_format == "ms" else float(value)
 
 
 def resolve_at(value: float, now: float) -> float | None:
