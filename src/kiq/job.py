@@ -27,6 +27,7 @@ registry, never by importing a path taken from a payload.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import logging
@@ -299,7 +300,7 @@ def run_payload(
         nonlocal result
         result = job.perform(*payload["args"])
         if inspect.isawaitable(result):
-            result = asyncio.run(_await(result))
+            result = _run_to_completion(result)
 
     chain.invoke(job, payload, payload["queue"], call)
     return result
@@ -307,6 +308,22 @@ def run_payload(
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+def _run_to_completion(awaitable: Awaitable[Any]) -> Any:
+    """Finish an async perform from sync code, even in a thread that runs a loop.
+
+    perform_inline and kiq.testing's inline mode and drain are often called from async
+    code (an async view, an async test), where asyncio.run refuses to nest; the job
+    then runs on a loop of its own in a helper thread while the caller waits, as it
+    would for a sync job.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(awaitable))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kiq.inline") as pool:
+        return pool.submit(asyncio.run, _await(awaitable)).result()
 
 
 P = ParamSpec("P")
