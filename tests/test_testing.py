@@ -450,6 +450,19 @@ def test_same_mode_inside_a_block_is_allowed(kiq_fake: ModuleType) -> None:
     assert len(CalculateMetricsJob.jobs) == 1
 
 
+def test_overlapping_blocks_restore_when_the_last_ends() -> None:
+    """Blocks of one mode ending out of order (two threads) keep it until the last ends."""
+    first, second = testing.fake(), testing.fake()
+    first.__enter__()
+    second.__enter__()
+
+    first.__exit__(None, None, None)
+    assert testing.mode() == "fake"
+    second.__exit__(None, None, None)
+
+    assert testing.mode() == "disable"
+
+
 def test_error_inside_a_block_restores_the_mode() -> None:
     """The previous mode comes back even when the block raises."""
     with pytest.raises(RuntimeError), testing.fake():

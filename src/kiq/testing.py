@@ -26,6 +26,8 @@ fake-mode accessors ``jobs``, ``clear()``, ``drain()`` and ``perform_one()``; on
 ``kiq.Job`` itself they act on all jobs (Sidekiq: ``Sidekiq::Job.jobs``). Jobs run
 by ``drain`` and by inline mode go through ``kiq.testing.server_middleware``, which
 is empty unless a test adds to it, never through a Config's server chain.
+``MyJob.perform_inline(...)`` is not a push: it runs through both of the Config's
+chains whatever the mode (Sidekiq: ``perform_inline``).
 
 Unlike Sidekiq, where a block mode is thread-local, the mode is process-wide: test
 clients (Starlette's TestClient, Django's live server) run the code under test in
@@ -48,6 +50,22 @@ from kiq.errors import KiqError, UnknownJobError
 from kiq.job import FunctionJob, Job, lookup, run_payload
 from kiq.middleware import Chain, ServerMiddleware
 from kiq.payload import Payload
+
+__all__ = [
+    "EmptyQueueError",
+    "Mode",
+    "ModeSwitch",
+    "TestModeAlreadySetError",
+    "clear_all",
+    "disable",
+    "drain_all",
+    "fake",
+    "inline",
+    "jobs",
+    "mode",
+    "queues",
+    "server_middleware",
+]
 
 Mode = Literal["fake", "inline", "disable"]
 
@@ -72,7 +90,8 @@ class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.mode: Mode = "disable"
-        self.blocks = 0  # `with` blocks currently open
+        self.blocks = 0  # `with` blocks open, all in `mode` (a different one is refused)
+        self.restore: Mode = "disable"  # the mode from before the first open block
         self.jobs: list[Payload] = []  # every fake job, oldest first
 
 
@@ -97,6 +116,8 @@ class ModeSwitch:
                     f"the mode changed to {_state.mode!r} between kiq.testing.{self.mode}() "
                     f"and its `with`; write `with kiq.testing.{self.mode}():` in one statement"
                 )
+            if not _state.blocks:
+                _state.restore = self.previous
             _state.blocks += 1
         return self
 
@@ -106,9 +127,12 @@ class ModeSwitch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # Blocks opened by several threads may end in any order, so the mode goes back
+        # only when the last one ends.
         with _state.lock:
             _state.blocks -= 1
-            _apply(self.previous)
+            if not _state.blocks:
+                _apply(_state.restore)
 
 
 def fake() -> ModeSwitch:
