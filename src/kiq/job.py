@@ -199,7 +199,9 @@ def _validate_options(owner: str, options: Mapping[str, Any]) -> None:
     if not isinstance(retry, bool | int) or (not isinstance(retry, bool) and retry < 0):
         raise ConfigError(f"{owner}: retry={retry!r} must be True, False or a count >= 0")
     timeout = options.get("timeout")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
         raise ConfigError(f"{owner}: timeout={timeout!r} must be seconds > 0")
 
 
