@@ -31,9 +31,20 @@ import concurrent.futures
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, ParamSpec, TypeVar, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Final,
+    Generic,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from kiq import payload as wire
 from kiq.client import AsyncClient, Client, resolve_at
@@ -58,6 +69,27 @@ PAYLOAD_OPTIONS: Final = (
 CLASS_OPTIONS: Final = ("discard_on",)
 
 _registry: dict[str, type[Job]] = {}
+
+PROGRESS_EVERY = 0.5  # seconds between progress writes of one job (issue 7: rate limit)
+PROGRESS_TTL = 86_400  # seconds a job's last progress stays readable
+
+
+def read_progress(config: Config, jid: str) -> dict[str, Any] | None:
+    """The last progress a job reported: percent, message, class, at; None if none."""
+    raw = config.store.redis.hgetall(config.keys.progress(jid))
+    if not raw:
+        return None
+    data = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+    return {
+        "jid": jid,
+        "percent": float(data.get("percent", 0)),
+        "message": data.get("message", ""),
+        "class": data.get("class", ""),
+        "at": float(data.get("at", 0)),
+    }
 
 
 def lookup(name: str) -> type[Job] | None:
@@ -119,6 +151,33 @@ class Job:
     def logger(self) -> logging.Logger:
         """A logger whose records carry this job's context (jid, class) via kiq.log."""
         return logging.getLogger(f"kiq.job.{type(self).__qualname__}")
+
+    def progress(self, percent: float, message: str = "") -> None:
+        """Report how far this job is: ``self.progress(40, "imported 400 of 1000")``.
+
+        Stored in ``kiq|progress|<jid>`` (a hash with a TTL of ``PROGRESS_TTL``) for the
+        admin API and the Web UI. Rate-limited: a write happens at most every
+        ``PROGRESS_EVERY`` seconds, plus always at 0 and 100, so a tight loop calling
+        it per row costs almost nothing and does not flood Redis.
+        """
+        percent = max(0.0, min(100.0, float(percent)))
+        now = time.monotonic()
+        last = getattr(self, "_progress_at", None)
+        if last is not None and now - last < PROGRESS_EVERY and percent not in (0.0, 100.0):
+            return
+        self._progress_at = now
+        config = getattr(self, "config", None) or get_default()
+        key = config.keys.progress(getattr(self, "jid", "") or "")
+        fields = {
+            "percent": repr(percent),
+            "message": message,
+            "class": type(self).wire_name,
+            "at": repr(wire.now()),
+        }
+        pipe = config.store.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, PROGRESS_TTL)
+        pipe.execute()
 
     # -- hooks (override as classmethods) ----------------------------------------------
     @classmethod
@@ -378,8 +437,18 @@ def _no_kwargs(job: type[Job], kwargs: Mapping[str, Any]) -> None:
         )
 
 
-def job(name: str | None = None, **options: Any) -> Callable[[Callable[P, R]], FunctionJob[P, R]]:
-    """Turn a function into a job: ``@kiq.job(queue="mailers", retry=2)``."""
+@overload
+def job(name: Callable[P, R], /) -> FunctionJob[P, R]: ...
+@overload
+def job(
+    name: str | None = None, **options: Any
+) -> Callable[[Callable[P, R]], FunctionJob[P, R]]: ...
+def job(name: str | Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Turn a function into a job: ``@kiq.job(queue="mailers", retry=2)`` or bare ``@kiq.job``."""
+    if callable(name):
+        # Bare ``@kiq.job``: without this the function itself arrived as ``name`` and the
+        # decorated name silently became the inner ``wrap``.
+        return job()(name)
 
     def wrap(fn: Callable[P, R]) -> FunctionJob[P, R]:
         wire_name = name or f"{fn.__module__}.{fn.__qualname__}"
