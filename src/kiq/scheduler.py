@@ -21,7 +21,6 @@ from typing import Final
 from kiq import payload as wire
 from kiq.client import Client
 from kiq.config import Config
-from kiq.errors import PayloadError
 from kiq.outage import Outage
 from kiq.store import TRANSIENT_ERRORS
 
@@ -56,8 +55,12 @@ class Poller:
                     break
                 try:
                     self.client.push(wire.loads(raw))
-                except PayloadError as exc:
-                    log.error("unparseable job in %s sent to the dead set: %s", key, exc)
+                except TRANSIENT_ERRORS:
+                    raise  # Redis is away: the loop backs off (Sidekiq OSS loses this one job)
+                except Exception as exc:
+                    # Popped already: a job that cannot be pushed (not JSON, a bad field,
+                    # a client middleware raising) would be lost; keep it where the UI shows it.
+                    log.error("job in %s that cannot be pushed sent to the dead set: %s", key, exc)
                     store.add_dead(
                         raw, wire.now(), self.config.dead_max_jobs, self.config.dead_timeout
                     )
@@ -88,5 +91,8 @@ class Poller:
                 self.outage.ok()
             except TRANSIENT_ERRORS as exc:
                 self.outage.error(exc)
+                count = 1
+            except Exception:  # watchdog: a poller that died would never promote again
+                log.exception("poller: enqueueing due jobs failed; trying again next poll")
                 count = 1
             self._stop.wait(self.interval(count))
