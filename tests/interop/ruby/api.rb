@@ -33,7 +33,8 @@ Redis.silence_deprecations = true
 abort "api.rb: REDIS_URL must be set (e.g. redis://127.0.0.1:6379/14)" unless ENV["REDIS_URL"]
 
 Sidekiq.configure_client do |config|
-  config.redis = {url: ENV.fetch("REDIS_URL"), size: 2}
+  # SIDEKIQ_NAMESPACE=myapp: redis-namespace, every key "myapp:<key>" (see worker_app.rb)
+  config.redis = {url: ENV.fetch("REDIS_URL"), size: 2, namespace: ENV["SIDEKIQ_NAMESPACE"]}.compact
 end
 Sidekiq.logger = Logger.new($stderr, level: Logger::WARN)
 

@@ -26,7 +26,8 @@ Redis.silence_deprecations = true
 abort "web.ru: REDIS_URL must be set (e.g. redis://127.0.0.1:6379/14)" unless ENV["REDIS_URL"]
 
 Sidekiq.configure_client do |config|
-  config.redis = {url: ENV.fetch("REDIS_URL"), size: 5}
+  # SIDEKIQ_NAMESPACE=myapp: redis-namespace, every key "myapp:<key>" (see worker_app.rb)
+  config.redis = {url: ENV.fetch("REDIS_URL"), size: 5, namespace: ENV["SIDEKIQ_NAMESPACE"]}.compact
 end
 
 begin

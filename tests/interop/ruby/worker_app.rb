@@ -28,6 +28,39 @@ Redis.silence_deprecations = true
 
 abort "worker_app.rb: REDIS_URL must be set (e.g. redis://127.0.0.1:6379/14)" unless ENV["REDIS_URL"]
 
+# Knobs for tests (all optional; unset = Sidekiq 6.4's production behaviour):
+#   SIDEKIQ_NAMESPACE=myapp              redis-namespace (needs the ruby-redis-namespace
+#                                        package); every key becomes "myapp:<key>"
+#   SIDEKIQ_POLL_INTERVAL_AVERAGE=0.5    Sidekiq.options[:poll_interval_average]: the
+#                                        scheduled/retry poller's average sleep, seconds
+#   SIDEKIQ_POLL_INITIAL_WAIT=0          replaces the poller's first sleep (10 + 5*rand s,
+#                                        or 5*rand s once an average is set)
+#   SIDEKIQ_BEAT_PAUSE=1                 Launcher::BEAT_PAUSE (heartbeat period, 5 s):
+#                                        stats flush, busy jobs and remote signals
+if ENV["SIDEKIQ_NAMESPACE"]
+  Sidekiq.configure_server do |config|
+    config.redis = {url: ENV.fetch("REDIS_URL"), namespace: ENV["SIDEKIQ_NAMESPACE"]}
+  end
+end
+if ENV["SIDEKIQ_POLL_INTERVAL_AVERAGE"]
+  Sidekiq.options[:poll_interval_average] = Float(ENV["SIDEKIQ_POLL_INTERVAL_AVERAGE"])
+end
+if ENV["SIDEKIQ_POLL_INITIAL_WAIT"]
+  require "sidekiq/scheduled"
+  module InteropInitialWait
+    def initial_wait
+      @sleeper.pop(Float(ENV["SIDEKIQ_POLL_INITIAL_WAIT"]))
+    rescue Timeout::Error
+    end
+  end
+  Sidekiq::Scheduled::Poller.prepend(InteropInitialWait)
+end
+if ENV["SIDEKIQ_BEAT_PAUSE"]
+  require "sidekiq/launcher"
+  Sidekiq::Launcher.send(:remove_const, :BEAT_PAUSE)
+  Sidekiq::Launcher.const_set(:BEAT_PAUSE, Float(ENV["SIDEKIQ_BEAT_PAUSE"]))
+end
+
 class RubyEcho
   include Sidekiq::Worker
 

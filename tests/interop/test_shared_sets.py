@@ -1,0 +1,150 @@
+"""Scheduled and retry sets shared by kiq and Sidekiq 6.4 (issue 3, point 3).
+
+Both sides write the ``schedule`` and ``retry`` ZSETs; either side's poller promotes
+the other's jobs, Ruby's data API (api.rb) shows and acts on kiq's retries, and
+``kiq.api.RetrySet`` does the same for retries Ruby wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+
+import kiq
+from tests.interop.conftest import PY_DONE, Ruby, strict_json, wait_records
+from tests.support.jobs import Boom
+from tests.support.wait import wait_until
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
+
+
+def zset(r: redis.Redis, key: str) -> list[tuple[dict[str, Any], float]]:
+    return [(json.loads(member), score) for member, score in r.zrange(key, 0, -1, withscores=True)]
+
+
+def one_retry(r: redis.Redis) -> dict[str, Any]:
+    """Wait for the single entry of the retry set and return its payload."""
+    wait_until(lambda: r.zcard("retry") >= 1, timeout=15.0)
+    ((payload, _),) = zset(r, "retry")
+    return payload
+
+
+@pytest.fixture
+def kiq_retry(config, r, start_worker) -> tuple[str, Any]:
+    """A job that failed in kiq and sits in ``retry``; returns (jid, the worker)."""
+    worker = start_worker("-q", "default", "-c", "2")
+    jid = Boom.perform_async(1, "x")
+    one_retry(r)
+    return jid, worker
+
+
+def test_ruby_scheduled_job_is_promoted_by_kiq(config, r, ruby: Ruby, start_worker):
+    """A job Sidekiq's client scheduled is moved to its queue and run by kiq alone."""
+    (jid,) = ruby.push(
+        {"op": "push", "class": "InteropEcho", "queue": "interop", "args": [7], "in": 0.5}
+    )
+    assert r.zcard("schedule") == 1
+
+    start_worker("-q", "interop", "-c", "2")
+
+    (record,) = wait_records(r, PY_DONE, 1)
+    assert record["jid"] == jid
+    assert r.zcard("schedule") == 0
+
+
+def test_kiq_failure_shows_in_ruby_retry_set(kiq_retry, ruby: Ruby):
+    """Sidekiq::RetrySet shows a kiq failure's class, queue, args, error, count, time, backtrace."""
+    jid, _ = kiq_retry
+    before = time.time()
+
+    (entry,) = ruby.api()["retry"]
+
+    assert entry["jid"] == jid
+    assert entry["klass"] == "Boom"
+    assert entry["queue"] == "default"
+    assert entry["args"] == [1, "x"]
+    assert entry["error_class"] == "ValueError"
+    assert entry["error_message"] == "boom (1, 'x')"
+    assert entry["retry_count"] == 0
+    failed_at = datetime.fromisoformat(entry["failed_at"])
+    assert before - 30 < failed_at.timestamp() <= before
+    assert failed_at.tzinfo == UTC
+    assert entry["score"] > before + 10  # first retry: 15 s + jitter away
+    backtrace = entry["error_backtrace"]
+    assert isinstance(backtrace, list), backtrace
+    assert any("jobs.py" in line and "in `perform'" in line for line in backtrace), backtrace
+
+
+def test_ruby_retry_all_reruns_kiq_retries_once(kiq_retry, r, ruby: Ruby):
+    """RetrySet#retry_all sends kiq's entry back to its queue; kiq reruns it; no duplicate."""
+    jid, _ = kiq_retry
+
+    ruby.api("retry_all")
+
+    def rerun() -> dict[str, Any] | None:
+        entries = zset(r, "retry")
+        return entries[0][0] if entries and "retried_at" in entries[0][0] else None
+
+    payload = wait_until(rerun, timeout=15.0)
+    assert payload["jid"] == jid
+    assert payload["retry_count"] == 0  # Ruby decremented it to -1 before pushing
+    assert r.zcard("retry") == 1
+    assert r.llen("queue:default") == 0
+
+
+def test_ruby_kill_moves_kiq_retry_to_dead(kiq_retry, r, ruby: Ruby):
+    """SortedEntry#kill moves kiq's retry entry to the Dead set, error fields intact."""
+    jid, _ = kiq_retry
+
+    snapshot = ruby.api("kill", jid)
+
+    assert snapshot["retry"] == []
+    (dead,) = snapshot["dead"]
+    assert dead["jid"] == jid
+    assert dead["error_class"] == "ValueError"
+    assert r.zcard("retry") == 0
+    assert r.zcard("dead") == 1
+
+
+def test_ruby_delete_removes_kiq_retry(kiq_retry, r, ruby: Ruby):
+    """SortedEntry#delete removes kiq's retry entry and leaves no copy anywhere."""
+    jid, _ = kiq_retry
+
+    ruby.api("delete", jid)
+
+    assert r.zcard("retry") == 0
+    assert r.zcard("dead") == 0
+    assert r.llen("queue:default") == 0
+
+
+def test_ruby_reschedule_moves_kiq_retry_without_duplicate(kiq_retry, r, ruby: Ruby):
+    """SortedEntry#reschedule re-serialises kiq's entry byte for byte: one member, new score."""
+    jid, _ = kiq_retry
+    target = time.time() + 3600
+
+    ruby.api("reschedule", jid, "3600")
+
+    ((payload, score),) = zset(r, "retry")
+    assert payload["jid"] == jid
+    assert abs(score - target) < 30
+
+
+def test_ruby_reschedule_keeps_exponent_floats_one_member(config, r, ruby: Ruby):
+    """Floats Ruby prints with an exponent (1.0e+20) still reschedule without a duplicate.
+
+    Sidekiq ZINCRBYs ``JSON.generate(item)``: kiq must have written the same bytes.
+    """
+    floats = [1e20, 1e15, 1.5e-5, 6.02214076e23, -1e-10, 0.0001, 123.0]
+    jid = kiq.Client(config).push(
+        {"class": "InteropEcho", "queue": "interop", "args": floats, "at": time.time() + 600}
+    )
+
+    ruby.api("reschedule", jid, "3600")
+
+    ((payload, _),) = zset(r, "schedule")
+    assert strict_json(payload["args"]) == strict_json(floats)
