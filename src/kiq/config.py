@@ -31,6 +31,7 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from kiq.cron import CronJob
 from kiq.errors import ConfigError
 from kiq.keys import Keys
 from kiq.middleware import Chain, ClientMiddleware, ServerMiddleware
@@ -70,6 +71,8 @@ _FILE_KEYS: Final = {
     "poll_initial_wait": "poll_initial_wait",
     "prefetch": "prefetch",
     "timestamp_format": "timestamp_format",
+    "cron_poll_interval": "cron_poll_interval",
+    "cron_grace": "cron_grace",
 }
 # Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
 _IGNORED_FILE_KEYS: Final = frozenset(
@@ -141,7 +144,10 @@ class Config:
     log_format: Literal["plain", "json"] = "plain"
     skip_default_job_logging: bool = False
     timestamp_format: Literal["float", "ms"] = "float"  # "ms" writes Sidekiq 8 style
-    schedule_file: str | None = None
+    schedule_file: str | None = None  # recurring jobs; default config/kiq_schedule.yml & co
+    cron_poll_interval: float = 5.0  # seconds between recurring-job checks per process
+    cron_grace: float = 60.0  # a tick missed by more than this is skipped (sidekiq-cron: 60)
+    cron_jobs: list[CronJob] = field(default_factory=list)  # defined in code
     client_middleware: Chain[ClientMiddleware] = field(default_factory=Chain)
     server_middleware: Chain[ServerMiddleware] = field(default_factory=Chain)
     error_handlers: list[ErrorHandler] = field(default_factory=list)

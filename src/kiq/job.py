@@ -175,7 +175,7 @@ class Job:
             "at": repr(wire.now()),
         }
         pipe = config.store.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping=fields)
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # stub wants a wider key type
         pipe.expire(key, PROGRESS_TTL)
         pipe.execute()
 

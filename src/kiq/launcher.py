@@ -37,6 +37,7 @@ from kiq.manager import Manager
 from kiq.outage import Outage
 from kiq.processor import State
 from kiq.recover import Recoverer
+from kiq.recurring import CronPoller
 from kiq.scheduler import Poller
 from kiq.store import TRANSIENT_ERRORS
 
@@ -69,6 +70,7 @@ class Launcher:
         self.outage = Outage(config.store.safe_url)
         self.manager = Manager(config, self.identity, self.state, self.outage.error, self.outage.ok)
         self.poller = Poller(config, self.outage)
+        self.cron = CronPoller(config, self.outage)
         self.recoverer = Recoverer(config, self.identity)
         self.events: queue.Queue[str] = queue.Queue()
         self.started_at = wire.now()
@@ -112,8 +114,10 @@ class Launcher:
         self.config.store.register_fetcher(self.identity, orjson.dumps(names))
         self.recoverer.sweep()
         self._last_sweep = time.monotonic()
+        self.cron.load()
         self.manager.start()
         self.poller.start()
+        self.cron.start()
         threading.Thread(target=self._heartbeat_loop, name="kiq.heartbeat", daemon=True).start()
         log.info(
             "kiq %s started: %s, concurrency %d, queues %s, Redis %s",
@@ -216,6 +220,7 @@ class Launcher:
         self.quiet_flag = True
         self.manager.quiet()
         self.poller.stop()
+        self.cron.stop()
         self.config.fire("quiet")
         self.beat()
 
