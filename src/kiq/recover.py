@@ -68,7 +68,9 @@ class Recoverer:
             return 0
         now = wire.now()
         pipe = r.pipeline(transaction=True)
-        for raw in reversed(raws):  # oldest first, so the oldest ends nearest the tail
+        # LRANGE gives newest first (fetch LPUSHes); RPUSHing in that order leaves the
+        # oldest at the tail, fetched next, as requeue_all does.
+        for raw in raws:
             try:
                 payload = wire.loads(raw)
             except PayloadError:
