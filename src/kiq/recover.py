@@ -68,6 +68,7 @@ class Recoverer:
             return 0
         now = wire.now()
         pipe = r.pipeline(transaction=True)
+        buried = False
         # LRANGE gives newest first (fetch LPUSHes); RPUSHing in that order leaves the
         # oldest at the tail, fetched next, as requeue_all does.
         for raw in raws:
@@ -87,11 +88,15 @@ class Recoverer:
                 )
                 payload.setdefault("failed_at", now)
                 pipe.zadd(keys.dead, {wire.dumps(payload): now})
+                buried = True
                 log.error(
                     "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
                 )
             else:
                 pipe.rpush(keys.queue(queue), wire.dumps(payload))
+        if buried:  # every add to the dead set trims it (Sidekiq: DeadSet#kill)
+            pipe.zremrangebyscore(keys.dead, "-inf", now - self.config.dead_timeout)
+            pipe.zremrangebyrank(keys.dead, 0, -(self.config.dead_max_jobs + 1))
         pipe.sadd(keys.queues, queue)
         pipe.delete(source)
         pipe.execute()
