@@ -1,0 +1,187 @@
+"""Crash recovery: the in-progress jobs of a process whose heartbeat expired go back to
+their queues; a live process's jobs are never taken; a job that keeps killing its
+process ends in the dead set as ``kiq.PoisonJob`` (issue 4).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from kiq.client import Client
+from kiq.recover import POISON, Recoverer
+from tests.support import jobs
+from tests.support.jobs import identity_of, records
+from tests.support.wait import wait_until
+
+DEAD = "host:111:dead00000000"
+ALIVE = "host:222:a11ve0000000"
+ME = "host:333:5e1f00000000"
+
+
+def take(config, identity: str, queue: str, n: int, **fields) -> list[str]:
+    """Push ``n`` jobs to ``queue`` and let ``identity`` fetch them; return their jids."""
+    client = Client(config)
+    jids = [
+        client.push({"class": "Record", "args": [i], "queue": queue, **fields}) for i in range(n)
+    ]
+    config.store.register_fetcher(identity, orjson.dumps([queue]))
+    assert len(config.store.fetch(identity, [queue], n)) == n
+    return jids
+
+
+def queued(r, queue: str) -> list[dict]:
+    """Payloads of ``queue:<queue>`` in the order they will be fetched."""
+    return [orjson.loads(raw) for raw in reversed(r.lrange(f"queue:{queue}", 0, -1))]
+
+
+def beating(r, identity: str) -> None:
+    r.hset(identity, "info", "{}")
+    r.expire(identity, 60)
+
+
+# -- Recoverer.sweep in process ----------------------------------------------------------
+
+
+def test_sweep_requeues_a_dead_process_jobs_oldest_first(config, r):
+    """A registered fetcher with no heartbeat hash is dead: its in-progress jobs go back
+    to the tail of their queue, the oldest fetched next, and it is unregistered."""
+    jids = take(config, DEAD, "default", 3)
+
+    assert Recoverer(config, ME).sweep() == 3
+
+    assert [p["jid"] for p in queued(r, "default")] == jids
+    assert r.exists(f"kiq|inprogress|{DEAD}|default") == 0
+    assert r.hexists("kiq|fetchers", DEAD) is False
+    assert r.sismember("queues", "default")
+
+
+def test_sweep_counts_each_recovery_in_the_payload(config, r):
+    """Every recovery increments ``kiq_recoveries`` in the requeued payload."""
+    take(config, DEAD, "default", 1, kiq_recoveries=1)
+
+    Recoverer(config, ME).sweep()
+
+    (payload,) = queued(r, "default")
+    assert payload["kiq_recoveries"] == 2
+
+
+def test_sweep_never_takes_a_live_process_jobs(config, r):
+    """A fetcher whose heartbeat hash exists is alive, however long its jobs run."""
+    take(config, ALIVE, "default", 2)
+    beating(r, ALIVE)
+
+    assert Recoverer(config, ME).sweep() == 0
+
+    assert r.llen(f"kiq|inprogress|{ALIVE}|default") == 2
+    assert r.llen("queue:default") == 0
+    assert r.hexists("kiq|fetchers", ALIVE)
+
+
+def test_sweep_skips_its_own_process(config, r):
+    """The sweeping process never recovers its own in-progress jobs."""
+    take(config, ME, "default", 1)
+
+    assert Recoverer(config, ME).sweep() == 0
+    assert r.llen(f"kiq|inprogress|{ME}|default") == 1
+
+
+def test_only_one_sweep_runs_at_a_time(config, r):
+    """While another process holds the recovery lock, a sweep does nothing."""
+    take(config, DEAD, "default", 1)
+    r.set("kiq|recover-lock", ALIVE, ex=30)
+
+    assert Recoverer(config, ME).sweep() == 0
+    assert r.llen(f"kiq|inprogress|{DEAD}|default") == 1
+
+
+def test_a_job_recovered_more_than_max_recoveries_times_is_buried_as_poison(config, r):
+    """A job whose process died ``max_recoveries + 1`` times goes to the dead set with
+    error_class kiq.PoisonJob instead of its queue."""
+    config.max_recoveries = 2
+    (jid,) = take(config, DEAD, "default", 1, kiq_recoveries=2)
+
+    Recoverer(config, ME).sweep()
+
+    assert r.llen("queue:default") == 0
+    ((member, _),) = r.zrange("dead", 0, -1, withscores=True)
+    payload = orjson.loads(member)
+    assert (payload["jid"], payload["error_class"], payload["kiq_recoveries"]) == (jid, POISON, 3)
+    assert "died 3 times" in payload["error_message"]
+
+
+def test_burying_a_poison_job_trims_the_dead_set(config, r):
+    """Like every add to the dead set, burying a poison job trims it to dead_max_jobs."""
+    config.max_recoveries = 0
+    config.dead_max_jobs = 2
+    for i in range(3):
+        r.zadd("dead", {f'{{"class":"Old","args":[{i}]}}': time.time() - 60 + i})
+    take(config, DEAD, "default", 1)
+
+    Recoverer(config, ME).sweep()
+
+    assert r.zcard("dead") == 2
+    assert orjson.loads(r.zrange("dead", -1, -1)[0])["error_class"] == POISON
+
+
+def test_unparseable_in_progress_entries_are_requeued_unchanged(config, r):
+    """An entry that is not a job goes back as it was, for the worker to bury properly."""
+    config.store.register_fetcher(DEAD, orjson.dumps(["default"]))
+    r.lpush(f"kiq|inprogress|{DEAD}|default", "{not json")
+
+    Recoverer(config, ME).sweep()
+
+    assert r.lrange("queue:default", 0, -1) == ["{not json"]
+
+
+# -- real processes ------------------------------------------------------------------------
+
+FAST_EXPIRY = ":process_ttl: 1\n:prefetch: 0\n"
+
+
+@pytest.mark.slow
+def test_killed_workers_job_is_recovered_and_a_live_workers_job_is_not(config, r, start_worker):
+    """SIGKILL a worker mid-job: once its heartbeat expires another worker requeues and
+    runs the job, while a slow job in a live worker is never taken from it."""
+    live = start_worker("-q", "live", "-c", "1", config_text=FAST_EXPIRY)
+    live_jid = jobs.Slow.set(queue="live").perform_async(3.0, "live")
+    victim = start_worker("-c", "1", config_text=FAST_EXPIRY)
+    victim_jid = jobs.Slow.perform_async(0.5, "victim")
+    wait_until(lambda: r.llen("test:started") == 2)
+    victim.kill()
+
+    rescuer = start_worker("-c", "1", config_text=FAST_EXPIRY)
+
+    wait_until(lambda: len(records(r)) == 2, timeout=15)
+    by_jid = {d["jid"]: d for d in records(r)}
+    assert by_jid[victim_jid]["pid"] == rescuer.pid
+    assert by_jid[live_jid]["pid"] == live.pid
+    started = [(d["jid"], d["pid"]) for d in records(r, "test:started")]
+    assert sorted(started) == sorted(
+        [(live_jid, live.pid), (victim_jid, victim.pid), (victim_jid, rescuer.pid)]
+    )
+    assert r.llen("queue:default") == r.llen("queue:live") == 0
+
+
+@pytest.mark.slow
+def test_poison_job_is_recovered_max_recoveries_times_then_dead(config, r, start_worker):
+    """A job that SIGKILLs every process running it is recovered ``max_recoveries``
+    times, then buried in the dead set as kiq.PoisonJob; the next worker survives."""
+    jid = jobs.Suicide.perform_async()
+    settings = FAST_EXPIRY + ":max_recoveries: 2\n"
+
+    for runs in (1, 2, 3):
+        worker = start_worker("-c", "1", config_text=settings)
+        assert worker.proc.wait(15) == -9
+        assert r.llen("test:started") == runs
+    survivor = start_worker("-c", "1", config_text=settings)
+
+    (member,) = wait_until(lambda: r.zrange("dead", 0, -1), timeout=15)
+    payload = orjson.loads(member)
+    assert (payload["jid"], payload["error_class"]) == (jid, POISON)
+    assert payload["kiq_recoveries"] == 3
+    assert r.llen("test:started") == 3
+    assert r.llen("queue:default") == 0
+    assert identity_of(r, survivor.pid) is not None
