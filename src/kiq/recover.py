@@ -23,6 +23,7 @@ from typing import Final
 import orjson
 
 from kiq import payload as wire
+from kiq.client import timestamp
 from kiq.config import Config
 from kiq.errors import PayloadError
 
@@ -86,7 +87,7 @@ class Recoverer:
                     f"crash in native code); not retried again. Fix the job, then retry it "
                     f"from the dead set."
                 )
-                payload.setdefault("failed_at", now)
+                payload.setdefault("failed_at", timestamp(self.config, now))
                 pipe.zadd(keys.dead, {wire.dumps(payload): now})
                 buried = True
                 log.error(
