@@ -112,6 +112,21 @@ def test_a_job_recovered_more_than_max_recoveries_times_is_buried_as_poison(conf
     assert "died 3 times" in payload["error_message"]
 
 
+def test_poison_failed_at_follows_the_timestamp_format(config, r):
+    """A poison job's ``failed_at`` is written like every payload time: int epoch ms in
+    Sidekiq 8 mode."""
+    config.max_recoveries = 0
+    config.timestamp_format = "ms"
+    take(config, DEAD, "default", 1)
+    before = int(time.time() * 1000)
+
+    Recoverer(config, ME).sweep()
+
+    failed_at = orjson.loads(r.zrange("dead", 0, -1)[0])["failed_at"]
+    assert isinstance(failed_at, int)
+    assert before <= failed_at <= int(time.time() * 1000)
+
+
 def test_burying_a_poison_job_trims_the_dead_set(config, r):
     """Like every add to the dead set, burying a poison job trims it to dead_max_jobs."""
     config.max_recoveries = 0
