@@ -256,7 +256,11 @@ def read_file(path: str | os.PathLike[str], environment: str) -> dict[str, Any]:
         data = yaml.safe_load(file.read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"config file {file}: cannot read it ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {file}: not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML"
+        ) from exc
+    except (yaml.YAMLError, RecursionError) as exc:  # PyYAML recurses on deep nesting
         raise ConfigError(f"config file {file}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {file}: the top level must be a mapping of settings")
