@@ -6,8 +6,10 @@ Precedence, written down once: command-line flags > environment (``KIQ_*``,
 overrides.
 
 Environment variables: ``KIQ_REDIS_URL`` or ``REDIS_URL`` (or ``REDIS_PROVIDER``
-naming the variable that holds the URL, as Sidekiq), ``KIQ_CONCURRENCY``
-(else ``RAILS_MAX_THREADS``), ``KIQ_TIMEOUT``, ``KIQ_ENV`` (else ``APP_ENV``).
+naming the variable that holds the URL, as Sidekiq), ``KIQ_CONCURRENCY``,
+``KIQ_TIMEOUT``, ``KIQ_ENV`` (else ``APP_ENV``). ``RAILS_MAX_THREADS`` is only a
+default for ``concurrency`` below the file, as in Sidekiq's CLI: a Rails app sets it
+for Puma's web threads, and the file's ``:concurrency:`` must still win.
 
 A Config owns the Store (the Redis seam) and both middleware chains, as Sidekiq's
 Config owns ``redis_pool`` and the chains. The process-wide default is used only by
@@ -199,10 +201,13 @@ class Config:
         env: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> Config:
-        """Defaults < file < environment < ``overrides`` (the CLI's flags)."""
+        """Defaults < RAILS_MAX_THREADS < file < environment < ``overrides`` (CLI flags)."""
         env = os.environ if env is None else env
         environment = environment or env.get("KIQ_ENV") or env.get("APP_ENV") or "development"
         values: dict[str, Any] = {"environment": environment}
+        if "RAILS_MAX_THREADS" in env:
+            raw = env["RAILS_MAX_THREADS"]
+            values["concurrency"] = _env_number("RAILS_MAX_THREADS", raw, int)
         if path is not None:
             values.update(read_file(path, environment))
         values.update(_from_env(env))
@@ -323,9 +328,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     )
     if url:
         values["redis_url"] = url
-    for name, key in (("KIQ_CONCURRENCY", "concurrency"), ("RAILS_MAX_THREADS", "concurrency")):
-        if name in env and key not in values:
-            values[key] = _env_number(name, env[name], int)
+    if "KIQ_CONCURRENCY" in env:
+        values["concurrency"] = _env_number("KIQ_CONCURRENCY", env["KIQ_CONCURRENCY"], int)
     if "KIQ_TIMEOUT" in env:
         values["timeout"] = _env_number("KIQ_TIMEOUT", env["KIQ_TIMEOUT"], float)
     return values
