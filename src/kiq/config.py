@@ -7,9 +7,10 @@ overrides.
 
 Environment variables: ``KIQ_REDIS_URL`` or ``REDIS_URL`` (or ``REDIS_PROVIDER``
 naming the variable that holds the URL, as Sidekiq), ``KIQ_CONCURRENCY``,
-``KIQ_TIMEOUT``, ``KIQ_ENV`` (else ``APP_ENV``). ``RAILS_MAX_THREADS`` is only a
-default for ``concurrency`` below the file, as in Sidekiq's CLI: a Rails app sets it
-for Puma's web threads, and the file's ``:concurrency:`` must still win.
+``KIQ_TIMEOUT``, ``KIQ_ENV`` (else ``APP_ENV``, ``RAILS_ENV``, ``RACK_ENV``, Sidekiq's
+order). ``RAILS_MAX_THREADS`` is only a default for ``concurrency`` below the file, as
+in Sidekiq's CLI: a Rails app sets it for Puma's web threads, and the file's
+``:concurrency:`` must still win.
 
 A Config owns the Store (the Redis seam) and both middleware chains, as Sidekiq's
 Config owns ``redis_pool`` and the chains. The process-wide default is used only by
@@ -203,7 +204,9 @@ class Config:
     ) -> Config:
         """Defaults < RAILS_MAX_THREADS < file < environment < ``overrides`` (CLI flags)."""
         env = os.environ if env is None else env
-        environment = environment or env.get("KIQ_ENV") or env.get("APP_ENV") or "development"
+        environment = environment or next(
+            (env[name] for name in _ENVIRONMENT_VARIABLES if env.get(name)), "development"
+        )
         values: dict[str, Any] = {"environment": environment}
         if "RAILS_MAX_THREADS" in env:
             raw = env["RAILS_MAX_THREADS"]
@@ -316,6 +319,11 @@ def _file_queues(file: Path, value: Any) -> list[Queue]:
                 f"config file {file}: queues: entry {entry!r} must be a name or [name, weight]"
             )
     return queues
+
+
+# Where the config file section comes from without -e; after KIQ_ENV, Sidekiq's own
+# order (cli.rb set_environment), so a Rails app's production: section applies unchanged.
+_ENVIRONMENT_VARIABLES: Final = ("KIQ_ENV", "APP_ENV", "RAILS_ENV", "RACK_ENV")
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
