@@ -15,13 +15,14 @@ separators, UTF-8 kept, key order kept, no NaN), because Sidekiq's
 from __future__ import annotations
 
 import base64
+import decimal
 import json
 import math
 import os
 import re
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 import orjson
@@ -39,6 +40,13 @@ Payload: TypeAlias = dict[str, Any]
 # would corrupt a Ruby bignum argument; 19+ digit runs go through the stdlib instead.
 _LONG_NUMBER: Final = re.compile(rb"\d{19,}")
 _MS_THRESHOLD: Final = 100_000_000_000  # an int timestamp above this is milliseconds
+# Ruby writes floats below 1e-4 or from 1e15 up with an exponent ("1.5e-05", "1.0e+15"),
+# where orjson writes "0.000015", "1000000000000000.0", "1e+16" (in between the two
+# agree, checked against Ruby 3.1 on random doubles). Both read back as the same number,
+# but Sidekiq's reschedule ZINCRBYs its own re-encoding of a member, so a different
+# spelling would add a duplicate (issue 3).
+_RUBY_FIXED_MIN: Final = 1e-4
+_RUBY_FIXED_MAX: Final = 1e15
 
 
 def new_jid() -> str:
@@ -53,12 +61,72 @@ def now() -> float:
 
 def dumps(payload: Mapping[str, Any] | Sequence[Any]) -> bytes:
     """Encode like Ruby's JSON.generate: compact, UTF-8 kept, insertion order kept."""
+    if _has_exponent_float(payload):
+        return _ruby_json(payload).encode()
     try:
         return orjson.dumps(payload)
     except TypeError:
         # Integers beyond 64 bits (Ruby bignums) are valid JSON that orjson refuses.
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         return text.encode()
+
+
+def _has_exponent_float(value: object) -> bool:
+    """Does ``value`` hold a float Ruby would print with an exponent? (~1 µs a payload)."""
+    if isinstance(value, float):
+        size = abs(value)
+        return size != 0.0 and not _RUBY_FIXED_MIN <= size < _RUBY_FIXED_MAX
+    items: Iterable[object]
+    if isinstance(value, dict):
+        items = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return False
+    for item in items:
+        if isinstance(item, float | dict | list | tuple) and _has_exponent_float(item):
+            return True
+    return False
+
+
+def _ruby_json(value: Any) -> str:
+    """JSON.generate's spelling of ``value``; only floats differ from orjson's."""
+    if isinstance(value, float):
+        return _ruby_float(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys must be str, got {key!r}")
+            items.append(f"{json.dumps(key, ensure_ascii=False)}:{_ruby_json(item)}")
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_ruby_json(item) for item in value) + "]"
+    return json.dumps(value)  # int (any size), bool, None
+
+
+def _ruby_float(value: float) -> str:
+    """Ruby's ``Float#to_s``: shortest round-trip digits, exponent outside [1e-4, 1e16)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} is not valid JSON")
+    if value == 0:
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+    sign, digit_tuple, exponent = decimal.Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)  # finite, so never "n"/"N"/"F"
+    point = len(digit_tuple) + exponent  # value = 0.<digits> * 10**point
+    digits = "".join(map(str, digit_tuple)).rstrip("0") or "0"
+    # Ruby 3.1 flo_to_s, measured: fixed up to 15 integer digits, or 16 with a fraction.
+    if -4 < point <= 15 or 0 < point < len(digits):
+        if point > 0:
+            text = f"{digits[:point].ljust(point, '0')}.{digits[point:] or '0'}"
+        else:
+            text = f"0.{'0' * -point}{digits}"
+    else:
+        power = point - 1
+        text = f"{digits[0]}.{digits[1:] or '0'}e{'+' if power >= 0 else '-'}{abs(power):02d}"
+    return f"-{text}" if sign else text
 
 
 def loads(raw: bytes | str) -> Payload:
