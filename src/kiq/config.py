@@ -329,6 +329,12 @@ _ENVIRONMENT_VARIABLES: Final = ("KIQ_ENV", "APP_ENV", "RAILS_ENV", "RACK_ENV")
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     provider = env.get("REDIS_PROVIDER")
+    if provider and ":" in provider:  # Sidekiq's redis_connection.rb refuses this too
+        raise ConfigError(
+            f"environment REDIS_PROVIDER={provider!r}: it must hold the name of the variable "
+            f"that holds the Redis URL (e.g. REDIS_PROVIDER=REDISCLOUD_URL), not a URL; "
+            f"put the URL in REDIS_URL or KIQ_REDIS_URL"
+        )
     url = (
         env.get("KIQ_REDIS_URL")
         or (env.get(provider) if provider else None)
