@@ -198,7 +198,8 @@ class Fetcher:
             self._redis_error(exc)
             self._stopping.wait(1.0)
             return None
-        self._redis_ok()
+        # No _redis_ok() here: a fetch that wrote nothing also succeeds on a read-only
+        # replica, which would log "back" between two READONLY errors (see kiq.outage).
         return [UnitOfWork.parse(queue, raw) for queue, raw in pairs]
 
     def _take(self, units: list[UnitOfWork]) -> None:

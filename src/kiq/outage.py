@@ -3,6 +3,12 @@
 Every loop that talks to Redis (fetcher, waiters, heartbeat, poller) reports here
 instead of logging each failed attempt, so a minute-long restart is two lines, not
 thousands (issue 4).
+
+Every loop reports errors, but only loops whose success proves Redis takes writes
+report recovery: the heartbeat and the waiters' BLMOVE. A fetch or poll that found
+nothing to move writes nothing, so it also succeeds against a server that answers
+writes with READONLY (a demoted primary), and reporting it would log "back" and
+"unreachable" alternately for the whole failover.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class Outage:
         log.warning("Redis is unreachable at %s (%s); retrying with backoff", self.url, exc)
 
     def ok(self) -> None:
+        """Call only after a command that writes succeeded (see the module docstring)."""
         if self._since is None:
             return
         with self._lock:

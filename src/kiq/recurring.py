@@ -278,8 +278,7 @@ class CronPoller:
     def _run(self) -> None:
         while not self._stop.wait(self.config.cron_poll_interval):
             try:
-                self.tick()
-                self.outage.ok()
+                self.tick()  # no outage.ok(): a tick that wrote nothing proves no recovery
             except TRANSIENT_ERRORS as exc:
                 self.outage.error(exc)
             except Exception:

@@ -88,7 +88,6 @@ class Poller:
             try:
                 self.enqueue_due()
                 count = int(self.config.store.redis.scard(self.config.keys.processes))
-                self.outage.ok()
             except TRANSIENT_ERRORS as exc:
                 self.outage.error(exc)
                 count = 1
