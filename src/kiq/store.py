@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kiq.errors import RedisUnavailable
@@ -276,13 +276,21 @@ class Store:
     def wait(self, identity: str, queue: str) -> bytes | None:
         """Block up to ``block_timeout`` for one job, moved straight into in-progress."""
         # redis-py's stub says int seconds; Redis 6+ takes a float timeout.
-        result = self.blocking.blmove(
-            self.keys.queue(queue),
-            self.keys.inprogress(identity, queue),
-            self.block_timeout,  # type: ignore[arg-type]
-            "RIGHT",
-            "LEFT",
-        )
+        try:
+            result = self.blocking.blmove(
+                self.keys.queue(queue),
+                self.keys.inprogress(identity, queue),
+                self.block_timeout,  # type: ignore[arg-type]
+                "RIGHT",
+                "LEFT",
+            )
+        except ResponseError as exc:
+            # A primary demoted to replica (REPLICAOF, failover) ends every blocked command
+            # with "UNBLOCKED ... (master -> replica?)": a failover, not a bug; callers back
+            # off and retry as for READONLY (issue 4).
+            if str(exc).startswith("UNBLOCKED"):
+                raise ReadOnlyError(str(exc)) from exc
+            raise
         return result if isinstance(result, bytes) else None
 
     def ack(self, identity: str, acks: Iterable[tuple[str, bytes]]) -> None:
