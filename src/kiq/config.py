@@ -25,6 +25,7 @@ the convenience entry points (``Job.perform_async``, ``kiq.api``)::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -165,25 +166,26 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the key, the value and what is allowed."""
-        _check_int("concurrency", self.concurrency, 1)
-        _check_int("max_retries", self.max_retries, 0)
-        _check_int("dead_max_jobs", self.dead_max_jobs, 1)
-        _check_int("prefetch", self.prefetch, 0)
-        _check_int("processes", self.processes, 1)
-        _check_int("max_recoveries", self.max_recoveries, 0)
-        for name in (
-            "timeout",
-            "average_scheduled_poll_interval",
-            "heartbeat_interval",
-            "dead_timeout",
-            "orphan_check_interval",
-        ):
+        """Raise ConfigError naming the key, the value and what is allowed.
+
+        Every setting is checked, not only the numeric ones: a file value of the wrong
+        type (``:tag: [1]``, ``:verbose: maybe``) must fail here at start-up, not deep
+        inside the launcher.
+        """
+        for name, minimum in _WHOLE_NUMBERS:
+            _check_int(name, getattr(self, name), minimum)
+        for name in _SECONDS:
+            _check_seconds(name, getattr(self, name))
+        for name in _OPTIONAL_SECONDS:
+            if getattr(self, name) is not None:
+                _check_seconds(name, getattr(self, name))
+        for name, kind, allowed in _TYPED:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"{name}: {value!r} is not allowed; use a number of seconds >= 0")
-        if not self.queues:
-            raise ConfigError("queues: the list is empty; give at least one queue, e.g. default")
+            if not isinstance(value, kind) or (
+                isinstance(value, list) and not all(isinstance(v, str) for v in value)
+            ):
+                raise ConfigError(f"{name}: {value!r} is not allowed; use {allowed}")
+        _check_queues(self.queues)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"log_format: {self.log_format!r} is not allowed; use plain or json")
         if self.timestamp_format not in ("float", "ms"):
@@ -356,9 +358,77 @@ def _env_number(name: str, raw: str, kind: type[int] | type[float]) -> int | flo
         raise ConfigError(f"environment {name}={raw!r} is not a {kind.__name__}") from None
 
 
+_WHOLE_NUMBERS: Final = (
+    ("concurrency", 1),
+    ("max_retries", 0),
+    ("dead_max_jobs", 1),
+    ("prefetch", 0),
+    ("processes", 1),
+    ("max_recoveries", 0),
+    ("process_ttl", 1),
+)
+_SECONDS: Final = (
+    "timeout",
+    "average_scheduled_poll_interval",
+    "heartbeat_interval",
+    "dead_timeout",
+    "orphan_check_interval",
+    "cron_poll_interval",
+    "cron_grace",
+)
+_OPTIONAL_SECONDS: Final = ("poll_interval_average", "poll_initial_wait")
+_TYPED: Final[tuple[tuple[str, type | tuple[type, ...], str], ...]] = (
+    ("redis_url", (str, type(None)), "a URL string such as redis://localhost:6379/0"),
+    ("key_prefix", str, 'a string such as "myapp:" (or "" for none)'),
+    ("tag", str, "a string"),
+    ("environment", str, "a string such as production"),
+    ("schedule_file", (str, type(None)), "a file path"),
+    ("labels", list, "a list of strings"),
+    ("require", list, "a list of module names or file paths"),
+    ("verbose", bool, "true or false"),
+    ("skip_default_job_logging", bool, "true or false"),
+)
+
+
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name}: {value!r} is not allowed; use a whole number >= {minimum}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigError(f"{name}: {value!r} is not allowed; use a number of seconds >= 0")
+
+
+def _check_queues(queues: object) -> None:
+    if not isinstance(queues, list) or not queues:
+        raise ConfigError(
+            f"queues: {queues!r} is not allowed; give at least one queue, e.g. "
+            f'[("default", 0)] or -q default'
+        )
+    seen: set[str] = set()
+    for entry in queues:
+        if not (
+            isinstance(entry, tuple)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and entry[0]
+            and isinstance(entry[1], int)
+            and not isinstance(entry[1], bool)
+            and entry[1] >= 0
+        ):
+            raise ConfigError(
+                f"queues: entry {entry!r} is not allowed; use (name, weight) with a "
+                f'non-empty name and a whole weight >= 0, e.g. ("critical", 3)'
+            )
+        if entry[0] in seen:  # Sidekiq: "queues: x cannot be defined twice"
+            raise ConfigError(f"queues: {entry[0]!r} is listed twice; list each queue once")
+        seen.add(entry[0])
 
 
 _default: Config | None = None
