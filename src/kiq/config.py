@@ -454,11 +454,19 @@ def configure(**settings: Any) -> Config:
     """Set fields on the default Config (building it from the environment first)."""
     config = get_default()
     names = {f.name for f in fields(Config)}
-    for key, value in settings.items():
+    for key in settings:
         if key not in names:
             raise ConfigError(f"configure(): {key!r} is not a setting; known: {sorted(names)}")
+    # All or nothing: a refused value must not leave the process-wide Config half-changed.
+    previous = {key: getattr(config, key) for key in settings}
+    for key, value in settings.items():
         setattr(config, key, value)
-    config.validate()
+    try:
+        config.validate()
+    except ConfigError:
+        for key, value in previous.items():
+            setattr(config, key, value)
+        raise
     if "redis_url" in settings or "key_prefix" in settings:
         config.close()
     return config
