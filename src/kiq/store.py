@@ -8,6 +8,8 @@ Tasks:
   1. connect: a thread-safe pool for ordinary commands and a second pool whose read
      timeout allows blocking pops, both RESP2 (Redis 6.2+, Valkey 7.2+), with
      timeouts so nothing hangs forever; errors name the URL without its password.
+     URLs: redis://, rediss:// (TLS; ``?ssl_ca_certs=<file>`` and the other redis-py
+     ``ssl_*`` arguments in the query), unix://, and redis+sentinel:// (``connect``).
   2. push / schedule: Sidekiq's writes (SADD queues + LPUSH, or ZADD schedule).
   3. fetch: one Lua round trip that acknowledges finished jobs and moves up to N new
      ones from the queues into this process's in-progress lists (at-least-once:
@@ -19,14 +21,18 @@ Tasks:
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -100,15 +106,105 @@ return n
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL with any password replaced by ``***``, for logs and errors.
+
+    Works on every URL kiq takes, including Sentinel URLs with several hosts (which
+    ``urlsplit`` cannot parse a port from) and ``?password=`` query arguments.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        netloc, slash, tail = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            user = userinfo.partition(":")[0]
+            url = f"{scheme}://{user}:***@{hosts}{slash}{tail}"
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*")
+SENTINEL_SCHEME: Final = "redis+sentinel://"
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """``redis+sentinel://[user:pass@]host:port[,host:port...]/<service>[/<db>]``.
+
+    The user and password are the primary's (the Sentinels themselves are asked without
+    a password); ``service`` is the name given to ``sentinel monitor``.
+    """
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        rest = url.removeprefix(SENTINEL_SCHEME)
+        netloc, _, path = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(secret) if colon else None
+        sentinels: list[tuple[str, int]] = []
+        for host in filter(None, hosts.split(",")):
+            name, colon, port = host.rpartition(":")
+            if not colon or not port.isdigit():
+                name, port = host, "26379"
+            sentinels.append((name, int(port)))
+        service, _, db = path.partition("?")[0].strip("/").partition("/")
+        if not sentinels or not service or (db and not db.isdigit()):
+            raise ValueError(
+                f"{redact(url)} is not a Sentinel URL; use "
+                f"redis+sentinel://[user:password@]host:port[,host:port]/<service_name>[/<db>]"
+            )
+        return cls(sentinels, service, int(db or 0), username, password)
+
+
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A client for ``url``: redis://, rediss:// (TLS), unix:// or redis+sentinel://.
+
+    For a Sentinel URL the client asks the Sentinels for the primary of the service and
+    asks again after a failover (redis-py's ``Sentinel.master_for``), so a READONLY
+    from a demoted primary turns into a reconnect to the new one.
+    """
+    if not url.startswith(SENTINEL_SCHEME):
+        return redis.Redis.from_url(url, **options)
+    parsed = SentinelURL.parse(url)
+    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py
+        parsed.sentinels, sentinel_kwargs=timeouts
+    )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]  # redis-py
+        parsed.service,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        **options,
+    )
+    return client
+
+
+def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
+    """The asyncio twin of ``connect``."""
+    if not url.startswith(SENTINEL_SCHEME):
+        return redis.asyncio.Redis.from_url(url, **options)
+    parsed = SentinelURL.parse(url)
+    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py
+        parsed.sentinels, sentinel_kwargs=timeouts
+    )
+    client: redis.asyncio.Redis = sentinel.master_for(
+        parsed.service,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        **options,
+    )
+    return client
 
 
 class Store:
@@ -139,13 +235,13 @@ class Store:
         }
         if not url.startswith("unix:"):
             common["socket_keepalive"] = True  # unix sockets take no keepalive option
-        self.redis: redis.Redis = redis.Redis.from_url(
+        self.redis: redis.Redis = connect(
             url,
             socket_timeout=socket_timeout,
             max_connections=pool_size,
             **common,
         )
-        self.blocking: redis.Redis = redis.Redis.from_url(
+        self.blocking: redis.Redis = connect(
             url, socket_timeout=block_timeout + BLOCK_SLACK, **common
         )
         self.block_timeout = block_timeout
@@ -229,7 +325,7 @@ class Store:
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = redis.asyncio.Redis.from_url(
+            client = connect_async(
                 self.url,
                 socket_timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=CONNECT_TIMEOUT,
