@@ -71,7 +71,7 @@ class StopOdd:
         return call_next()
 
 
-# -- push ---------------------------------------------------------------------------------
+# -- push --------------------------------------------------------------------------------
 
 
 def test_push_returns_the_jid_of_the_stored_job(config: Config, r: redis.Redis) -> None:
@@ -133,7 +133,7 @@ def test_push_refuses_an_empty_queue(config: Config) -> None:
         kiq.Client().push({"class": "A", "args": [], "queue": ""})
 
 
-# -- push_bulk ------------------------------------------------------------------------------
+# -- push_bulk ---------------------------------------------------------------------------
 
 
 def test_push_bulk_writes_one_pipeline_per_thousand_jobs(
@@ -207,7 +207,7 @@ def test_push_bulk_writes_nothing_if_any_job_is_invalid(config: Config, r: redis
     assert r.keys("*") == []
 
 
-# -- perform_in / perform_at ---------------------------------------------------------------
+# -- perform_in / perform_at -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -274,7 +274,7 @@ def test_perform_in_refuses_a_non_time(config: Config) -> None:
         Charge.perform_in("5 minutes", 1)  # type: ignore[arg-type]
 
 
-# -- set(...) ----------------------------------------------------------------------------------
+# -- set(...) ----------------------------------------------------------------------------
 
 
 def test_set_overrides_queue_and_retry_for_one_push(config: Config, r: redis.Redis) -> None:
@@ -317,7 +317,7 @@ def test_set_refuses_an_invalid_queue(config: Config) -> None:
         Charge.set(queue="")
 
 
-# -- perform_inline -------------------------------------------------------------------------
+# -- perform_inline ----------------------------------------------------------------------
 
 
 def test_perform_inline_runs_through_both_middleware_chains(config: Config, r: redis.Redis) -> None:
@@ -352,7 +352,7 @@ def test_perform_inline_refuses_non_json_arguments(config: Config) -> None:
     assert Charge.performed == []
 
 
-# -- client middleware -----------------------------------------------------------------------
+# -- client middleware -------------------------------------------------------------------
 
 
 def test_client_middleware_can_change_the_stored_payload(config: Config, r: redis.Redis) -> None:
@@ -387,7 +387,7 @@ def test_client_middleware_that_stops_a_push_returns_none(config: Config, r: red
     assert r.keys("*") == []
 
 
-# -- Redis down ----------------------------------------------------------------------------------
+# -- Redis down --------------------------------------------------------------------------
 
 
 def _closed_port() -> int:

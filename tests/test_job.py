@@ -156,7 +156,7 @@ def test_perform_async_returns_a_jid(config: Config, r: redis.Redis) -> None:
     assert newest(r)["jid"] == jid
 
 
-# -- @kiq.job ---------------------------------------------------------------------------------
+# -- @kiq.job ----------------------------------------------------------------------------
 
 
 def test_function_job_is_still_callable_directly() -> None:

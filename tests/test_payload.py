@@ -46,7 +46,7 @@ class HardJob(kiq.Job, name="HardJob"):
     def perform(self, *args: object) -> None: ...
 
 
-# -- stored bytes of a push -------------------------------------------------------------
+# -- stored bytes of a push --------------------------------------------------------------
 
 
 def test_pushed_job_bytes_match_ruby_sidekiq_64(fixed: Config, raw: redis.Redis) -> None:
@@ -135,7 +135,7 @@ def test_jids_are_24_lowercase_hex(config: Config) -> None:
     assert all(re.fullmatch(r"[0-9a-f]{24}", jid) for jid in jids)
 
 
-# -- dumps / loads ----------------------------------------------------------------------
+# -- dumps / loads -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -289,7 +289,7 @@ def test_json_arguments_round_trip_exactly(klass: str, args: list[object]) -> No
     assert wire.loads(wire.dumps(job)) == job
 
 
-# -- arguments refused at push ------------------------------------------------------------
+# -- arguments refused at push -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -332,7 +332,7 @@ def test_refused_push_writes_nothing(config: Config, r: redis.Redis) -> None:
     assert r.keys("*") == []
 
 
-# -- timestamps ---------------------------------------------------------------------------
+# -- timestamps --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
