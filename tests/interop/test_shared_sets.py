@@ -16,6 +16,7 @@ import pytest
 import redis
 
 import kiq
+from kiq.api import RetrySet
 from tests.interop.conftest import PY_DONE, Ruby, strict_json, wait_records
 from tests.support.jobs import Boom
 from tests.support.wait import wait_until
@@ -148,3 +149,92 @@ def test_ruby_reschedule_keeps_exponent_floats_one_member(config, r, ruby: Ruby)
 
     ((payload, _),) = zset(r, "schedule")
     assert strict_json(payload["args"]) == strict_json(floats)
+
+
+@pytest.fixture
+def ruby_retry(config, r, ruby: Ruby, start_sidekiq) -> str:
+    """A job that failed in Sidekiq 6.4 (RubyFail) and sits in ``retry``; returns its jid."""
+    start_sidekiq("ruby")
+    (jid,) = ruby.push(
+        {
+            "op": "push",
+            "class": "RubyFail",
+            "queue": "ruby",
+            "args": [1, {"k": "v"}],
+            "options": {"retry": 3, "backtrace": True},
+        }
+    )
+    one_retry(r)
+    return jid
+
+
+def test_kiq_retry_set_reads_ruby_failure(ruby_retry, config):
+    """kiq.api.RetrySet shows a Sidekiq failure: class, queue, args, error, count, time, trace."""
+    before = time.time()
+
+    (entry,) = RetrySet(config)
+
+    assert entry.jid == ruby_retry
+    assert entry.klass == "RubyFail"
+    assert entry.queue == "ruby"
+    assert entry.args == [1, {"k": "v"}]
+    assert entry.error_class == "ArgumentError"
+    assert entry.error_message == "boom from ruby"
+    assert entry.retry_count == 0
+    assert entry.failed_at is not None
+    assert before - 30 < entry.failed_at.timestamp() <= before
+    assert entry.at.timestamp() > before + 10
+    backtrace = entry.error_backtrace  # MIME Base64 (newline-wrapped), as 6.4 writes it
+    assert backtrace
+    assert any("worker_app.rb" in line and "perform" in line for line in backtrace), backtrace
+
+
+def test_kiq_retry_reruns_ruby_failure_once(ruby_retry, config, r):
+    """SortedEntry.retry pushes Ruby's entry back; Sidekiq reruns it; one retry member remains."""
+    (entry,) = RetrySet(config)
+
+    entry.retry()
+
+    def rerun() -> dict[str, Any] | None:
+        entries = zset(r, "retry")
+        return entries[0][0] if entries and "retried_at" in entries[0][0] else None
+
+    payload = wait_until(rerun, timeout=15.0)
+    assert payload["jid"] == ruby_retry
+    assert payload["retry_count"] == 0  # kiq decremented it to -1 before pushing
+    assert r.zcard("retry") == 1
+
+
+def test_kiq_kill_moves_ruby_failure_to_dead(ruby_retry, config, r, ruby: Ruby):
+    """SortedEntry.kill moves Ruby's retry entry to the Dead set, where Ruby sees it."""
+    (entry,) = RetrySet(config)
+
+    entry.kill()
+
+    snapshot = ruby.api()
+    assert snapshot["retry"] == []
+    assert [dead["jid"] for dead in snapshot["dead"]] == [ruby_retry]
+    assert snapshot["dead"][0]["error_class"] == "ArgumentError"
+
+
+def test_kiq_delete_removes_ruby_failure(ruby_retry, config, r):
+    """SortedEntry.delete removes Ruby's retry entry and leaves no copy anywhere."""
+    (entry,) = RetrySet(config)
+
+    assert entry.delete()
+
+    assert r.zcard("retry") == 0
+    assert r.zcard("dead") == 0
+    assert r.llen("queue:ruby") == 0
+
+
+def test_kiq_reschedule_moves_ruby_failure_without_duplicate(ruby_retry, config, r, ruby: Ruby):
+    """SortedEntry.reschedule gives Ruby's entry a new time, still one member, seen by Ruby."""
+    (entry,) = RetrySet(config)
+    target = time.time() + 3600
+
+    entry.reschedule(target)
+
+    (seen,) = ruby.api()["retry"]
+    assert seen["jid"] == ruby_retry
+    assert abs(seen["score"] - target) < 0.001
