@@ -67,10 +67,12 @@ class Chain(Generic[M]):
         self._entries.insert(0, middleware)
 
     def insert_before(self, before: type, middleware: M) -> None:
+        self._index(before)  # a missing anchor must fail before the chain is changed
         self.remove(type(middleware))
         self._entries.insert(self._index(before), middleware)
 
     def insert_after(self, after: type, middleware: M) -> None:
+        self._index(after)
         self.remove(type(middleware))
         self._entries.insert(self._index(after) + 1, middleware)
 
@@ -93,7 +95,10 @@ class Chain(Generic[M]):
         for index, entry in enumerate(self._entries):
             if type(entry) is kind:
                 return index
-        raise ValueError(f"{kind.__name__} is not in this middleware chain")
+        raise ValueError(
+            f"{kind.__name__} is not in this middleware chain; add() it first, or use "
+            f"add()/prepend() to place the new middleware at an end"
+        )
 
     def invoke(self, first: Any, payload: Payload, queue: str, last: Callable[[], Any]) -> Any:
         """Run every middleware around ``last`` and return what the outermost returned."""
