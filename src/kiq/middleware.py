@@ -130,7 +130,7 @@ class Chain(Generic[M]):
                 return await last()
             entry: Any = entries[index]
             if inspect.iscoroutinefunction(entry) or inspect.iscoroutinefunction(
-                getattr(entry, "__call__", None)
+                type(entry).__call__
             ):
                 return await entry(first, payload, queue, lambda: step(index + 1))
             started: list[Awaitable[Any]] = []
