@@ -145,7 +145,11 @@ def test_clear_empties_the_chain(chain: Chain[Any]) -> None:
 
 def test_invoke_runs_first_added_outermost(chain: Chain[Any], log: list[str]) -> None:
     """A wraps B wraps C wraps the job, and the job's value comes back out."""
-    result = chain.invoke("job", PAYLOAD, "default", lambda: log.append("job") or "done")
+    def job() -> str:
+        log.append("job")
+        return "done"
+
+    result = chain.invoke("job", PAYLOAD, "default", job)
 
     assert result == "done"
     assert log == [
