@@ -1,4 +1,4 @@
-"""The ``kiq`` command: ``kiq worker``, ``kiq demo``, ``kiq web``, ``kiq embedded``.
+"""The ``kiq`` command: ``kiq worker``, ``kiq demo``, ``kiq web``, ``kiq embedded``, ``kiq new``.
 
 ``kiq worker`` takes Sidekiq's flags (``-r -q -c -C -e -t -g -v``), builds one Config
 (flags > env > file > defaults, see kiq.config), imports the app so its jobs
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from kiq import __version__
+from kiq import __version__, generator
 from kiq import log as kiq_log
 from kiq.config import Config, parse_queue, set_default
 from kiq.errors import ConfigError, KiqError
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep serving after the jobs are done")
     emb = sub.add_parser("embedded", help="status or stop of the embedded Redis")
     emb.add_argument("action", choices=["status", "stop"])
+    new = sub.add_parser("new", help="generate a job and its tests: kiq new job NAME")
+    generator.add_options(new)
     return parser
 
 
@@ -173,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from kiq.demo import run_demo
 
             return run_demo(args)
+        if args.command == "new":
+            return generator.run(args)
     except KiqError as exc:
         print(f"kiq: {exc}", file=sys.stderr)
         return 2
