@@ -12,6 +12,12 @@ different systems are always taken the same way:
   latency()   an idle worker; jobs carrying their send time, sent 10 ms apart; the job
               records (now - sent); p50/p99 in ms, plus the worker's idle RSS
 
+`measure_drain` is the drain measurement every system's drain() uses: it polls a `Probe`
+(queued and, where the system keeps them in Redis, taken-but-unacknowledged jobs), samples
+the worker's whole process tree and redis-server from /proc, and takes `INFO commandstats`
+deltas minus the bench's own polling commands, so "Redis commands per job" counts only the
+system under test.
+
 Example::
 
     with RedisServer.private(port=6390) as server:
@@ -24,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import platform
 import shutil
@@ -32,6 +39,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,10 +81,14 @@ class System(Protocol):
 # Row order and labels of the printed table; systems may return extra keys (kept in JSON).
 COLUMNS: list[tuple[str, str, str]] = [
     ("enqueue_per_s", "enqueue, jobs/s (one call per job)", "{:,.0f}"),
-    ("drain_per_s", "drain, jobs/s", "{:,.0f}"),
+    ("bulk_per_s", "bulk push, jobs/s", "{:,.0f}"),
+    ("async_enqueue_per_s", "asyncio enqueue, jobs/s", "{:,.0f}"),
+    ("drain_per_s", "drain, jobs/s (to queue empty)", "{:,.0f}"),
+    ("drain_acked_per_s", "drain, jobs/s (to last ack)", "{:,.0f}"),
     ("drain_s", "drain, s", "{:.2f}"),
     ("cpu_us_per_job", "worker CPU, µs/job", "{:.1f}"),
     ("redis_cpu_us_per_job", "redis-server CPU during drain, µs/job", "{:.1f}"),
+    ("redis_cmds_per_job", "Redis commands/job during drain", "{:.2f}"),
     ("latency_p50_ms", "latency p50, ms", "{:.2f}"),
     ("latency_p99_ms", "latency p99, ms", "{:.2f}"),
     ("idle_rss_kb", "worker idle RSS, MiB", "kib_to_mib"),
@@ -395,3 +407,239 @@ def worker_process(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+# -- process trees ---------------------------------------------------------------------------
+
+
+def tree_pids(root: int) -> list[int]:
+    """root and all its descendants (Dramatiq, Celery and `kiq --processes` fork children)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime summed over the live process tree under root."""
+    total = 0.0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def tree_rss_kb(root: int) -> int:
+    """VmRSS summed over the process tree (shared pages count once per process)."""
+    total = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError, RuntimeError):
+            total += rss_kb(pid)
+    return total
+
+
+# -- Redis command accounting ----------------------------------------------------------------
+
+
+def command_calls(client: redis.Redis) -> Counter[str]:
+    """Calls per command since the server started (INFO commandstats), lower-case names.
+
+    Commands a Lua script runs count too (EVALSHA 1 + its RPOP, LPUSH, ...): this is the
+    work Redis does, not the number of round trips.
+    """
+    stats = client.info("commandstats")
+    return Counter(
+        {
+            name.removeprefix("cmdstat_").lower(): int(value["calls"])
+            for name, value in stats.items()
+            if isinstance(value, dict)
+        }
+    )
+
+
+# -- drains that know about in-flight jobs ---------------------------------------------------
+
+
+class Probe(Protocol):
+    """One poll of a system's queue: (jobs still queued, jobs taken but not acknowledged).
+
+    ``commands`` counts every Redis command the probe itself sent, so they can be taken
+    out of the commandstats delta. Systems that keep no in-flight record return 0.
+    """
+
+    commands: Counter[str]
+
+    def __call__(self) -> tuple[int, int]: ...
+
+
+class ListProbe:
+    """LLEN of a list queue (Sidekiq, Celery, RQ, Huey), optionally plus in-flight keys.
+
+    ``inflight`` lists (command, key) pairs summed as in-flight, e.g. ("hlen", "unacked").
+    ``subtract_queue`` is for Dramatiq, whose .msgs hash holds queued and in-flight alike.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        *,
+        command: str = "llen",
+        inflight: Sequence[tuple[str, str]] = (),
+        subtract_queue: bool = False,
+    ) -> None:
+        self.client = client
+        self.key = key
+        self.command = command
+        self.inflight = list(inflight)
+        self.subtract_queue = subtract_queue
+        self.commands: Counter[str] = Counter()
+
+    def __call__(self) -> tuple[int, int]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.execute_command(self.command.upper(), self.key)
+        for command, key in self.inflight:
+            pipe.execute_command(command.upper(), key)
+        replies = [int(r) for r in pipe.execute()]
+        self.commands[self.command] += 1
+        for command, _ in self.inflight:
+            self.commands[command] += 1
+        queued, inflight = replies[0], sum(replies[1:])
+        if self.subtract_queue:
+            inflight -= queued
+        return queued, max(inflight, 0)
+
+
+@dataclass(frozen=True)
+class DrainWindow:
+    started: float  # monotonic: first poll that saw fewer than n jobs queued
+    emptied: float  # first poll that saw the queue empty (and it stayed empty)
+    finished: float  # first poll that saw queue and in-flight both empty (and they stayed)
+    done: int  # jobs drained (n unless the drain timed out)
+    partial: bool  # True: timed out; rates are over the part that was done
+
+
+def watch_drain(
+    probe: Probe,
+    n: int,
+    *,
+    timeout: float,
+    on_start: Callable[[], None] | None = None,
+    alive: Callable[[], bool] | None = None,
+    settle_polls: int = 3,
+    start_timeout: float = 60.0,
+) -> DrainWindow:
+    """Poll every 5 ms from the first job taken until nothing is queued or in flight.
+
+    Like `time_drain`, a finish only counts once `settle_polls` more polls agree; the
+    finish time is the first of them. After `timeout` seconds from the start the drain
+    is cut short and reported as partial, so one slow system cannot eat the run.
+    """
+    begin = time.monotonic()
+    started = _wait_for_first_take(probe, n, begin + start_timeout, alive)
+    if on_start:
+        on_start()
+    emptied: float | None = None
+    finished: float | None = None
+    zeros = 0
+    while True:
+        queued, inflight = probe()
+        now = time.monotonic()
+        emptied = (emptied or now) if queued == 0 else None
+        if queued == 0 and inflight == 0:
+            finished = finished or now
+            zeros += 1
+            if zeros > settle_polls:
+                return DrainWindow(started, emptied or finished, finished, n, False)
+        else:
+            finished, zeros = None, 0
+        if now - started > timeout:
+            done = n - queued - inflight
+            if done <= 0:
+                raise TimeoutError(f"{queued} queued, {inflight} in flight after {timeout}s")
+            return DrainWindow(started, now, now, done, True)
+        if alive is not None and not alive():
+            raise RuntimeError(f"worker exited with {queued} jobs queued, {inflight} in flight")
+        time.sleep(POLL_INTERVAL)
+
+
+def _wait_for_first_take(
+    probe: Probe, n: int, deadline: float, alive: Callable[[], bool] | None
+) -> float:
+    while True:
+        queued, _ = probe()
+        now = time.monotonic()
+        if queued < n:
+            return now
+        if now > deadline:
+            raise TimeoutError("the worker took no job before the start deadline")
+        if alive is not None and not alive():
+            raise RuntimeError("worker exited before taking a job")
+        time.sleep(POLL_INTERVAL)
+
+
+def measure_drain(
+    *,
+    stats_client: redis.Redis,
+    server_pid: int | None,
+    worker_pid: int,
+    n: int,
+    probe: Probe,
+    timeout: float,
+    alive: Callable[[], bool] | None = None,
+) -> Metrics:
+    """The drain metrics every system reports, taken the same way for all of them.
+
+    drain_per_s uses the moment the queue stayed empty (what every peer can show);
+    drain_acked_per_s the moment nothing was in flight either, for systems whose
+    in-flight jobs are visible in Redis (kiq, Dramatiq, Celery, RQ).
+    """
+    samples: dict[str, float] = {}
+    calls: dict[str, Counter[str]] = {}
+
+    def sample_start() -> None:
+        samples["cpu0"] = tree_cpu_seconds(worker_pid)
+        if server_pid:
+            samples["redis0"] = cpu_seconds(server_pid)
+        calls["start"] = command_calls(stats_client)
+        probe.commands.clear()
+
+    window = watch_drain(probe, n, timeout=timeout, on_start=sample_start, alive=alive)
+    cpu = tree_cpu_seconds(worker_pid) - samples["cpu0"]
+    redis_cpu = cpu_seconds(server_pid) - samples["redis0"] if server_pid else None
+    delta = command_calls(stats_client) - calls["start"]
+    delta.pop("info", None)  # ours (the second snapshot's INFO counts the first)
+    delta -= probe.commands  # Counter subtraction drops counts that reach zero
+    done = window.done
+    seconds = window.emptied - window.started
+    acked = window.finished - window.started
+    metrics: Metrics = {
+        "drain_s": seconds,
+        "drain_per_s": done / seconds if seconds > 0 else math.nan,
+        "drain_acked_s": acked,
+        "drain_acked_per_s": done / acked if acked > 0 else math.nan,
+        "cpu_us_per_job": cpu / done * 1e6,
+        "redis_cmds_per_job": sum(delta.values()) / done,
+        "rss_after_drain_kb": tree_rss_kb(worker_pid),
+        "drain_jobs": done,
+    }
+    if window.partial:
+        metrics["drain_partial"] = 1.0
+    if redis_cpu is not None:
+        metrics["redis_cpu_us_per_job"] = redis_cpu / done * 1e6
+        metrics["redis_cpu_pct"] = 100 * redis_cpu / max(acked, 1e-9)
+    for name, count in delta.most_common(8):
+        metrics[f"redis_cmd_{name}_per_job"] = count / done
+    return metrics

@@ -5,10 +5,12 @@
     python bench/sidekiq_bench.py --redis-url redis://127.0.0.1:6379/14 --flush
 
 Measurements (see bench/common.py for the shared protocol):
-  enqueue   a Ruby loop of n `RubyNoop.perform_async(i)`, timed inside Ruby
+  enqueue   a Ruby loop of n `RubyNoop.perform_async(i)`, timed inside Ruby; then n jobs
+            with `Sidekiq::Client.push_bulk` 1,000 at a time (what perform_bulk does), timed
   drain     n RubyNoop jobs pushed with push_bulk, then
             `sidekiq -r tests/interop/ruby/worker_app.rb -c 10 -q default`; LLEN polled
-            every 5 ms from the first pop to an empty queue; worker CPU µs/job from /proc
+            every 5 ms from the first pop to an empty queue; worker CPU µs/job from /proc;
+            Redis commands per job from INFO commandstats (common.measure_drain)
   latency   an idle sidekiq; 200 `RubyLatency.perform_async(Time.now.to_f)` sent 10 ms apart
             by a Ruby client; each job records Time.now.to_f - sent; p50/p99; idle RSS
 
@@ -32,16 +34,16 @@ from pathlib import Path
 
 from common import (
     REPO_DIR,
+    ListProbe,
     Metrics,
     RedisServer,
     Result,
     System,
-    cpu_seconds,
     latency_metrics,
+    measure_drain,
     report,
     rss_kb,
     run,
-    time_drain,
     wait_for,
     worker_process,
 )
@@ -62,12 +64,18 @@ elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
 puts JSON.generate({"seconds" => elapsed, "jobs" => n})
 """
 
+# BENCH_CLASS / BENCH_ARGS (JSON) select another job, e.g. RubySlow [0.001] for the mix.
 PUSH_BULK_RB = r"""
 n = Integer(ENV.fetch("BENCH_N"))
+klass = Object.const_get(ENV.fetch("BENCH_CLASS", "RubyNoop"))
+fixed = ENV["BENCH_ARGS"] && JSON.parse(ENV["BENCH_ARGS"])
+Sidekiq.redis { |c| c.ping }
+t0 = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 (0...n).each_slice(1000) do |slice|
-  Sidekiq::Client.push_bulk("class" => RubyNoop, "args" => slice.map { |i| [i] })
+  Sidekiq::Client.push_bulk("class" => klass, "args" => slice.map { |i| fixed || [i] })
 end
-puts JSON.generate({"jobs" => n})
+elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - t0
+puts JSON.generate({"jobs" => n, "seconds" => elapsed})
 """
 
 # Sends on an absolute 10 ms grid so the sender's own time doesn't stretch the interval.
@@ -99,9 +107,13 @@ class SidekiqSystem:
         log_path: Path,
         drain_timeout: float = 90.0,
         yjit: bool = False,
+        client_url: str | None = None,
     ) -> None:
         self.server = server
+        # client_url: where Sidekiq and its clients connect (a delayed link, see
+        # netdelay.py); the bench's own polling and INFO always go straight to the server.
         self.redis = server.client()
+        self.stats_redis = self.redis
         self.concurrency = concurrency
         self.log_path = log_path
         self.drain_timeout = drain_timeout
@@ -109,7 +121,7 @@ class SidekiqSystem:
         # (cli.rb uses options[:require], still the default "."), so run it from an empty dir.
         self.workdir = Path(tempfile.gettempdir()) / "kiq-bench" / "sidekiq-cwd"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "REDIS_URL": server.url}
+        self.env = {**os.environ, "REDIS_URL": client_url or server.url}
         for leak in ("RAILS_MAX_THREADS", "REDIS_PROVIDER", "APP_ENV", "RAILS_ENV", "RACK_ENV"):
             self.env.pop(leak, None)
         # Debian's Ruby 3.1 is built with YJIT but leaves it off, as we do by default.
@@ -128,40 +140,41 @@ class SidekiqSystem:
             raise RuntimeError(f"expected {n + 1} jobs in queue:{QUEUE}, found {queued}")
         self.redis.flushdb()
         seconds = float(out["seconds"])
-        return {"enqueue_s": seconds, "enqueue_per_s": n / seconds}
+        bulk = self._ruby(PUSH_BULK_RB, BENCH_N=str(n))
+        self.redis.flushdb()
+        bulk_seconds = float(bulk["seconds"])
+        return {
+            "enqueue_s": seconds,
+            "enqueue_per_s": n / seconds,
+            "bulk_s": bulk_seconds,
+            "bulk_per_s": n / bulk_seconds,
+        }
 
     def drain(self, n: int) -> Metrics:
+        return self.drain_jobs(n)
+
+    def drain_jobs(
+        self, n: int, job: str = "RubyNoop", args: list[object] | None = None
+    ) -> Metrics:
+        """Push n `job` jobs (args [i], or `args` for every job), then time their drain."""
         self.redis.flushdb()
-        self._ruby(PUSH_BULK_RB, BENCH_N=str(n))
+        extra = {"BENCH_ARGS": json.dumps(args)} if args is not None else {}
+        self._ruby(PUSH_BULK_RB, BENCH_N=str(n), BENCH_CLASS=job, **extra)
         queued = self.redis.llen(f"queue:{QUEUE}")
         if queued != n:
             raise RuntimeError(f"push_bulk left {queued} jobs, expected {n}")
         with self._sidekiq() as worker:
-            samples: dict[str, float] = {}
-
-            def sample_start() -> None:
-                samples["cpu0"] = cpu_seconds(worker.pid)
-                if self.server.pid:
-                    samples["redis0"] = cpu_seconds(self.server.pid)
-
-            timing = time_drain(
-                self.redis,
-                f"queue:{QUEUE}",
-                n,
+            metrics = measure_drain(
+                stats_client=self.stats_redis,
+                server_pid=self.server.pid,
+                worker_pid=worker.pid,
+                n=n,
+                # Sidekiq 6.4's basic fetch holds taken jobs only in memory: nothing
+                # in flight is visible, so "to last ack" equals "to queue empty".
+                probe=ListProbe(self.stats_redis, f"queue:{QUEUE}"),
                 timeout=self.drain_timeout,
-                on_start=sample_start,
                 alive=lambda: worker.poll() is None,
             )
-            cpu = cpu_seconds(worker.pid) - samples["cpu0"]
-            metrics: Metrics = {
-                "drain_s": timing.seconds,
-                "drain_per_s": n / timing.seconds,
-                "cpu_us_per_job": cpu / n * 1e6,
-                "rss_after_drain_kb": rss_kb(worker.pid),
-            }
-            if self.server.pid:
-                redis_cpu = cpu_seconds(self.server.pid) - samples["redis0"]
-                metrics["redis_cpu_us_per_job"] = redis_cpu / n * 1e6
         self.redis.flushdb()
         return metrics
 

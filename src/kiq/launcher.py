@@ -34,6 +34,7 @@ from kiq import payload as wire
 from kiq.config import Config
 from kiq.errors import ConfigError
 from kiq.manager import Manager
+from kiq.metrics import install as install_metrics
 from kiq.outage import Outage
 from kiq.processor import State
 from kiq.recover import Recoverer
@@ -72,6 +73,7 @@ class Launcher:
         self.poller = Poller(config, self.outage)
         self.cron = CronPoller(config, self.outage)
         self.recoverer = Recoverer(config, self.identity)
+        self.metrics = install_metrics(config)  # per-class metrics for the Web UI (issue 6)
         self.events: queue.Queue[str] = queue.Queue()
         self.started_at = wire.now()
         self.quiet_flag = False
@@ -147,6 +149,7 @@ class Launcher:
         processed, failed = self.state.take_counts()
         store = self.config.store
         try:
+            self.metrics.flush(self.config)  # first: on error it keeps its counts itself
             store.flush_stats(processed, failed, datetime.now(UTC).date())
             with self.state.lock:
                 work = {
@@ -234,6 +237,7 @@ class Launcher:
         processed, failed = self.state.take_counts()
         store = self.config.store
         try:
+            self.metrics.flush(self.config)
             store.flush_stats(processed, failed, datetime.now(UTC).date())
             store.clear_process(self.identity)
             store.unregister_fetcher(self.identity)
