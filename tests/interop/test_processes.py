@@ -134,3 +134,18 @@ def test_kiq_work_set_shows_sidekiq_busy_job(config, r, ruby: Ruby, start_sideki
     assert work.job.jid == jid
     assert work.job.args == [30]
     assert json.loads(r.hget(identity, "busy")) == 1
+
+
+def test_kiq_quiet_and_stop_reach_sidekiq_process(config, r, start_sidekiq):
+    """kiq.api Process.quiet() quiets a Sidekiq process (one beat later); stop() stops it."""
+    from kiq.api import ProcessSet
+
+    sidekiq = start_sidekiq("ruby")
+    (process,) = [p for p in ProcessSet(config) if p.identity == sidekiq.identity]
+
+    process.quiet()
+    wait_until(lambda: r.hget(sidekiq.identity, "quiet") == "true", timeout=10.0)
+    process.stop()
+
+    assert sidekiq.proc.wait(15) == 0
+    assert sidekiq.identity not in r.smembers("processes")
