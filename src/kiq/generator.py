@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import keyword
 import re
 import sys
 from dataclasses import dataclass
@@ -51,16 +50,16 @@ class JobName:
                 f"job name {raw!r} is not allowed; use CamelCase letters and digits, "
                 f"e.g. kiq new job CalculateMetrics"
             )
-        words = [w for w in _WORD_BREAK.sub("_", name).lower().split("_") if w]
-        if words[-1] == "job":
+        words = [w for w in _WORD_BREAK.sub("_", name).split("_") if w]  # case kept: HTTPSync
+        if words[-1].lower() == "job":
             words.pop()
         if not words:
             raise ValueError(f"job name {raw!r} is only 'Job'; name what it does, e.g. SendDigest")
         camel = "".join(w[:1].upper() + w[1:] for w in words)
-        module = "_".join([*words, "job"])
-        if keyword.iskeyword(module):  # cannot happen with the _job suffix; kept as a guard
-            raise ValueError(f"job name {raw!r} makes the module name {module!r}, a keyword")
-        return cls(class_name=f"{camel}Job", module=module, phrase=" ".join(words))
+        lower = [w.lower() for w in words]
+        return cls(
+            class_name=f"{camel}Job", module="_".join([*lower, "job"]), phrase=" ".join(lower)
+        )
 
 
 def parse_retry(raw: str) -> bool | int:
