@@ -140,7 +140,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if config.processes > 1:
         from kiq.supervisor import Supervisor
 
-        supervisor = Supervisor(config, args.max_memory_mb)
+        supervisor = Supervisor(config, args.max_memory_mb, install_signals=install_signals)
         install_signals(supervisor)
         return supervisor.run()
     from kiq.launcher import Launcher

@@ -18,7 +18,8 @@ import logging
 import os
 import signal
 import time
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from kiq import log as kiq_log
 from kiq.config import Config
@@ -41,9 +42,18 @@ def child_rss_mb(pid: int) -> float:
 
 
 class Supervisor:
-    def __init__(self, config: Config, max_memory_mb: float | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        max_memory_mb: float | None = None,
+        *,
+        install_signals: Callable[[Any], None],
+    ) -> None:
         self.config = config
         self.max_memory_mb = max_memory_mb
+        # The CLI's signal table, handed in so that this module never imports kiq.cli
+        # (cli sits above supervisor in the layering, tests/test_layers.py).
+        self.install_signals = install_signals
         self.children: dict[int, int] = {}  # pid -> slot
         self.stopping = False
         self._pending: list[str] = []
@@ -75,11 +85,10 @@ class Supervisor:
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor sends TERM
                 kiq_log.setup(self.config.log_format, self.config.verbose)
-                from kiq.cli import install_signals  # avoid an import cycle
                 from kiq.launcher import Launcher
 
                 launcher = Launcher(self.config)
-                install_signals(launcher)
+                self.install_signals(launcher)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 launcher.run()
             except BaseException:
