@@ -16,9 +16,10 @@ import os
 import runpy
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from kiq import __version__, generator
 from kiq import log as kiq_log
@@ -44,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("action", choices=["status", "stop"])
     new = sub.add_parser("new", help="generate a job and its tests: kiq new job NAME")
     generator.add_options(new)
+    web = sub.add_parser("web", help="serve the Web UI (needs the kiq[web] extra)")
+    web.add_argument("--host", default="127.0.0.1", help="address to bind, default 127.0.0.1")
+    web.add_argument("--port", type=int, default=7433, help="port, default 7433")
+    web.add_argument(
+        "--basic-auth",
+        metavar="USER:PASSWORD",
+        help="require HTTP basic auth (default: KIQ_WEB_USER and KIQ_WEB_PASSWORD, if set)",
+    )
+    web.add_argument("--prefix", default="", help="serve under this path, e.g. /kiq")
+    web.add_argument("-C", "--config", help="YAML config (Redis URL, key prefix)")
+    web.add_argument("-e", "--environment", help="section of the config file to apply")
+    web.add_argument("--redis-url", help="Redis URL (else KIQ_REDIS_URL, REDIS_URL, embedded)")
     return parser
 
 
@@ -79,7 +92,9 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", help="Redis URL (else KIQ_REDIS_URL, REDIS_URL, embedded)")
 
 
-def load_config(args: argparse.Namespace) -> Config:
+def load_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> Config:
+    """Flags > env > file > defaults (kiq.config). ``base``, a host framework's settings
+    (Django's ``KIQ``, see kiq.integrations.django), sits between the flags and the env."""
     path = args.config
     if path is None:
         path = next((p for p in DEFAULT_FILES if Path(p).is_file()), None)
@@ -88,18 +103,20 @@ def load_config(args: argparse.Namespace) -> Config:
         names = [name for name, _ in queues]
         if len(set(names)) != len(names):
             raise ConfigError(f"-q: a queue is listed twice in {args.queue}; list each queue once")
-    return Config.load(
-        path,
-        environment=args.environment,
-        concurrency=args.concurrency,
-        queues=queues,
-        timeout=args.timeout,
-        tag=args.tag,
-        verbose=args.verbose,
-        log_format=args.log_format,
-        processes=args.processes,
-        redis_url=args.redis_url,
-    )
+    flags = {
+        "concurrency": args.concurrency,
+        "queues": queues,
+        "timeout": args.timeout,
+        "tag": args.tag,
+        "verbose": args.verbose,
+        "log_format": args.log_format,
+        "processes": args.processes,
+        "redis_url": args.redis_url,
+    }
+    overrides = dict(base or {})
+    environment = args.environment or overrides.pop("environment", None)
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    return Config.load(path, environment=environment, **overrides)
 
 
 def require(targets: Sequence[str]) -> None:
@@ -132,8 +149,8 @@ def install_signals(handler: object) -> None:
             signal.signal(getattr(signal, name), on_signal)
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    config = load_config(args)
+def run_worker(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> int:
+    config = load_config(args, base)
     kiq_log.setup(config.log_format, config.verbose)
     set_default(config)
     require([*config.require, *args.require])
@@ -177,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "new":
             return generator.run(args)
+        if args.command == "web":
+            from kiq.web.serve import run_web  # ImportError: says to install kiq[web]
+
+            return run_web(args)
     except KiqError as exc:
         print(f"kiq: {exc}", file=sys.stderr)
         return 2
