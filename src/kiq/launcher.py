@@ -80,6 +80,10 @@ class Launcher:
         self.stopping = False
         self.forced = threading.Event()
         self._stop_beat = threading.Event()
+        self._beat_thread = threading.Thread(
+            target=self._heartbeat_loop, name="kiq.heartbeat", daemon=True
+        )
+        self._fetcher_queues = orjson.dumps(self.manager.fetcher.order.names)
         self._last_sweep = 0.0
         self._info = self._process_info()
 
@@ -111,16 +115,14 @@ class Launcher:
     def start(self) -> None:
         self._check_redis()
         self.config.fire("startup")
-        self.beat()
-        names = self.manager.fetcher.order.names
-        self.config.store.register_fetcher(self.identity, orjson.dumps(names))
+        self.beat()  # also registers this process's in-progress lists for recovery
         self.recoverer.sweep()
         self._last_sweep = time.monotonic()
         self.cron.load()
         self.manager.start()
         self.poller.start()
         self.cron.start()
-        threading.Thread(target=self._heartbeat_loop, name="kiq.heartbeat", daemon=True).start()
+        self._beat_thread.start()
         log.info(
             "kiq %s started: %s, concurrency %d, queues %s, Redis %s",
             __version__,
@@ -166,6 +168,10 @@ class Launcher:
                 "rss": rss_kb(),
             }
             existed, signal = store.beat(self.identity, fields, work, self.config.process_ttl)
+            # Every beat, not once: a partition longer than process_ttl lets another
+            # process sweep us and drop the entry, and the jobs we fetch after it would
+            # then be unrecoverable if we died.
+            store.register_fetcher(self.identity, self._fetcher_queues)
             paused = store.redis.smembers(self.config.keys.paused)
             self.manager.fetcher.order.paused = frozenset(
                 p.decode() if isinstance(p, bytes) else p for p in paused
