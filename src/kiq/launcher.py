@@ -45,6 +45,7 @@ from kiq.store import TRANSIENT_ERRORS
 log = logging.getLogger("kiq")
 
 MIN_REDIS: Final = (6, 2)  # LMOVE/BLMOVE and RPOP count
+BEAT_JOIN_TIMEOUT: Final = 10.0  # seconds to let a beat or sweep in flight finish at exit
 
 
 def new_identity() -> str:
@@ -240,6 +241,9 @@ class Launcher:
         self.manager.stop(time.monotonic() + self.config.timeout, self.forced)
         self.config.fire("shutdown")
         self._stop_beat.set()
+        if self._beat_thread.is_alive():
+            # A beat in flight would SADD us back to `processes` after clear_process.
+            self._beat_thread.join(BEAT_JOIN_TIMEOUT)
         processed, failed = self.state.take_counts()
         store = self.config.store
         try:
