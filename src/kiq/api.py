@@ -3,8 +3,10 @@
 What Redis holds, seen as objects: ``Stats`` and ``History`` for the dashboard,
 ``Queue`` and ``JobRecord`` for queues, ``ScheduledSet``/``RetrySet``/``DeadSet`` and
 ``SortedEntry`` for the sorted sets, ``ProcessSet``/``Process`` for heartbeats and
-``WorkSet``/``Work`` for running jobs. The Web UI renders these and nothing else, so
-the dashboard and the Python API cannot drift apart (STYLE C.2).
+``WorkSet``/``Work`` for running jobs; for the Web UI also ``queue_summaries``,
+``redis_info``, ``progress``, ``cron_set`` and the per-class ``Metrics``. The Web UI
+renders these and nothing else, so the dashboard and the Python API cannot drift
+apart (STYLE C.2).
 
 It reads what Ruby Sidekiq 6.4, 7.x and 8.x write as well as kiq's own data
 (shared/sidekiq-wire.md §1, §2, §8): payload times as float seconds or integer
@@ -37,14 +39,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from kiq import payload as wire
 from kiq.client import Client
 from kiq.config import Config, get_default
 from kiq.errors import JobNotFound, KiqError, PayloadError
 from kiq.keys import SIGNAL_TTL
+from kiq.metrics import BUCKETS, LABELS, bucket_key, histogram_key
 from kiq.payload import Payload
+
+if TYPE_CHECKING:
+    from kiq.recurring import CronSet
 
 log = logging.getLogger(__name__)
 
@@ -703,6 +709,13 @@ class JobSet:
         entries added meanwhile wait for the next call. A member that is not a job is
         put back; a failed push puts its member back and raises.
         """
+        return self._push_all(lower_retry_count=True)
+
+    def add_all_to_queue(self) -> int:
+        """Push every entry to its queue unchanged (the Web UI's "Add All to Queue")."""
+        return self._push_all(lower_retry_count=False)
+
+    def _push_all(self, *, lower_retry_count: bool) -> int:
         redis = _redis(self.config)
         client = Client(self.config)
         skipped: dict[bytes, float] = {}
@@ -720,7 +733,7 @@ class JobSet:
                     skipped[raw] = score
                     continue
                 count = payload.get("retry_count")
-                if isinstance(count, int) and not isinstance(count, bool):
+                if lower_retry_count and isinstance(count, int) and not isinstance(count, bool):
                     payload["retry_count"] = count - 1
                 try:
                     client.push(payload)
@@ -1119,3 +1132,236 @@ class WorkSet:
             if work.payload.get("jid") == jid:
                 return work
         return None
+
+
+# -- Web UI extras: queue summaries, Redis facts, progress, recurring, metrics ----------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSummary:
+    """One row of the Queues page."""
+
+    name: str
+    size: int
+    latency: float  # seconds the oldest job has waited
+    paused: bool
+
+
+def queue_summaries(config: Config | None = None, now: float | None = None) -> list[QueueSummary]:
+    """Every queue with its size, latency and paused flag, by name, in one pipeline.
+
+    Sidekiq 8.1's ``Stats#queue_summaries``: LLEN, LINDEX -1 and SISMEMBER per queue.
+    """
+    config = _config(config)
+    names = _members(config, config.keys.queues)
+    pipe = _redis(config).pipeline(transaction=False)
+    for name in names:
+        pipe.llen(config.keys.queue(name))
+        pipe.lindex(config.keys.queue(name), -1)
+        pipe.sismember(config.keys.paused, name)
+    replies = pipe.execute()
+    now = wire.now() if now is None else now
+    summaries = []
+    for index, name in enumerate(names):
+        size, oldest, paused = replies[3 * index : 3 * index + 3]
+        latency = _latency(_parse(oldest)[0], now) if oldest else 0.0
+        summaries.append(QueueSummary(name, _int(size), latency, bool(paused)))
+    return summaries
+
+
+@dataclass(frozen=True, slots=True)
+class RedisInfo:
+    """What the dashboard shows about the server (from INFO)."""
+
+    server: str  # "Redis", "Valkey" or "Dragonfly"
+    version: str
+    uptime_days: int
+    connections: int
+    memory: str  # used_memory_human, e.g. "1.52M"
+    peak_memory: str  # used_memory_peak_human
+
+
+def redis_info(config: Config | None = None) -> RedisInfo:
+    """The server's name, version, uptime, clients and memory (one INFO)."""
+    info = _redis(_config(config)).info()
+    server = "Redis"
+    if "valkey_version" in info or info.get("server_name") == "valkey":
+        server = "Valkey"
+    elif "dragonfly_version" in info:
+        server = "Dragonfly"
+    version = info.get("valkey_version") or info.get("redis_version") or "?"
+    return RedisInfo(
+        server=server,
+        version=str(version),
+        uptime_days=_int(info.get("uptime_in_days")),
+        connections=_int(info.get("connected_clients")),
+        memory=str(info.get("used_memory_human", "?")),
+        peak_memory=str(info.get("used_memory_peak_human", "?")),
+    )
+
+
+def progress(jids: list[str], config: Config | None = None) -> dict[str, dict[str, Any]]:
+    """The last progress each job reported (``Job.progress``), by jid; none: left out.
+
+    One pipelined HGETALL of ``kiq|progress|<jid>`` per job; each value has
+    ``percent`` (0-100), ``message``, ``class`` and ``at`` (epoch seconds).
+    """
+    config = _config(config)
+    pipe = _redis(config).pipeline(transaction=False)
+    for jid in jids:
+        pipe.hgetall(config.keys.progress(jid))
+    found: dict[str, dict[str, Any]] = {}
+    for jid, raw in zip(jids, pipe.execute(), strict=True):
+        if not raw:
+            continue
+        data = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+        found[jid] = {
+            "jid": jid,
+            "percent": _float(data.get("percent")) or 0.0,
+            "message": data.get("message", ""),
+            "class": data.get("class", ""),
+            "at": _float(data.get("at")) or 0.0,
+        }
+    return found
+
+
+def cron_set(config: Config | None = None) -> CronSet:
+    """The recurring jobs (``kiq.recurring.CronSet``: list, enable/disable, enqueue now).
+
+    Imported on first use: recurring jobs bring the cron parser, which the rest of the
+    admin API does not need.
+    """
+    from kiq.recurring import CronSet
+
+    return CronSet(_config(config))
+
+
+@dataclass(slots=True)
+class JobMetrics:
+    """One job class over a window: totals, and per-minute values (oldest minute first).
+
+    ``processed`` counts every execution (failures too), ``total_ms`` only successful
+    ones, so ``avg_ms`` is the mean time of a successful run (Sidekiq's definition).
+    """
+
+    klass: str
+    processed: int
+    failed: int
+    total_ms: int
+    series: dict[str, list[int]]  # "p", "f", "ms" -> one value per minute
+
+    @classmethod
+    def empty(cls, klass: str, minutes: int) -> JobMetrics:
+        return cls(klass, 0, 0, 0, {m: [0] * minutes for m in ("p", "f", "ms")})
+
+    @property
+    def succeeded(self) -> int:
+        return self.processed - self.failed
+
+    @property
+    def avg_ms(self) -> float:
+        return self.total_ms / self.succeeded if self.succeeded > 0 else 0.0
+
+    def add(self, metric: str, minute: int, value: int) -> None:
+        if metric not in self.series:
+            return
+        self.series[metric][minute] += value
+        if metric == "p":
+            self.processed += value
+        elif metric == "f":
+            self.failed += value
+        else:
+            self.total_ms += value
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsResult:
+    """``Metrics.top_jobs``: the minutes read (oldest first) and each class, slowest total first."""
+
+    minutes: list[datetime]
+    jobs: list[JobMetrics]
+
+
+@dataclass(frozen=True, slots=True)
+class JobHistogram:
+    """``Metrics.for_job``: one class's totals and execution-time histogram.
+
+    ``counts[i]`` is how many successful runs took less than ``kiq.metrics.BUCKETS[i]``
+    ms (the last: longer), labelled ``labels[i]``; ``per_minute`` has the same counts
+    for each minute of ``minutes``.
+    """
+
+    klass: str
+    minutes: list[datetime]
+    metrics: JobMetrics
+    labels: tuple[str, ...]
+    counts: list[int]
+    per_minute: list[list[int]]
+
+
+class Metrics:
+    """Read the per-class metrics the workers write (``kiq.metrics``, Sidekiq 7's keys).
+
+    Windows are whole minutes ending with the current one, at most 480 (the keys live
+    8 hours). Each call is one pipeline: an HGETALL per minute (plus a BITFIELD_RO per
+    minute for ``for_job``).
+
+    Example::
+
+        result = Metrics().top_jobs(minutes=60)
+        for job in result.jobs:
+            job.klass, job.processed, job.failed, job.total_ms, job.avg_ms
+        Metrics().for_job("HardJob", minutes=120).counts
+    """
+
+    MAX_MINUTES: Final = 480
+
+    def __init__(self, config: Config | None = None, now: datetime | None = None) -> None:
+        self.config = _config(config)
+        self.now = now or datetime.now(UTC)
+
+    def _minutes(self, minutes: int) -> list[datetime]:
+        if not 1 <= minutes <= self.MAX_MINUTES:
+            raise ValueError(
+                f"Metrics: minutes={minutes} is out of range; use 1..{self.MAX_MINUTES} "
+                f"(metrics are kept 8 hours)"
+            )
+        return [self.now - timedelta(minutes=i) for i in range(minutes - 1, -1, -1)]
+
+    def top_jobs(self, minutes: int = 60, class_filter: str | None = None) -> MetricsResult:
+        """Every class seen in the window (optionally those containing ``class_filter``)."""
+        times = self._minutes(minutes)
+        pipe = _redis(self.config).pipeline(transaction=False)
+        for at in times:
+            pipe.hgetall(bucket_key(self.config, at))
+        jobs: dict[str, JobMetrics] = {}
+        needle = (class_filter or "").lower()
+        for index, fields in enumerate(pipe.execute()):
+            for name, value in fields.items():
+                klass, _, metric = name.decode(errors="replace").rpartition("|")
+                if needle and needle not in klass.lower():
+                    continue
+                if klass not in jobs:
+                    jobs[klass] = JobMetrics.empty(klass, minutes)
+                jobs[klass].add(metric, index, _int(value))
+        ranked = sorted(jobs.values(), key=lambda j: (-j.total_ms, -j.processed, j.klass))
+        return MetricsResult(times, ranked)
+
+    def for_job(self, klass: str, minutes: int = 60) -> JobHistogram:
+        """One class: its totals per minute and the histogram of its run times."""
+        times = self._minutes(minutes)
+        redis = _redis(self.config)
+        pipe = redis.pipeline(transaction=False)
+        rest = [("u16", f"#{i}") for i in range(1, len(BUCKETS) + 1)]
+        for at in times:
+            pipe.hmget(bucket_key(self.config, at), [f"{klass}|{m}" for m in ("p", "f", "ms")])
+            pipe.bitfield_ro(histogram_key(self.config, klass, at), "u16", "#0", items=rest)
+        replies = pipe.execute()
+        metrics = JobMetrics.empty(klass, minutes)
+        per_minute: list[list[int]] = []
+        for index in range(minutes):
+            for metric, value in zip(("p", "f", "ms"), replies[2 * index], strict=True):
+                metrics.add(metric, index, _int(value))
+            per_minute.append([_int(n) for n in replies[2 * index + 1]])
+        counts = [sum(column) for column in zip(*per_minute, strict=True)]
+        return JobHistogram(klass, times, metrics, LABELS, counts, per_minute)
