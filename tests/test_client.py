@@ -116,6 +116,17 @@ def test_push_with_an_explicit_past_at_still_goes_to_schedule(
     assert score == clock - 10
 
 
+@pytest.mark.parametrize("at", [float("nan"), float("inf"), "tomorrow", True])
+def test_push_refuses_an_at_that_is_not_a_finite_time(
+    config: Config, r: redis.Redis, at: object
+) -> None:
+    """``at`` is finite epoch seconds: NaN would fail in Redis, inf would never run."""
+    with pytest.raises(kiq.JobArgumentError, match="'at' must be epoch seconds"):
+        kiq.Client().push({"class": "Ruby", "args": [], "at": at})
+
+    assert r.keys("*") == []
+
+
 @pytest.mark.parametrize(
     "item",
     [{"args": [1]}, {"class": "", "args": []}, {"class": 5, "args": []}, {"class": "A"}],

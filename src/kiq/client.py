@@ -19,6 +19,7 @@ module never imports the testing code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -122,7 +123,9 @@ class Client:
         if not isinstance(queue, str) or not queue:
             raise JobArgumentError(f"job {name}: 'queue' must be a non-empty string, got {queue!r}")
         at = payload.get("at")
-        if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
+        if at is not None and (
+            isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at)
+        ):  # NaN made Redis refuse the ZADD; inf scheduled a job that never runs
             raise JobArgumentError(f"job {name}: 'at' must be epoch seconds, got {at!r}")
         if "jid" not in payload:
             payload["jid"] = wire.new_jid()
