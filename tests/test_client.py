@@ -390,6 +390,22 @@ def test_client_middleware_gets_the_job_name_and_queue(config: Config) -> None:
     assert calls == [("tests.test_client.Charge", "billing")]
 
 
+def test_arguments_added_by_client_middleware_are_checked_too(
+    config: Config, r: redis.Redis
+) -> None:
+    """A middleware that puts a non-JSON value into args gets the push refused (Sidekiq 6.4.2+)."""
+
+    def stamp(job: str, payload: Payload, queue: str, call_next: Callable[[], Any]) -> Any:
+        payload["args"].append(datetime(2024, 1, 1, tzinfo=UTC))
+        return call_next()
+
+    config.client_middleware.add(stamp)
+
+    with pytest.raises(kiq.JobArgumentError, match=r"argument 0 contains .*datetime"):
+        kiq.Client().push({"class": "Ruby", "args": []})
+    assert r.keys("*") == []
+
+
 def test_client_middleware_that_stops_a_push_returns_none(config: Config, r: redis.Redis) -> None:
     """Returning None instead of call_next() cancels the push: no jid, nothing stored."""
     config.client_middleware.add(StopOdd())

@@ -140,6 +140,10 @@ class Client:
         result: Payload | None = chain.invoke(
             payload["class"], payload, payload["queue"], lambda: payload
         )
+        if result:
+            # Sidekiq 6.4.2+ checks arguments after the client middleware: one may have
+            # added a value (a datetime...) that orjson would silently turn into a string.
+            wire.check_args(result["class"], result.get("args"))
         return result or None
 
     def _write(self, payloads: Sequence[Payload]) -> None:
