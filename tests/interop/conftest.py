@@ -26,12 +26,15 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeAlias, TypeVar, cast
 
 import pytest
-import redis
 
 from tests.support.wait import wait_until
+
+# The ``r`` fixture (str replies). redis-py types every reply as a sync/async union that
+# no test can use without a cast, so helpers take it untyped.
+StrRedis: TypeAlias = Any
 
 RUBY_DIR = Path(__file__).parent / "ruby"
 WORKER_APP = RUBY_DIR / "worker_app.rb"
@@ -79,26 +82,32 @@ TRICKY_ARGS: list[Any] = [
 ]
 
 
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01) -> T:
+    """``wait_until`` for a condition that returns a value or None; typed as the value."""
+    return cast(T, wait_until(condition, timeout=timeout, interval=interval))
+
+
 def strict_json(value: Any) -> str:
     """A canonical text for comparisons in which 1 != 1.0 != True (plain == conflates them)."""
     return json.dumps(value, ensure_ascii=False)
 
 
-def read_records(r: redis.Redis, key: str) -> list[dict[str, Any]]:
+def read_records(r: StrRedis, key: str) -> list[dict[str, Any]]:
     """The JSON entries of a result list, parsed with json (exact big integers)."""
     return [json.loads(item) for item in r.lrange(key, 0, -1)]
 
 
-def wait_records(
-    r: redis.Redis, key: str, count: int, timeout: float = 15.0
-) -> list[dict[str, Any]]:
+def wait_records(r: StrRedis, key: str, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
     wait_until(lambda: r.llen(key) >= count, timeout=timeout)
     return read_records(r, key)
 
 
 def interop_available() -> str | None:
     """Why Ruby Sidekiq cannot run here, or None when it can."""
-    missing = [tool for tool in ("ruby", "puma") if shutil.which(tool) is None]
+    missing = [] if shutil.which("ruby") else ["ruby"]
     if not os.access(SIDEKIQ, os.X_OK):
         missing.append(SIDEKIQ)
     if missing:
@@ -121,12 +130,8 @@ def interop_available() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def ruby_sidekiq() -> None:
-    """Skip (locally) or fail (CI) unless Ruby, Sidekiq 6.x and puma are installed."""
-    reason = interop_available()
-    if reason is None:
-        return
+def unavailable(reason: str) -> NoReturn:
+    """Skip locally, fail in CI (which installs everything: a skip there hides a broken image)."""
     message = (
         f"interop tests need Ruby Sidekiq 6.4: {reason}. Install them with "
         f"`apt-get install ruby ruby-sidekiq ruby-sidekiq-cron ruby-rack puma "
@@ -135,6 +140,14 @@ def ruby_sidekiq() -> None:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def ruby_sidekiq() -> None:
+    """Skip (locally) or fail (CI) unless Ruby and Sidekiq 6.x are installed."""
+    reason = interop_available()
+    if reason is not None:
+        unavailable(reason)
 
 
 @dataclass
@@ -216,7 +229,7 @@ class SidekiqProcess:
         self.proc.wait(10)
 
 
-def identity_of(r: redis.Redis, pid: int, prefix: str = "") -> str | None:
+def identity_of(r: StrRedis, pid: int, prefix: str = "") -> str | None:
     """The member of ``processes`` belonging to ``pid`` (``host:pid:nonce``), if it beat yet."""
     for member in r.smembers(f"{prefix}processes"):
         if member.split(":")[-2] == str(pid):
@@ -226,7 +239,7 @@ def identity_of(r: redis.Redis, pid: int, prefix: str = "") -> str | None:
 
 @pytest.fixture
 def start_sidekiq(
-    ruby_sidekiq: None, redis_url: str, r: redis.Redis, tmp_path: Path
+    ruby_sidekiq: None, redis_url: str, r: StrRedis, tmp_path: Path
 ) -> Iterator[Callable[..., SidekiqProcess]]:
     """Factory: ``start_sidekiq("ruby", concurrency=5)`` -> a Sidekiq that has beaten once.
 
@@ -263,7 +276,7 @@ def start_sidekiq(
             assert proc.poll() is None, f"sidekiq exited early:\n{process.output()}"
             return identity_of(r, proc.pid, process.prefix)
 
-        process.identity = wait_until(beaten, timeout=20.0)
+        process.identity = wait_for(beaten, timeout=20.0)
         return process
 
     yield start
@@ -271,9 +284,9 @@ def start_sidekiq(
         process.kill()
 
 
-def kiq_identity(r: redis.Redis, pid: int, prefix: str = "", timeout: float = 15.0) -> str:
+def kiq_identity(r: StrRedis, pid: int, prefix: str = "", timeout: float = 15.0) -> str:
     """Wait for a kiq worker's first heartbeat; return its identity."""
-    return wait_until(lambda: identity_of(r, pid, prefix), timeout=timeout)
+    return wait_for(lambda: identity_of(r, pid, prefix), timeout=timeout)
 
 
 def free_port() -> int:
@@ -301,6 +314,8 @@ def sidekiq_web(
     ruby_sidekiq: None, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WebUI]:
     """Sidekiq 6.4's Web UI (web.ru) under puma on a free loopback port, for one module."""
+    if shutil.which("puma") is None:
+        unavailable("puma not found")
     port = free_port()
     workdir = tmp_path_factory.mktemp("puma")
     log = workdir / "puma.log"

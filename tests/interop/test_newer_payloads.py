@@ -17,11 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import redis
 
 from kiq import payload as wire
 from kiq.api import ProcessSet, Queue, RetrySet, Stats, WorkSet
-from tests.interop.conftest import PY_DONE, strict_json, wait_records
+from tests.interop.conftest import PY_DONE, StrRedis, strict_json, wait_for, wait_records
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -32,7 +31,7 @@ BACKTRACE = [
     "/gems/sidekiq-8.1.7/lib/sidekiq/processor.rb:185:in `block (2 levels) in process'",
     "/gems/sidekiq-8.1.7/lib/sidekiq/job_retry.rb:113:in `local'",
 ]
-AJ_HASH = {
+AJ_HASH: dict[str, Any] = {
     "job_class": "SendWelcomeEmail",
     "job_id": "0b8c4b3e-6d9e-4a57-9b87-2f2d0f6a7c11",
     "provider_job_id": None,
@@ -83,7 +82,7 @@ def sidekiq8_job(
     }
 
 
-def enqueue_raw(r: redis.Redis, job: dict[str, Any]) -> None:
+def enqueue_raw(r: StrRedis, job: dict[str, Any]) -> None:
     """What Sidekiq's client does: SADD queues + LPUSH queue:<q> (JSON.generate'd)."""
     r.sadd("queues", job["queue"])
     r.lpush(f"queue:{job['queue']}", json.dumps(job, separators=(",", ":")))
@@ -129,7 +128,7 @@ def test_sidekiq8_retry_is_promoted_and_failed_again_by_kiq(config, r, start_wor
         members = r.zrange("retry", 0, -1)
         return json.loads(members[0]) if members and "retried_at" in members[0] else None
 
-    again = wait_until(failed_again, timeout=15.0)
+    again = wait_for(failed_again, timeout=15.0)
     assert again["jid"] == job["jid"]
     assert again["retry_count"] == 1
     assert again["failed_at"] == job["failed_at"]  # Sidekiq 8's int ms, untouched
@@ -200,7 +199,7 @@ def test_api_displays_activejob_class_and_arguments(config, r):
     assert record.display_args == ["gid://app/User/42", "welcome", {"locale": "de"}]
 
 
-def beat(r: redis.Redis, identity: str, info: dict[str, Any], **fields: Any) -> None:
+def beat(r: StrRedis, identity: str, info: dict[str, Any], **fields: Any) -> None:
     """What a Sidekiq heartbeat writes: SADD processes, HSET <identity> ..., EXPIRE 60."""
     r.sadd("processes", identity)
     defaults = {"busy": 0, "beat": time.time(), "quiet": "false", "rss": 123456, "rtt_us": 250}

@@ -10,21 +10,22 @@ from __future__ import annotations
 import json
 import socket
 import time
+from typing import Any
 
 import pytest
 
-from tests.interop.conftest import Ruby, kiq_identity
+from tests.interop.conftest import Ruby, kiq_identity, wait_for
 from tests.support.jobs import Slow
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
 
-def ruby_process(ruby: Ruby, identity: str) -> dict | None:
+def ruby_process(ruby: Ruby, identity: str) -> dict[str, Any] | None:
     return next((p for p in ruby.api()["processes"] if p["identity"] == identity), None)
 
 
-def test_ruby_process_set_lists_kiq_process(config, r, ruby: Ruby, start_worker):
+def test_ruby_process_set_lists_kiq_process(config, r, ruby, start_worker):
     """Sidekiq::ProcessSet shows a kiq worker's hostname, pid, concurrency, queues, busy, beat."""
     worker = start_worker("-q", "critical,2", "-q", "default", "-c", "3")
     identity = kiq_identity(r, worker.pid)
@@ -44,18 +45,18 @@ def test_ruby_process_set_lists_kiq_process(config, r, ruby: Ruby, start_worker)
     assert process["rss"] > 0
 
 
-def test_ruby_workers_show_kiq_busy_job(config, r, ruby: Ruby, start_worker):
+def test_ruby_workers_show_kiq_busy_job(config, r, ruby, start_worker):
     """Sidekiq::Workers lists the job a kiq worker is running, with its queue and payload."""
     worker = start_worker("-q", "default", "-c", "2")
     identity = kiq_identity(r, worker.pid)
     jid = Slow.perform_async(30, "busy")
     wait_until(lambda: r.llen("test:started") == 1, timeout=10.0)
 
-    def busy_in_ruby() -> dict | None:
+    def busy_in_ruby() -> dict[str, Any] | None:
         snapshot = ruby.api()
         return snapshot if snapshot["workers"] else None
 
-    snapshot = wait_until(busy_in_ruby, timeout=10.0, interval=0.2)
+    snapshot = wait_for(busy_in_ruby, timeout=10.0, interval=0.2)
 
     (work,) = snapshot["workers"]
     assert work["process_id"] == identity
@@ -69,7 +70,7 @@ def test_ruby_workers_show_kiq_busy_job(config, r, ruby: Ruby, start_worker):
     assert snapshot["stats"]["workers_size"] == 1
 
 
-def test_ruby_quiet_quiets_kiq_process(config, r, ruby: Ruby, start_worker):
+def test_ruby_quiet_quiets_kiq_process(config, r, ruby, start_worker):
     """Process#quiet! makes a kiq worker stop taking jobs and report quiet, but stay alive."""
     worker = start_worker("-q", "default", "-c", "2")
     identity = kiq_identity(r, worker.pid)
@@ -87,7 +88,7 @@ def test_ruby_quiet_quiets_kiq_process(config, r, ruby: Ruby, start_worker):
     assert worker.proc.poll() is None
 
 
-def test_ruby_stop_stops_kiq_process(config, r, ruby: Ruby, start_worker):
+def test_ruby_stop_stops_kiq_process(config, r, ruby, start_worker):
     """Process#stop! makes a kiq worker shut down cleanly and leave the process set."""
     worker = start_worker("-q", "default", "-c", "2")
     identity = kiq_identity(r, worker.pid)
@@ -116,14 +117,14 @@ def test_kiq_process_set_lists_sidekiq_process(config, r, start_sidekiq):
     assert process.beat is not None
 
 
-def test_kiq_work_set_shows_sidekiq_busy_job(config, r, ruby: Ruby, start_sidekiq):
+def test_kiq_work_set_shows_sidekiq_busy_job(config, r, ruby, start_sidekiq):
     """kiq.api.WorkSet shows the job a Sidekiq 6.4 process runs (its ``:workers`` hash)."""
     from kiq.api import WorkSet
 
     sidekiq = start_sidekiq("ruby")
     (jid,) = ruby.push({"op": "push", "class": "RubySlow", "queue": "ruby", "args": [30]})
 
-    def busy() -> list:
+    def busy() -> list[tuple[str, str, Any]]:
         return list(WorkSet(config))
 
     ((identity, _tid, work),) = wait_until(busy, timeout=10.0, interval=0.1)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.interop.conftest import PY_DONE, TRICKY_ARGS, Ruby, strict_json, wait_records
+from tests.interop.conftest import PY_DONE, TRICKY_ARGS, strict_json, wait_records
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
 
 @pytest.mark.parametrize("op", ["push", "perform_async", "perform_in"])
-def test_ruby_push_runs_in_kiq_with_exact_arguments(op, config, r, ruby: Ruby, start_worker):
+def test_ruby_push_runs_in_kiq_with_exact_arguments(op, config, r, ruby, start_worker):
     """A job Ruby pushes for a kiq class runs in kiq with exactly the arguments Ruby sent."""
     start_worker("-q", "interop", "-c", "2")
     spec = {"op": op, "class": "InteropEcho", "queue": "interop", "args": TRICKY_ARGS}
@@ -31,7 +31,7 @@ def test_ruby_push_runs_in_kiq_with_exact_arguments(op, config, r, ruby: Ruby, s
     assert strict_json(record["args"]) == strict_json(TRICKY_ARGS)
 
 
-def test_ruby_push_bulk_runs_each_job_in_kiq(config, r, ruby: Ruby, start_worker):
+def test_ruby_push_bulk_runs_each_job_in_kiq(config, r, ruby, start_worker):
     """Sidekiq::Client.push_bulk jobs each run once in kiq with their own arguments."""
     start_worker("-q", "interop", "-c", "2")
     bulk = [TRICKY_ARGS, [1], ["two", {"three": [3.0]}], []]

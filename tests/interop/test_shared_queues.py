@@ -13,13 +13,12 @@ import json
 import pytest
 
 import kiq
-from tests.interop.conftest import Ruby
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
 
-def test_python_only_class_fails_in_sidekiq_with_name_error(config, r, ruby: Ruby, start_sidekiq):
+def test_python_only_class_fails_in_sidekiq_with_name_error(config, r, ruby, start_sidekiq):
     """A kiq-only class fetched by Sidekiq is retried as a NameError, payload intact."""
     start_sidekiq("ruby")
 
@@ -34,7 +33,7 @@ def test_python_only_class_fails_in_sidekiq_with_name_error(config, r, ruby: Rub
     assert entry["queue"] == "ruby"
 
 
-def test_ruby_only_class_fails_in_kiq_with_unknown_job_error(config, r, ruby: Ruby, start_worker):
+def test_ruby_only_class_fails_in_kiq_with_unknown_job_error(config, r, ruby, start_worker):
     """A Ruby-only class fetched by kiq is retried as UnknownJobError, payload intact."""
     start_worker("-q", "interop", "-c", "2")
 

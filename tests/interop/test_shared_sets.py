@@ -13,22 +13,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import redis
 
 import kiq
 from kiq.api import RetrySet
-from tests.interop.conftest import PY_DONE, Ruby, strict_json, wait_records
+from tests.interop.conftest import PY_DONE, StrRedis, strict_json, wait_for, wait_records
 from tests.support.jobs import Boom
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
 
-def zset(r: redis.Redis, key: str) -> list[tuple[dict[str, Any], float]]:
+def zset(r: StrRedis, key: str) -> list[tuple[dict[str, Any], float]]:
     return [(json.loads(member), score) for member, score in r.zrange(key, 0, -1, withscores=True)]
 
 
-def one_retry(r: redis.Redis) -> dict[str, Any]:
+def one_retry(r: StrRedis) -> dict[str, Any]:
     """Wait for the single entry of the retry set and return its payload."""
     wait_until(lambda: r.zcard("retry") >= 1, timeout=15.0)
     ((payload, _),) = zset(r, "retry")
@@ -36,7 +35,7 @@ def one_retry(r: redis.Redis) -> dict[str, Any]:
 
 
 @pytest.fixture
-def kiq_retry(config, r, start_worker) -> tuple[str, Any]:
+def kiq_retry(config, r, start_worker):
     """A job that failed in kiq and sits in ``retry``; returns (jid, the worker)."""
     worker = start_worker("-q", "default", "-c", "2")
     jid = Boom.perform_async(1, "x")
@@ -44,7 +43,7 @@ def kiq_retry(config, r, start_worker) -> tuple[str, Any]:
     return jid, worker
 
 
-def test_ruby_scheduled_job_is_promoted_by_kiq(config, r, ruby: Ruby, start_worker):
+def test_ruby_scheduled_job_is_promoted_by_kiq(config, r, ruby, start_worker):
     """A job Sidekiq's client scheduled is moved to its queue and run by kiq alone."""
     (jid,) = ruby.push(
         {"op": "push", "class": "InteropEcho", "queue": "interop", "args": [7], "in": 0.5}
@@ -58,7 +57,7 @@ def test_ruby_scheduled_job_is_promoted_by_kiq(config, r, ruby: Ruby, start_work
     assert r.zcard("schedule") == 0
 
 
-def test_kiq_failure_shows_in_ruby_retry_set(kiq_retry, ruby: Ruby):
+def test_kiq_failure_shows_in_ruby_retry_set(kiq_retry, ruby):
     """Sidekiq::RetrySet shows a kiq failure's class, queue, args, error, count, time, backtrace."""
     jid, _ = kiq_retry
     before = time.time()
@@ -81,7 +80,7 @@ def test_kiq_failure_shows_in_ruby_retry_set(kiq_retry, ruby: Ruby):
     assert any("jobs.py" in line and "in `perform'" in line for line in backtrace), backtrace
 
 
-def test_ruby_retry_all_reruns_kiq_retries_once(kiq_retry, r, ruby: Ruby):
+def test_ruby_retry_all_reruns_kiq_retries_once(kiq_retry, r, ruby):
     """RetrySet#retry_all sends kiq's entry back to its queue; kiq reruns it; no duplicate."""
     jid, _ = kiq_retry
 
@@ -91,14 +90,14 @@ def test_ruby_retry_all_reruns_kiq_retries_once(kiq_retry, r, ruby: Ruby):
         entries = zset(r, "retry")
         return entries[0][0] if entries and "retried_at" in entries[0][0] else None
 
-    payload = wait_until(rerun, timeout=15.0)
+    payload = wait_for(rerun, timeout=15.0)
     assert payload["jid"] == jid
     assert payload["retry_count"] == 0  # Ruby decremented it to -1 before pushing
     assert r.zcard("retry") == 1
     assert r.llen("queue:default") == 0
 
 
-def test_ruby_kill_moves_kiq_retry_to_dead(kiq_retry, r, ruby: Ruby):
+def test_ruby_kill_moves_kiq_retry_to_dead(kiq_retry, r, ruby):
     """SortedEntry#kill moves kiq's retry entry to the Dead set, error fields intact."""
     jid, _ = kiq_retry
 
@@ -112,7 +111,7 @@ def test_ruby_kill_moves_kiq_retry_to_dead(kiq_retry, r, ruby: Ruby):
     assert r.zcard("dead") == 1
 
 
-def test_ruby_delete_removes_kiq_retry(kiq_retry, r, ruby: Ruby):
+def test_ruby_delete_removes_kiq_retry(kiq_retry, r, ruby):
     """SortedEntry#delete removes kiq's retry entry and leaves no copy anywhere."""
     jid, _ = kiq_retry
 
@@ -123,7 +122,7 @@ def test_ruby_delete_removes_kiq_retry(kiq_retry, r, ruby: Ruby):
     assert r.llen("queue:default") == 0
 
 
-def test_ruby_reschedule_moves_kiq_retry_without_duplicate(kiq_retry, r, ruby: Ruby):
+def test_ruby_reschedule_moves_kiq_retry_without_duplicate(kiq_retry, r, ruby):
     """SortedEntry#reschedule re-serialises kiq's entry byte for byte: one member, new score."""
     jid, _ = kiq_retry
     target = time.time() + 3600
@@ -135,7 +134,7 @@ def test_ruby_reschedule_moves_kiq_retry_without_duplicate(kiq_retry, r, ruby: R
     assert abs(score - target) < 30
 
 
-def test_ruby_reschedule_keeps_exponent_floats_one_member(config, r, ruby: Ruby):
+def test_ruby_reschedule_keeps_exponent_floats_one_member(config, r, ruby):
     """Floats Ruby prints with an exponent (1.0e+20) still reschedule without a duplicate.
 
     Sidekiq ZINCRBYs ``JSON.generate(item)``: kiq must have written the same bytes.
@@ -152,7 +151,7 @@ def test_ruby_reschedule_keeps_exponent_floats_one_member(config, r, ruby: Ruby)
 
 
 @pytest.fixture
-def ruby_retry(config, r, ruby: Ruby, start_sidekiq) -> str:
+def ruby_retry(config, r, ruby, start_sidekiq):
     """A job that failed in Sidekiq 6.4 (RubyFail) and sits in ``retry``; returns its jid."""
     start_sidekiq("ruby")
     (jid,) = ruby.push(
@@ -199,13 +198,13 @@ def test_kiq_retry_reruns_ruby_failure_once(ruby_retry, config, r):
         entries = zset(r, "retry")
         return entries[0][0] if entries and "retried_at" in entries[0][0] else None
 
-    payload = wait_until(rerun, timeout=15.0)
+    payload = wait_for(rerun, timeout=15.0)
     assert payload["jid"] == ruby_retry
     assert payload["retry_count"] == 0  # kiq decremented it to -1 before pushing
     assert r.zcard("retry") == 1
 
 
-def test_kiq_kill_moves_ruby_failure_to_dead(ruby_retry, config, r, ruby: Ruby):
+def test_kiq_kill_moves_ruby_failure_to_dead(ruby_retry, config, r, ruby):
     """SortedEntry.kill moves Ruby's retry entry to the Dead set, where Ruby sees it."""
     (entry,) = RetrySet(config)
 
@@ -228,7 +227,7 @@ def test_kiq_delete_removes_ruby_failure(ruby_retry, config, r):
     assert r.llen("queue:ruby") == 0
 
 
-def test_kiq_reschedule_moves_ruby_failure_without_duplicate(ruby_retry, config, r, ruby: Ruby):
+def test_kiq_reschedule_moves_ruby_failure_without_duplicate(ruby_retry, config, r, ruby):
     """SortedEntry.reschedule gives Ruby's entry a new time, still one member, seen by Ruby."""
     (entry,) = RetrySet(config)
     target = time.time() + 3600

@@ -8,18 +8,17 @@ heartbeat, and both compute queue sizes and latency from the same lists, so Ruby
 from __future__ import annotations
 
 import pytest
-import redis
 
 import kiq
 from kiq.api import Queue, Stats
-from tests.interop.conftest import Ruby
+from tests.interop.conftest import StrRedis
 from tests.support.jobs import Boom, InteropEcho
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
 
-def wait_counts(r: redis.Redis, processed: int, failed: int) -> None:
+def wait_counts(r: StrRedis, processed: int, failed: int) -> None:
     wait_until(
         lambda: (
             (int(r.get("stat:processed") or 0), int(r.get("stat:failed") or 0))
@@ -29,7 +28,7 @@ def wait_counts(r: redis.Redis, processed: int, failed: int) -> None:
     )
 
 
-def test_processed_and_failed_count_both_sides(config, r, ruby: Ruby, start_worker, start_sidekiq):
+def test_processed_and_failed_count_both_sides(config, r, ruby, start_worker, start_sidekiq):
     """Sidekiq::Stats and kiq.api.Stats count jobs run (and failed) by kiq and by Sidekiq."""
     start_worker("-q", "interop", "-q", "default", "-c", "2")
     start_sidekiq("ruby")
@@ -51,7 +50,7 @@ def test_processed_and_failed_count_both_sides(config, r, ruby: Ruby, start_work
     assert ruby_stats["retry_size"] == stats.retry_size == 3
 
 
-def test_queue_sizes_agree(config, r, ruby: Ruby):
+def test_queue_sizes_agree(config, r, ruby):
     """Queue names and sizes (and the enqueued total) agree between kiq.api and Sidekiq."""
     ruby.push(
         {"op": "push_bulk", "class": "RubyEcho", "queue": "ruby", "args": [[1], [2], [3]]},
@@ -69,7 +68,7 @@ def test_queue_sizes_agree(config, r, ruby: Ruby):
     assert snapshot["stats"]["enqueued"] == Stats(config).enqueued == 7
 
 
-def test_queue_latency_agrees(config, r, ruby: Ruby):
+def test_queue_latency_agrees(config, r, ruby):
     """Each queue's latency (age of its oldest job) agrees between kiq.api and Sidekiq.
 
     Ruby measures between two kiq readings, so its figure must lie between them.

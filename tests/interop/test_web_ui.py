@@ -11,12 +11,12 @@ import html
 import json
 import socket
 import time
+from typing import Any
 
 import pytest
-import redis
 
 import kiq
-from tests.interop.conftest import WebUI, kiq_identity
+from tests.interop.conftest import StrRedis, WebUI, kiq_identity
 from tests.support.jobs import Boom, Slow
 from tests.support.wait import wait_until
 
@@ -29,13 +29,13 @@ def page(web: WebUI, path: str) -> str:
     return html.unescape(body)
 
 
-def only_member(r: redis.Redis, key: str) -> tuple[dict, float]:
+def only_member(r: StrRedis, key: str) -> tuple[dict[str, Any], float]:
     wait_until(lambda: r.zcard(key) == 1, timeout=15.0)
     ((member, score),) = r.zrange(key, 0, -1, withscores=True)
-    return json.loads(member), score
+    return json.loads(member), float(score)
 
 
-def test_busy_page_shows_kiq_process_and_job(config, r, sidekiq_web: WebUI, start_worker):
+def test_busy_page_shows_kiq_process_and_job(config, r, sidekiq_web, start_worker):
     """/busy lists the kiq process (host:pid, tag, labels, queues) and the job it runs."""
     worker = start_worker("-q", "default", "-c", "3", "-g", "billing")
     identity = kiq_identity(r, worker.pid)
@@ -48,21 +48,23 @@ def test_busy_page_shows_kiq_process_and_job(config, r, sidekiq_web: WebUI, star
     assert f'value="{identity}"' in body  # the Quiet/Stop form targets kiq's identity
     assert '<span class="label label-success">billing</span>' in body  # the tag
     assert '<span class="label label-info">kiq</span>' in body  # kiq's label
+    assert jid
     assert jid in body
     assert "Slow" in body
 
 
-def test_queues_pages_show_kiq_jobs(config, sidekiq_web: WebUI):
+def test_queues_pages_show_kiq_jobs(config, sidekiq_web):
     """/queues lists a queue kiq pushed to, and /queues/<name> shows its jobs."""
     jid = kiq.Client(config).push({"class": "InteropEcho", "queue": "interop", "args": [1, "two"]})
 
     assert "interop" in page(sidekiq_web, "/queues")
     body = page(sidekiq_web, "/queues/interop")
     assert "InteropEcho" in body
+    assert jid
     assert jid in body
 
 
-def test_retries_pages_show_kiq_failure(config, r, sidekiq_web: WebUI, start_worker):
+def test_retries_pages_show_kiq_failure(config, r, sidekiq_web, start_worker):
     """/retries lists a kiq failure; its detail page shows the error and kiq's backtrace."""
     start_worker("-q", "default", "-c", "2")
     jid = Boom.perform_async(1, "x")
@@ -72,13 +74,14 @@ def test_retries_pages_show_kiq_failure(config, r, sidekiq_web: WebUI, start_wor
     detail = page(sidekiq_web, f"/retries/{score}-{jid}")
 
     assert "Boom" in listing
+    assert jid
     assert jid in listing
     assert "boom (1, 'x')" in detail
     assert "ValueError" in detail
     assert "in `perform'" in detail  # the decoded backtrace
 
 
-def test_scheduled_page_shows_kiq_job(config, sidekiq_web: WebUI):
+def test_scheduled_page_shows_kiq_job(config, sidekiq_web):
     """/scheduled lists a job kiq scheduled."""
     jid = kiq.Client(config).push(
         {"class": "InteropEcho", "queue": "interop", "args": [5], "at": time.time() + 3600}
@@ -87,10 +90,11 @@ def test_scheduled_page_shows_kiq_job(config, sidekiq_web: WebUI):
     body = page(sidekiq_web, "/scheduled")
 
     assert "InteropEcho" in body
+    assert jid
     assert jid in body
 
 
-def test_dead_page_shows_kiq_dead_job(config, r, sidekiq_web: WebUI, start_worker):
+def test_dead_page_shows_kiq_dead_job(config, r, sidekiq_web, start_worker):
     """/morgue (the Dead tab) lists a job that died in kiq."""
     start_worker("-q", "default", "-c", "2")
     jid = Boom.set(retry=0).perform_async(2)
@@ -99,10 +103,11 @@ def test_dead_page_shows_kiq_dead_job(config, r, sidekiq_web: WebUI, start_worke
     body = page(sidekiq_web, "/morgue")
 
     assert "Boom" in body
+    assert jid
     assert jid in body
 
 
-def test_dashboard_counts_kiq_jobs(config, r, sidekiq_web: WebUI, start_worker):
+def test_dashboard_counts_kiq_jobs(config, r, sidekiq_web, start_worker):
     """The dashboard's stats JSON counts what kiq processed and failed."""
     start_worker("-q", "default", "-c", "2")
     Boom.set(retry=0).perform_async(3)
