@@ -6,6 +6,7 @@ process ends in the dead set as ``kiq.PoisonJob`` (issue 4).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -21,7 +22,7 @@ ALIVE = "host:222:a11ve0000000"
 ME = "host:333:5e1f00000000"
 
 
-def take(config, identity: str, queue: str, n: int, **fields) -> list[str]:
+def take(config, identity: str, queue: str, n: int, **fields) -> list[str | None]:
     """Push ``n`` jobs to ``queue`` and let ``identity`` fetch them; return their jids."""
     client = Client(config)
     jids = [
@@ -32,7 +33,7 @@ def take(config, identity: str, queue: str, n: int, **fields) -> list[str]:
     return jids
 
 
-def queued(r, queue: str) -> list[dict]:
+def queued(r, queue: str) -> list[dict[str, Any]]:
     """Payloads of ``queue:<queue>`` in the order they will be fetched."""
     return [orjson.loads(raw) for raw in reversed(r.lrange(f"queue:{queue}", 0, -1))]
 

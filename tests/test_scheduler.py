@@ -122,8 +122,7 @@ def test_two_pollers_racing_push_each_job_exactly_once(config, r):
     pollers = [poller(config, seed) for seed in (1, 2)]
     counts: list[int] = []
     threads = [
-        threading.Thread(target=lambda p=p: counts.append(p.enqueue_due(now=NOW)))
-        for p in pollers
+        threading.Thread(target=lambda p=p: counts.append(p.enqueue_due(now=NOW))) for p in pollers
     ]
 
     for thread in threads:
