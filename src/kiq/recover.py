@@ -18,7 +18,7 @@ process every time it ran: it goes to the dead set with ``error_class``
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -26,10 +26,14 @@ from kiq import payload as wire
 from kiq.client import timestamp
 from kiq.config import Config
 from kiq.errors import PayloadError
+from kiq.payload import Payload
+from kiq.store import WatchError
 
 log = logging.getLogger(__name__)
 
-LOCK_TTL: Final = 30  # seconds; one sweep at a time across the cluster
+# Seconds; one sweep at a time across the cluster. Only an optimisation (each sweep is
+# one WATCHed transaction), so short: it bounds the pause when a process dies mid-sweep.
+LOCK_TTL: Final = 5
 POISON: Final = "kiq.PoisonJob"
 
 
@@ -39,37 +43,77 @@ class Recoverer:
         self.identity = identity
 
     def sweep(self) -> int:
-        """Requeue (or bury) the jobs of every dead fetcher; return how many were moved."""
+        """Requeue (or bury) the jobs of every dead fetcher; return how many were moved.
+
+        One MULTI/EXEC moves every dead process's jobs, unregisters those processes and
+        releases the lock. It WATCHes their heartbeat hashes and in-progress lists, so a
+        process that was only slow to beat (a Redis outage longer than ``process_ttl``)
+        and beats or fetches meanwhile makes it abort instead of losing what it fetched;
+        the next sweep decides again. Releasing the lock in the same EXEC matters: a
+        requeued poison job is fetched within a millisecond, often by the sweeping
+        process itself, and would otherwise kill it while it still held the lock,
+        stopping every recovery until LOCK_TTL ran out (found by bench/chaos.py).
+        """
         r = self.config.store.redis
         keys = self.config.keys
         if not r.set(keys.recover_lock, self.identity, nx=True, ex=LOCK_TTL):
             return 0
-        moved = 0
         try:
-            for raw_ident, raw_queues in r.hgetall(keys.fetchers).items():
-                ident = raw_ident.decode() if isinstance(raw_ident, bytes) else raw_ident
-                if ident == self.identity or r.exists(keys.process(ident)):
-                    continue
-                for queue in orjson.loads(raw_queues):
-                    moved += self._recover(ident, str(queue))
-                r.hdel(keys.fetchers, ident)
+            moved, poison = self._sweep()
+        except WatchError:
+            moved, poison = 0, []  # a "dead" process beat or fetched: not dead after all
         finally:
             if r.get(keys.recover_lock) == self.identity.encode():
                 r.delete(keys.recover_lock)
+        for payload in poison:
+            log.error(
+                "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
+            )
         if moved:
             log.warning("recovered %d jobs from processes that died", moved)
         return moved
 
-    def _recover(self, ident: str, queue: str) -> int:
+    def _sweep(self) -> tuple[int, list[Payload]]:
         r = self.config.store.redis
         keys = self.config.keys
-        source = keys.inprogress(ident, queue)
-        raws: list[bytes] = r.lrange(source, 0, -1)  # type: ignore[assignment]  # bytes client
-        if not raws:
-            return 0
+        with r.pipeline(transaction=True) as pipe:
+            dead: list[tuple[str, list[str]]] = []
+            for raw_ident, raw_queues in r.hgetall(keys.fetchers).items():
+                ident = raw_ident.decode() if isinstance(raw_ident, bytes) else raw_ident
+                if ident == self.identity or r.exists(keys.process(ident)):
+                    continue
+                queues = [str(queue) for queue in orjson.loads(raw_queues)]
+                watched = [keys.process(ident), *(keys.inprogress(ident, q) for q in queues)]
+                pipe.watch(*watched)  # type: ignore[no-untyped-call]  # redis-py
+                if not pipe.exists(keys.process(ident)):
+                    dead.append((ident, queues))
+            if not dead:
+                return 0, []
+            taken: list[tuple[str, str, list[bytes]]] = [
+                (ident, queue, pipe.lrange(keys.inprogress(ident, queue), 0, -1))  # type: ignore[misc]
+                for ident, queues in dead
+                for queue in queues
+            ]
+            pipe.multi()
+            poison: list[Payload] = []
+            for ident, queue, raws in taken:
+                if raws:
+                    poison += self._requeue(pipe, queue, raws)
+                    pipe.delete(keys.inprogress(ident, queue))
+            if poison:  # every add to the dead set trims it (Sidekiq: DeadSet#kill)
+                now = wire.now()
+                pipe.zremrangebyscore(keys.dead, "-inf", now - self.config.dead_timeout)
+                pipe.zremrangebyrank(keys.dead, 0, -(self.config.dead_max_jobs + 1))
+            pipe.hdel(keys.fetchers, *(ident for ident, _ in dead))
+            pipe.delete(keys.recover_lock)
+            pipe.execute()
+        return sum(len(raws) for _, _, raws in taken), poison
+
+    def _requeue(self, pipe: Any, queue: str, raws: list[bytes]) -> list[Payload]:
+        """Queue the RPUSHes (or dead-set ZADDs) for one in-progress list; return the buried."""
+        keys = self.config.keys
         now = wire.now()
-        pipe = r.pipeline(transaction=True)
-        buried = False
+        buried: list[Payload] = []
         # LRANGE gives newest first (fetch LPUSHes); RPUSHing in that order leaves the
         # oldest at the tail, fetched next, as requeue_all does.
         for raw in raws:
@@ -89,16 +133,8 @@ class Recoverer:
                 )
                 payload.setdefault("failed_at", timestamp(self.config, now))
                 pipe.zadd(keys.dead, {wire.dumps(payload): now})
-                buried = True
-                log.error(
-                    "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
-                )
+                buried.append(payload)
             else:
                 pipe.rpush(keys.queue(queue), wire.dumps(payload))
-        if buried:  # every add to the dead set trims it (Sidekiq: DeadSet#kill)
-            pipe.zremrangebyscore(keys.dead, "-inf", now - self.config.dead_timeout)
-            pipe.zremrangebyrank(keys.dead, 0, -(self.config.dead_max_jobs + 1))
         pipe.sadd(keys.queues, queue)
-        pipe.delete(source)
-        pipe.execute()
-        return len(raws)
+        return buried

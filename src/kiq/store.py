@@ -36,6 +36,7 @@ import redis.sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError as WatchError  # re-exported: recover's transaction
 
 from kiq.errors import RedisUnavailable
 from kiq.keys import PROCESS_TTL, STAT_TTL, Keys
