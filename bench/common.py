@@ -469,6 +469,13 @@ def command_calls(client: redis.Redis) -> Counter[str]:
     )
 
 
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    """used_cpu_sys + used_cpu_user from INFO cpu: microsecond resolution, where /proc's
+    clock ticks (10 ms) would round a short drain's Redis time to zero."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+
 # -- drains that know about in-flight jobs ---------------------------------------------------
 
 
@@ -593,7 +600,6 @@ def _wait_for_first_take(
 def measure_drain(
     *,
     stats_client: redis.Redis,
-    server_pid: int | None,
     worker_pid: int,
     n: int,
     probe: Probe,
@@ -611,14 +617,13 @@ def measure_drain(
 
     def sample_start() -> None:
         samples["cpu0"] = tree_cpu_seconds(worker_pid)
-        if server_pid:
-            samples["redis0"] = cpu_seconds(server_pid)
+        samples["redis0"] = redis_cpu_seconds(stats_client)
         calls["start"] = command_calls(stats_client)
         probe.commands.clear()
 
     window = watch_drain(probe, n, timeout=timeout, on_start=sample_start, alive=alive)
     cpu = tree_cpu_seconds(worker_pid) - samples["cpu0"]
-    redis_cpu = cpu_seconds(server_pid) - samples["redis0"] if server_pid else None
+    redis_cpu = redis_cpu_seconds(stats_client) - samples["redis0"]
     delta = command_calls(stats_client) - calls["start"]
     delta.pop("info", None)  # ours (the second snapshot's INFO counts the first)
     delta -= probe.commands  # Counter subtraction drops counts that reach zero
@@ -637,9 +642,8 @@ def measure_drain(
     }
     if window.partial:
         metrics["drain_partial"] = 1.0
-    if redis_cpu is not None:
-        metrics["redis_cpu_us_per_job"] = redis_cpu / done * 1e6
-        metrics["redis_cpu_pct"] = 100 * redis_cpu / max(acked, 1e-9)
+    metrics["redis_cpu_us_per_job"] = redis_cpu / done * 1e6
+    metrics["redis_cpu_pct"] = 100 * redis_cpu / max(acked, 1e-9)
     for name, count in delta.most_common(8):
         metrics[f"redis_cmd_{name}_per_job"] = count / done
     return metrics

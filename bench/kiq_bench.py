@@ -140,7 +140,6 @@ class KiqSystem:
         with self.worker() as worker:
             metrics = measure_drain(
                 stats_client=self.redis,
-                server_pid=self.server.pid,
                 worker_pid=worker.pid,
                 n=n,
                 probe=KiqProbe(self.redis),
@@ -184,7 +183,7 @@ class KiqSystem:
     # -- extras ------------------------------------------------------------------------------
 
     def profile(self, n: int, out_path: Path, rate: int = 250) -> Metrics:
-        """Drain n jobs under `py-spy record -f raw`; the raw file feeds summarize_profile."""
+        """Drain n jobs under `py-spy record --gil --native`; see summarize_profile."""
         py_spy = shutil.which("py-spy")
         if py_spy is None:
             raise RuntimeError("py-spy not found: pip install py-spy")
@@ -193,7 +192,7 @@ class KiqSystem:
             self.wait_until_ready()
             spy = subprocess.Popen(
                 [py_spy, "record", "-p", str(worker.pid), "-f", "raw", "-r", str(rate),
-                 "-o", str(out_path), "--nonblocking"],
+                 "-o", str(out_path), "--gil", "--native"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
             try:
@@ -313,22 +312,41 @@ class KiqSystem:
         return result
 
 
-def summarize_profile(raw_path: Path, top: int = 15) -> list[dict[str, object]]:
-    """Top self-time functions of a `py-spy -f raw` file (folded stacks with counts).
+def summarize_profile(raw_path: Path, top: int = 15) -> dict[str, list[dict[str, object]]]:
+    """Top self-time functions of a `py-spy record --gil --native -f raw` file.
 
-    Each line is ``frame;frame;...;leaf count``; the leaf is where the sample was taken,
-    so summing counts by leaf gives self time. Idle threads are already left out by py-spy.
+    Each line is ``frame;frame;...;leaf count`` (folded stacks), root first. Samples are
+    taken only from the thread holding the GIL, so they show where the worker's Python
+    CPU goes, not threads waiting on a queue. Two views:
+
+      python  self time per Python function (line numbers dropped; native frames are
+              charged to the Python function that called into them)
+      native  self time per leaf frame, native ones included (getpid, gc, sem_post...)
     """
-    leaves: Counter[str] = Counter()
+    python: Counter[str] = Counter()
+    native: Counter[str] = Counter()
     total = 0
     for line in raw_path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        leaves[leaf] += int(count)
-        total += int(count)
-    return [
-        {"function": leaf, "samples": count, "share": count / total}
-        for leaf, count in leaves.most_common(top)
-    ]
+        frames = stack.split(";")
+        samples = int(count)
+        total += samples
+        native[frames[-1]] += samples
+        own = next((f for f in reversed(frames) if ".py:" in f), frames[-1])
+        python[_function(own)] += samples
+
+    def rows(counter: Counter[str]) -> list[dict[str, object]]:
+        return [
+            {"function": name, "samples": n, "share": n / total}
+            for name, n in counter.most_common(top)
+        ]
+
+    return {"python": rows(python), "native": rows(native), "total_samples": [{"n": total}]}
+
+
+def _function(frame: str) -> str:
+    """'f (logging/__init__.py:360)' -> 'f (logging/__init__.py)': one row per function."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0].rstrip(')')})" if where else name

@@ -209,7 +209,6 @@ class PeerSystem:
         with self.worker() as worker:
             metrics = measure_drain(
                 stats_client=self.redis,
-                server_pid=self.server.pid,
                 worker_pid=worker.pid,
                 n=n,
                 probe=probe,

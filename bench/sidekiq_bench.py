@@ -166,7 +166,6 @@ class SidekiqSystem:
         with self._sidekiq() as worker:
             metrics = measure_drain(
                 stats_client=self.stats_redis,
-                server_pid=self.server.pid,
                 worker_pid=worker.pid,
                 n=n,
                 # Sidekiq 6.4's basic fetch holds taken jobs only in memory: nothing
