@@ -38,7 +38,12 @@ class AsyncRunner:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            # stop() ends run_forever; the loop (and its self-pipe sockets) must still
+            # be closed, or every stopped Launcher leaks them (ResourceWarning).
+            self.loop.close()
 
     def submit(self, unit: UnitOfWork) -> None:
         self.loop.call_soon_threadsafe(self._spawn, unit)
