@@ -1,0 +1,1 @@
+"""Query objects (the brief's ``app/queries``): named reads the jobs call."""
