@@ -74,6 +74,16 @@ SIDE: dict[str, frozenset[str]] = {
     "integrations": CLIENT_SIDE | {"__init__"},  # framework glue (enqueue after commit)
 }
 SIDE_IMPORTERS: dict[str, frozenset[str]] = {"web": frozenset({"cli"})}
+# Known departures from STYLE C.2, each with its reason; remove an entry once the code
+# is moved, so that the departure cannot spread unnoticed.
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("api", "metrics"): "metric key builders and bucket bounds live in metrics.py, not keys.py",
+    ("api", "recurring"): "api.cron_set() hands out recurring.CronSet (imported lazily)",
+}
+# Other entry points wrap the CLI: ``manage.py kiq`` is ``kiq worker`` inside Django.
+ENTRY_POINTS: dict[str, frozenset[str]] = {
+    "integrations.django.management": frozenset({"cli"}),
+}
 
 # Third-party packages that only some modules may import.
 THIRD_PARTY: dict[str, frozenset[str]] = {
@@ -214,12 +224,16 @@ def test_core_module_imports_only_lower_layers(name: str) -> None:
 @pytest.mark.parametrize("name", SIDE_MODULES)
 def test_side_branch_imports_only_its_allowed_modules(name: str) -> None:
     """api, testing, pytest_plugin and web each reach only a short list of modules."""
-    allowed = SIDE[branch(name)]
+    allowed = SIDE[branch(name)].union(
+        *(extra for prefix, extra in ENTRY_POINTS.items() if name.startswith(prefix))
+    )
 
     extra = sorted(
         target
         for target in imports_of(name).kiq
-        if target not in allowed and branch(target) != branch(name)
+        if target not in allowed
+        and branch(target) != branch(name)
+        and (name, target) not in KNOWN_EXCEPTIONS
     )
 
     assert extra == [], f"kiq.{name} may import only {sorted(allowed)}, also imports {extra}"
@@ -232,6 +246,17 @@ def test_restricted_third_party_packages_stay_in_their_modules(package: str) -> 
 
     outside = [name for name in users if branch(name) not in THIRD_PARTY[package]]
     assert outside == [], f"{package} is imported by {outside}; only {THIRD_PARTY[package]} may"
+
+
+def test_known_exceptions_are_still_needed() -> None:
+    """An exception whose import is gone must be deleted from KNOWN_EXCEPTIONS."""
+    stale = [
+        (name, target)
+        for name, target in KNOWN_EXCEPTIONS
+        if name not in modules() or target not in imports_of(name).kiq
+    ]
+
+    assert stale == []
 
 
 def test_imports_are_absolute() -> None:
