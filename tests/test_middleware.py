@@ -145,6 +145,7 @@ def test_clear_empties_the_chain(chain: Chain[Any]) -> None:
 
 def test_invoke_runs_first_added_outermost(chain: Chain[Any], log: list[str]) -> None:
     """A wraps B wraps C wraps the job, and the job's value comes back out."""
+
     def job() -> str:
         log.append("job")
         return "done"
