@@ -1,0 +1,188 @@
+"""Who may see the Web UI, and which POSTs it accepts.
+
+Why each piece:
+  * ``auth(request) -> bool``: the host application decides who is an admin (its
+    session, its user model); kiq only asks. ``BasicAuth`` is the one kiq ships, for
+    ``kiq web`` on its own. A refused request gets 401 with a Basic challenge when the
+    hook is a BasicAuth, else 403.
+  * Cross-site requests: a POST is accepted when the browser says it comes from this
+    origin (``Sec-Fetch-Site: same-origin``, Sidekiq 8.1's rule, or an ``Origin`` whose
+    host is the request's ``Host``). A browser that sends neither (old ones, or a
+    client like curl) must post back the CSRF token kiq put in a signed cookie
+    (double submit): a page on another site can neither read the cookie nor forge
+    its HMAC. A header that names another site is refused outright.
+  * Headers on every response: a strict Content-Security-Policy (no inline script or
+    style; the UI's own ``/static`` only), no framing by other sites, no sniffing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import inspect
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
+from urllib.parse import urlsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+Auth = Callable[[HTTPConnection], bool | Awaitable[bool]]
+
+CSRF_COOKIE: Final = "kiq_csrf"
+CSRF_FIELD: Final = "authenticity_token"  # Sidekiq's form field name
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+HEADERS: Final = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "SAMEORIGIN",
+    "referrer-policy": "same-origin",
+}
+
+
+class BasicAuth:
+    """HTTP basic auth against one user and password (constant-time compare).
+
+    Example::
+
+        app = create_app(auth=BasicAuth("admin", os.environ["KIQ_WEB_PASSWORD"]))
+    """
+
+    challenge: Final = 'Basic realm="kiq", charset="UTF-8"'
+
+    def __init__(self, user: str, password: str) -> None:
+        if not user or not password:
+            raise ValueError("BasicAuth: user and password must both be non-empty")
+        self._expected = f"{user}:{password}".encode()
+
+    def __call__(self, request: HTTPConnection) -> bool:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(given, self._expected)
+
+
+def basic_auth(user: str, password: str) -> BasicAuth:
+    """An ``auth`` hook that accepts exactly this user and password."""
+    return BasicAuth(user, password)
+
+
+class Tokens:
+    """CSRF tokens and their signed cookie form ``<token>.<hmac>``."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def new(self) -> str:
+        return secrets.token_urlsafe(32)
+
+    def sign(self, token: str) -> str:
+        mac = hmac.new(self._secret, token.encode(), hashlib.sha256).hexdigest()
+        return f"{token}.{mac}"
+
+    def verified(self, cookie: str | None) -> str | None:
+        """The token inside a cookie whose signature is ours, else None."""
+        token, dot, _ = (cookie or "").rpartition(".")
+        if not dot or not token:
+            return None
+        return token if hmac.compare_digest(self.sign(token), cookie or "") else None
+
+
+def origin_verdict(headers: Mapping[str, str]) -> bool | None:
+    """True: same origin; False: another site (refuse); None: the browser did not say."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
+    origin = headers.get("origin")
+    if origin is not None:
+        host = headers.get("host", "")
+        return origin != "null" and urlsplit(origin).netloc.lower() == host.lower()
+    return None
+
+
+def post_refusal(
+    headers: Mapping[str, str], cookie: str | None, field: str | None, tokens: Tokens
+) -> str | None:
+    """Why a POST must be refused (a message for the 403), or None to accept it."""
+    verdict = origin_verdict(headers)
+    if verdict is True:
+        return None
+    if verdict is False:
+        return "Forbidden: a cross-site request (Sec-Fetch-Site/Origin name another site)"
+    token = tokens.verified(cookie)
+    if token is None or field is None or not hmac.compare_digest(token, field):
+        return (
+            "Forbidden: missing or wrong CSRF token; reload the page and try again "
+            f"(forms must send {CSRF_FIELD} from the {CSRF_COOKIE} cookie)"
+        )
+    return None
+
+
+class Guard:
+    """ASGI middleware: the auth hook, the CSRF cookie and the security headers.
+
+    The POST check itself needs the form body, so the action endpoints call
+    ``post_refusal`` after parsing it; Guard makes sure every page carries a token.
+    """
+
+    def __init__(self, app: ASGIApp, auth: Auth | None, tokens: Tokens) -> None:
+        self.app = app
+        self.auth = auth
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        conn = HTTPConnection(scope)
+        if self.auth is not None and not await self._allowed(conn):
+            challenge = getattr(self.auth, "challenge", None)
+            status = 401 if challenge else 403
+            headers = {"www-authenticate": challenge} if challenge else {}
+            text = "Authentication required" if challenge else "Forbidden"
+            await PlainTextResponse(text, status, headers=headers)(scope, receive, send)
+            return
+        token = self.tokens.verified(conn.cookies.get(CSRF_COOKIE))
+        fresh = token is None
+        token = token or self.tokens.new()
+        scope.setdefault("state", {})["csrf_token"] = token
+        cookie = self._cookie(scope, token) if fresh else None
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in HEADERS.items():
+                    headers.setdefault(name, value)
+                if cookie is not None:
+                    headers.append("set-cookie", cookie)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    async def _allowed(self, conn: HTTPConnection) -> bool:
+        assert self.auth is not None
+        # A sync hook may hit a database: run it in the threadpool. An async one
+        # returns its coroutine from there, awaited here on the event loop.
+        verdict = await run_in_threadpool(self.auth, conn)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return bool(verdict)
+
+    def _cookie(self, scope: Scope, token: str) -> str:
+        path = scope.get("root_path") or "/"
+        secure = "; Secure" if scope.get("scheme") == "https" else ""
+        value = self.tokens.sign(token)
+        return f"{CSRF_COOKIE}={value}; Path={path}; HttpOnly; SameSite=Strict{secure}"
