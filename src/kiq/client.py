@@ -77,6 +77,19 @@ class Client:
         jid: str = final["jid"]
         return jid
 
+    def prepare(self, item: Mapping[str, Any]) -> tuple[str, bytes] | None:
+        """Normalize, run client middleware and encode one job for its queue, unwritten.
+
+        Returns (queue, raw), or None if a middleware stopped it. The poller uses it to
+        write the push in the same step that removes the job from ``schedule``/``retry``.
+        """
+        final = self._through_middleware(self.normalize(item))
+        if final is None:
+            return None
+        final.pop("at", None)
+        (job,), _ = self._encode([final])
+        return job
+
     def push_bulk(self, item: Mapping[str, Any]) -> list[str | None]:
         """Push ``item["args"]`` (a list of argument lists) as one job each.
 

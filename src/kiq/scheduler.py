@@ -50,21 +50,26 @@ class Poller:
         pushed = 0
         for key in (store.keys.retry, store.keys.schedule):
             while not self._stop.is_set():
-                raw = store.zpop_due(key, wire.now() if now is None else now)
+                raw = store.first_due(key, wire.now() if now is None else now)
                 if raw is None:
                     break
                 try:
-                    self.client.push(wire.loads(raw))
+                    job = self.client.prepare(wire.loads(raw))
                 except TRANSIENT_ERRORS:
-                    raise  # Redis is away: the loop backs off (Sidekiq OSS loses this one job)
+                    raise  # Redis is away: the loop backs off; the job stays in `key`
                 except Exception as exc:
-                    # Popped already: a job that cannot be pushed (not JSON, a bad field,
-                    # a client middleware raising) would be lost; keep it where the UI shows it.
+                    # A job that cannot be pushed (not JSON, a bad field, a client
+                    # middleware raising) would block the set: keep it where the UI shows
+                    # it. Dead first, then removed, so a crash in between loses nothing.
                     log.error("job in %s that cannot be pushed sent to the dead set: %s", key, exc)
                     store.add_dead(
                         raw, wire.now(), self.config.dead_max_jobs, self.config.dead_timeout
                     )
-                pushed += 1
+                    job = None
+                # Removal and push in one step: a process killed between a pop and a push
+                # loses the job (Sidekiq OSS does; found by bench/chaos.py, issue 4).
+                if store.move_due(key, raw, job):
+                    pushed += 1
         return pushed
 
     def interval(self, process_count: int) -> float:

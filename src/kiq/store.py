@@ -34,7 +34,7 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError as WatchError  # re-exported: recover's transaction
 
@@ -74,14 +74,18 @@ end
 return out
 """
 
-# Sidekiq's scheduled.rb script: pop one member due by ARGV[1], or nil.
-_ZPOP_DUE: Final = """
-local jobs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
-if jobs[1] then
-  redis.call('ZREM', KEYS[1], jobs[1])
-  return jobs[1]
+# KEYS[1]: schedule or retry, KEYS[2]: queues, KEYS[3]: queue:<q>; ARGV[1]: the member as
+# read from KEYS[1], ARGV[2]: the job to push ("" = push nothing), ARGV[3]: <q>.
+# Sidekiq's scheduled.rb pops the member, then pushes it: a process killed in between
+# loses the job. Here the removal and the push are one step, and only the poller whose
+# ZREM succeeds pushes, so racing pollers still push each job once.
+_MOVE_DUE: Final = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[2] ~= '' then
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('LPUSH', KEYS[3], ARGV[2])
 end
-return nil
+return 1
 """
 
 # KEYS[1]: in-progress list, KEYS[2]: its queue. Newest first onto the tail, so the
@@ -247,7 +251,7 @@ class Store:
         )
         self.block_timeout = block_timeout
         self._fetch = self.redis.register_script(_FETCH)
-        self._zpop_due = self.redis.register_script(_ZPOP_DUE)
+        self._move_due = self.redis.register_script(_MOVE_DUE)
         self._requeue_all = self.redis.register_script(_REQUEUE_ALL)
         self._requeue = self.redis.register_script(_REQUEUE)
         self._async_clients: weakref.WeakKeyDictionary[Any, redis.asyncio.Redis] = (
@@ -417,12 +421,19 @@ class Store:
         self.redis.hdel(self.keys.fetchers, identity)
 
     # -- scheduled and retry sets ---------------------------------------------------
-    def zpop_due(self, key: str, now: float) -> bytes | None:
-        try:
-            result: bytes | None = self._zpop_due(keys=[key], args=[repr(now)])
-        except NoScriptError:  # pragma: no cover - register_script reloads on its own
-            result = None
-        return result
+    def first_due(self, key: str, now: float) -> bytes | None:
+        """The member of ``key`` (schedule or retry) with the lowest score <= now, if any."""
+        due = self.redis.zrangebyscore(key, "-inf", now, start=0, num=1)
+        return due[0] if due else None  # type: ignore[return-value]  # bytes client
+
+    def move_due(self, key: str, member: bytes, job: tuple[str, bytes] | None) -> bool:
+        """Remove ``member`` from ``key`` and push ``job`` (queue, raw) in one step.
+
+        ``job`` None only removes it. False if another poller removed it first.
+        """
+        queue, raw = job or ("", b"")
+        keys = [key, self.keys.queues, self.keys.queue(queue)]
+        return bool(self._move_due(keys=keys, args=[member, raw, queue]))
 
     def add_retry(self, at: float, raw: bytes) -> None:
         self.redis.zadd(self.keys.retry, {raw: at})
