@@ -1,0 +1,1 @@
+"""``manage.py kiq``: see kiq.py here."""
