@@ -227,28 +227,38 @@ class KiqSystem:
         """
         self.redis.flushdb()
         curve: list[tuple[int, float]] = []
-        pushed = 0
+        pushed = done = 0  # pushed: by finished fills only
         started = time.monotonic()
         probe = KiqProbe(self.redis)
+        filling: tuple[subprocess.Popen[bytes], int] | None = None
         with self.worker() as worker:
             self.wait_until_ready()
             next_sample = time.monotonic()
-            while True:
-                queued, inflight = probe()
-                done = pushed - queued - inflight
-                now = time.monotonic()
-                if now >= next_sample:
-                    curve.append((done, tree_rss_kb(worker.pid) / 1024))
-                    next_sample += every
-                if done >= n or now - started > time_limit:
-                    break
+            while done < n and time.monotonic() - started < time_limit:
                 if worker.poll() is not None:
                     raise RuntimeError(f"worker exited after {done} jobs")
-                if queued < batch and pushed < n:
-                    size = min(batch, n - pushed)
-                    self._client("fill", "bench.Noop", str(size))
-                    pushed += size
+                if filling is not None and filling[0].poll() is not None:
+                    if filling[0].returncode != 0:
+                        raise RuntimeError(f"fill failed with exit code {filling[0].returncode}")
+                    pushed += filling[1]
+                    filling = None
+                queued, inflight = probe()
+                if filling is None:  # mid-fill, "pushed" is not known exactly
+                    done = pushed - queued - inflight
+                    if time.monotonic() >= next_sample:
+                        curve.append((done, tree_rss_kb(worker.pid) / 1024))
+                        next_sample += every
+                    if queued < batch and pushed < n:
+                        size = min(batch, n - pushed)
+                        # In the background: the worker keeps draining while we push.
+                        process = subprocess.Popen(
+                            [sys.executable, str(JOBS_FILE), "fill", "bench.Noop", str(size)],
+                            env=self.env, cwd=self.workdir, stdout=subprocess.DEVNULL,
+                        )  # fmt: skip
+                        filling = (process, size)
                 time.sleep(0.05)
+            if filling is not None:
+                filling[0].wait(timeout=60)
             curve.append((done, tree_rss_kb(worker.pid) / 1024))
         elapsed = time.monotonic() - started
         self.redis.flushdb()
