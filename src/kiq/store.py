@@ -339,6 +339,18 @@ class Store:
             self._async_clients[loop] = client
         return client
 
+    async def aclose(self) -> None:
+        """Close the running loop's asyncio client (an ASGI lifespan's shutdown calls this).
+
+        Its connections are bound to the loop; left open when the loop ends, they are
+        reported as unclosed when garbage-collected (ResourceWarning).
+        """
+        import asyncio
+
+        client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
     def schedule(self, jobs: Sequence[tuple[float, bytes]]) -> None:
         """ZADD schedule <at> <job> for each job (the member carries no ``at``)."""
         mapping = {raw: at for at, raw in jobs}
