@@ -516,9 +516,9 @@ class ListProbe:
 
     def __call__(self) -> tuple[int, int]:
         pipe = self.client.pipeline(transaction=False)
-        pipe.execute_command(self.command.upper(), self.key)
+        pipe.execute_command(self.command.upper(), self.key)  # type: ignore[no-untyped-call]
         for command, key in self.inflight:
-            pipe.execute_command(command.upper(), key)
+            pipe.execute_command(command.upper(), key)  # type: ignore[no-untyped-call]
         replies = [int(r) for r in pipe.execute()]
         self.commands[self.command] += 1
         for command, _ in self.inflight:

@@ -111,11 +111,7 @@ def run_main(systems: Sequence[Any], args: argparse.Namespace, errors: list[str]
         order += rotated([s for s in systems if s not in order], index)
         for system in order:
             metrics: Metrics = {}
-            for name, step in (
-                ("enqueue", lambda s=system: s.enqueue(args.n)),
-                ("drain", lambda s=system: s.drain(args.n)),
-                ("latency", lambda s=system: s.latency(args.latency_count, 0.010)),
-            ):
+            for name, step in main_steps(system, args):
                 metrics.update(phase(f"{system.name} {name}", errors, step))
             run[system.name] = metrics
         runs.append(run)
@@ -129,7 +125,7 @@ def run_link(server_port: int, args: argparse.Namespace, errors: list[str]) -> t
         print(f"   measured PING round trip {link.measured_rtt_ms:.3f} ms", flush=True)
         server = AttachedServer(link.server_url, link.server_pid)
         logs = Path(args.log_dir)
-        systems = [
+        systems: list[SidekiqSystem | KiqSystem] = [
             SidekiqSystem(server, log_path=logs / "sidekiq-link.log", client_url=link.client_url),
             KiqSystem(server, log_path=logs / "kiq-link.log", client_url=link.client_url),
         ]
@@ -138,30 +134,29 @@ def run_link(server_port: int, args: argparse.Namespace, errors: list[str]) -> t
             run: dict[str, Metrics] = {}
             for system in systems:
                 metrics: Metrics = {}
-                metrics.update(
-                    phase(
-                        f"{system.name} enqueue",
-                        errors,
-                        lambda s=system: s.enqueue(args.link_enqueue_n),
-                    )
-                )
-                metrics.update(
-                    phase(
-                        f"{system.name} drain",
-                        errors,
-                        lambda s=system: with_proxy_cpu(link, args.n, lambda: s.drain(args.n)),
-                    )
-                )
-                metrics.update(
-                    phase(
-                        f"{system.name} latency",
-                        errors,
-                        lambda s=system: s.latency(args.latency_count, 0.010),
-                    )
-                )
+                for name, step in link_steps(system, link, args):
+                    metrics.update(phase(f"{system.name} {name}", errors, step))
                 run[system.name] = metrics
             runs.append(run)
     return runs, link
+
+
+def link_steps(
+    system: SidekiqSystem | KiqSystem, link: Link, args: argparse.Namespace
+) -> list[tuple[str, Callable[[], Metrics]]]:
+    return [
+        ("enqueue", lambda: system.enqueue(args.link_enqueue_n)),
+        ("drain", lambda: with_proxy_cpu(link, args.n, lambda: system.drain(args.n))),
+        ("latency", lambda: system.latency(args.latency_count, 0.010)),
+    ]
+
+
+def main_steps(system: Any, args: argparse.Namespace) -> list[tuple[str, Callable[[], Metrics]]]:
+    return [
+        ("enqueue", lambda: system.enqueue(args.n)),
+        ("drain", lambda: system.drain(args.n)),
+        ("latency", lambda: system.latency(args.latency_count, 0.010)),
+    ]
 
 
 def with_proxy_cpu(link: Link, n: int, step: Callable[[], Metrics]) -> Metrics:
@@ -190,7 +185,7 @@ def run_scale(server: RedisServer, args: argparse.Namespace, errors: list[str]) 
         print(f"\n== scale, run {index + 1}/{args.runs}", flush=True)
         run: dict[str, Metrics] = {}
         for system in rotated(systems, index):
-            metrics = phase(f"{system.name} drain", errors, lambda s=system: s.drain(args.scale_n))
+            metrics = phase(f"{system.name} drain", errors, scale_step(system, args.scale_n))
             if metrics:
                 metrics["worker_cpu_pct"] = (
                     metrics["cpu_us_per_job"] * metrics["drain_acked_per_s"] / 1e4
@@ -198,6 +193,10 @@ def run_scale(server: RedisServer, args: argparse.Namespace, errors: list[str]) 
             run[system.name] = metrics
         runs.append(run)
     return runs
+
+
+def scale_step(system: KiqSystem, n: int) -> Callable[[], Metrics]:
+    return lambda: system.drain(n)
 
 
 def run_mix(
@@ -546,13 +545,13 @@ def profile_section(doc: dict[str, Any]) -> list[str]:
     lines = [
         f"### Profile: py-spy on a kiq worker draining {profile['jobs']:,} no-op jobs",
         "",
-        "`py-spy record --gil --native -f raw` (samples only from the thread holding the "
-        f"GIL: where the Python CPU goes), {top['total_samples'][0]['n']:,} samples.",
+        "`py-spy record --gil --nonblocking -f raw` (samples only from the thread holding "
+        f"the GIL: where the Python CPU goes), {top['total_samples'][0]['n']:,} samples.",
         "",
-        "| self time | Python function | | self time | leaf frame (native included) |",
+        "| self time | function | | self time | line |",
         "|---:|---|---|---:|---|",
     ]
-    for py, nat in zip(top["python"], top["native"], strict=False):
+    for py, nat in zip(top["python"], top["line"], strict=False):
         lines.append(
             f"| {py['share'] * 100:.1f}% | `{py['function']}` | | "
             f"{nat['share'] * 100:.1f}% | `{nat['function']}` |"
@@ -732,7 +731,7 @@ def run_profile(server: RedisServer, args: argparse.Namespace, errors: list[str]
         errors.append(f"profile: {type(exc).__name__}: {exc}")
         return {}
     top = summarize_profile(out)
-    for view in ("python", "native"):
+    for view in ("python", "line"):
         print(f"  self time by {view} frame:")
         for entry in top[view]:
             print(f"  {entry['share'] * 100:5.1f}%  {entry['function']}")
