@@ -28,7 +28,7 @@ class Plain(kiq.Job):
         return n * 2
 
 
-class Renamed(kiq.Job, name="Billing::ChargeJob"):
+class Renamed(kiq.Job, name="Tests::RenamedJob"):
     def perform(self) -> None: ...
 
 
@@ -43,7 +43,7 @@ def send_digest(user_id: int) -> str:
     return f"sent {user_id}"
 
 
-@kiq.job(name="async_digest")
+@kiq.job(name="tests.async_digest")
 async def async_digest(user_id: int) -> str:
     await asyncio.sleep(0)
     return f"sent {user_id}"
@@ -123,13 +123,13 @@ def test_name_overrides_the_registry_and_payload_name(config: Config, r: redis.R
     """``name=`` sets the payload's class, e.g. to a Ruby peer's constant path."""
     Renamed.perform_async()
 
-    assert newest(r)["class"] == "Billing::ChargeJob"
+    assert newest(r)["class"] == "Tests::RenamedJob"
 
 
 def test_registry_finds_jobs_by_wire_name() -> None:
     """The worker resolves a payload's class through the registry, never by import path."""
     assert lookup("tests.test_job.Plain") is Plain
-    assert lookup("Billing::ChargeJob") is Renamed
+    assert lookup("Tests::RenamedJob") is Renamed
     assert lookup("tests.test_job.Nope") is None
 
 
@@ -193,7 +193,7 @@ def test_function_jobs_know_whether_they_are_async() -> None:
 
 def test_function_job_is_registered_under_its_name() -> None:
     """``@kiq.job(name=...)`` registers the function job under that name."""
-    assert lookup("async_digest") is async_digest.job_class
+    assert lookup("tests.async_digest") is async_digest.job_class
 
 
 def test_async_function_job_performs_inline() -> None:
