@@ -28,7 +28,7 @@ a client middleware holds back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final
 
 try:  # Django ships no type hints: its names are Any here
@@ -40,9 +40,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from kiq.client import Client
-from kiq.config import Config, get_default, parse_queue
-from kiq.errors import ConfigError
+from kiq.config import Config, get_default
 from kiq.integrations.deferred import DeferredPush, Enqueueable, is_releasing
+from kiq.integrations.settings import apply, config_values
 from kiq.payload import Payload
 
 __all__ = [
@@ -59,40 +59,7 @@ ON_COMMIT: Final = "enqueue_on_commit"  # the one KIQ key that is not a Config f
 
 def settings_values(raw: object) -> dict[str, Any]:
     """Check ``settings.KIQ`` and turn it into Config field values (without ON_COMMIT)."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"settings.{SETTING} must be a dict of kiq settings, got {raw!r}")
-    fields = set(Config.__dataclass_fields__)
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == ON_COMMIT:
-            continue
-        if key not in fields:
-            raise ConfigError(
-                f"settings.{SETTING}[{key!r}] is not a kiq setting; use {ON_COMMIT!r} or a "
-                f"Config field: {sorted(fields)}"
-            )
-        values[key] = _queues(value) if key == "queues" else value
-    return values
-
-
-def _queues(value: object) -> list[tuple[str, int]]:
-    """``["critical,3", ["default", 2], "low"]`` -> ``[("critical", 3), ...]``."""
-    if not isinstance(value, list | tuple) or not value:
-        raise ConfigError(
-            f"settings.{SETTING}['queues'] must be a list of names or [name, weight] pairs, "
-            f"got {value!r}"
-        )
-    queues: list[tuple[str, int]] = []
-    for entry in value:
-        if isinstance(entry, str):
-            queues.append(parse_queue(entry))
-        elif isinstance(entry, list | tuple) and len(entry) in (1, 2):
-            queues.append(parse_queue(",".join(str(part) for part in entry)))
-        else:
-            raise ConfigError(
-                f"settings.{SETTING}['queues']: {entry!r} must be a name or [name, weight]"
-            )
-    return queues
+    return config_values(raw, f"settings.{SETTING}", own=[ON_COMMIT])
 
 
 def apply_settings(config: Config | None = None) -> Config:
@@ -100,14 +67,8 @@ def apply_settings(config: Config | None = None) -> Config:
 
     Installs OnCommitMiddleware, outermost, when ``KIQ["enqueue_on_commit"]`` is true.
     """
-    config = config or get_default()
     raw = getattr(settings, SETTING, {})
-    values = settings_values(raw)
-    for key, value in values.items():
-        setattr(config, key, value)
-    config.validate()
-    if "redis_url" in values or "key_prefix" in values:
-        config.close()  # reconnect to the configured server on next use
+    config = apply(config or get_default(), settings_values(raw))
     if raw.get(ON_COMMIT):
         config.client_middleware.prepend(OnCommitMiddleware(config))
     return config

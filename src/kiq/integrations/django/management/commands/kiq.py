@@ -28,17 +28,9 @@ from kiq.cli import add_worker_options, run_worker
 from kiq.config import Config, get_default
 from kiq.errors import KiqError
 from kiq.integrations.django import SETTING, CloseOldConnections, settings_values
+from kiq.integrations.settings import worker_base
 
 JOBS_MODULE: Final = "jobs"  # <app>/jobs.py, as Celery's autodiscover finds tasks.py
-# Config fields set by code rather than by settings: the worker keeps the default's.
-CODE_FIELDS: Final = (
-    "client_middleware",
-    "server_middleware",
-    "error_handlers",
-    "death_handlers",
-    "lifecycle",
-    "cron_jobs",
-)
 
 
 class Command(BaseCommand):  # type: ignore[misc]  # BaseCommand is Any without hints
@@ -57,7 +49,7 @@ class Command(BaseCommand):  # type: ignore[misc]  # BaseCommand is Any without 
         namespace = argparse.Namespace(**options)
         namespace.require = [*app_job_modules(), *namespace.require]
         try:
-            code = run_worker(namespace, worker_base(get_default()))
+            code = run_worker(namespace, django_worker_base(get_default()))
         except KiqError as exc:
             raise CommandError(f"kiq: {exc}", returncode=2) from exc
         if code:
@@ -73,9 +65,8 @@ def app_job_modules() -> list[str]:
     ]
 
 
-def worker_base(default: Config) -> dict[str, Any]:
+def django_worker_base(default: Config) -> dict[str, Any]:
     """settings.KIQ plus the code-set parts of the default Config, for run_worker's base."""
-    base = settings_values(getattr(settings, SETTING, {}))
-    base.update({name: getattr(default, name) for name in CODE_FIELDS})
+    base = worker_base(settings_values(getattr(settings, SETTING, {})), default)
     base["server_middleware"].prepend(CloseOldConnections())
     return base
