@@ -100,7 +100,7 @@ def read_records(r: StrRedis, key: str) -> list[dict[str, Any]]:
     return [json.loads(item) for item in r.lrange(key, 0, -1)]
 
 
-def wait_records(r: StrRedis, key: str, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+def wait_records(r: StrRedis, key: str, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
     wait_until(lambda: r.llen(key) >= count, timeout=timeout)
     return read_records(r, key)
 
@@ -284,7 +284,7 @@ def start_sidekiq(
         process.kill()
 
 
-def kiq_identity(r: StrRedis, pid: int, prefix: str = "", timeout: float = 15.0) -> str:
+def kiq_identity(r: StrRedis, pid: int, prefix: str = "", timeout: float = 20.0) -> str:
     """Wait for a kiq worker's first heartbeat; return its identity."""
     return wait_for(lambda: identity_of(r, pid, prefix), timeout=timeout)
 

@@ -86,8 +86,8 @@ def test_namespaced_ruby_api_sees_prefixed_kiq(config, prefixed, r, ruby_ns, sta
     worker = start_worker("-q", "default", "-c", "2", config_text=PREFIXED_WORKER)
     identity = kiq_identity(r, worker.pid, PREFIX)
     kiq.Client(prefixed).push({"class": "Boom", "queue": "default", "args": [1], "retry": 3})
-    wait_until(lambda: r.zcard(PREFIX + "retry") == 1, timeout=15.0)
-    wait_until(lambda: r.get(PREFIX + "stat:failed") == "1", timeout=5.0)
+    wait_until(lambda: r.zcard(PREFIX + "retry") == 1, timeout=20.0)
+    wait_until(lambda: r.get(PREFIX + "stat:failed") == "1", timeout=20.0)
 
     snapshot = ruby_ns.api()
 
@@ -106,8 +106,8 @@ def test_prefixed_kiq_keys_match_redis_namespace_layout(config, prefixed, r, sta
     client.push({"class": "Boom", "queue": "default", "args": [1], "retry": 3})
     client.push({"class": "InteropEcho", "queue": "unserved", "args": [2]})
     client.push({"class": "InteropEcho", "queue": "interop", "args": [3], "at": time.time() + 600})
-    wait_until(lambda: r.zcard(PREFIX + "retry") == 1 and r.llen(PY_DONE) == 1, timeout=15.0)
-    wait_until(lambda: r.get(PREFIX + "stat:processed") == "2", timeout=5.0)
+    wait_until(lambda: r.zcard(PREFIX + "retry") == 1 and r.llen(PY_DONE) == 1, timeout=20.0)
+    wait_until(lambda: r.get(PREFIX + "stat:processed") == "2", timeout=20.0)
 
     keys = [key for key in r.keys("*") if not key.startswith(RECORDER_KEYS)]
 

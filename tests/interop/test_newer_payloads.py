@@ -128,7 +128,7 @@ def test_sidekiq8_retry_is_promoted_and_failed_again_by_kiq(config, r, start_wor
         members = r.zrange("retry", 0, -1)
         return json.loads(members[0]) if members and "retried_at" in members[0] else None
 
-    again = wait_for(failed_again, timeout=15.0)
+    again = wait_for(failed_again, timeout=20.0)
     assert again["jid"] == job["jid"]
     assert again["retry_count"] == 1
     assert again["failed_at"] == job["failed_at"]  # Sidekiq 8's int ms, untouched
@@ -152,7 +152,7 @@ def test_activejob_wrapped_job_runs_in_kiq(config, r, start_worker, wrapper):
     assert record["class"] == wrapper
     assert record["wrapped"] == "SendWelcomeEmail"
     assert strict_json(record["args"]) == strict_json([AJ_HASH])
-    wait_until(lambda: f"class=SendWelcomeEmail jid={job['jid']}" in worker.output(), timeout=5.0)
+    wait_until(lambda: f"class=SendWelcomeEmail jid={job['jid']}" in worker.output(), timeout=20.0)
 
 
 # -- through kiq.api --------------------------------------------------------------------

@@ -50,13 +50,13 @@ def test_ruby_workers_show_kiq_busy_job(config, r, ruby, start_worker):
     worker = start_worker("-q", "default", "-c", "2")
     identity = kiq_identity(r, worker.pid)
     jid = Slow.perform_async(30, "busy")
-    wait_until(lambda: r.llen("test:started") == 1, timeout=10.0)
+    wait_until(lambda: r.llen("test:started") == 1, timeout=20.0)
 
     def busy_in_ruby() -> dict[str, Any] | None:
         snapshot = ruby.api()
         return snapshot if snapshot["workers"] else None
 
-    snapshot = wait_for(busy_in_ruby, timeout=10.0, interval=0.2)
+    snapshot = wait_for(busy_in_ruby, timeout=20.0, interval=0.2)
 
     (work,) = snapshot["workers"]
     assert work["process_id"] == identity
@@ -77,12 +77,16 @@ def test_ruby_quiet_quiets_kiq_process(config, r, ruby, start_worker):
 
     ruby.api("quiet", identity)
 
-    wait_until(lambda: (ruby_process(ruby, identity) or {}).get("quiet") == "true", timeout=10.0)
+    wait_until(
+        lambda: (ruby_process(ruby, identity) or {}).get("quiet") == "true",
+        timeout=20.0,
+        interval=0.2,
+    )
     Slow.perform_async(0, "after quiet")
     pushed = time.time()
 
     # A quiet process fetches nothing: the job is still queued a second (five beats) later.
-    wait_until(lambda: float(r.hget(identity, "beat") or 0) > pushed + 1.0, timeout=5.0)
+    wait_until(lambda: float(r.hget(identity, "beat") or 0) > pushed + 1.0, timeout=20.0)
     assert r.llen("queue:default") == 1
     assert r.llen("test:started") == 0
     assert worker.proc.poll() is None
@@ -127,7 +131,7 @@ def test_kiq_work_set_shows_sidekiq_busy_job(config, r, ruby, start_sidekiq):
     def busy() -> list[tuple[str, str, Any]]:
         return list(WorkSet(config))
 
-    ((identity, _tid, work),) = wait_until(busy, timeout=10.0, interval=0.1)
+    ((identity, _tid, work),) = wait_until(busy, timeout=20.0, interval=0.1)
 
     assert identity == sidekiq.identity
     assert work.queue == "ruby"
@@ -145,7 +149,7 @@ def test_kiq_quiet_and_stop_reach_sidekiq_process(config, r, start_sidekiq):
     (process,) = [p for p in ProcessSet(config) if p.identity == sidekiq.identity]
 
     process.quiet()
-    wait_until(lambda: r.hget(sidekiq.identity, "quiet") == "true", timeout=10.0)
+    wait_until(lambda: r.hget(sidekiq.identity, "quiet") == "true", timeout=20.0)
     process.stop()
 
     assert sidekiq.proc.wait(15) == 0

@@ -24,7 +24,7 @@ def test_python_only_class_fails_in_sidekiq_with_name_error(config, r, ruby, sta
 
     jid = kiq.Client(config).push({"class": "InteropEcho", "queue": "ruby", "args": [1, "x"]})
 
-    wait_until(lambda: r.zcard("retry") == 1, timeout=15.0)
+    wait_until(lambda: r.zcard("retry") == 1, timeout=20.0)
     (entry,) = ruby.api()["retry"]
     assert entry["jid"] == jid
     assert entry["klass"] == "InteropEcho"
@@ -39,7 +39,7 @@ def test_ruby_only_class_fails_in_kiq_with_unknown_job_error(config, r, ruby, st
 
     (jid,) = ruby.push({"op": "push", "class": "RubyEcho", "queue": "interop", "args": [1, "x"]})
 
-    wait_until(lambda: r.zcard("retry") == 1, timeout=15.0)
+    wait_until(lambda: r.zcard("retry") == 1, timeout=20.0)
     (member,) = r.zrange("retry", 0, -1)
     payload = json.loads(member)
     assert payload["jid"] == jid

@@ -29,7 +29,7 @@ def zset(r: StrRedis, key: str) -> list[tuple[dict[str, Any], float]]:
 
 def one_retry(r: StrRedis) -> dict[str, Any]:
     """Wait for the single entry of the retry set and return its payload."""
-    wait_until(lambda: r.zcard("retry") >= 1, timeout=15.0)
+    wait_until(lambda: r.zcard("retry") >= 1, timeout=20.0)
     ((payload, _),) = zset(r, "retry")
     return payload
 
@@ -90,7 +90,7 @@ def test_ruby_retry_all_reruns_kiq_retries_once(kiq_retry, r, ruby):
         entries = zset(r, "retry")
         return entries[0][0] if entries and "retried_at" in entries[0][0] else None
 
-    payload = wait_for(rerun, timeout=15.0)
+    payload = wait_for(rerun, timeout=20.0)
     assert payload["jid"] == jid
     assert payload["retry_count"] == 0  # Ruby decremented it to -1 before pushing
     assert r.zcard("retry") == 1
@@ -198,7 +198,7 @@ def test_kiq_retry_reruns_ruby_failure_once(ruby_retry, config, r):
         entries = zset(r, "retry")
         return entries[0][0] if entries and "retried_at" in entries[0][0] else None
 
-    payload = wait_for(rerun, timeout=15.0)
+    payload = wait_for(rerun, timeout=20.0)
     assert payload["jid"] == ruby_retry
     assert payload["retry_count"] == 0  # kiq decremented it to -1 before pushing
     assert r.zcard("retry") == 1

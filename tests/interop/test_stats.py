@@ -24,7 +24,7 @@ def wait_counts(r: StrRedis, processed: int, failed: int) -> None:
             (int(r.get("stat:processed") or 0), int(r.get("stat:failed") or 0))
             == (processed, failed)
         ),
-        timeout=15.0,
+        timeout=20.0,
     )
 
 

@@ -30,7 +30,7 @@ def page(web: WebUI, path: str) -> str:
 
 
 def only_member(r: StrRedis, key: str) -> tuple[dict[str, Any], float]:
-    wait_until(lambda: r.zcard(key) == 1, timeout=15.0)
+    wait_until(lambda: r.zcard(key) == 1, timeout=20.0)
     ((member, score),) = r.zrange(key, 0, -1, withscores=True)
     return json.loads(member), float(score)
 
@@ -40,7 +40,7 @@ def test_busy_page_shows_kiq_process_and_job(config, r, sidekiq_web, start_worke
     worker = start_worker("-q", "default", "-c", "3", "-g", "billing")
     identity = kiq_identity(r, worker.pid)
     jid = Slow.perform_async(30, "busy")
-    wait_until(lambda: r.hget(identity, "busy") == "1", timeout=10.0)
+    wait_until(lambda: r.hget(identity, "busy") == "1", timeout=20.0)
 
     body = page(sidekiq_web, "/busy")
 
@@ -111,7 +111,7 @@ def test_dashboard_counts_kiq_jobs(config, r, sidekiq_web, start_worker):
     """The dashboard's stats JSON counts what kiq processed and failed."""
     start_worker("-q", "default", "-c", "2")
     Boom.set(retry=0).perform_async(3)
-    wait_until(lambda: r.get("stat:failed") == "1", timeout=15.0)
+    wait_until(lambda: r.get("stat:failed") == "1", timeout=20.0)
 
     stats = json.loads(page(sidekiq_web, "/stats"))["sidekiq"]
 
