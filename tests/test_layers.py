@@ -80,9 +80,12 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     ("api", "metrics"): "metric key builders and bucket bounds live in metrics.py, not keys.py",
     ("api", "recurring"): "api.cron_set() hands out recurring.CronSet (imported lazily)",
 }
-# Other entry points wrap the CLI: ``manage.py kiq`` is ``kiq worker`` inside Django.
+# Other entry points wrap the CLI: ``manage.py kiq`` is ``kiq worker`` inside Django,
+# ``flask kiq`` inside Flask; the Starlette lifespan mounts the Web UI if it is there.
 ENTRY_POINTS: dict[str, frozenset[str]] = {
     "integrations.django.management": frozenset({"cli"}),
+    "integrations.flask": frozenset({"cli"}),
+    "integrations.starlette": frozenset({"web"}),
 }
 
 # Third-party packages that only some modules may import.
@@ -90,12 +93,13 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
     # store is the Redis seam; embedded holds a lease connection to the server it
     # starts, before any Config or Store exists (shared/embedded-redis.md).
     "redis": frozenset({"store", "embedded"}),
-    "starlette": frozenset({"web"}),
+    "starlette": frozenset({"web", "integrations"}),  # integrations.starlette: the lifespan
     "jinja2": frozenset({"web"}),
     "uvicorn": frozenset({"web", "cli"}),
     "pytest": frozenset({"pytest_plugin"}),
     "django": frozenset({"integrations"}),
     "sqlalchemy": frozenset({"integrations"}),
+    "flask": frozenset({"integrations"}),
 }
 
 # What ``import kiq`` may load: the client side, the leaves it needs and the store.
