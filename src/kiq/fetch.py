@@ -12,6 +12,9 @@ Tasks:
      most ``TIMEOUT`` seconds; the first job to arrive wakes the fetcher.
   4. done: a processor hands back a finished unit; its ack rides on the next fetch,
      or is written at once while the fetcher is idle.
+  5. isolate: at most one job that was already in a crash (``kiq_recoveries`` set by
+     kiq.recover) runs in this process at a time; another one is put back at the tail
+     of its queue for another process, or for later (see ``_isolate``).
 
 ``free`` starts at ``concurrency + prefetch``: a few jobs beyond the idle slots are
 taken ahead (they sit in Redis in-progress lists, and are put back on quiet), which
@@ -38,6 +41,7 @@ from kiq.store import TRANSIENT_ERRORS
 log = logging.getLogger(__name__)
 
 TIMEOUT: Final = 2.0  # seconds a waiter blocks; bounds how long quiet takes to notice
+HOLD: Final = 0.2  # seconds before fetching again after putting back a crash survivor
 
 
 @dataclass(slots=True)
@@ -49,6 +53,11 @@ class UnitOfWork:
     payload: Payload | None = None
     error: PayloadError | None = None
     started: float = field(default=0.0)
+
+    @property
+    def suspect(self) -> bool:
+        """True if the job was running (or fetched) in a process that died."""
+        return bool(self.payload and self.payload.get("kiq_recoveries"))
 
     @classmethod
     def parse(cls, queue: str, raw: bytes) -> UnitOfWork:
@@ -105,22 +114,26 @@ class Fetcher:
         self._idle = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._suspects = 0  # crash survivors taken and not yet done (at most 1, see _isolate)
+        self._hold_until = 0.0  # monotonic; fetch no sooner after putting one back
 
     # -- called by processors ---------------------------------------------------------
     def done(self, unit: UnitOfWork) -> None:
         """A unit finished (success or failure recorded): ack it and free its slot."""
         with self._cond:
             self._free += 1
+            self._suspects -= unit.suspect
             if not self._idle.is_set():
                 self._acks.append((unit.queue, unit.raw))
                 self._cond.notify()
                 return
         self._ack_now([(unit.queue, unit.raw)])
 
-    def release(self) -> None:
+    def release(self, unit: UnitOfWork | None = None) -> None:
         """A unit was put back without an ack (shutdown); just free its slot."""
         with self._cond:
             self._free += 1
+            self._suspects -= unit is not None and unit.suspect
             self._cond.notify()
 
     def flush_acks(self) -> None:
@@ -173,9 +186,13 @@ class Fetcher:
                 while (
                     not self._stopping.is_set()
                     and not self._acks
-                    and (self._idle.is_set() or self._free < self._batch)
+                    and (
+                        self._idle.is_set()
+                        or self._free < self._batch
+                        or time.monotonic() < self._hold_until
+                    )
                 ):
-                    self._cond.wait(TIMEOUT)
+                    self._cond.wait(self._pause())
                 if self._stopping.is_set():
                     return
                 acks, self._acks = self._acks, []
@@ -184,7 +201,9 @@ class Fetcher:
             if units is None:
                 continue
             if units:
-                self._take(units)
+                if self._take(units):
+                    with self._cond:
+                        self._hold_until = time.monotonic() + HOLD
             elif want > 0:
                 with self._cond:
                     self._idle.set()  # from now on done() acks at once
@@ -202,10 +221,49 @@ class Fetcher:
         # replica, which would log "back" between two READONLY errors (see kiq.outage).
         return [UnitOfWork.parse(queue, raw) for queue, raw in pairs]
 
-    def _take(self, units: list[UnitOfWork]) -> None:
+    def _pause(self) -> float:
+        hold = self._hold_until - time.monotonic()
+        return min(TIMEOUT, hold) if hold > 0 else TIMEOUT
+
+    def _take(self, units: list[UnitOfWork]) -> bool:
+        """Deliver the units, minus crash survivors put back; True if any was put back."""
+        units, back = self._isolate(units)
+        if units:
+            with self._cond:
+                self._free -= len(units)
+            self._deliver(units)
+        return bool(back)
+
+    def _isolate(self, units: list[UnitOfWork]) -> tuple[list[UnitOfWork], list[UnitOfWork]]:
+        """Split off the crash survivors this process must not run now; put them back.
+
+        A poison job kills its process, and every job fetched with it is recovered with
+        it, requeued with it at the tail, fetched with it again by one process: they
+        share its fate crash after crash, and after ``max_recoveries`` crashes were all
+        buried as kiq.PoisonJob (found by bench/chaos.py). Running at most one crash
+        survivor per process at a time breaks that: a poison job's next crash takes
+        only fresh jobs with it, once. If Redis refuses the put-back, run them anyway.
+        """
+        keep: list[UnitOfWork] = []
+        back: list[UnitOfWork] = []
         with self._cond:
-            self._free -= len(units)
-        self._deliver(units)
+            for unit in units:
+                if unit.suspect and self._suspects > 0:
+                    back.append(unit)
+                    continue
+                self._suspects += unit.suspect
+                keep.append(unit)
+        by_queue: dict[str, list[bytes]] = {}
+        for unit in reversed(back):  # RPUSHed newest first: the oldest is fetched next
+            by_queue.setdefault(unit.queue, []).append(unit.raw)
+        try:
+            for queue, raws in by_queue.items():
+                self.store.requeue(self.identity, queue, raws)
+        except TRANSIENT_ERRORS:
+            with self._cond:
+                self._suspects += len(back)
+            return units, []
+        return keep, back
 
     def _wait_loop(self, queue: str) -> None:
         while not self._stopping.is_set():
@@ -229,4 +287,5 @@ class Fetcher:
             with self._cond:
                 self._idle.clear()
                 self._cond.notify()
-            self._take([UnitOfWork.parse(queue, raw)])
+            if self._take([UnitOfWork.parse(queue, raw)]):
+                self._stopping.wait(HOLD)  # else BLMOVE hands the same job straight back

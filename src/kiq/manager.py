@@ -95,15 +95,15 @@ class Manager:
                 self.config.store.requeue(self.identity, name, raws)
         except Exception:  # still in-progress in Redis: requeued at exit or recovered
             log.warning("could not put %d fetched jobs back yet", len(units), exc_info=True)
-        for _ in units:
-            self.fetcher.release()
+        for unit in units:
+            self.fetcher.release(unit)
 
     def _processor_died(self, processor: Processor, exc: BaseException) -> None:
         if self.stopping.is_set():
             return
         unit = processor.current
         if unit is not None:
-            self.fetcher.release()  # stays in-progress: recovered if we die, requeued at exit
+            self.fetcher.release(unit)  # stays in-progress: recovered if we die, requeued at exit
         replacement = self._processor(processor.index)
         self.processors[processor.index] = replacement
         replacement.start()
