@@ -14,7 +14,14 @@ pytest.importorskip("sqlalchemy")
 
 import orjson
 from sqlalchemy import Engine, String, create_engine, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
 
 import kiq
 from kiq.config import Config
@@ -181,6 +188,18 @@ def test_failed_push_raises_from_commit_once(config: Config, session: Session, r
 
     assert session.get(Order, order_id) is not None
     session.commit()
+
+
+def test_scoped_session_is_followed_to_its_session(config: Config, engine: Engine, r) -> None:
+    """A scoped_session (Flask-SQLAlchemy's db.session) defers like the Session it wraps."""
+    scoped = scoped_session(sessionmaker(engine))
+    enqueue_after_commit(scoped, ConfirmOrderJob, new_order(scoped()))
+    assert r.llen("queue:default") == 0
+
+    scoped.commit()
+    scoped.remove()
+
+    assert r.llen("queue:default") == 1
 
 
 def test_async_session_pushes_at_commit(config: Config, tmp_path: Path, r) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 try:
     from sqlalchemy import event
-    from sqlalchemy.orm import Session, SessionTransaction
+    from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "kiq.integrations.sqlalchemy needs SQLAlchemy 2: pip install 'kiq[integrations]'"
@@ -50,12 +50,16 @@ class _Pending:
     push: DeferredPush
 
 
-def enqueue_after_commit(session: Session | AsyncSession, job: Enqueueable, *args: Any) -> str:
+def enqueue_after_commit(
+    session: Session | scoped_session[Any] | AsyncSession, job: Enqueueable, *args: Any
+) -> str:
     """Push the job once the session commits (at once if no transaction is open); its jid.
 
-    ``job`` is a Job class, a ``@kiq.job`` function or ``MyJob.set(queue=...)``.
+    ``session`` is a Session, a ``scoped_session`` (Flask-SQLAlchemy's ``db.session``:
+    the current thread's Session is used) or an AsyncSession. ``job`` is a Job class, a
+    ``@kiq.job`` function or ``MyJob.set(queue=...)``.
     """
-    sync = session if isinstance(session, Session) else session.sync_session
+    sync = _sync_session(session)
     deferred = DeferredPush.prepare(job, args)
     transaction = sync.get_nested_transaction() or sync.get_transaction()
     if transaction is None:
@@ -66,6 +70,15 @@ def enqueue_after_commit(session: Session | AsyncSession, job: Enqueueable, *arg
         event.listen(sync, "after_transaction_end", _after_transaction_end)
     sync.info.setdefault(PENDING, []).append(_Pending(transaction, deferred))
     return deferred.jid
+
+
+def _sync_session(session: Session | scoped_session[Any] | AsyncSession) -> Session:
+    if isinstance(session, Session):
+        return session
+    if isinstance(session, scoped_session):
+        current: Session = session()
+        return current
+    return session.sync_session
 
 
 def _after_commit(session: Session) -> None:
