@@ -68,10 +68,12 @@ def apply_settings(config: Config | None = None) -> Config:
     Installs OnCommitMiddleware, outermost, when ``KIQ["enqueue_on_commit"]`` is true.
     """
     raw = getattr(settings, SETTING, {})
-    config = apply(config or get_default(), settings_values(raw))
+    target = apply(config or get_default(), settings_values(raw))
     if raw.get(ON_COMMIT):
-        config.client_middleware.prepend(OnCommitMiddleware(config))
-    return config
+        # None for the default: manage.py kiq worker replaces the default Config (its
+        # flags may change the Redis URL), and deferred pushes must follow it.
+        target.client_middleware.prepend(OnCommitMiddleware(config))
+    return target
 
 
 def enqueue_on_commit(job: Enqueueable, *args: Any, using: str | None = None) -> str:
@@ -100,8 +102,8 @@ class OnCommitMiddleware:
     None) and made again, through the whole chain, from ``transaction.on_commit``.
     """
 
-    def __init__(self, config: Config, using: str | None = None) -> None:
-        self.config = config
+    def __init__(self, config: Config | None = None, using: str | None = None) -> None:
+        self.config = config  # None: the default Config when the push is made
         self.using = using
 
     def __call__(
@@ -113,7 +115,8 @@ class OnCommitMiddleware:
     ) -> Payload | None:
         if is_releasing() or not transaction.get_connection(self.using).in_atomic_block:
             return call_next()
-        transaction.on_commit(DeferredPush(Client(self.config), payload), using=self.using)
+        client = Client(self.config or get_default())
+        transaction.on_commit(DeferredPush(client, payload), using=self.using)
         return None
 
 
