@@ -60,9 +60,7 @@ def dispose() -> None:
 
 def _connect(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite")
-    new = create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT} if is_sqlite else {}
-    )
+    new = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT} if is_sqlite else {})
     if is_sqlite:
         event.listen(new, "connect", _sqlite_pragmas)
     # An example app without migrations: the schema is created when missing.

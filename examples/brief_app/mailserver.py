@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import email
 import email.policy
 import threading
@@ -112,7 +113,9 @@ class MailServer:
     def start(self) -> Self:
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT) or self._error is not None:
-            raise RuntimeError(f"SMTP server on {self.host}:{self.port} did not start: {self._error}")
+            raise RuntimeError(
+                f"SMTP server on {self.host}:{self.port} did not start: {self._error}"
+            )
         return self
 
     def stop(self) -> None:
@@ -165,10 +168,8 @@ def main() -> None:
     with MailServer(port=args.port) as server:
         server.mailbox.printing = True
         print(f"SMTP server on 127.0.0.1:{server.port}; Ctrl-C to stop")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, insert, select
 from sqlalchemy.orm import Session
 
 from brief_app.models import (
@@ -46,10 +47,12 @@ class Seeded:
     users: int = 0
 
 
-def seed(session: Session, *, entities: int = 60, ratings: int = 40, rows: int = 40) -> Seeded:
-    """Create users, ``entities`` entities with ``ratings`` ratings each, an import of
-    ``rows`` CSV rows, notifications, an export request and old data; commit."""
+def seed(session: Session, *, places: int = 60, ratings: int = 40, rows: int = 40) -> Seeded:
+    """Create users, ``places`` entities with ``ratings`` ratings each, an import of
+    ``rows`` CSV rows (two of them invalid), notifications, an export request and old
+    data; commit."""
     rng = random.Random(7)  # the same world on every run
+    rows = max(rows, 10)  # rows 5 and 9 are made invalid below
     out = Seeded()
     users = _users(session)
     owner = users[0]
@@ -60,16 +63,21 @@ def seed(session: Session, *, entities: int = 60, ratings: int = 40, rows: int =
             name=f"{rng.choice(KINDS)} {n}",
             address=f"{n} {rng.choice(STREETS)}",
         )
-        for n in range(1, entities + 2)
+        for n in range(1, places + 2)
     ]
     session.add_all(made)
     session.flush()
     gone = made.pop()
     out.entity_ids = [e.id for e in made]
     session.execute(
-        Submission.__table__.insert(),
+        insert(Submission),
         [
-            {"entity_id": e.id, "rating": rng.randint(1, 5), "content": "ok", "created_at": utcnow()}
+            {
+                "entity_id": e.id,
+                "rating": rng.randint(1, 5),
+                "content": "ok",
+                "created_at": utcnow(),
+            }
             for e in made
             for _ in range(ratings)
         ],
@@ -78,7 +86,9 @@ def seed(session: Session, *, entities: int = 60, ratings: int = 40, rows: int =
     session.delete(gone)  # its CalculateMetricsJob must return quietly
     out.deleted_entity_id = gone.id
     out.notification_ids = _notifications(session, users)
-    csv_rows = ["name,address,phone"] + [f"Shop {n},{n} Import Road,555-{n:04d}" for n in range(rows)]
+    csv_rows = ["name,address,phone"] + [
+        f"Shop {n},{n} Import Road,555-{n:04d}" for n in range(rows)
+    ]
     csv_rows[5] = ",no name here,"  # two invalid rows: skipped and counted
     csv_rows[9] = "No Address,,"
     record = Import(user_id=owner.id, filename="places.csv", content="\n".join(csv_rows) + "\n")
@@ -93,7 +103,10 @@ def seed(session: Session, *, entities: int = 60, ratings: int = 40, rows: int =
 def _users(session: Session) -> list[User]:
     users = [
         User(email="owner@example.com", name="Olivia Owner", digest_enabled=True),
-        *(User(email=f"user{n}@example.com", name=f"User {n}", digest_enabled=True) for n in range(1, 7)),
+        *(
+            User(email=f"user{n}@example.com", name=f"User {n}", digest_enabled=True)
+            for n in range(1, 7)
+        ),
         User(email="bounce@nowhere.invalid", name="Bad Address", digest_enabled=True),
         User(email="grey@greylist.example", name="Greylisted", digest_enabled=False),
         User(email="quiet@example.com", name="Quiet", notifications_enabled=False),
@@ -126,41 +139,64 @@ def _old_data(session: Session, users: list[User]) -> None:
     now = utcnow()
     user_id = users[0].id
     for days in (1, 10, 40, 45, 60):
-        session.add(WebSession(session_id=f"s{days}", user_id=user_id, updated_at=now - timedelta(days=days)))
+        session.add(
+            WebSession(
+                session_id=f"s{days}", user_id=user_id, updated_at=now - timedelta(days=days)
+            )
+        )
     for days in (10, 20, 100, 120, 200):
         session.add(
             Notification(
-                user_id=user_id, kind="welcome", status="sent", read_at=now,
+                user_id=user_id,
+                kind="welcome",
+                status="sent",
+                read_at=now,
                 created_at=now - timedelta(days=days),
             )
         )
     for days in (3, 9, 30):
         session.add(
-            Export(user_id=user_id, export_type="entities", status="completed", created_at=now - timedelta(days=days))
+            Export(
+                user_id=user_id,
+                export_type="entities",
+                status="completed",
+                created_at=now - timedelta(days=days),
+            )
         )
     for days in (5, 190, 365):
-        session.add(ActivityLog(user_id=user_id, action="login", created_at=now - timedelta(days=days)))
+        session.add(
+            ActivityLog(user_id=user_id, action="login", created_at=now - timedelta(days=days))
+        )
 
 
-def report(session: Session) -> dict[str, dict[str, int]]:
-    """Counts by status of what the jobs produced, for the demo's summary."""
+def report(session: Session, seeded: Seeded) -> dict[str, Any]:
+    """What the jobs did to the seeded world, as plain numbers (the demo prints them)."""
 
-    def by_status(model: type[Notification] | type[DigestDelivery] | type[Import] | type[Export]) -> dict[str, int]:
-        rows = session.execute(select(model.status, func.count()).group_by(model.status))
-        return {str(status): int(count) for status, count in rows}
+    def count(query: Select[Any]) -> int:
+        return session.scalar(select(func.count()).select_from(query.subquery())) or 0
 
-    scored = session.scalar(select(func.count()).select_from(Entity).where(Entity.average_score.is_not(None)))
-    located = session.scalar(select(func.count()).select_from(Entity).where(Entity.latitude.is_not(None)))
-    imported = session.scalar(select(func.sum(Import.processed_count))) or 0
-    invalid = session.scalar(select(func.sum(Import.invalid_count))) or 0
+    def statuses(model: type[Notification] | type[DigestDelivery], *where: Any) -> dict[str, int]:
+        rows = session.execute(
+            select(model.status, func.count()).where(*where).group_by(model.status)
+        )
+        return {str(status): int(n) for status, n in rows}
+
+    record = session.get_one(Import, seeded.import_id)
+    export = session.get_one(Export, seeded.export_id)
     return {
-        "entities": {"scored": scored or 0, "geocoded": located or 0},
-        "imports": {**by_status(Import), "entities": int(imported), "invalid rows": int(invalid)},
-        "exports": by_status(Export),
-        "notifications": by_status(Notification),
-        "digests": by_status(DigestDelivery),
+        "places": len(seeded.entity_ids),
+        "scored": count(select(Entity.id).where(Entity.average_score.is_not(None))),
+        "geocoded": count(select(Entity.id).where(Entity.latitude.is_not(None))),
+        "notifications": statuses(Notification, Notification.id.in_(seeded.notification_ids)),
+        "digests": statuses(DigestDelivery),
+        "import": (record.status, record.processed_count, record.invalid_count),
+        "export": (export.status, export.row_count, export.file_path),
         "old data": {
-            "sessions": session.scalar(select(func.count()).select_from(WebSession)) or 0,
-            "activity logs": session.scalar(select(func.count()).select_from(ActivityLog)) or 0,
+            "sessions": count(select(WebSession.id)),
+            "notifications": count(
+                select(Notification.id).where(Notification.read_at.is_not(None))
+            ),
+            "exports": count(select(Export.id).where(Export.export_type == "entities")),
+            "activity logs": count(select(ActivityLog.id)),
         },
     }

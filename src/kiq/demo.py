@@ -1,133 +1,389 @@
-"""``kiq demo``: a worker processing real jobs on the embedded Redis, end to end.
+"""``kiq demo``: the brief's example app (``examples/brief_app``), run by a real worker.
 
-It is the README's first command, so it must work on a fresh machine with nothing
-but Python and pip: with no REDIS_URL it starts (or reuses) the embedded server,
-runs a Launcher in this process, enqueues a mix of jobs (thread jobs, ``async def``
-jobs, one that fails once and is retried, one scheduled a few seconds ahead), shows
-a live progress line, and stops cleanly when every job is done.
+It is the README's first command, so it must work from a fresh clone with nothing but
+Python and pip (``pip install -e ".[demo]"``) and finish well under a minute:
+
+  1. find the app next to this checkout and its packages (SQLAlchemy, aiosmtpd); if
+     they are missing, say how to install them;
+  2. Redis: ``KIQ_REDIS_URL``/``REDIS_URL`` when set, else database ``DEMO_DB`` of the
+     embedded server, the demo's own, emptied first;
+  3. start a local SMTP server and a Launcher in this process, with the app's
+     ``config/kiq.yml`` queues and ``config/kiq_schedule.yml`` recurring jobs;
+  4. seed a SQLite database in a temporary folder; enqueue the brief's six jobs;
+  5. draw the export's progress bar (read by jid) and the job counts (``kiq.api.Stats``)
+     until no job of the app is queued, running, retrying or scheduled;
+  6. print what each job did and where the Web UI would be, then stop the worker and
+     remove the recurring jobs it registered (``--keep``: serve until Ctrl-C first).
+
+``--jobs N`` sizes the seeded data so that about N jobs run (default 200).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import importlib
+import importlib.util
+import logging
 import sys
+import tempfile
 import threading
 import time
-from typing import Final
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Final, TextIO
 
 import kiq
+from kiq import cron, embedded
 from kiq import log as kiq_log
+from kiq import payload as wire
 from kiq.config import Config, set_default
+from kiq.errors import PayloadError
+from kiq.job import read_progress
 from kiq.launcher import Launcher
+from kiq.recurring import CronSet
 
-QUEUE: Final = "kiq-demo"
-DONE_KEY: Final = "kiq-demo:done"
-FLAKY_KEY: Final = "kiq-demo:flaky-attempts"
-
-
-def _redis() -> Config:
-    return kiq.get_default()
-
-
-class ResizeImage(kiq.Job, name="kiq.demo.ResizeImage", queue=QUEUE):
-    """A thread job: pretend to resize an image (10 ms of blocking work)."""
-
-    def perform(self, image_id: int) -> None:
-        time.sleep(0.01)
-        _redis().store.redis.incr(DONE_KEY)
+DEMO_DB: Final = 1  # the embedded server's database kept for the demo (db 0 is yours)
+WATCH_LIMIT: Final = 45.0  # seconds of jobs at most: the README promises under a minute
+REFRESH: Final = 0.1  # seconds between two screen updates
+EXPORT_SECONDS: Final = 3.0  # the export is slowed to last about this long: watch its bar
+WEB_PORT: Final = 7433
+INSTALL: Final = 'pip install -e ".[demo]"'
+NEEDED: Final = ("sqlalchemy", "aiosmtpd")
 
 
-class FetchPrice(kiq.Job, name="kiq.demo.FetchPrice", queue=QUEUE):
-    """An ``async def`` job: pretend to call an HTTP API (50 ms of awaiting)."""
+@dataclass
+class Demo:
+    """Everything one run holds; built by ``_start``, torn down by ``_stop``."""
 
-    async def perform(self, symbol: str) -> None:
-        await asyncio.sleep(0.05)
-        _redis().store.redis.incr(DONE_KEY)
-
-
-class FlakyWebhook(kiq.Job, name="kiq.demo.FlakyWebhook", queue=QUEUE, retry=3):
-    """Fails on its first try, then succeeds: watch it go through the retry set."""
-
-    def perform(self, url: str) -> None:
-        if _redis().store.redis.incr(FLAKY_KEY) == 1:
-            raise ConnectionError(f"{url} timed out (the demo fails this once on purpose)")
-        _redis().store.redis.incr(DONE_KEY)
-
-    @classmethod
-    def retry_in(cls, count: int, exc: BaseException, payload: kiq.payload.Payload) -> float:
-        return 1.0  # the demo should not wait Sidekiq's 15+ seconds
-
-
-class SendReminder(kiq.Job, name="kiq.demo.SendReminder", queue=QUEUE):
-    """Scheduled two seconds ahead with perform_in."""
-
-    def perform(self, user_id: int) -> None:
-        _redis().store.redis.incr(DONE_KEY)
+    config: Config
+    app: ModuleType  # brief_app
+    app_dir: Path
+    workdir: Path
+    own_db: bool  # True: the embedded server's DEMO_DB, ours to empty
+    mail_server: Any
+    launcher: Launcher
+    log_file: TextIO
+    seeded: Any = None
+    export_jid: str | None = None
+    base: tuple[int, int] = (0, 0)  # processed, failed before the demo's jobs
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    config = Config.load(
-        concurrency=10,
-        queues=[(QUEUE, 0)],
-        poll_initial_wait=0.2,
-        poll_interval_average=0.5,
-        heartbeat_interval=1.0,
-        timeout=5.0,
-    )
-    kiq_log.setup("plain", verbose=False, stream=open("kiq-demo.log", "a"))  # noqa: SIM115
-    set_default(config)
-    store = config.store
-    print(f"kiq {kiq.__version__} demo — Redis: {store.safe_url}")
-    store.redis.delete(DONE_KEY, FLAKY_KEY, config.keys.queue(QUEUE))
+    app_dir = _find_app()
+    if app_dir is None:
+        print(
+            "kiq demo runs the example app in examples/brief_app of a kiq checkout, and this "
+            f"kiq ({Path(__file__).parent}) has none next to it. Clone the repository, then "
+            f"run there: {INSTALL} && kiq demo",
+            file=sys.stderr,
+        )
+        return 2
+    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"kiq demo runs the example app, which needs {' and '.join(missing)}; "
+            f"install them with:\n\n    {INSTALL}\n",
+            file=sys.stderr,
+        )
+        return 2
+    demo = _start(app_dir)
+    done = False
+    try:
+        done = _run(demo, getattr(args, "jobs", 200))
+        if args.keep:
+            print("\n--keep: the worker keeps serving, recurring jobs included; Ctrl-C to stop")
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        print("\nstopping (Ctrl-C)")
+    finally:
+        _stop(demo)
+    print("worker stopped cleanly")
+    return 0 if done else 1
 
+
+def _find_app() -> Path | None:
+    """``examples/brief_app`` of this checkout (kiq installed with ``pip install -e``)."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if (root / "examples" / "brief_app" / "__init__.py").is_file():
+            return root / "examples" / "brief_app"
+    return None
+
+
+def _start(app_dir: Path) -> Demo:
+    sys.path.insert(0, str(app_dir.parent))
+    app = importlib.import_module("brief_app")
+    workdir = Path(tempfile.mkdtemp(prefix="kiq-demo-"))
+    log_file = (workdir / "kiq-demo.log").open("a")
+    kiq_log.setup("plain", verbose=False, stream=log_file)
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command lines
+    config = Config.load(
+        app_dir / "config" / "kiq.yml",
+        heartbeat_interval=0.5,  # counters reach Redis (and the screen) twice a second
+        poll_initial_wait=0.0,
+        poll_interval_average=0.5,  # retries come back within a second of being due
+        timeout=5.0,
+        schedule_file=str(app_dir / "config" / "kiq_schedule.yml"),
+    )
+    own_db = config.redis_url is None
+    if own_db:
+        config.redis_url = f"{embedded.url()}?db={DEMO_DB}"
+        config.store.redis.flushdb()
+    set_default(config)
+    mail_server = importlib.import_module("brief_app.mailserver").MailServer().start()
+    importlib.import_module("brief_app.settings").configure(
+        database_url=f"sqlite:///{workdir / 'app.sqlite3'}",
+        smtp_port=mail_server.port,
+        export_dir=str(workdir / "exports"),
+        mail_retry_delay=2.0,  # the greylisted address is retried 2 s later, not 5 min
+    )
     launcher = Launcher(config)
     launcher.start()
+    return Demo(config, app, app_dir, workdir, own_db, mail_server, launcher, log_file)
+
+
+def _stop(demo: Demo) -> None:
+    demo.launcher.stop()
+    with contextlib.suppress(Exception):  # best effort: never hide why the demo stopped
+        names = {job.name for job in cron.load(demo.app_dir / "config" / "kiq_schedule.yml")}
+        for entry in CronSet(demo.config):
+            if entry.name in names:
+                entry.delete()  # or the next worker on this Redis would run them
+    demo.mail_server.stop()
+    importlib.import_module("brief_app.db").dispose()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    demo.log_file.close()
+
+
+def _run(demo: Demo, jobs: int) -> bool:
+    config = demo.config
     started = time.monotonic()
-    n = max(args.jobs, 4)
-    thread_jobs = n // 2
-    async_jobs = n - thread_jobs - 2
-    ResizeImage.perform_bulk([[i] for i in range(thread_jobs)])
-    FetchPrice.perform_bulk([[f"SYM{i}"] for i in range(async_jobs)])
-    FlakyWebhook.perform_async("https://example.test/hook")
-    SendReminder.perform_in(2, 42)
-    print(
-        f"enqueued {n} jobs on queue {QUEUE!r}: {thread_jobs} thread jobs, {async_jobs} "
-        f"async jobs, 1 that fails once and is retried, 1 scheduled in 2 s"
+    print(f"kiq {kiq.__version__} demo: the brief's example app, run by a real kiq worker\n")
+    for line in _setup_lines(demo):
+        print(line)
+    seeds = importlib.import_module("brief_app.seeds")
+    places, rows = _sizes(jobs)
+    with _session() as session:
+        demo.seeded = seeds.seed(session, places=places, ratings=40, rows=rows)
+        before = seeds.report(session, demo.seeded)
+    pages = -(-demo.seeded.submissions // 100)
+    importlib.import_module("brief_app.settings").configure(
+        export_page_pause=EXPORT_SECONDS / max(pages, 1)
     )
-    ok = _watch(config, n, started)
-    if args.keep:
-        print("--keep: still serving; press Ctrl-C to stop")
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
-    launcher.stop()
-    print("worker stopped cleanly; job log lines are in kiq-demo.log")
-    return 0 if ok else 1
+    demo.base = _counts(config)[:2]
+    print(
+        f"\nseeded {demo.seeded.users} users, {places} places with {demo.seeded.submissions:,} "
+        f"ratings, a {rows}-row CSV, 5 notifications, old data; enqueued the six jobs:"
+    )
+    for line in _enqueue(demo):
+        print(line)
+    print()
+    done = _watch(demo, started)
+    with _session() as session:
+        after = seeds.report(session, demo.seeded)
+    demo.launcher.beat()  # flush this process's last counts to Redis before reading them
+    counts = _counts(config)
+    print()
+    for line in _summary(demo, before, after, counts, time.monotonic() - started):
+        print(line)
+    return done
 
 
-def _watch(config: Config, total: int, started: float) -> bool:
-    r = config.store.redis
-    keys = config.keys
-    deadline = started + 60
-    done = 0
-    last = ""
+def _sizes(jobs: int) -> tuple[int, int]:
+    """(places, import rows) for about ``jobs`` jobs: one metrics job per place, two
+    cascaded jobs per valid import row, and 13 more for the rest."""
+    rows = max(10, jobs // 5)
+    return max(5, jobs - 2 * (rows - 2) - 13), rows
+
+
+@contextlib.contextmanager
+def _session() -> Iterator[Any]:
+    with importlib.import_module("brief_app.db").session() as session:
+        yield session
+
+
+def _setup_lines(demo: Demo) -> list[str]:
+    config = demo.config
+    where = f"embedded, database {DEMO_DB} (the demo's own)" if demo.own_db else "from your env"
+    schedule = cron.load(demo.app_dir / "config" / "kiq_schedule.yml")
+    now = datetime.now(UTC)
+    first = min(schedule, key=lambda job: job.next_tick(now))
+    queues = " ".join(f"{name},{weight}" for name, weight in config.queues)
+    return [
+        f"  app       {demo.app_dir}",
+        f"  Redis     {config.store.safe_url}  {where}",
+        f"  SMTP      aiosmtpd on 127.0.0.1:{demo.mail_server.port}, keeping what it receives",
+        f"  SQLite    {demo.workdir / 'app.sqlite3'}",
+        f"  worker    {config.concurrency} threads, queues {queues} (config/kiq.yml)",
+        f"  schedule  {len(schedule)} recurring jobs (config/kiq_schedule.yml); next: "
+        f"{first.name} at {first.next_tick(now):%H:%M} UTC",
+    ]
+
+
+def _enqueue(demo: Demo) -> list[str]:
+    jobs, seeded = demo.app.jobs, demo.seeded
+    entity_ids = [[i] for i in [*seeded.entity_ids, seeded.deleted_entity_id]]
+    jobs.CalculateMetricsJob.perform_bulk(entity_ids)
+    jobs.SendNotificationJob.perform_bulk([[i] for i in seeded.notification_ids])
+    jobs.SendWeeklyDigestJob.perform_async()
+    jobs.ProcessImportJob.perform_async(seeded.import_id)
+    demo.export_jid = jobs.ExportDataJob.perform_async(seeded.export_id)
+    jobs.CleanupOldDataJob.perform_async()
+    rows = [
+        ("CalculateMetricsJob", len(entity_ids), "one for a place deleted since: returns quietly"),
+        ("SendNotificationJob", 5, "an address refused, one greylisted, one user opted out"),
+        ("SendWeeklyDigestJob", 1, "fans out a DigestBatchJob per 100 users (perform_bulk)"),
+        ("ProcessImportJob", 1, "cascades a GeocodingJob + CalculateMetricsJob per row"),
+        ("ExportDataJob", 1, f"{seeded.submissions:,} ratings to CSV, reporting progress"),
+        ("CleanupOldDataJob", 1, "what the schedule runs at 02:00 every day"),
+    ]
+    return [
+        f"  {n}. {name:<20} x{count:<4} {getattr(jobs, name).options['queue']:<14} {what}"
+        for n, (name, count, what) in enumerate(rows, start=1)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    queued: int  # in the app's queues
+    taken: int  # fetched by the worker and not yet acknowledged
+    pending: int  # the app's jobs in the retry and schedule sets
+
+    @property
+    def idle(self) -> bool:
+        return not (self.queued or self.taken or self.pending)
+
+
+def _snapshot(demo: Demo) -> Snapshot:
+    config, keys = demo.config, demo.config.keys
+    names = [name for name, _ in config.queues]
+    pipe = config.store.redis.pipeline(transaction=True)  # one consistent view
+    for name in names:
+        pipe.llen(keys.queue(name))
+    for name in names:
+        pipe.llen(keys.inprogress(demo.launcher.identity, name))
+    pipe.zrange(keys.retry, 0, -1)
+    pipe.zrange(keys.schedule, 0, -1)
+    replies = pipe.execute()
+    n = len(names)
+    classes = {getattr(demo.app.jobs, name).wire_name for name in demo.app.jobs.__all__}
+    pending = sum(1 for raw in [*replies[-2], *replies[-1]] if _class_of(raw) in classes)
+    return Snapshot(sum(replies[:n]), sum(replies[n : 2 * n]), pending)
+
+
+def _class_of(raw: bytes) -> str:
+    try:
+        return str(wire.loads(raw)["class"])
+    except (PayloadError, KeyError):
+        return ""
+
+
+def _counts(config: Config) -> tuple[int, int, int]:
+    """processed, failed, retrying: from kiq.api.Stats, or Redis where it is not built yet."""
+    try:
+        stats = importlib.import_module("kiq.api").Stats(config)
+        return int(stats.processed), int(stats.failed), int(stats.retry_size)
+    except (ImportError, AttributeError):
+        r, keys = config.store.redis, config.keys
+        processed, failed = r.mget(keys.stat("processed"), keys.stat("failed"))
+        return int(processed or 0), int(failed or 0), int(r.zcard(keys.retry))
+
+
+def _watch(demo: Demo, started: float) -> bool:
+    """Redraw the status until the app is idle twice in a row, or WATCH_LIMIT passes."""
+    screen = Screen(sys.stdout)
+    idle_views = 0
+    deadline = time.monotonic() + WATCH_LIMIT
     while time.monotonic() < deadline:
-        done = int(r.get(DONE_KEY) or 0)
-        retries, scheduled = r.zcard(keys.retry), r.zcard(keys.schedule)
-        width = 30
-        filled = int(width * done / total)
-        line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} done, "
-            f"{retries} retrying, {scheduled} scheduled"
-        )
-        if line != last:  # redraw in place on a terminal, one line per change otherwise
-            sys.stdout.write(f"\r{line}   " if sys.stdout.isatty() else f"{line}\n")
-            sys.stdout.flush()
-            last = line
-        if done >= total:
-            break
-        time.sleep(0.1)
-    elapsed = time.monotonic() - started
-    print(f"\n{'all' if done >= total else 'only'} {done} of {total} jobs done in {elapsed:.1f} s")
-    return done >= total
+        snapshot = _snapshot(demo)
+        idle_views = idle_views + 1 if snapshot.idle else 0
+        screen.show(_status(demo, snapshot, time.monotonic() - started), final=idle_views >= 2)
+        if idle_views >= 2:
+            return True
+        time.sleep(REFRESH)
+    screen.show(_status(demo, _snapshot(demo), time.monotonic() - started), final=True)
+    print(f"some jobs were still not done after {WATCH_LIMIT:.0f} s; see the log below")
+    return False
+
+
+def _status(demo: Demo, snapshot: Snapshot, elapsed: float) -> list[str]:
+    progress = read_progress(demo.config, demo.export_jid) if demo.export_jid else None
+    percent = progress["percent"] if progress else 0.0
+    message = progress["message"] if progress else "waiting for a worker thread"
+    processed, failed, retrying = _counts(demo.config)
+    return [
+        f"  export   {bar(percent)} {percent:5.1f}%  {message}",
+        f"  jobs     processed {processed - demo.base[0]} · failed {failed - demo.base[1]} · "
+        f"retrying {retrying} · busy {demo.launcher.manager.busy()} · queued {snapshot.queued}"
+        f"   ({elapsed:.1f} s)",
+    ]
+
+
+def bar(percent: float, width: int = 30) -> str:
+    filled = round(width * percent / 100)
+    full, empty = ("█", "░") if (sys.stdout.encoding or "").lower() == "utf-8" else ("#", ".")
+    return f"[{full * filled}{empty * (width - filled)}]"
+
+
+class Screen:
+    """A block of status lines: redrawn in place on a terminal, printed now and then elsewhere."""
+
+    EVERY = 1.0  # seconds between two printed blocks when not on a terminal
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.drawn = 0
+        self.printed_at = 0.0
+
+    def show(self, lines: list[str], final: bool = False) -> None:
+        if self.tty:
+            up = f"\x1b[{self.drawn}F" if self.drawn else ""
+            self.out.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+            self.drawn = len(lines)
+        elif final or time.monotonic() - self.printed_at >= self.EVERY:
+            self.out.write("\n".join(lines) + "\n")
+            self.printed_at = time.monotonic()
+        self.out.flush()
+
+
+def _summary(
+    demo: Demo,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    counts: tuple[int, int, int],
+    elapsed: float,
+) -> list[str]:
+    notes, digests = after["notifications"], after["digests"]
+    import_status, created, invalid = after["import"]
+    export_status, records, path = after["export"]
+    deleted = ", ".join(
+        f"{before['old data'][kind] - count} {kind}" for kind, count in after["old data"].items()
+    )
+    processed, failed, retrying = counts
+    # The embedded URL has no password to hide; the demo's database must be named.
+    web = f"KIQ_REDIS_URL='{demo.config.redis_url}' kiq web" if demo.own_db else "kiq web"
+    return [
+        f"done in {elapsed:.1f} s: {processed - demo.base[0]} jobs processed, "
+        f"{failed - demo.base[1]} failed, {retrying} retrying",
+        f"  1. metrics        {after['scored']} places scored; the deleted place's job "
+        "returned quietly",
+        f"  2. notifications  {notes.get('sent', 0)} sent (the greylisted one on its retry), "
+        f"{notes.get('skipped', 0)} skipped (opted out), {notes.get('failed', 0)} discarded "
+        "(address refused)",
+        f"  3. weekly digest  {digests.get('sent', 0)} sent, {digests.get('failed', 0)} refused "
+        "without stopping the batch",
+        f"  4. import         {import_status}: {created} places created, {invalid} invalid rows "
+        f"skipped, {after['geocoded']} geocoded",
+        f"  5. export         {export_status}: {records:,} records -> {path}",
+        f"  6. cleanup        deleted {deleted}",
+        f"  mail              {len(demo.mail_server.mailbox.messages)} messages received by the "
+        "SMTP server",
+        "",
+        f"Web UI:   {web} --port {WEB_PORT}   then open http://127.0.0.1:{WEB_PORT}",
+        f"job log:  {demo.workdir / 'kiq-demo.log'}",
+    ]

@@ -35,10 +35,10 @@ else:
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))
 
-    from sqlalchemy.orm import Session
-
     from brief_app import db, settings
     from brief_app.mailserver import Mailbox, MailServer
+    from sqlalchemy.orm import Session
+
     from kiq.config import Config, read_file
     from kiq.launcher import Launcher
 

@@ -6,9 +6,8 @@ import itertools
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from brief_app.models import Entity, Export, Import, Notification, Submission, User, utcnow
+from sqlalchemy.orm import Session
 
 _numbers = itertools.count(1)
 
@@ -41,7 +40,9 @@ def submissions(session: Session, of: Entity, *ratings: int) -> list[Submission]
 
 
 def notification(session: Session, to: User, **fields: Any) -> Notification:
-    row = Notification(**{"user_id": to.id, "kind": "new_submission", "data": {"entity_id": 1}, **fields})
+    row = Notification(
+        **{"user_id": to.id, "kind": "new_submission", "data": {"entity_id": 1}, **fields}
+    )
     session.add(row)
     session.commit()
     return row

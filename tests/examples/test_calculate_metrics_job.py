@@ -6,9 +6,9 @@ import logging
 from types import ModuleType
 
 import pytest
+from brief_app.jobs import CalculateAllMetricsJob, CalculateMetricsJob
 from sqlalchemy.orm import Session
 
-from brief_app.jobs import CalculateAllMetricsJob, CalculateMetricsJob
 from tests.examples import factories
 
 
@@ -36,9 +36,7 @@ def test_is_idempotent(session: Session) -> None:
     assert (entity.average_score, entity.submissions_count) == (4.7, 3)
 
 
-def test_deleted_entity_returns_quietly(
-    session: Session, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_deleted_entity_returns_quietly(session: Session, caplog: pytest.LogCaptureFixture) -> None:
     """A job for an entity deleted since it was enqueued raises nothing and says why."""
     entity = factories.entity(session)
     session.delete(entity)

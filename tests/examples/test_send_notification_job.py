@@ -7,12 +7,12 @@ from types import ModuleType
 
 import pytest
 import redis
-from sqlalchemy.orm import Session
-
-import kiq
 from brief_app import settings
 from brief_app.errors import DeliveryError, InvalidRecipientError, TemporaryDeliveryError
 from brief_app.jobs import SendNotificationJob
+from sqlalchemy.orm import Session
+
+import kiq
 from kiq.launcher import Launcher
 from tests.examples import factories
 from tests.examples.conftest import App
@@ -99,7 +99,8 @@ def test_worker_discards_an_invalid_recipient(
 
     SendNotificationJob.perform_async(notification.id)
 
-    wait_until(lambda: r.get("stat:failed") == "1", timeout=10)
+    # Failed, and acknowledged: the retry-or-discard decision has been made.
+    wait_until(lambda: r.get("stat:failed") == "1" and not r.keys("kiq|inprogress|*"), timeout=10)
     assert status(session, notification.id) == "failed"
     assert r.zcard("retry") == 0
     assert r.zcard("dead") == 0
@@ -114,8 +115,8 @@ def test_worker_retries_a_greylisted_address_after_the_configured_delay(
 
     SendNotificationJob.perform_async(notification.id)
 
-    wait_until(lambda: app.mailbox.to("grey@greylist.example"), timeout=10)
-    assert status(session, notification.id) == "sent"
+    wait_until(lambda: status(session, notification.id) == "sent", timeout=15)
+    assert len(app.mailbox.to("grey@greylist.example")) == 1
     assert r.get("stat:failed") == "1"
 
 
@@ -160,4 +161,9 @@ def test_enqueue_carries_queue_retries_and_timeout(kiq_fake: ModuleType) -> None
     SendNotificationJob.perform_async(7)
 
     (job,) = SendNotificationJob.jobs
-    assert (job["args"], job["queue"], job["retry"], job["timeout"]) == ([7], "notifications", 5, 30)
+    assert (job["args"], job["queue"], job["retry"], job["timeout"]) == (
+        [7],
+        "notifications",
+        5,
+        30,
+    )

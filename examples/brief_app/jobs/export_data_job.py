@@ -63,12 +63,13 @@ class ExportDataJob(kiq.Job, name="ExportDataJob", queue="exports", retry=3):
         export.status, export.jid, export.progress = "processing", self.jid, 0.0
         session.commit()
         total = fmt.count(session, export.user_id)
-        self.progress(0, f"0 of {total} records")
+        self.progress(0, f"0 of {total:,} records")
         folder = Path(config.export_dir)
         folder.mkdir(parents=True, exist_ok=True)
         day = datetime.now(UTC).date().isoformat()
         path = folder / f"export_{export.id}_{export.export_type}_{day}.csv"
-        partial = path.with_name(path.name + ".part")
+        # One partial file per run: a duplicate run at the same time cannot clobber it.
+        partial = path.with_name(f"{path.name}.{self.jid}.part")
         processed = 0
         with partial.open("w", newline="") as file:
             writer = csv.writer(file)
@@ -77,7 +78,7 @@ class ExportDataJob(kiq.Job, name="ExportDataJob", queue="exports", retry=3):
                 writer.writerows(page)
                 processed += len(page)
                 percent = round(100 * processed / max(total, 1), 2)
-                self.progress(percent, f"{processed} of {total} records")
+                self.progress(percent, f"{processed:,} of {total:,} records")
                 export.progress, export.row_count = percent, processed
                 session.commit()
                 time.sleep(config.export_page_pause)

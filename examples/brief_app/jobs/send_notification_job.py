@@ -38,7 +38,9 @@ class SendNotificationJob(
                 self.logger.info("notification #%d no longer exists", notification_id)
                 return
             if notification.status != "pending":
-                self.logger.info("notification #%d already %s", notification_id, notification.status)
+                self.logger.info(
+                    "notification #%d already %s", notification_id, notification.status
+                )
                 return
             user = notification.user
             if not user.notifications_enabled:

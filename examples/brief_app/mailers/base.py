@@ -16,7 +16,12 @@ from typing import Any, ClassVar
 
 import kiq
 from brief_app import settings
-from brief_app.errors import DeliveryError, InvalidRecipientError, MailTimeout, TemporaryDeliveryError
+from brief_app.errors import (
+    DeliveryError,
+    InvalidRecipientError,
+    MailTimeout,
+    TemporaryDeliveryError,
+)
 
 
 @dataclass(frozen=True, slots=True)

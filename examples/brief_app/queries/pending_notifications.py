@@ -15,7 +15,9 @@ def stale_ids(session: Session, older_than: timedelta) -> list[int]:
     return list(
         session.scalars(
             select(Notification.id)
-            .where(Notification.status == "pending", Notification.created_at < utcnow() - older_than)
+            .where(
+                Notification.status == "pending", Notification.created_at < utcnow() - older_than
+            )
             .order_by(Notification.id)
         )
     )

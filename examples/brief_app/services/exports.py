@@ -26,14 +26,14 @@ Row = Sequence[Any]
 @dataclass(frozen=True, slots=True)
 class ExportFormat:
     headers: tuple[str, ...]
-    rows: Select[Any]  # the columns to write, id first; filtered by owner below
+    rows: Select[*tuple[Any, ...]]  # the columns to write, id first; filtered by owner
     owner: Any  # the column holding the owning user's id
 
     def count(self, session: Session, user_id: int) -> int:
         query = self.rows.where(self.owner == user_id).order_by(None)
         return session.scalar(select(func.count()).select_from(query.subquery())) or 0
 
-    def pages(self, session: Session, user_id: int, size: int) -> Iterator[list[Row]]:
+    def pages(self, session: Session, user_id: int, size: int) -> Iterator[Sequence[Row]]:
         """Rows in id order, ``size`` at a time; each page is a fresh keyset query."""
         last = 0
         id_column = self.rows.selected_columns[0]
