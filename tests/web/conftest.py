@@ -71,13 +71,8 @@ def payload(**fields: Any) -> dict[str, Any]:
 
 def failed(**fields: Any) -> dict[str, Any]:
     """A payload as the retry handler leaves it (error fields, retry_count)."""
-    return payload(
-        error_class="ValueError",
-        error_message="boom",
-        failed_at=time.time(),
-        retry_count=fields.pop("retry_count", 2),
-        **fields,
-    )
+    defaults = {"error_class": "ValueError", "error_message": "boom", "retry_count": 2}
+    return payload(failed_at=time.time(), **{**defaults, **fields})
 
 
 def add_process(config: Config, identity: str = "host:123:abcdef012345", **info: Any) -> str:

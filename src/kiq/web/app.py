@@ -107,6 +107,7 @@ def _root(request: Request) -> str:
 def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
     """A page: the template with what the layout needs (links root, CSRF token, nav)."""
     config = _config(request)
+    context.setdefault("nav", "")
     context.update(
         root=_root(request),
         csrf=request.state.csrf_token,
@@ -361,22 +362,35 @@ class SetKind:
     """What one sorted-set page shows and allows."""
 
     def __init__(
-        self, path: str, title: str, make: Callable[[Config], api.JobSet], actions: dict[str, str]
+        self,
+        path: str,
+        title: str,
+        make: Callable[[Config], api.JobSet],
+        actions: dict[str, str],
+        empty: str,
     ) -> None:
         self.path, self.title, self.make, self.actions = path, title, make, actions
+        self.empty = empty
         self.descending = path == "morgue"  # newest deaths first; due soonest first otherwise
 
 
 RETRIES = SetKind(
-    "retries", "Retries", api.RetrySet, {"retry": "Retry now", "delete": "Delete", "kill": "Kill"}
+    "retries",
+    "Retries",
+    api.RetrySet,
+    {"retry": "Retry now", "delete": "Delete", "kill": "Kill"},
+    "No retries: nothing is waiting to be retried.",
 )
 SCHEDULED = SetKind(
     "scheduled",
     "Scheduled",
     api.ScheduledSet,
     {"add_to_queue": "Add to queue", "delete": "Delete", "kill": "Kill"},
+    "No scheduled jobs.",
 )
-DEAD = SetKind("morgue", "Dead", api.DeadSet, {"retry": "Retry now", "delete": "Delete"})
+DEAD = SetKind(
+    "morgue", "Dead", api.DeadSet, {"retry": "Retry now", "delete": "Delete"}, "No dead jobs."
+)
 
 
 def set_page(kind: SetKind, request: Request) -> Response:

@@ -123,6 +123,12 @@ class Tick:
     label: str
 
 
+def divisions(top_value: float) -> int:
+    """Gridlines that land on whole numbers: 4 for 4 and 2 x 10^n, 5 for 1 and 5 x 10^n."""
+    leading = top_value / 10 ** math.floor(math.log10(top_value))
+    return 4 if round(leading) in (2, 4) else 5
+
+
 def tick_label(value: float) -> str:
     return compact(int(value)) if value == int(value) else f"{value:g}"
 
@@ -175,9 +181,10 @@ def line_chart(
         Line(name, css, " ".join(xy(i, v) for i, v in enumerate(values)), sum(values))
         for name, css, values in series
     ]
+    parts = divisions(top_value)
     y_ticks = [
-        Tick(bottom - (bottom - top) * part / 4, tick_label(top_value * part / 4))
-        for part in range(5)
+        Tick(bottom - (bottom - top) * part / parts, tick_label(top_value * part / parts))
+        for part in range(parts + 1)
     ]
     step = max(1, math.ceil(len(labels) / x_ticks))
     x_positions = [

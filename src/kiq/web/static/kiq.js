@@ -61,16 +61,19 @@
       var peak = 0;
       samples.forEach(function (s) { peak = Math.max(peak, s.processed, s.failed); });
       var maxV = niceMax(peak);
-      for (var i = 0; i <= 4; i++) {
-        var y = bottom - (bottom - top) * i / 4;
-        var v = maxV * i / 4;
+      var leading = Math.round(maxV / Math.pow(10, Math.floor(Math.log10(maxV))));
+      var parts = (leading === 2 || leading === 4) ? 4 : 5;
+      for (var i = 0; i <= parts; i++) {
+        var y = bottom - (bottom - top) * i / parts;
+        var v = maxV * i / parts;
         svg.appendChild(el("line", { "class": "grid", x1: left, x2: W - right, y1: y, y2: y }));
         svg.appendChild(el("text", { "class": "axis", x: left - 6, y: y + 4, "text-anchor": "end" },
           v === Math.round(v) ? compact(v) : String(v)));
       }
       ["processed", "failed"].forEach(function (key) {
+        var offset = MAX - samples.length;  // the newest sample sits at the right edge
         var pts = samples.map(function (s, i) {
-          var x = left + (W - left - right) * i / Math.max(MAX - 1, 1);
+          var x = left + (W - left - right) * (i + offset) / Math.max(MAX - 1, 1);
           var y = bottom - (bottom - top) * s[key] / maxV;
           return x.toFixed(1) + "," + y.toFixed(1);
         });
