@@ -465,7 +465,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Plan, bool]:
     parser.add_argument("--jobs", type=int, help="jobs to push (default 20,000; short 3,000)")
     parser.add_argument("--workers", type=int, default=4, help="kiq worker processes (4)")
     parser.add_argument(
-        "--seconds", type=float, help="chaos phase: pushes and kills (default 120; short 40)"
+        "--seconds", type=float, help="chaos phase: pushes and kills (default 120; short 30)"
     )
     parser.add_argument("--poison", type=int, help="poison jobs planted (default 3; short 2)")
     parser.add_argument(
@@ -481,7 +481,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Plan, bool]:
     plan = Plan(
         jobs=args.jobs or (3_000 if args.short else 20_000),
         workers=args.workers,
-        seconds=args.seconds or (40.0 if args.short else 120.0),
+        seconds=args.seconds or (30.0 if args.short else 120.0),
         poison=args.poison if args.poison is not None else (2 if args.short else 3),
         drain_timeout=60.0 if args.short else 120.0,
         restart=args.redis_restart,

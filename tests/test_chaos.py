@@ -1,0 +1,58 @@
+"""The chaos run of issue 4, in its short form: workers SIGKILLed at random, poison jobs,
+Redis SIGKILLed and restarted from its AOF, and not one job lost (bench/chaos.py).
+
+CI runs these through pytest (``.ci/run`` has no separate chaos step). Each run starts
+its own redis-server, so it does not touch the test database.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHAOS = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
+
+
+def chaos(*args: str, timeout: float) -> tuple[int, dict[str, Any], str]:
+    """Run bench/chaos.py; return its exit status, its RESULT line and its output."""
+    done = subprocess.run(
+        [sys.executable, str(CHAOS), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, f"no RESULT line from bench/chaos.py:\n{output}"
+    return done.returncode, json.loads(results[-1].removeprefix("RESULT ")), output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_short_chaos_run_loses_no_job():
+    """3,000 jobs through SIGKILLed workers, poison jobs and a Redis crash: every job is
+    done or, for the planted poison jobs only, dead as kiq.PoisonJob; none is lost."""
+    status, result, output = chaos("--short", timeout=200)
+
+    assert (result["lost"], result["unfinished"], result["dead_unexpected"]) == (0, 0, []), output
+    assert result["completed"] == result["enqueued"] - result["dead_expected"], output
+    assert min(result["kills"], result["poison_exits"]) > 0, output  # the chaos did happen
+    assert status == 0, output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_poison_job_in_a_backlog_is_buried_alone():
+    """A poison job fetched with a batch of others under load takes only itself to the
+    dead set: the jobs that crashed beside it are not buried with it (fetch isolation)."""
+    status, result, output = chaos("--jobs", "2000", "--seconds", "1", "--poison", "1", timeout=100)
+
+    assert result["dead_unexpected"] == [], output
+    assert (result["dead"], result["lost"], result["unfinished"]) == (1, 0, 0), output
+    assert status == 0, output
