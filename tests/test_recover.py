@@ -155,6 +155,9 @@ def test_unparseable_in_progress_entries_are_requeued_unchanged(config, r):
 # -- real processes ------------------------------------------------------------------------
 
 FAST_EXPIRY = ":process_ttl: 1\n:prefetch: 0\n"
+# A process killed mid-sweep leaves the recovery lock to expire (30 s); rare, but the
+# waits below allow for it rather than fail.
+RECOVERY_WAIT = 45.0
 
 
 @pytest.mark.slow
@@ -170,7 +173,7 @@ def test_killed_workers_job_is_recovered_and_a_live_workers_job_is_not(config, r
 
     rescuer = start_worker("-c", "1", config_text=FAST_EXPIRY)
 
-    wait_until(lambda: len(records(r)) == 2, timeout=15)
+    wait_until(lambda: len(records(r)) == 2, timeout=RECOVERY_WAIT)
     by_jid = {d["jid"]: d for d in records(r)}
     assert by_jid[victim_jid]["pid"] == rescuer.pid
     assert by_jid[live_jid]["pid"] == live.pid
@@ -190,11 +193,11 @@ def test_poison_job_is_recovered_max_recoveries_times_then_dead(config, r, start
 
     for runs in (1, 2, 3):
         worker = start_worker("-c", "1", config_text=settings)
-        assert worker.proc.wait(15) == -9
+        assert worker.proc.wait(RECOVERY_WAIT) == -9
         assert r.llen("test:started") == runs
     survivor = start_worker("-c", "1", config_text=settings)
 
-    (member,) = wait_until(lambda: r.zrange("dead", 0, -1), timeout=15)
+    (member,) = wait_until(lambda: r.zrange("dead", 0, -1), timeout=RECOVERY_WAIT)
     payload = orjson.loads(member)
     assert (payload["jid"], payload["error_class"]) == (jid, POISON)
     assert payload["kiq_recoveries"] == 3
