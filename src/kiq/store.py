@@ -264,7 +264,7 @@ class Store:
 
     @contextlib.contextmanager
     def translate_errors(self) -> Iterator[None]:
-        """Turn redis-py's connection errors into RedisUnavailable naming the URL."""
+        """Turn connection errors and READONLY into RedisUnavailable naming the URL."""
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -272,6 +272,12 @@ class Store:
                 f"cannot reach Redis at {self.safe_url}: {exc}. Check that the server "
                 f"runs and REDIS_URL / KIQ_REDIS_URL points at it (connect timeout "
                 f"{CONNECT_TIMEOUT:g}s, command timeout {SOCKET_TIMEOUT:g}s)."
+            ) from exc
+        except ReadOnlyError as exc:
+            raise RedisUnavailable(
+                f"Redis at {self.safe_url} is a read-only replica ({exc}): a failover is in "
+                f"progress or the URL names a replica. Retry shortly, or point the URL at the "
+                f"primary (or at Sentinel: redis+sentinel://host:26379/<service>)."
             ) from exc
 
     # -- client side ------------------------------------------------------------------
@@ -318,7 +324,7 @@ class Store:
                 if scheduled:
                     pipe.zadd(self.keys.schedule, {raw: at for at, raw in scheduled})
                 await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
             with self.translate_errors():
                 raise exc
 
