@@ -252,6 +252,7 @@ class Snapshot:
     queued: int  # in the app's queues
     taken: int  # fetched by the worker and not yet acknowledged
     pending: int  # the app's jobs in the retry and schedule sets
+    next_retry: float | None  # epoch seconds when the app's first retry is due
 
     @property
     def idle(self) -> bool:
@@ -266,13 +267,19 @@ def _snapshot(demo: Demo) -> Snapshot:
         pipe.llen(keys.queue(name))
     for name in names:
         pipe.llen(keys.inprogress(demo.launcher.identity, name))
-    pipe.zrange(keys.retry, 0, -1)
-    pipe.zrange(keys.schedule, 0, -1)
+    pipe.zrange(keys.retry, 0, -1, withscores=True)
+    pipe.zrange(keys.schedule, 0, -1, withscores=True)
     replies = pipe.execute()
     n = len(names)
     classes = {getattr(demo.app.jobs, name).wire_name for name in demo.app.jobs.__all__}
-    pending = sum(1 for raw in [*replies[-2], *replies[-1]] if _class_of(raw) in classes)
-    return Snapshot(sum(replies[:n]), sum(replies[n : 2 * n]), pending)
+    retries = [at for raw, at in replies[-2] if _class_of(raw) in classes]
+    scheduled = [at for raw, at in replies[-1] if _class_of(raw) in classes]
+    return Snapshot(
+        sum(replies[:n]),
+        sum(replies[n : 2 * n]),
+        len(retries) + len(scheduled),
+        min(retries, default=None),
+    )
 
 
 def _class_of(raw: bytes) -> str:
@@ -315,11 +322,14 @@ def _status(demo: Demo, snapshot: Snapshot, elapsed: float) -> list[str]:
     percent = progress["percent"] if progress else 0.0
     message = progress["message"] if progress else "waiting for a worker thread"
     processed, failed, retrying = _counts(demo.config)
+    due = ""
+    if snapshot.next_retry is not None:  # Sidekiq's jitter adds up to 9 s to the first retry
+        due = f" (next in {max(0.0, snapshot.next_retry - wire.now()):.0f} s)"
     return [
         f"  export   {bar(percent)} {percent:5.1f}%  {message}",
         f"  jobs     processed {processed - demo.base[0]} · failed {failed - demo.base[1]} · "
-        f"retrying {retrying} · busy {demo.launcher.manager.busy()} · queued {snapshot.queued}"
-        f"   ({elapsed:.1f} s)",
+        f"retrying {retrying}{due} · busy {demo.launcher.manager.busy()} · "
+        f"queued {snapshot.queued}   ({elapsed:.1f} s)",
     ]
 
 
