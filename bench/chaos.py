@@ -318,27 +318,29 @@ class Report:
 
 
 def account(r: redis.Redis, tally: Tally, cluster: Cluster, plan: Plan, elapsed: float) -> Report:
-    """Compare what was pushed with what the jobs recorded and what Redis still holds."""
-    done = {m.decode() for m in r.smembers(DONE)}
-    runs = {k.decode(): int(v) for k, v in r.hgetall(RUNS).items()}
-    finishes = {k.decode(): int(v) for k, v in r.hgetall(FINISHES).items()}
-    dead: dict[str, dict[str, Any]] = {}
-    for raw in r.zrange("dead", 0, -1):
-        payload = json.loads(raw)
-        dead[payload["jid"]] = payload
-    pending = set()  # still somewhere in Redis: queued, in progress, retry or schedule
-    keys = [k.decode() for k in r.scan_iter(match="*queue*")] + ["retry", "schedule"]
-    for key in keys:
-        kind = r.type(key).decode()
-        members = (
+    """Compare what was pushed with what the jobs recorded and what Redis still holds.
+
+    ``r`` decodes replies (``decode_responses=True``).
+    """
+    reply: Any = r.smembers(DONE)
+    done: set[str] = set(reply)
+    reply = r.hgetall(RUNS)
+    runs = {jid: int(n) for jid, n in reply.items()}
+    reply = r.hgetall(FINISHES)
+    finishes = {jid: int(n) for jid, n in reply.items()}
+    reply = r.zrange("dead", 0, -1)
+    dead: dict[str, dict[str, Any]] = {p["jid"]: p for p in map(json.loads, reply)}
+    pending: set[str] = set()  # still somewhere in Redis: queued, in progress, retry or schedule
+    for key in [*r.scan_iter(match="*queue*"), "retry", "schedule"]:
+        kind = r.type(key)
+        reply = (
             r.lrange(key, 0, -1)
             if kind == "list"
             else r.zrange(key, 0, -1)
             if kind == "zset"
             else []
         )
-        for raw in members:
-            pending.add(json.loads(raw)["jid"])
+        pending.update(json.loads(raw)["jid"] for raw in reply)
     missing = [jid for jid in tally.enqueued if jid not in done and jid not in dead]
     lost = [jid for jid in missing if jid not in pending]
     expected_runs = {"work": 1, "flaky": 2, "poison": 0}
@@ -390,6 +392,12 @@ def print_report(report: Report, plan: Plan) -> None:
         f"  run more than once  {report.more_than_once} ({report.finished_twice} had already "
         f"finished): running, or finished but not yet acknowledged, in one of the {killed} "
         f"SIGKILLed workers; recovered and run again (at-least-once)"
+        + (
+            f", or pushed twice by one of the {report.push_retries} pushes retried across the "
+            f"Redis crash"
+            if report.push_retries
+            else ""
+        )
     )
     verdict = "as planted" if not report.dead_unexpected else "<-- FAIL: unexpected"
     print(f"  dead                {report.dead} (poison jobs planted: {report.dead_expected}, "
@@ -444,7 +452,7 @@ def run(plan: Plan, keep: bool) -> int:
         elapsed = time.monotonic() - started
         cluster.stop()  # workers first (TERM), then Redis; restart it to read the results
         cluster.server.start()
-        r = redis.Redis(host="127.0.0.1", port=cluster.server.port, socket_timeout=5)
+        r = redis.Redis(port=cluster.server.port, socket_timeout=5, decode_responses=True)
         report = account(r, tally, cluster, plan, elapsed)
     finally:
         stop.set()

@@ -12,7 +12,7 @@ import json
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,11 +74,17 @@ def outage_lines(worker: Worker) -> tuple[list[str], list[float]]:
 def settled(server: RedisServer) -> bool:
     """Nothing queued, in progress, scheduled or retried: every job was acknowledged."""
     client = server.client()
-    pending = [k for k in client.keys("*") if k.startswith((b"queue:", b"kiq|inprogress|"))]
+    keys: list[bytes] = client.keys("*")  # type: ignore[assignment]  # bytes client
+    pending = [k for k in keys if k.startswith((b"queue:", b"kiq|inprogress|"))]
     return not pending and client.zcard("retry") == 0
 
 
-def run_through_outage(server: RedisServer, worker: Worker, go_away, come_back) -> float:
+def run_through_outage(
+    server: RedisServer,
+    worker: Worker,
+    go_away: Callable[[], object],
+    come_back: Callable[[], object],
+) -> float:
     """Jobs before, one running across the outage, jobs after; return the CPU share used."""
     before = push(server, "Record", "before")
     wait_until(lambda: before in jids(server, "test:done"), timeout=10)

@@ -117,7 +117,7 @@ class RedisServer:
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """An admin client (the default user, TLS settings from ``admin``)."""
-        options = {"host": "127.0.0.1", "port": self.port, "socket_timeout": 5.0}
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "socket_timeout": 5.0}
         options.update(self.admin)
         options.update(kwargs)
         if self.tls:
@@ -262,20 +262,22 @@ class Worker:
         record_url: str | None = None,
         config_text: str = "",
         name: str = "worker",
+        env: dict[str, str] | None = None,
     ) -> None:
         config = folder / f"{name}.yml"
         config.write_text(FAST_CONFIG + config_text)
         self.log = folder / f"{name}.log"
-        env = dict(os.environ)
-        env["KIQ_REDIS_URL"] = record_url or url
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(SUPPORT), str(ROOT / "src"), env.get("PYTHONPATH", "")]
+        full_env = dict(os.environ)
+        full_env["KIQ_REDIS_URL"] = record_url or url
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [str(SUPPORT), str(ROOT / "src"), full_env.get("PYTHONPATH", "")]
         )
+        full_env.update(env or {})
         command = [sys.executable, "-m", "kiq.cli", "worker", "-r", "jobs", "-C", str(config)]
         command += ["--redis-url", url, *args]
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=folder
+                command, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=folder
             )
 
     @property
