@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from brief_app.jobs import CleanupOldDataJob
-from brief_app.models import ActivityLog, Notification, WebSession, utcnow
+from brief_app.models import ActivityLog, Export, Notification, WebSession, utcnow
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -71,7 +71,7 @@ def test_deletes_old_sessions_exports_and_logs(session: Session, tmp_path: Path)
     assert deleted == {"sessions": 1, "notifications": 0, "exports": 1, "logs": 1}
     assert not old_file.exists()
     session.expire_all()
-    assert [e.id for e in session.scalars(select(factories.Export))] == [kept.id]
+    assert [e.id for e in session.scalars(select(Export))] == [kept.id]
 
 
 def test_is_idempotent(session: Session) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import redis
 from brief_app import settings
+from brief_app.jobs import CalculateMetricsJob
+from brief_app.models import Entity
 from sqlalchemy.orm import Session
 
 from kiq import cron
@@ -79,7 +82,6 @@ def test_kiq_worker_runs_the_app_from_its_directory(
 ) -> None:
     """`kiq worker` started in examples/brief_app finds config/kiq.yml (which requires the
     app) and the schedule, and runs the app's jobs."""
-    import subprocess
 
     entity = factories.entity(session)
     factories.submissions(session, entity, 3, 4)
@@ -94,13 +96,11 @@ def test_kiq_worker_runs_the_app_from_its_directory(
     )
     try:
         wait_until(lambda: len(CronSet(config)) == 5, timeout=20)
-        from brief_app.jobs import CalculateMetricsJob
-
         CalculateMetricsJob.perform_async(entity.id)
 
         def scored() -> bool:
             session.expire_all()
-            return session.get_one(factories.Entity, entity.id).average_score == 3.5
+            return session.get_one(Entity, entity.id).average_score == 3.5
 
         wait_until(scored, timeout=20)
     finally:

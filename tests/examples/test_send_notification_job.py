@@ -10,6 +10,7 @@ import redis
 from brief_app import settings
 from brief_app.errors import DeliveryError, InvalidRecipientError, TemporaryDeliveryError
 from brief_app.jobs import SendNotificationJob
+from brief_app.models import Notification
 from sqlalchemy.orm import Session
 
 import kiq
@@ -21,7 +22,7 @@ from tests.support.wait import wait_until
 
 def status(session: Session, notification_id: int) -> str:
     session.expire_all()
-    row = session.get(factories.Notification, notification_id)
+    row = session.get(Notification, notification_id)
     assert row is not None
     return row.status
 
@@ -122,7 +123,7 @@ def test_worker_retries_a_greylisted_address_after_the_configured_delay(
 
 def test_retry_delay_is_the_settings_for_a_temporary_refusal_only() -> None:
     """retry_in: settings.mail_retry_delay after a 4xx; Sidekiq's backoff otherwise."""
-    payload: kiq.payload.Payload = {}  # type: ignore[typeddict-item]  # unused by retry_in
+    payload = kiq.payload.loads('{"class": "SendNotificationJob", "args": [1]}')
 
     assert SendNotificationJob.retry_in(0, TemporaryDeliveryError("451"), payload) == 0.3
     assert SendNotificationJob.retry_in(0, DeliveryError("down"), payload) is None
@@ -153,7 +154,7 @@ def test_worker_enforces_the_job_timeout(
 
     wait_until(lambda: r.zcard("retry") == 1, timeout=10)
     (raw,) = r.zrange("retry", 0, 0)
-    assert kiq.payload.loads(raw)["error_class"] == "JobTimeout"
+    assert kiq.payload.loads(str(raw))["error_class"] == "JobTimeout"
 
 
 def test_enqueue_carries_queue_retries_and_timeout(kiq_fake: ModuleType) -> None:

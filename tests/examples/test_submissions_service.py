@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from types import ModuleType
 
 from brief_app.jobs import CalculateMetricsJob, ProcessPendingNotificationsJob, SendNotificationJob
-from brief_app.models import Notification
+from brief_app.models import Notification, utcnow
 from brief_app.services import submissions
 from sqlalchemy.orm import Session
 
@@ -32,10 +33,6 @@ def test_pending_sweep_re_enqueues_only_stale_notifications(
     session: Session, kiq_fake: ModuleType
 ) -> None:
     """ProcessPendingNotificationsJob pushes notifications pending for over 15 minutes."""
-    from datetime import timedelta
-
-    from brief_app.models import utcnow
-
     user = factories.user(session)
     stale = factories.notification(session, user, created_at=utcnow() - timedelta(minutes=20))
     factories.notification(session, user)  # just made: its own job is on its way
