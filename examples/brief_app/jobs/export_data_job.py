@@ -4,7 +4,7 @@
   export row itself, so each retry made one more export; here the row is made when
   the user asks (``services.exports.request``) and the job fills it.
 * Progress: ``self.progress(pct, message)`` after each page of rows, readable by jid
-  (``kiq.job.read_progress``) for a progress bar; the row's ``progress`` column is
+  (``from kiq.job import read_progress``) for a progress bar; the row's ``progress`` column is
   updated too, as the brief's was, for pages that only read the database.
 * Idempotent: the file is written under a temporary name and renamed when complete,
   so a retry never sees half a file; a completed export is not redone.
