@@ -64,6 +64,18 @@ def test_runs_sync_and_async_jobs(config, r, start_worker):
     assert {(d["jid"], d["args"][0]) for d in done} == {(sync_jid, "sync"), (async_jid, "async")}
 
 
+@pytest.mark.slow
+def test_async_jobs_share_the_concurrency_limit(config, r, start_worker):
+    """With -c 2, never more than 2 async jobs run at once, though more are fetched ahead."""
+    jobs.AsyncGauge.perform_bulk([[0.2] for _ in range(8)])
+    worker = start_worker("-c", "2")
+    wait_until(lambda: r.llen("test:done") == 8, timeout=30)
+    worker.stop()
+    levels = [int(level) for level in r.lrange("test:levels", 0, -1)]
+    assert len(levels) == 8
+    assert max(levels) == 2
+
+
 def test_runs_a_5mb_payload(config, r, start_worker):
     """A job whose payload is 5 MB is fetched and run like any other."""
     blob = "x" * 5_000_000

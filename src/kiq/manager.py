@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -57,8 +58,13 @@ class Manager:
         self.stopping = threading.Event()
         self.quieted = threading.Event()
         self.inbox: queue.SimpleQueue[UnitOfWork | None] = queue.SimpleQueue()
+        # Slots: at most ``concurrency`` jobs run at once, thread and async jobs alike;
+        # fetched-ahead units wait in ``_pending`` (still in Redis in-progress lists).
+        self._slots = threading.Lock()
+        self._pending: collections.deque[UnitOfWork] = collections.deque()
+        self._running_count = 0
         self.fetcher = Fetcher(config, identity, self._deliver, on_redis_error, on_redis_ok)
-        self.executor = Executor(config, state, self.fetcher.done, self.stopping)
+        self.executor = Executor(config, state, self._finished, self.stopping)
         self.aio = AsyncRunner(self.executor)
         self.processors = [self._processor(i) for i in range(config.concurrency)]
 
@@ -79,7 +85,27 @@ class Manager:
         if self.quieted.is_set():
             self._put_back(units)
             return
-        for unit in units:
+        with self._slots:
+            self._pending.extend(units)
+        self._dispatch()
+
+    def _finished(self, unit: UnitOfWork) -> None:
+        """A job's outcome is recorded: ack it, free its slot, start the next one."""
+        self.fetcher.done(unit)
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        with self._slots:
+            self._running_count -= 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        with self._slots:
+            ready: list[UnitOfWork] = []
+            while self._pending and self._running_count < self.config.concurrency:
+                ready.append(self._pending.popleft())
+                self._running_count += 1
+        for unit in ready:
             job_class = lookup(unit.payload["class"]) if unit.payload else None
             if job_class is not None and job_class.is_async:
                 self.aio.submit(unit)
@@ -104,6 +130,7 @@ class Manager:
         unit = processor.current
         if unit is not None:
             self.fetcher.release(unit)  # stays in-progress: recovered if we die, requeued at exit
+            self._free_slot()
         replacement = self._processor(processor.index)
         self.processors[processor.index] = replacement
         replacement.start()
@@ -114,7 +141,9 @@ class Manager:
             return
         self.quieted.set()
         self.fetcher.stop()
-        pending: list[UnitOfWork] = []
+        with self._slots:
+            pending: list[UnitOfWork] = list(self._pending)
+            self._pending.clear()
         while True:
             try:
                 unit = self.inbox.get_nowait()

@@ -157,3 +157,13 @@ class ActiveJobWrapper(InteropEcho, name="ActiveJob::QueueAdapters::SidekiqAdapt
 
 class SidekiqActiveJobWrapper(InteropEcho, name="Sidekiq::ActiveJob::Wrapper"):
     """The class Sidekiq 8's own ActiveJob adapter writes."""
+
+
+class AsyncGauge(kiq.Job, name="AsyncGauge"):
+    """Record how many AsyncGauge jobs run at the same time (test:levels)."""
+
+    async def perform(self, seconds: float) -> None:
+        _redis.rpush("test:levels", _redis.incr("test:running"))
+        await asyncio.sleep(seconds)
+        _redis.decr("test:running")
+        record("test:done", self, seconds)
