@@ -385,6 +385,21 @@ def test_error_handlers_get_the_exception_and_context(config, r):
     assert context["job"]["class"] == "test_retry.Flaky"
 
 
+def test_error_handlers_run_after_the_retry_is_recorded(config, r):
+    """As in Sidekiq, handlers see the payload as recorded: retry_count and error fields,
+    and the retry is already in Redis when they run."""
+    seen: list[tuple[Any, Any, int]] = []
+    config.error_handlers.append(
+        lambda exc, ctx: seen.append(
+            (ctx["job"].get("retry_count"), ctx["job"].get("error_class"), r.zcard("retry"))
+        )
+    )
+
+    fail(config, exc=raised(ValueError("nope")))
+
+    assert seen == [(0, "ValueError", 1)]
+
+
 def test_a_failing_error_handler_does_not_stop_the_retry(config, r):
     """An error handler that raises is logged; the retry is still recorded."""
 

@@ -76,7 +76,9 @@ class ContextFilter(logging.Filter):
     """Attach the current job context (or None) as ``record.kiq_ctx``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.kiq_ctx = _context.get()
+        ctx = _context.get()
+        # A copy: the writer thread formats later, after the job has added "elapsed".
+        record.kiq_ctx = dict(ctx) if ctx else None
         return True
 
 

@@ -84,9 +84,25 @@ class RetryHandler:
         job_class: type[Job] | None,
         now: float | None = None,
     ) -> Outcome:
-        """Record the failure of ``raw`` (as fetched from ``queue``); return what was done."""
+        """Record the failure of ``raw`` (as fetched from ``queue``); return what was done.
+
+        Error handlers run last, with the payload as recorded (retry_count, error
+        fields), as Sidekiq's do after its retry bookkeeping.
+        """
         payload = wire.loads(raw)  # the original, not what middleware may have changed
-        self._notify_error(exc, payload, queue)
+        try:
+            return self._decide(payload, queue, exc, job_class, now)
+        finally:
+            self._notify_error(exc, payload, queue)
+
+    def _decide(
+        self,
+        payload: Payload,
+        queue: str,
+        exc: BaseException,
+        job_class: type[Job] | None,
+        now: float | None,
+    ) -> Outcome:
         if isinstance(exc, Discard) or (job_class and isinstance(exc, job_class.discard_on)):
             return self._discard(payload, exc)
         option = payload.get("retry", job_class.options.get("retry") if job_class else True)
