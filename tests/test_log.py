@@ -32,7 +32,7 @@ def emit(fmt: str) -> list[str]:
 def test_plain_lines_carry_the_context_of_their_moment() -> None:
     """'start' has jid and class but no elapsed, 'done' has elapsed, lines outside a job none."""
     start, done, outside = emit("plain")
-    assert "class=HardJob jid=abc INFO: start" in start
+    assert "jid=abc class=HardJob INFO: start" in start
     assert "elapsed" not in start
     assert "elapsed=0.5 INFO: done" in done
     assert "jid=" not in outside
