@@ -17,6 +17,18 @@ expiring after ``TTL`` = 8 hours; ``config.key_prefix`` is prepended):
 The class is ``wrapped`` (ActiveJob) or ``class``, so Sidekiq 7's Web UI reading the
 same Redis shows kiq's numbers next to its own. Times are UTC.
 
+Cumulative totals, for Prometheus counters (issue 8), written by the same flush; kiq's
+own keys, which Sidekiq neither reads nor writes:
+
+  * ``kiq|totals`` ZSET: job class -> epoch seconds of its last flush; classes idle
+    longer than ``TOTALS_TTL`` are dropped, and only the ``TOTALS_MAX_CLASSES`` most
+    recent are kept, so a stream of generated class names cannot grow it unbounded.
+  * ``kiq|totals|<Class>`` HASH, expiring ``TOTALS_TTL`` after the class last ran:
+    ``p|<queue>`` executions and ``f|<queue>`` failures since the hash was created,
+    ``ms`` milliseconds of successful runs, ``h|<i>`` successful runs in bucket ``i``
+    of ``BUCKETS``. Counters only grow, so a scraper's ``rate()`` works across worker
+    restarts; a hash that expired starts again from 0, which Prometheus reads as a reset.
+
 Example::
 
     metrics = Metrics()                     # the Launcher installs one by default
@@ -41,6 +53,8 @@ from kiq.config import Config
 from kiq.payload import Payload
 
 TTL: Final = 8 * 3600  # seconds every metrics key lives (Sidekiq 7: SHORT_TERM, HISTOGRAM_TTL)
+TOTALS_TTL: Final = 30 * 86400  # seconds a class's cumulative totals outlive its last run
+TOTALS_MAX_CLASSES: Final = 1000  # classes with totals kept at most (most recently run)
 # Upper bounds (ms, exclusive) of the histogram buckets; the last one is "Slow".
 BUCKETS: Final = (
     20, 30, 45, 65, 100, 150, 225, 335, 500, 750, 1100, 1700, 2500, 3800, 5750,
@@ -65,6 +79,16 @@ def histogram_key(config: Config, klass: str, at: datetime) -> str:
     return f"{config.key_prefix}{klass}-{at:%d}-{at:%H}:{at.minute}"
 
 
+def totals_index_key(config: Config) -> str:
+    """The ZSET of job classes that have cumulative totals (``kiq|totals``)."""
+    return f"{config.key_prefix}kiq|totals"
+
+
+def totals_key(config: Config, klass: str) -> str:
+    """The cumulative totals of ``klass`` (``kiq|totals|<Class>``)."""
+    return f"{config.key_prefix}kiq|totals|{klass}"
+
+
 def bucket_index(ms: float) -> int:
     """The histogram bucket of a run that took ``ms`` milliseconds (the first bound above it)."""
     return bisect.bisect_right(BUCKETS, ms)
@@ -83,6 +107,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counts: defaultdict[str, int] = defaultdict(int)  # "<Class>|p" -> n
         self._grams: dict[str, list[int]] = {}  # class -> counts per bucket
+        self._totals: defaultdict[tuple[str, str], int] = defaultdict(int)  # (class, "p|q")
 
     def __call__(
         self, job: Any, payload: Payload, queue: str, call_next: Callable[[], None]
@@ -90,19 +115,19 @@ class Metrics:
         klass = str(payload.get("wrapped") or payload.get("class") or "?")
         perform = getattr(job, "perform", None)
         if inspect.iscoroutinefunction(perform):
-            job.perform = self._timed_coroutine(klass, perform)
+            job.perform = self._timed_coroutine(klass, perform, queue)
             call_next()
             return
         started = time.monotonic()
         try:
             call_next()
         except BaseException:
-            self.record(klass, None)
+            self.record(klass, None, queue)
             raise
-        self.record(klass, (time.monotonic() - started) * 1000)
+        self.record(klass, (time.monotonic() - started) * 1000, queue)
 
     def _timed_coroutine(
-        self, klass: str, perform: Callable[..., Coroutine[Any, Any, Any]]
+        self, klass: str, perform: Callable[..., Coroutine[Any, Any, Any]], queue: str
     ) -> Callable[..., Coroutine[Any, Any, Any]]:
         @functools.wraps(perform)
         async def timed(*args: Any) -> Any:
@@ -110,19 +135,21 @@ class Metrics:
             try:
                 result = await perform(*args)
             except BaseException:
-                self.record(klass, None)
+                self.record(klass, None, queue)
                 raise
-            self.record(klass, (time.monotonic() - started) * 1000)
+            self.record(klass, (time.monotonic() - started) * 1000, queue)
             return result
 
         return timed
 
-    def record(self, klass: str, ms: float | None) -> None:
-        """Count one run of ``klass``: ``ms`` it took, or None for a failure."""
+    def record(self, klass: str, ms: float | None, queue: str = "default") -> None:
+        """Count one run of ``klass`` from ``queue``: ``ms`` it took, or None for a failure."""
         with self._lock:
             self._counts[f"{klass}|p"] += 1
+            self._totals[klass, f"p|{queue}"] += 1
             if ms is None:
                 self._counts[f"{klass}|f"] += 1
+                self._totals[klass, f"f|{queue}"] += 1
                 return
             self._counts[f"{klass}|ms"] += round(ms)
             gram = self._grams.get(klass)
@@ -137,8 +164,8 @@ class Metrics:
         error is raised for the caller's outage handling.
         """
         with self._lock:
-            counts, grams = self._counts, self._grams
-            self._counts, self._grams = defaultdict(int), {}
+            counts, grams, totals = self._counts, self._grams, self._totals
+            self._counts, self._grams, self._totals = defaultdict(int), {}, defaultdict(int)
         if not counts:
             return 0
         now = now or datetime.now(UTC)
@@ -155,15 +182,49 @@ class Metrics:
                     args += ["INCRBY", "u16", f"#{index}", n]
             pipe.execute_command("BITFIELD", key, *args)  # type: ignore[no-untyped-call]  # untyped in redis-py
             pipe.expire(key, TTL)
+        self._add_totals(pipe, config, now, counts, grams, totals)
         try:
             pipe.execute()
         except BaseException:
-            self._restore(counts, grams)
+            self._restore(counts, grams, totals)
             raise
         return len(counts)
 
-    def _restore(self, counts: dict[str, int], grams: dict[str, list[int]]) -> None:
+    @staticmethod
+    def _add_totals(
+        pipe: Any,
+        config: Config,
+        now: datetime,
+        counts: dict[str, int],
+        grams: dict[str, list[int]],
+        totals: dict[tuple[str, str], int],
+    ) -> None:
+        fields: defaultdict[str, dict[str, int]] = defaultdict(dict)
+        for (klass, field), value in totals.items():
+            fields[klass][field] = value
+        for klass, gram in grams.items():
+            fields[klass]["ms"] = counts.get(f"{klass}|ms", 0)
+            fields[klass].update({f"h|{i}": n for i, n in enumerate(gram) if n})
+        index, stamp = totals_index_key(config), now.timestamp()
+        for klass, values in fields.items():
+            key = totals_key(config, klass)
+            for field, value in values.items():
+                pipe.hincrby(key, field, value)
+            pipe.expire(key, TOTALS_TTL)
+            pipe.zadd(index, {klass: stamp})
+        pipe.zremrangebyscore(index, "-inf", stamp - TOTALS_TTL)
+        pipe.zremrangebyrank(index, 0, -TOTALS_MAX_CLASSES - 1)
+        pipe.expire(index, TOTALS_TTL)
+
+    def _restore(
+        self,
+        counts: dict[str, int],
+        grams: dict[str, list[int]],
+        totals: dict[tuple[str, str], int],
+    ) -> None:
         with self._lock:
+            for key, value in totals.items():
+                self._totals[key] += value
             for field, value in counts.items():
                 self._counts[field] += value
             for klass, gram in grams.items():
