@@ -4,7 +4,8 @@ What Redis holds, seen as objects: ``Stats`` and ``History`` for the dashboard,
 ``Queue`` and ``JobRecord`` for queues, ``ScheduledSet``/``RetrySet``/``DeadSet`` and
 ``SortedEntry`` for the sorted sets, ``ProcessSet``/``Process`` for heartbeats and
 ``WorkSet``/``Work`` for running jobs; for the Web UI also ``queue_summaries``,
-``redis_info``, ``progress``, ``cron_set`` and the per-class ``Metrics``. The Web UI
+``redis_info``, ``progress``, ``cron_set`` and the per-class ``Metrics``; for
+operations ``job_totals`` (the Prometheus counters) and ``deploy_mark``. The Web UI
 renders these and nothing else, so the dashboard and the Python API cannot drift
 apart (STYLE C.2).
 
@@ -46,7 +47,7 @@ from kiq.client import Client
 from kiq.config import Config, get_default
 from kiq.errors import JobNotFound, KiqError, PayloadError
 from kiq.keys import SIGNAL_TTL
-from kiq.metrics import BUCKETS, LABELS, bucket_key, histogram_key
+from kiq.metrics import BUCKETS, LABELS, bucket_key, histogram_key, totals_index_key, totals_key
 from kiq.payload import Payload
 
 if TYPE_CHECKING:
@@ -1365,3 +1366,129 @@ class Metrics:
             per_minute.append([_int(n) for n in replies[2 * index + 1]])
         counts = [sum(column) for column in zip(*per_minute, strict=True)]
         return JobHistogram(klass, times, metrics, LABELS, counts, per_minute)
+
+
+@dataclass(frozen=True, slots=True)
+class JobTotals:
+    """One job class's cumulative counters (``kiq.metrics`` totals), for Prometheus.
+
+    ``processed`` and ``failed`` are by queue (``processed`` counts failures too, as
+    Sidekiq's ``p``); ``total_ms`` and ``buckets`` cover successful runs only, with
+    ``buckets[i]`` the runs shorter than ``kiq.metrics.BUCKETS[i]`` ms (the last: longer).
+    """
+
+    klass: str
+    processed: dict[str, int]
+    failed: dict[str, int]
+    total_ms: int
+    buckets: list[int]
+
+
+def job_totals(config: Config | None = None) -> list[JobTotals]:
+    """Every job class with cumulative totals, by name (one ZRANGE, one pipelined HGETALL each).
+
+    Only kiq processes write these (Ruby Sidekiq keeps its per-minute buckets only).
+    """
+    config = _config(config)
+    redis = _redis(config)
+    classes = sorted(
+        k.decode(errors="replace") for k in redis.zrange(totals_index_key(config), 0, -1)
+    )
+    pipe = redis.pipeline(transaction=False)
+    for klass in classes:
+        pipe.hgetall(totals_key(config, klass))
+    found: list[JobTotals] = []
+    for klass, raw in zip(classes, pipe.execute(), strict=True):
+        if not raw:
+            continue  # expired since the ZRANGE; pruned at the next flush
+        processed: dict[str, int] = {}
+        failed: dict[str, int] = {}
+        buckets = [0] * (len(BUCKETS) + 1)
+        total_ms = 0
+        for name, value in raw.items():
+            kind, _, rest = name.decode(errors="replace").partition("|")
+            if kind == "p":
+                processed[rest] = _int(value)
+            elif kind == "f":
+                failed[rest] = _int(value)
+            elif kind == "ms":
+                total_ms = _int(value)
+            elif kind == "h" and rest.isdigit() and int(rest) < len(buckets):
+                buckets[int(rest)] = _int(value)
+        found.append(JobTotals(klass, processed, failed, total_ms, buckets))
+    return found
+
+
+# -- Deploy marks (Sidekiq 7's Sidekiq::Deploy) ------------------------------------------
+
+DEPLOY_MARK_TTL: Final = 90 * 86400  # seconds a day's marks are kept (Sidekiq: MARK_TTL)
+DEPLOY_LOCK_TTL: Final = 60  # seconds during which a label is marked at most once
+
+
+@dataclass(frozen=True, slots=True)
+class DeployMark:
+    """A deploy shown on the metrics graph: the minute it happened (UTC) and its label."""
+
+    at: datetime
+    label: str
+
+
+def deploy_mark(label: str, at: datetime | None = None, config: Config | None = None) -> bool:
+    """Record a deploy at ``at`` (default now), shown on the Web UI's metrics graphs.
+
+    Sidekiq's ``Sidekiq::Deploy.mark!`` exactly (shared/sidekiq-wire.md §1.4), so
+    Sidekiq's own Web UI shows kiq's marks too: the time is floored to the minute, so
+    every process of a rollout marking the same deploy makes one mark; ``deploylock-<label>``
+    (SET NX EX 60) keeps a label to one mark a minute. Returns False when the lock was
+    already held (someone marked this label within the last minute).
+
+    Example::
+
+        kiq.api.deploy_mark("v1.2")          # from a deploy script, or `kiq mark v1.2`
+    """
+    if not label:
+        raise ValueError("deploy_mark needs a label, such as a version or a git sha")
+    config = _config(config)
+    whence = (at or datetime.now(UTC)).astimezone(UTC).replace(second=0, microsecond=0)
+    stamp = whence.strftime("%Y-%m-%dT%H:%M:%SZ")  # Ruby's Time#iso8601 for UTC
+    redis = _redis(config)
+    prefix = config.key_prefix
+    if not redis.set(f"{prefix}deploylock-{label}", stamp, nx=True, ex=DEPLOY_LOCK_TTL):
+        return False
+    key = f"{prefix}{whence:%Y%m%d}-marks"
+    pipe = redis.pipeline(transaction=True)
+    pipe.hsetnx(key, stamp, label)
+    pipe.expire(key, DEPLOY_MARK_TTL)
+    pipe.execute()
+    return True
+
+
+def deploy_marks(
+    since: datetime, until: datetime | None = None, config: Config | None = None
+) -> list[DeployMark]:
+    """The deploy marks between ``since`` and ``until`` (default now), oldest first.
+
+    One HGETALL of ``YYYYMMDD-marks`` per UTC day in the window, pipelined.
+    """
+    config = _config(config)
+    until = (until or datetime.now(UTC)).astimezone(UTC)
+    # Marks live DEPLOY_MARK_TTL: days before that hold nothing to read.
+    since = max(since.astimezone(UTC), until - timedelta(seconds=DEPLOY_MARK_TTL + 86400))
+    days: list[date] = []
+    day = since.date()
+    while day <= until.date():
+        days.append(day)
+        day += timedelta(days=1)
+    pipe = _redis(config).pipeline(transaction=False)
+    for day in days:
+        pipe.hgetall(f"{config.key_prefix}{day:%Y%m%d}-marks")
+    marks: list[DeployMark] = []
+    for raw in pipe.execute():
+        for stamp, label in raw.items():
+            try:
+                at = datetime.fromisoformat(stamp.decode().replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if since - timedelta(minutes=1) < at <= until:
+                marks.append(DeployMark(at.astimezone(UTC), label.decode(errors="replace")))
+    return sorted(marks, key=lambda mark: mark.at)
