@@ -394,7 +394,7 @@ def print_report(report: Report, plan: Plan) -> None:
         f"SIGKILLed workers; recovered and run again (at-least-once)"
         + (
             f", or pushed twice by one of the {report.push_retries} pushes retried across the "
-            f"Redis crash"
+            f"Redis restart"
             if report.push_retries
             else ""
         )
