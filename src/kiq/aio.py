@@ -61,9 +61,10 @@ class AsyncRunner:
         slot = f"{kiq_log.tid()}-{next(self._ids)}"
         job_class, ctx = ex.begin(unit, slot)
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
+        kiq_log.set_level(ex.log_level(unit, job_class))
         exc: BaseException | None = None
         if ex.log_jobs:
-            logging.getLogger("kiq.job").info("start")
+            kiq_log.job_logger("kiq.job").info("start")
         try:
             job = ex.instantiate(unit, job_class)
             payload: dict[str, Any] = unit.payload or {}

@@ -1,10 +1,16 @@
 """Logging: per-job context on every record, and the two formats the CLI installs.
 
-The processor sets the job context (jid, class, queue, then elapsed) in a
-ContextVar; ``ContextFilter`` copies it onto each record, so any line logged inside a
-job, by kiq or by user code through stdlib ``logging``, carries it (Sidekiq's
-JobLogger / Context.with). The library never configures logging; only ``setup``,
-called by the CLI, installs a handler.
+The processor sets the job context (class, jid, queue, retry_count when the job is a
+retry, then elapsed) in a ContextVar; ``ContextFilter`` copies it onto each record, so
+any line logged inside a job, by kiq or by user code through stdlib ``logging``,
+carries it (Sidekiq's JobLogger / Context.with). structlog users add
+``structlog_processor`` to their chain for the same fields. The library never
+configures logging; only ``setup``, called by the CLI, installs a handler.
+
+A job's ``log_level`` option (Sidekiq's) is the level of the ``kiq.job`` loggers
+(kiq's start/done lines and ``Job.logger``) while that job runs, and only in its own
+thread or task: ``JobLogger`` asks the ContextVar set by the processor, because a
+stdlib logger's level is shared by every thread.
 
 Plain format (Sidekiq 6.4's pretty formatter)::
 
@@ -24,9 +30,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import orjson
 
@@ -35,8 +41,93 @@ _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 )
 
 
+_level: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "kiq_job_log_level", default=None
+)
+
+# Sidekiq's level names (Ruby Logger's), as they appear in a payload's ``log_level``.
+LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "critical": logging.CRITICAL,
+}
+
+
 def current_context() -> dict[str, Any] | None:
     return _context.get()
+
+
+def parse_level(value: object) -> int | None:
+    """A ``log_level`` option ("debug", "WARN", 10...) as a logging level; None if unknown."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return LEVELS.get(value.strip().lower())
+    return None
+
+
+class JobLogger(logging.Logger):
+    """A logger whose level is the running job's ``log_level``, when the job has one."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        override = _level.get()
+        if override is None:
+            return super().isEnabledFor(level)
+        return not self.disabled and self.manager.disable < level and level >= override
+
+
+def job_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)``, made a JobLogger (the ``kiq.job`` tree uses these).
+
+    The class of an existing plain Logger is switched in place, so loggers that code
+    already holds follow the job level too; a logger of another custom class is left
+    as it is.
+    """
+    logger = logging.getLogger(name)
+    if type(logger) is logging.Logger:
+        logger.__class__ = JobLogger
+    return logger
+
+
+def set_level(level: int | None) -> contextvars.Token[int | None]:
+    """Set the running job's log level (None: the loggers' own)."""
+    return _level.set(level)
+
+
+def reset_level(token: contextvars.Token[int | None]) -> None:
+    _level.reset(token)
+
+
+def structlog_processor(
+    logger: object, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor adding the job context (jid, class, queue...) to each event.
+
+    Works for structlog's own loggers and, in a ``ProcessorFormatter``'s
+    ``foreign_pre_chain``, for stdlib records (kiq's own lines), which carry the
+    context they were made with (else the context of the formatting thread). Keys
+    the event already has are kept. Needs no
+    structlog import: it is a plain function of structlog's processor signature.
+
+    Example::
+
+        structlog.configure(processors=[
+            kiq.log.structlog_processor,
+            structlog.processors.add_log_level,
+            structlog.processors.JSONRenderer(),
+        ])
+    """
+    # A stdlib record through ContextFilter has the context of the moment it was made.
+    ctx: dict[str, Any] | None = getattr(event_dict.get("_record"), "kiq_ctx", _context.get())
+    for key, value in (ctx or {}).items():
+        event_dict.setdefault(key, value)
+    return event_dict
 
 
 @contextmanager
@@ -173,8 +264,16 @@ class BufferedHandler(logging.Handler):
                     pass  # stdout closed at exit: nothing useful left to do
 
 
-def setup(fmt: str = "plain", verbose: bool = False, stream: TextIO | None = None) -> None:
-    """Install one buffered stream handler on the root logger (CLI only)."""
+def setup(
+    fmt: str = "plain",
+    verbose: bool = False,
+    stream: TextIO | None = None,
+    level: int | None = None,
+) -> None:
+    """Install one buffered stream handler on the root logger (CLI only).
+
+    The root level is ``level`` if given, else DEBUG when ``verbose``, else INFO.
+    """
     handler = BufferedHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
     handler.addFilter(ContextFilter())
@@ -182,4 +281,4 @@ def setup(fmt: str = "plain", verbose: bool = False, stream: TextIO | None = Non
     for existing in list(root.handlers):
         root.removeHandler(existing)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(level if level is not None else logging.DEBUG if verbose else logging.INFO)

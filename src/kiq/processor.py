@@ -4,7 +4,8 @@ Tasks, per unit of work:
   1. decode (done once at fetch); an unparseable payload goes to the dead set as
      Sidekiq does, an unknown class fails with UnknownJobError (retried, as Sidekiq's
      NameError), so a Ruby job on a shared queue is never lost.
-  2. set the job's log context and log ``start``; mark the slot busy for the heartbeat.
+  2. set the job's log context (class, jid, queue, retry_count) and its ``log_level``,
+     log ``start``; mark the slot busy for the heartbeat.
   3. run server middleware around ``perform(*args)``; a ``timeout`` is enforced by
      the Reaper (thread jobs: JobTimeout raised into the thread) or ``asyncio.timeout``.
   4. log ``done`` or ``fail`` with ``elapsed``; a failure goes through RetryHandler;
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from kiq.payload import Payload
 
 log = logging.getLogger("kiq.processor")
-job_log = logging.getLogger("kiq.job")
+job_log = kiq_log.job_logger("kiq.job")
 
 RETRY_WRITE_BACKOFF: Final = (0.5, 1.0, 2.0, 5.0)  # seconds between failed retry writes
 
@@ -142,10 +143,26 @@ class Executor:
         payload = unit.payload or {}
         name = payload.get("class", "?")
         ctx: dict[str, Any] = {"class": payload.get("wrapped") or name, "jid": payload.get("jid")}
+        ctx["queue"] = unit.queue
+        if "retry_count" in payload:  # absent on a first run, as in Sidekiq's payload
+            ctx["retry_count"] = payload["retry_count"]
         unit.started = time.monotonic()
         with self.state.lock:
             self.state.work[slot] = (unit.queue, unit.raw, int(wire.now()))
         return lookup(name) if isinstance(name, str) else None, ctx
+
+    @staticmethod
+    def log_level(unit: UnitOfWork, job_class: type[Job] | None) -> int | None:
+        """The job's ``log_level`` option, its logger made to follow it; None if unset."""
+        option = (unit.payload or {}).get("log_level")
+        if option is None:
+            return None
+        level = kiq_log.parse_level(option)
+        if level is None:
+            log.warning("log_level %r is not a level; use debug, info, warn or error", option)
+        elif job_class is not None:
+            kiq_log.job_logger(f"kiq.job.{job_class.__qualname__}")  # Job.logger's name
+        return level
 
     def instantiate(self, unit: UnitOfWork, job_class: type[Job] | None) -> Job:
         if unit.error is not None:
@@ -219,6 +236,7 @@ class Executor:
         slot = kiq_log.tid()
         job_class, ctx = self.begin(unit, slot)
         token = kiq_log.set_context(ctx)
+        level_token = kiq_log.set_level(self.log_level(unit, job_class))
         exc: BaseException | None = None
         try:
             if self.log_jobs:
@@ -246,6 +264,7 @@ class Executor:
                 self.state.work.pop(slot, None)
             raise
         finally:
+            kiq_log.reset_level(level_token)
             kiq_log.reset_context(token)
 
     def _perform(self, job: Job, unit: UnitOfWork) -> None:
