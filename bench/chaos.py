@@ -213,7 +213,9 @@ def make_jobs(plan: Plan, rng: random.Random) -> list[dict[str, Any]]:
     return items
 
 
-def enqueue(cluster: Cluster, plan: Plan, items: list[dict[str, Any]], tally: Tally) -> None:
+def enqueue(
+    cluster: Cluster, plan: Plan, items: list[dict[str, Any]], tally: Tally, stop: threading.Event
+) -> None:
     """Push a quarter of the jobs at once, the rest at a steady rate over ``plan.seconds``.
 
     A push that fails is retried with the same jid; if the failed attempt did reach
@@ -224,21 +226,27 @@ def enqueue(cluster: Cluster, plan: Plan, items: list[dict[str, Any]], tally: Ta
     burst = len(items) // 4  # a backlog, so killed workers hold full fetch batches
     for n, item in enumerate(items):
         due = started + plan.seconds * 0.8 * max(0, n - burst) / (len(items) - burst)
-        pause = due - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        while True:
-            try:
-                client.push(item)
-                break
-            except kiq.RedisUnavailable:
-                tally.push_retries += 1
-                time.sleep(0.1)
+        if stop.wait(max(0.0, due - time.monotonic())):
+            break
+        if not push(client, item, tally, stop):
+            break
         kind = "poison" if item["class"] == "chaos.Poison" else "work"
         if kind == "work" and item["args"][2]:
             kind = "flaky"
         tally.enqueued[item["jid"]] = kind
     client.config.close()
+
+
+def push(client: kiq.Client, item: dict[str, Any], tally: Tally, stop: threading.Event) -> bool:
+    """Push one job, retrying while Redis is away; False if told to stop first."""
+    while not stop.is_set():
+        try:
+            client.push(item)
+            return True
+        except kiq.RedisUnavailable:
+            tally.push_retries += 1
+            stop.wait(0.1)
+    return False
 
 
 def chaos(
@@ -429,7 +437,9 @@ def run(plan: Plan, keep: bool) -> int:
         for _ in range(plan.workers):
             cluster.start_worker()
         items = make_jobs(plan, rng)
-        pusher = threading.Thread(target=enqueue, args=(cluster, plan, items, tally), daemon=True)
+        pusher = threading.Thread(
+            target=enqueue, args=(cluster, plan, items, tally, stop), daemon=True
+        )
         killer = threading.Thread(target=chaos, args=(cluster, plan, tally, rng, stop), daemon=True)
         pusher.start()
         killer.start()
@@ -448,7 +458,7 @@ def run(plan: Plan, keep: bool) -> int:
             time.sleep(0.2)
         stop.set()
         killer.join(30)
-        pusher.join(1)
+        pusher.join(10)
         elapsed = time.monotonic() - started
         cluster.stop()  # workers first (TERM), then Redis; restart it to read the results
         cluster.server.start()
