@@ -78,6 +78,7 @@ def worker(tmp_path: Path, plain: RedisServer, marker: Path) -> Iterator[Worker]
     proc.kill()
 
 
+@pytest.mark.slow
 def test_the_evil_module_would_leave_a_marker_if_imported(tmp_path):
     """Control for the next test: importing tests/support/evil.py writes the marker."""
     control = tmp_path / "control"
@@ -156,6 +157,7 @@ def test_client_and_worker_authenticate_as_an_acl_user(tmp_path, acl):
     assert SECRET not in worker.output()
 
 
+@pytest.mark.slow
 def test_a_wrong_acl_password_fails_without_showing_it(acl):
     """A bad password is a RedisUnavailable naming the redacted URL; the password given
     appears neither in the message nor in its cause."""
@@ -204,6 +206,7 @@ def test_push_and_run_over_tls_with_ca_verification(tmp_path, tls, certs):
         worker.kill()
 
 
+@pytest.mark.slow
 def test_tls_with_the_wrong_ca_is_refused_clearly(tls, certs):
     """A server certificate not signed by the CA given fails certificate verification,
     reported as RedisUnavailable naming the URL and the verification failure."""
