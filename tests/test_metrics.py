@@ -35,7 +35,7 @@ def run(metrics: Metrics, payload: dict[str, Any], fail: bool = False) -> None:
         if fail:
             raise ValueError("boom")
 
-    metrics(Sync(), payload, "default", call_next)  # type: ignore[arg-type]
+    metrics(Sync(), payload, "default", call_next)
 
 
 def test_keys_are_sidekiq_7s(config: Config) -> None:
@@ -115,7 +115,7 @@ def test_async_jobs_are_timed_by_their_coroutine(config: Config, r: redis.Redis)
     metrics = Metrics()
     for fail in (False, True):
         job = Async()
-        metrics(job, {"class": "AsyncJob"}, "default", lambda: None)  # type: ignore[arg-type]
+        metrics(job, {"class": "AsyncJob"}, "default", lambda: None)
         with pytest.raises(ValueError, match="no") if fail else contextlib.nullcontext():
             asyncio.run(job.perform(fail))
     metrics.flush(config, now=NOW)

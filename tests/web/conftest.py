@@ -115,3 +115,6 @@ def add_work(config: Config, identity: str, job: dict[str, Any], tid: str = "t1"
         "run_at": int(time.time()),
     }
     config.store.redis.hset(config.keys.work(identity), tid, orjson.dumps(value))
+
+
+__all__ = ["TestClient", "WebClient", "add_process", "add_work", "failed", "payload", "web"]

@@ -111,7 +111,8 @@ def test_kill_one_retry(web: WebClient, config: Config, r: redis.Redis) -> None:
     RetrySet(config).schedule(1_900_000_000.25, job)
     web.post(f"/retries/{key(1_900_000_000.25, job)}", {"action": "kill"})
     assert r.zcard("retry") == 0
-    assert json.loads(r.zrange("dead", 0, -1)[0])["jid"] == job["jid"]
+    (dead,) = r.zrange("dead", 0, -1)
+    assert json.loads(str(dead))["jid"] == job["jid"]
 
 
 def test_delete_one_retry(web: WebClient, config: Config, r: redis.Redis) -> None:
@@ -120,7 +121,7 @@ def test_delete_one_retry(web: WebClient, config: Config, r: redis.Redis) -> Non
     RetrySet(config).schedule(1_900_000_000.25, keep)
     RetrySet(config).schedule(1_900_000_000.5, drop)
     web.post(f"/retries/{key(1_900_000_000.5, drop)}", {"action": "delete"})
-    assert [json.loads(m)["jid"] for m in r.zrange("retry", 0, -1)] == [keep["jid"]]
+    assert [json.loads(str(m))["jid"] for m in r.zrange("retry", 0, -1)] == [keep["jid"]]
 
 
 def test_action_on_a_gone_entry_redirects_to_the_list(web: WebClient, r: redis.Redis) -> None:

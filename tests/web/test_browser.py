@@ -233,6 +233,7 @@ def test_quiet_a_process_from_the_busy_page(
     with page.expect_navigation():
         row.get_by_role("button", name="Quiet").click()
     identity = wait_until(lambda: _identity(r, worker.pid))
+    assert identity is not None
     wait_until(lambda: r.hget(identity, "quiet") == "true", timeout=10)
     reload_until(page, lambda: row.locator(".badge.warn").count() == 1)
     expect(row.locator(".badge.warn")).to_have_text("quiet")
@@ -245,7 +246,8 @@ def _progress(page: Page) -> float:
 
 
 def _identity(r: redis.Redis, pid: int) -> str | None:
-    return next((i for i in r.smembers("processes") if i.split(":")[-2] == str(pid)), None)
+    members = [str(member) for member in r.smembers("processes")]
+    return next((i for i in members if i.split(":")[-2] == str(pid)), None)
 
 
 def test_kill_from_retries_and_find_it_in_dead(

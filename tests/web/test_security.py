@@ -17,7 +17,10 @@ from kiq.client import Client
 from kiq.config import Config
 from kiq.web import BasicAuth, create_app
 from kiq.web.security import CSRF_COOKIE, Tokens, origin_verdict
-from tests.web.conftest import TestClient, WebClient
+from tests.web.conftest import (
+    TestClient,  # re-imported there without the httpx warning
+    WebClient,
+)
 
 WEB = Path(__file__).parents[2] / "src" / "kiq" / "web"
 
