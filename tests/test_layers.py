@@ -77,7 +77,7 @@ SIDE: dict[str, frozenset[str]] = {
     # ping / quiet / stop read api, the OpenTelemetry middleware sits on the chains
     "prometheus": frozenset({"api", "config", "metrics", "store"}),
     "status": frozenset({"api", "config", "errors", "payload"}),
-    "otel": frozenset({"middleware", "payload", "config", "client"}),
+    "otel": frozenset({"payload", "config", "__init__"}),
     "integrations": CLIENT_SIDE | {"__init__"},  # framework glue (enqueue after commit)
 }
 SIDE_IMPORTERS: dict[str, frozenset[str]] = {
