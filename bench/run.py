@@ -101,19 +101,28 @@ def rotated(items: Sequence[Any], k: int) -> list[Any]:
 
 
 def run_main(systems: Sequence[Any], args: argparse.Namespace, errors: list[str]) -> Runs:
+    """Phase by phase: every system's enqueue, then every drain, then every latency.
+
+    On a shared machine the load changes from minute to minute, so the measurements that
+    are compared (kiq's and Sidekiq's enqueue, say) are taken back to back; each system
+    has a Redis database of its own, so what one phase leaves queued (the peers' drains
+    take the jobs their enqueue pushed) survives the other systems' phases.
+    """
     runs: Runs = []
+    sidekiq = [s for s in systems if s.name.startswith("sidekiq")]
+    kiq = [s for s in systems if s.name == "kiq"]
+    others = [s for s in systems if s not in sidekiq and s not in kiq]
     for index in range(args.runs):
         print(f"\n== main, run {index + 1}/{args.runs}", flush=True)
-        run: dict[str, Metrics] = {}
-        # Sidekiq first in every run (the reference), the others rotated so that no
-        # system always runs right after the same neighbour.
-        order = [s for s in systems if s.name.startswith("sidekiq")]
-        order += rotated([s for s in systems if s not in order], index)
-        for system in order:
-            metrics: Metrics = {}
-            for name, step in main_steps(system, args):
-                metrics.update(phase(f"{system.name} {name}", errors, step))
-            run[system.name] = metrics
+        # kiq and Sidekiq side by side, which goes first alternating between runs; the
+        # peers after them, rotated so that none always follows the same neighbour.
+        pair = [*sidekiq, *kiq] if index % 2 == 0 else [*kiq, *sidekiq]
+        order = [*pair, *rotated(others, index)]
+        run: dict[str, Metrics] = {s.name: {} for s in order}
+        for step_index, name in enumerate(("enqueue", "drain", "latency")):
+            for system in order:
+                step = main_steps(system, args)[step_index][1]
+                run[system.name].update(phase(f"{system.name} {name}", errors, step))
         runs.append(run)
     return runs
 
@@ -128,15 +137,15 @@ def run_link(server_port: int, args: argparse.Namespace, errors: list[str]) -> t
         systems: list[SidekiqSystem | KiqSystem] = [
             SidekiqSystem(server, log_path=logs / "sidekiq-link.log", client_url=link.client_url),
             KiqSystem(server, log_path=logs / "kiq-link.log", client_url=link.client_url),
-        ]
+        ]  # one database: each of their phases starts and ends with FLUSHDB
         for index in range(args.runs):
             print(f"\n== link, run {index + 1}/{args.runs}", flush=True)
-            run: dict[str, Metrics] = {}
-            for system in systems:
-                metrics: Metrics = {}
-                for name, step in link_steps(system, link, args):
-                    metrics.update(phase(f"{system.name} {name}", errors, step))
-                run[system.name] = metrics
+            pair = systems if index % 2 == 0 else systems[::-1]
+            run: dict[str, Metrics] = {s.name: {} for s in pair}
+            for step_index, name in enumerate(("enqueue", "drain", "latency")):
+                for system in pair:
+                    step = link_steps(system, link, args)[step_index][1]
+                    run[system.name].update(phase(f"{system.name} {name}", errors, step))
             runs.append(run)
     return runs, link
 
@@ -492,7 +501,8 @@ def scale_note(med: dict[str, Metrics]) -> str:
     return (
         f"Redis is single-threaded: it is the limit when redis-server nears 100% of one "
         f"core. The highest here is {redis_pct:.0f}% ({name}), while the workers use "
-        f"{worker_pct:.0f}% of the machine's {os.cpu_count()} cores x 100%: on this machine "
+        f"{worker_pct:.0f}% of a core (of the machine's {os.cpu_count()}, shared with other "
+        f"work): on this machine "
         f"the workers' CPU runs out "
         + ("before Redis does." if redis_pct < 80 else "and Redis is near its limit too.")
     )
@@ -604,25 +614,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def database(server: RedisServer, db: int) -> RedisServer:
+    """The same redis-server, another database number."""
+    return AttachedServer(f"{server.url.rsplit('/', 1)[0]}/{db}", server.pid)
+
+
 def build_systems(server: RedisServer, args: argparse.Namespace) -> list[Any]:
+    """One system per name, each on a database of its own (see run_main)."""
     logs = Path(args.log_dir)
     systems: list[Any] = []
-    for name in args.systems.split(","):
+    for db, name in enumerate(args.systems.split(",")):
+        own = database(server, db)
         if name == "kiq":
             systems.append(
-                KiqSystem(server, log_path=logs / "kiq.log", drain_timeout=args.drain_timeout)
+                KiqSystem(own, log_path=logs / "kiq.log", drain_timeout=args.drain_timeout)
             )
         elif name == "sidekiq":
             systems.append(
-                SidekiqSystem(
-                    server, log_path=logs / "sidekiq.log", drain_timeout=args.drain_timeout
-                )
+                SidekiqSystem(own, log_path=logs / "sidekiq.log", drain_timeout=args.drain_timeout)
             )
         elif name in PEERS:
             systems.append(
                 PeerSystem(
                     PEERS[name],
-                    server,
+                    own,
                     log_path=logs / f"{name}.log",
                     drain_timeout=args.drain_timeout,
                 )
