@@ -12,6 +12,8 @@ Tasks:
      from the OS (through the CLI) or remotely, and are handled on the main thread.
   4. stop: quiet, let running jobs finish until ``timeout``, requeue the rest, flush
      stats, remove this process from ``processes``; a second TERM forces it.
+  5. systemd (``Type=notify``, kiq.sdnotify): READY=1 once started, WATCHDOG=1 and
+     STATUS at each heartbeat, STOPPING=1 when the stop begins.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from kiq.processor import State
 from kiq.recover import Recoverer
 from kiq.recurring import CronPoller
 from kiq.scheduler import Poller
+from kiq.sdnotify import Notifier
 from kiq.store import TRANSIENT_ERRORS
 
 log = logging.getLogger("kiq")
@@ -87,6 +90,7 @@ class Launcher:
         self._fetcher_queues = orjson.dumps(self.manager.fetcher.order.names)
         self._last_sweep = 0.0
         self._info = self._process_info()
+        self.notifier = Notifier()
 
     def _process_info(self) -> bytes:
         c = self.config
@@ -132,6 +136,25 @@ class Launcher:
             ",".join(f"{n}{',' + str(w) if w else ''}" for n, w in self.config.queues),
             self.config.store.safe_url,
         )
+        self._notify_ready()
+
+    def _notify_ready(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is not None and interval < 2 * self.config.heartbeat_interval:
+            log.warning(
+                "systemd WatchdogSec=%gs is shorter than twice heartbeat_interval (%gs): a "
+                "healthy kiq may be killed; set WatchdogSec=%g or more",
+                interval,
+                self.config.heartbeat_interval,
+                4 * self.config.heartbeat_interval,
+            )
+        self.notifier.ready(self._status())
+
+    def _status(self) -> str:
+        with self.state.lock:
+            busy = len(self.state.work)
+        state = "quiet, " if self.quiet_flag else ""
+        return f"{state}{busy} of {self.config.concurrency} busy"
 
     def _check_redis(self) -> None:
         store = self.config.store
@@ -191,6 +214,8 @@ class Launcher:
     def _heartbeat_loop(self) -> None:
         while not self._stop_beat.wait(self.config.heartbeat_interval):
             self.beat()
+            # Even when Redis is away: the process is alive, and a restart would not help.
+            self.notifier.watchdog(self._status())
             if time.monotonic() - self._last_sweep >= self.config.orphan_check_interval:
                 self._last_sweep = time.monotonic()
                 try:
@@ -236,6 +261,7 @@ class Launcher:
 
     def stop(self) -> None:
         self.stopping = True
+        self.notifier.stopping()
         log.info("shutting down (timeout %ss)", self.config.timeout)
         self.quiet()
         self.manager.stop(time.monotonic() + self.config.timeout, self.forced)
