@@ -76,7 +76,7 @@ SIDE: dict[str, frozenset[str]] = {
     # issue 8: the exporter reads api (and the metrics key layout), the CLI's status /
     # ping / quiet / stop read api, the OpenTelemetry middleware sits on the chains
     "prometheus": frozenset({"api", "config", "metrics", "store"}),
-    "status": frozenset({"api", "config", "errors", "payload"}),
+    "status": frozenset({"api", "config", "errors", "payload", "embedded"}),
     "otel": frozenset({"payload", "config", "__init__"}),
     "integrations": CLIENT_SIDE | {"__init__"},  # framework glue (enqueue after commit)
 }

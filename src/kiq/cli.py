@@ -1,4 +1,6 @@
-"""The ``kiq`` command: ``kiq worker``, ``kiq demo``, ``kiq web``, ``kiq embedded``, ``kiq new``.
+"""The ``kiq`` command: ``kiq worker``, ``kiq demo``, ``kiq web``, ``kiq embedded``, ``kiq new``,
+and the operator's ``kiq status``, ``kiq ping``, ``kiq quiet``, ``kiq stop``, ``kiq mark``
+(kiq.status).
 
 ``kiq worker`` takes Sidekiq's flags (``-r -q -c -C -e -t -g -v``), builds one Config
 (flags > env > file > defaults, see kiq.config), imports the app so its jobs
@@ -57,7 +59,67 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("-C", "--config", help="YAML config (Redis URL, key prefix)")
     web.add_argument("-e", "--environment", help="section of the config file to apply")
     web.add_argument("--redis-url", help="Redis URL (else KIQ_REDIS_URL, REDIS_URL, embedded)")
+    add_ops_commands(sub)
     return parser
+
+
+def add_ops_commands(sub: Any) -> None:
+    """``kiq status|ping|quiet|stop|mark`` (issue 8 §5, §7); exit codes in kiq.status."""
+    status = sub.add_parser("status", help="processes, queues, latency; exit 1 over a limit")
+    status.add_argument(
+        "--max-latency",
+        action="append",
+        default=[],
+        metavar="QUEUE=SECONDS",
+        help="exit 1 when the queue's oldest job has waited longer; repeatable",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    ping = sub.add_parser("ping", help="liveness: exit 0 if Redis (and the process) answer")
+    who = ping.add_mutually_exclusive_group()
+    who.add_argument("--identity", help="the process identity (kiq status lists them)")
+    who.add_argument("--pidfile", help="the process whose pid kiq worker --pidfile wrote")
+    who.add_argument("--local", action="store_true", help="any kiq process on this host")
+    ping.add_argument(
+        "--max-age", type=float, default=30.0, help="seconds a heartbeat stays fresh, default 30"
+    )
+    for name, verb in (("quiet", "stop taking jobs"), ("stop", "shut down")):
+        cmd = sub.add_parser(name, help=f"ask processes to {verb} (at their next heartbeat)")
+        cmd.add_argument("identity", nargs="*", help="process identities (kiq status)")
+        cmd.add_argument("--all", action="store_true", help="every live process")
+        cmd.add_argument("--local", action="store_true", help="every process on this host")
+        cmd.add_argument("--wait", type=float, metavar="SECONDS", help="wait until they have acted")
+    mark = sub.add_parser("mark", help="record a deploy mark on the Web UI's metrics graphs")
+    mark.add_argument("label", help="what was deployed, e.g. v1.2 or a git sha")
+    for cmd in (status, ping, *(sub.choices[n] for n in ("quiet", "stop")), mark):
+        cmd.add_argument("-C", "--config", help="YAML config (Redis URL, key prefix)")
+        cmd.add_argument("-e", "--environment", help="section of the config file to apply")
+        cmd.add_argument("--redis-url", help="Redis URL (else KIQ_REDIS_URL, REDIS_URL)")
+
+
+def run_ops(args: argparse.Namespace) -> int:
+    from kiq import status
+
+    path = args.config or next((p for p in DEFAULT_FILES if Path(p).is_file()), None)
+    config = Config.load(path, environment=args.environment, redis_url=args.redis_url)
+    try:
+        if args.command == "status":
+            return status.status(
+                config, status.parse_thresholds(args.max_latency), as_json=args.json
+            )
+        if args.command == "ping":
+            pid = status.read_pid(args.pidfile) if args.pidfile else None
+            return status.ping(
+                config, identity=args.identity, pid=pid, local=args.local, max_age=args.max_age
+            )
+        if args.command == "mark":
+            return status.mark(config, args.label)
+        if not (args.identity or args.all or args.local):
+            raise ConfigError(f"kiq {args.command}: name processes, or use --all or --local")
+        return status.signal(
+            config, args.command, args.identity, every=args.all, local=args.local, wait=args.wait
+        )
+    finally:
+        config.close()
 
 
 def add_worker_options(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +145,12 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-g", "--tag", help="process tag shown in the Web UI")
     parser.add_argument("-v", "--verbose", action="store_true", default=None, help="debug logging")
     parser.add_argument("--log-format", choices=["plain", "json"], help="job log format")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="root log level (default info, debug with -v)",
+    )
+    parser.add_argument("--pidfile", help="write the process id here (for kiq ping --pidfile)")
     parser.add_argument("--processes", type=int, help="fork this many worker processes")
     parser.add_argument(
         "--max-memory-mb",
@@ -151,9 +219,21 @@ def install_signals(handler: object) -> None:
 
 def run_worker(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> int:
     config = load_config(args, base)
-    kiq_log.setup(config.log_format, config.verbose)
+    level = getattr(args, "log_level", None)
+    kiq_log.setup(config.log_format, config.verbose, level=kiq_log.parse_level(level))
     set_default(config)
     require([*config.require, *args.require])
+    pidfile = getattr(args, "pidfile", None)
+    if pidfile is None:
+        return _run_processes(config, args)
+    Path(pidfile).write_text(f"{os.getpid()}\n")
+    try:
+        return _run_processes(config, args)
+    finally:
+        Path(pidfile).unlink(missing_ok=True)
+
+
+def _run_processes(config: Config, args: argparse.Namespace) -> int:
     if config.processes > 1:
         from kiq.supervisor import Supervisor
 
@@ -198,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from kiq.web.serve import run_web  # ImportError: says to install kiq[web]
 
             return run_web(args)
+        if args.command in ("status", "ping", "quiet", "stop", "mark"):
+            return run_ops(args)
     except KiqError as exc:
         print(f"kiq: {exc}", file=sys.stderr)
         return 2
