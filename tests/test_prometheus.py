@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 import kiq
@@ -274,3 +275,36 @@ def test_totals_survive_a_failed_flush(config, r):
 
     (totals,) = api.job_totals(config)
     assert (totals.processed, totals.failed) == ({"low": 1}, {"low": 1})
+
+
+# -- kiq web's /metrics --------------------------------------------------------------------
+
+
+PROMETHEUS_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
+
+def test_kiq_web_serves_the_scrape_to_prometheus(config):
+    """The Web UI's /metrics answers Prometheus's Accept header with the scrape."""
+    from kiq.web import create_app
+
+    PromOk.perform_async(1)
+    client = TestClient(create_app(config))
+
+    response = client.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    families = {f.name for f in openmetrics_parser.text_string_to_metric_families(response.text)}
+    assert {"kiq_queue_size", "kiq_processed", "kiq_busy"} <= families
+
+
+def test_kiq_web_still_serves_the_metrics_page_to_browsers(config):
+    """A browser (Accept text/html) or curl (*/*) gets the Metrics page as before."""
+    from kiq.web import create_app
+
+    client = TestClient(create_app(config))
+
+    for accept in ("text/html,application/xhtml+xml,*/*;q=0.8", "*/*"):
+        response = client.get("/metrics", headers={"Accept": accept})
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")

@@ -15,13 +15,15 @@ import jinja2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from kiq.config import Config
 from kiq.web import display
-from kiq.web.base import HERE, action, http_error
+from kiq.web.base import HERE, action, config_of, http_error
 from kiq.web.pages import (
     busy,
     busy_action,
@@ -88,6 +90,20 @@ def create_app(
     return Starlette(routes=[Mount(prefix, app=app)])
 
 
+def metrics_or_scrape(request: Request) -> Response:
+    """``/metrics``: the Metrics page, or the Prometheus scrape when the client asks for
+    text/plain or OpenMetrics as Prometheus does (issue 8; needs the prometheus extra)."""
+    try:
+        from kiq import prometheus
+    except ImportError:  # without prometheus-client there is only the page
+        return metrics(request)
+    accept = request.headers.get("accept")
+    if not prometheus.wants_prometheus(accept):
+        return metrics(request)
+    body, content_type = prometheus.render(config_of(request), accept)
+    return Response(body, media_type=content_type)
+
+
 ROUTES: Final[list[BaseRoute]] = [
     Route("/", dashboard, name="dashboard"),
     Route("/health", health),
@@ -102,7 +118,7 @@ ROUTES: Final[list[BaseRoute]] = [
     *set_routes(RETRIES),
     *set_routes(SCHEDULED),
     *set_routes(DEAD),
-    Route("/metrics", metrics),
+    Route("/metrics", metrics_or_scrape),
     Route("/metrics/{name}", metrics_job),
     Route("/recurring", recurring),
     Route("/recurring/{name}", action(recurring_action), methods=["POST"]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote, urlencode
@@ -142,6 +142,7 @@ class LineChart:
     lines: list[Line]
     y_ticks: list[Tick]
     x_ticks: list[Tick]
+    marks: list[Tick] = field(default_factory=list)  # deploy marks (kiq.api.deploy_mark)
 
     @property
     def bottom(self) -> int:
@@ -166,8 +167,12 @@ def line_chart(
     width: int = 900,
     height: int = 220,
     x_ticks: int = 7,
+    marks: Sequence[tuple[float, str]] = (),
 ) -> LineChart:
-    """Polylines for ``series`` [(name, css class, values)] over ``labels`` (oldest first)."""
+    """Polylines for ``series`` [(name, css class, values)] over ``labels`` (oldest first).
+
+    ``marks`` are vertical lines at (fractional index into ``labels``, label): deploys.
+    """
     left, top, bottom, right = 56, 10, height - 20, 30
     top_value = nice_max(max((max(v, default=0) for _, _, v in series), default=0))
     span = max(len(labels) - 1, 1)
@@ -191,7 +196,8 @@ def line_chart(
         Tick(left + (width - left - right) * i / span, labels[i])
         for i in range(0, len(labels), step)
     ]
-    return LineChart(width, height, top, left, lines, y_ticks, x_positions)
+    pins = [Tick(left + (width - left - right) * at / span, label) for at, label in marks]
+    return LineChart(width, height, top, left, lines, y_ticks, x_positions, pins)
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,6 +202,7 @@ def metrics(request: Request) -> Response:
     chart = display.line_chart(
         [f"{m:%H:%M}" for m in result.minutes],
         [(job.klass, f"series-{i}", job.series["p"]) for i, job in enumerate(top)],
+        marks=deploy_marks(config, result.minutes),
     )
     return render(
         request,
@@ -216,6 +217,13 @@ def metrics(request: Request) -> Response:
     )
 
 
+def deploy_marks(config: Config, minutes: list[datetime]) -> list[tuple[float, str]]:
+    """Deploys in the window as (index into ``minutes``, label), for the chart's marks."""
+    first = minutes[0].replace(second=0, microsecond=0)
+    marks = api.deploy_marks(first, minutes[-1], config)
+    return [((mark.at - first).total_seconds() / 60, mark.label) for mark in marks]
+
+
 def metrics_job(request: Request) -> Response:
     config = config_of(request)
     name = request.path_params["name"]
@@ -227,6 +235,7 @@ def metrics_job(request: Request) -> Response:
             ("Executions", "processed", data.metrics.series["p"]),
             ("Failures", "failed", data.metrics.series["f"]),
         ],
+        marks=deploy_marks(config, data.minutes),
     )
     return render(
         request,
