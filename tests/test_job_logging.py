@@ -86,17 +86,18 @@ class Capture(logging.Handler):
 
 
 @pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[Capture]:
+def captured() -> Iterator[Capture]:
     """Records of the ``kiq.job`` tree (level INFO) and of ``tests.app``."""
     handler = Capture()
-    job_root = logging.getLogger("kiq.job")
-    monkeypatch.setattr(job_root, "level", logging.INFO)
-    monkeypatch.setattr(app_log, "level", logging.INFO)
-    for logger in (job_root, app_log):
+    loggers = (logging.getLogger("kiq.job"), app_log)
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)  # setLevel, not .level =: it clears logging's cache
         logger.addHandler(handler)
     yield handler
-    for logger in (job_root, app_log):
+    for logger, level in zip(loggers, levels, strict=True):
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @pytest.fixture
@@ -155,11 +156,14 @@ def test_json_lines_have_the_context(config, worker):
     handler.addFilter(kiq_log.ContextFilter())
     logger = logging.getLogger("kiq.job.LogJob")
     logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
     try:
         jid = LogJob.perform_async(3)
         wait_until(lambda: (handler.flush(), "from the job 3" in stream.getvalue())[1])
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
     line = json.loads(stream.getvalue().splitlines()[0])
     assert line["msg"] == "from the job 3"
