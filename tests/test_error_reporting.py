@@ -12,7 +12,7 @@ import pytest
 import kiq
 from kiq import log as kiq_log
 from kiq.config import Config
-from kiq.launcher import Launcher
+from tests.support.inprocess import running
 from tests.support.wait import wait_until
 
 
@@ -53,10 +53,8 @@ def reporter(config: Config) -> Iterator[Reporter]:
     reporter = Reporter()
     config.error_handlers.append(reporter.on_error)
     config.death_handlers.append(reporter.on_death)
-    launcher = Launcher(config)
-    launcher.start()
-    yield reporter
-    launcher.stop()
+    with running(config):
+        yield reporter
 
 
 def test_error_and_death_handlers_get_the_exception_and_the_job(config, r, reporter):

@@ -23,6 +23,7 @@ from kiq import api
 from kiq import log as kiq_log
 from kiq.config import Config
 from kiq.launcher import Launcher
+from tests.support.inprocess import running
 from tests.support.wait import wait_until
 
 app_log = logging.getLogger("tests.app")  # a library's logger, not kiq's
@@ -103,10 +104,8 @@ def captured() -> Iterator[Capture]:
 @pytest.fixture
 def worker(config: Config) -> Iterator[Launcher]:
     config.concurrency = 4
-    launcher = Launcher(config)
-    launcher.start()
-    yield launcher
-    launcher.stop()
+    with running(config) as launcher:
+        yield launcher
 
 
 def test_every_line_inside_a_job_carries_its_context(config, captured, worker):

@@ -18,6 +18,7 @@ import kiq
 from kiq import api, otel
 from kiq.config import Config
 from kiq.launcher import Launcher
+from tests.support.inprocess import running
 from tests.support.wait import wait_until
 
 PROVIDER = TracerProvider()
@@ -55,10 +56,8 @@ def spans(config: Config) -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 def worker(config: Config, spans: InMemorySpanExporter) -> Iterator[Launcher]:
-    launcher = Launcher(config)
-    launcher.start()
-    yield launcher
-    launcher.stop()
+    with running(config) as launcher:
+        yield launcher
 
 
 def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:

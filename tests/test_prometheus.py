@@ -19,6 +19,7 @@ from kiq.config import Config
 from kiq.launcher import Launcher
 from kiq.prometheus import KiqCollector, make_asgi_app, render, wants_prometheus
 from kiq.store import TRANSIENT_ERRORS
+from tests.support.inprocess import running
 from tests.support.servers import free_port
 from tests.support.wait import wait_until
 
@@ -65,11 +66,9 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def worker(config: Config) -> Iterator[Launcher]:
     """A kiq process in this process on queues ``default`` and ``low``."""
     config.queues = [("default", 0), ("low", 0)]
-    launcher = Launcher(config)
-    launcher.start()
-    yield launcher
-    RELEASE.set()
-    launcher.stop()
+    with running(config) as launcher:
+        yield launcher
+        RELEASE.set()
     RELEASE.clear()
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kiq.launcher import Launcher
 from kiq.sdnotify import Notifier
+from tests.support.inprocess import running
 from tests.support.jobs import identity_of
 from tests.support.wait import wait_until
 
@@ -136,10 +136,8 @@ def test_a_watchdog_shorter_than_two_heartbeats_is_warned_about(
     monkeypatch.setenv("NOTIFY_SOCKET", listener.name)
     monkeypatch.setenv("WATCHDOG_USEC", "300000")  # 0.3 s; heartbeats every 0.2 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    launcher = Launcher(config)
-    with caplog.at_level(logging.WARNING, logger="kiq"):
-        launcher.start()
-    launcher.stop()
+    with caplog.at_level(logging.WARNING, logger="kiq"), running(config):
+        pass
 
     assert "WatchdogSec=0.3s is shorter than twice heartbeat_interval" in caplog.text
     assert "WatchdogSec=0.8 or more" in caplog.text
