@@ -1,6 +1,6 @@
 """The benchmark suite of issue 5: kiq against Ruby Sidekiq 6.4 and the Python peers.
 
-    python bench/run.py                                # default: ~10 minutes, see below
+    python bench/run.py                                # default: ~12 minutes, see below
     python bench/run.py --systems kiq,sidekiq --runs 1 -n 5000 --sections main
     python bench/run.py --latency-ms 1 --sections link
     python bench/run.py --soak 1000000 --sections soak
@@ -9,7 +9,7 @@
 Sections (``--sections``, default ``main,link,scale,mix``):
   main     every system in --systems: enqueue (one call per job; perform_bulk; kiq's
            asyncio client), drain of n no-op jobs with 10 slots, idle latency, CPU, RSS,
-           Redis commands per job; --runs runs, in a rotated order, medians
+           Redis commands per job; --runs runs, phase by phase, medians
   link     kiq and Sidekiq with Redis behind a --latency-ms round trip (netem on a
            veth pair into a network namespace, or a calibrated userspace proxy when the
            kernel has no netem; see netdelay.py)
