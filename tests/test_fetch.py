@@ -80,6 +80,35 @@ def test_paused_queues_are_skipped(queues):
 # -- Store.fetch ------------------------------------------------------------------------
 
 
+def _fetcher(config):
+    from kiq.fetch import Fetcher
+
+    return Fetcher(config, "host:1:tune", lambda units: None, lambda exc: None, lambda: None)
+
+
+def test_fetch_ahead_grows_with_the_round_trip(config):
+    """A 1 ms round trip takes ~20 more jobs in hand than loopback; it shrinks back too."""
+    config.prefetch = 10
+    fetcher = _fetcher(config)
+    base = fetcher._free
+    fetcher.tune(0.000_05)
+    loopback = fetcher._free
+    fetcher.tune(0.001)
+    link = fetcher._free
+    fetcher.tune(0.000_05)
+    assert loopback - base <= 1
+    assert link - base == 20
+    assert fetcher._free == loopback
+
+
+def test_prefetch_zero_turns_fetch_ahead_off_whatever_the_round_trip(config):
+    """With prefetch 0 a process never holds more jobs than slots (Sidekiq's behaviour)."""
+    config.prefetch = 0
+    fetcher = _fetcher(config)
+    fetcher.tune(0.01)
+    assert fetcher._free == config.concurrency
+
+
 def test_fetch_moves_jobs_into_in_progress_in_queue_order(config, r):
     """One fetch takes up to ``count`` jobs, the first queue before the next, oldest
     first, and keeps each in this process's in-progress list for its queue."""

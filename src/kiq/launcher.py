@@ -182,12 +182,14 @@ class Launcher:
                     tid: orjson.dumps({"queue": q, "payload": raw.decode(), "run_at": run_at})
                     for tid, (q, raw, run_at) in self.state.work.items()
                 }
+            rtt_us = store.rtt_us()
+            self.manager.fetcher.tune(rtt_us / 1_000_000)
             fields = {
                 "info": self._info,
                 "concurrency": self.config.concurrency,
                 "busy": len(work),
                 "beat": repr(wire.now()),
-                "rtt_us": store.rtt_us(),
+                "rtt_us": rtt_us,
                 "quiet": "true" if self.quiet_flag else "false",
                 "rss": rss_kb(),
             }
