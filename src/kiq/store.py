@@ -315,15 +315,27 @@ class Store:
         by_queue: dict[str, list[bytes]] = {}
         for queue, raw in immediate:
             by_queue.setdefault(queue, []).append(raw)
+        commands: list[tuple[Any, ...]] = []
+        if by_queue:
+            commands.append(("SADD", self.keys.queues, *by_queue))
+            commands += [("LPUSH", self.keys.queue(q), *raws) for q, raws in by_queue.items()]
+        if scheduled:
+            flat = [part for at, raw in scheduled for part in (repr(float(at)), raw)]
+            commands.append(("ZADD", self.keys.schedule, *flat))
+        # As in push(): packed commands on a pooled connection, one round trip, without
+        # the asyncio Pipeline object (it cost more than the round trip itself).
+        pool = client.connection_pool
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                if by_queue:
-                    pipe.sadd(self.keys.queues, *by_queue)
-                    for queue, raws in by_queue.items():
-                        pipe.lpush(self.keys.queue(queue), *raws)
-                if scheduled:
-                    pipe.zadd(self.keys.schedule, {raw: at for at, raw in scheduled})
-                await pipe.execute()
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.send_packed_command(conn.pack_commands(commands))
+                for _ in commands:
+                    await conn.read_response()
+            except BaseException:
+                await conn.disconnect()
+                raise
+            finally:
+                await pool.release(conn)
         except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
             with self.translate_errors():
                 raise exc
