@@ -158,9 +158,18 @@ def _b36(number: int) -> str:
     return out or "0"
 
 
+_tids: dict[tuple[int, int], str] = {}  # (ident, pid) -> tid: formatted twice per job
+
+
 def tid(ident: int | None = None) -> str:
     """A short thread id like Sidekiq's (base 36 of thread ident XOR pid)."""
-    return _b36((threading.get_ident() if ident is None else ident) ^ os.getpid())
+    key = (threading.get_ident() if ident is None else ident, os.getpid())
+    found = _tids.get(key)
+    if found is None:
+        if len(_tids) > 10_000:  # threads come and go in long-lived processes
+            _tids.clear()
+        found = _tids[key] = _b36(key[0] ^ key[1])
+    return found
 
 
 class ContextFilter(logging.Filter):
@@ -173,9 +182,15 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_second: list[Any] = [None, ""]  # (whole second, its formatted prefix): strftime once a second
+
+
 def _ts(record: logging.LogRecord) -> str:
-    secs = time.gmtime(record.created)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", secs) + f".{int(record.msecs):03d}Z"
+    whole = int(record.created)
+    if _second[0] != whole:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = whole
+    return f"{_second[1]}.{int(record.msecs):03d}Z"
 
 
 class PlainFormatter(logging.Formatter):
