@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import inspect
 import threading
 import time
 from collections import defaultdict
@@ -113,9 +112,8 @@ class Metrics:
         self, job: Any, payload: Payload, queue: str, call_next: Callable[[], None]
     ) -> None:
         klass = str(payload.get("wrapped") or payload.get("class") or "?")
-        perform = getattr(job, "perform", None)
-        if inspect.iscoroutinefunction(perform):
-            job.perform = self._timed_coroutine(klass, perform, queue)
+        if getattr(type(job), "is_async", False):  # kiq.Job knows; cheaper than inspect
+            job.perform = self._timed_coroutine(klass, job.perform, queue)
             call_next()
             return
         started = time.monotonic()
