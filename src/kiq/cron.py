@@ -61,9 +61,11 @@ class CronJob:
     def previous_tick(self, now: datetime) -> datetime:
         """The latest fire time at or before ``now`` (aware, in UTC)."""
         local = self._wall(now)
-        if local.microsecond == 0 and croniter.match(
-            self.cron, local, second_at_beginning=self._seconds
-        ) and (self._seconds or local.second == 0):
+        if (
+            local.microsecond == 0
+            and croniter.match(self.cron, local, second_at_beginning=self._seconds)
+            and (self._seconds or local.second == 0)
+        ):
             return self._aware(local)
         tick: datetime = croniter(self.cron, local, second_at_beginning=self._seconds).get_prev(
             datetime
