@@ -197,9 +197,16 @@ class Fetcher:
         self.store.blocking.connection_pool.disconnect()
 
     def join(self, timeout: float) -> None:
+        """Wait for the fetcher and waiters to exit (after ``stop``).
+
+        A waiter that took a fresh connection just after ``stop`` closed the pool would
+        block in BLMOVE for TIMEOUT seconds, so the pool is closed again while waiting.
+        """
         deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.is_alive() and time.monotonic() < deadline:
+                self.store.blocking.connection_pool.disconnect()
+                thread.join(0.05)
 
     # -- the loops ---------------------------------------------------------------------
     def _run(self) -> None:

@@ -33,7 +33,7 @@ from typing import Final
 
 from kiq.aio import AsyncRunner
 from kiq.config import Config
-from kiq.fetch import Fetcher, UnitOfWork
+from kiq.fetch import TIMEOUT, Fetcher, UnitOfWork
 from kiq.job import lookup
 from kiq.processor import Executor, Processor, State
 
@@ -151,6 +151,8 @@ class Manager:
                 break
             if unit is not None:
                 pending.append(unit)
+                with self._slots:
+                    self._running_count -= 1  # dispatched but never started
         if pending:
             self._put_back(pending)
 
@@ -158,12 +160,15 @@ class Manager:
         """Finish running jobs until ``deadline`` (monotonic) or ``forced``, then hard-shutdown."""
         self.quiet()
         forced = forced or threading.Event()
-        while self._running() and time.monotonic() < deadline and not forced.is_set():
+        # Wait on the slot count, not on the busy-jobs map: a slot is freed only after its
+        # job's ack is written, so nothing finished can be requeued below (a finished
+        # job's ack racing requeue_all ran it twice).
+        while self._in_flight() and time.monotonic() < deadline and not forced.is_set():
             time.sleep(POLL)
         self.stopping.set()
-        self.fetcher.join(1.0)
+        self.fetcher.join(TIMEOUT + 1.0)
         self.fetcher.flush_acks()
-        busy = self._running()
+        busy = self._in_flight()
         moved = self.config.store.requeue_all(self.identity, self.fetcher.order.names)
         if busy:
             log.warning(
@@ -180,6 +185,11 @@ class Manager:
             self.inbox.put(None)
         self.aio.stop()
         self.executor.reaper.stop()
+
+    def _in_flight(self) -> int:
+        """Jobs handed to a thread or the loop whose outcome is not yet acknowledged."""
+        with self._slots:
+            return self._running_count
 
     def _running(self) -> int:
         return self.busy()
