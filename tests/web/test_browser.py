@@ -1,6 +1,7 @@
 """End to end in a real browser: Debian's chromium driven by Playwright, against the app
 served by uvicorn and a live ``kiq worker``. The tests also save the README's
-screenshots to docs/screenshots/.
+screenshots: to docs/screenshots/ when KIQ_SCREENSHOTS=1 (refreshing the README's), else
+to a temporary folder, so an ordinary test run leaves the work tree clean.
 
 Skipped (with the reason) when Playwright or /usr/bin/chromium is missing, except
 under CI, where that is a failure: ``.ci/run`` installs both.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +33,11 @@ from tests.web.browser_jobs import RELEASE
 from tests.web.conftest import add_process, failed
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
+SCREENSHOTS = (
+    Path(__file__).parents[2] / "docs" / "screenshots"
+    if os.environ.get("KIQ_SCREENSHOTS")
+    else Path(tempfile.gettempdir()) / "kiq-screenshots"
+)
 JOBS = Path(__file__).parent / "browser_jobs.py"
 TIMEOUT_MS = 20_000
 
