@@ -21,7 +21,7 @@ import math
 import os
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 import orjson
@@ -74,15 +74,24 @@ def dumps(payload: Mapping[str, Any] | Sequence[Any]) -> bytes:
 
 
 def _has_exponent_float(value: object) -> bool:
-    """Does ``value`` hold a float Ruby would print with an exponent? (< 1 µs a payload).
+    """Does ``value`` hold a float Ruby would print with an exponent? (< 1 µs a payload)."""
+    return _any_float(value, _ruby_exponent)
 
-    Written for speed (it runs on every push): exact type checks, floats tested inline,
-    recursion only into containers.
+
+def _ruby_exponent(number: float) -> bool:
+    size = abs(number)
+    return size != 0.0 and not _RUBY_FIXED_MIN <= size < _RUBY_FIXED_MAX
+
+
+def _any_float(value: object, test: Callable[[float], bool]) -> bool:
+    """True if any float inside ``value`` passes ``test``.
+
+    Written for speed (it runs on every push and every fetched job): exact type checks,
+    recursion only into containers, the test called only for floats (few per payload).
     """
     kind = type(value)
     if kind is float:
-        size: float = abs(value)  # type: ignore[arg-type]
-        return size != 0.0 and not _RUBY_FIXED_MIN <= size < _RUBY_FIXED_MAX
+        return test(value)  # type: ignore[arg-type]  # a float: checked just above
     items: Iterable[object]
     if kind is dict:
         items = value.values()  # type: ignore[attr-defined]
@@ -94,11 +103,7 @@ def _has_exponent_float(value: object) -> bool:
         sub = type(item)
         if sub is str or sub is int or sub is bool or item is None:
             continue
-        if sub is float:
-            size = abs(item)  # type: ignore[arg-type]  # a float: checked just above
-            if size != 0.0 and not _RUBY_FIXED_MIN <= size < _RUBY_FIXED_MAX:
-                return True
-        elif _has_exponent_float(item):
+        if _any_float(item, test):
             return True
     return False
 
@@ -148,7 +153,7 @@ def loads(raw: bytes | str) -> Payload:
     try:
         data = raw.encode() if isinstance(raw, str) else raw
         job = orjson.loads(data)
-        if _has_huge_float(job):  # orjson made an integer beyond 64 bits a float: redo
+        if _any_float(job, _huge):  # orjson made an integer beyond 64 bits a float: redo
             job = _loads_exact(data)
     except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
         shown = _clip(data) if isinstance(raw, bytes) else repr(raw[:200])
@@ -162,29 +167,10 @@ def loads(raw: bytes | str) -> Payload:
     return job
 
 
-def _has_huge_float(value: object) -> bool:
+def _huge(number: float) -> bool:
     """A float of magnitude >= 2**63: orjson's reading of a Ruby bignum (or a real huge
-    float, which the exact decoder reads the same). Fast walk, as _has_exponent_float."""
-    kind = type(value)
-    if kind is float:
-        return abs(value) >= _HUGE  # type: ignore[arg-type]
-    items: Iterable[object]
-    if kind is dict:
-        items = value.values()  # type: ignore[attr-defined]
-    elif kind is list:
-        items = value  # type: ignore[assignment]
-    else:
-        return False
-    for item in items:
-        sub = type(item)
-        if sub is str or sub is int or sub is bool or item is None:
-            continue
-        if sub is float:
-            if abs(item) >= _HUGE:  # type: ignore[arg-type]
-                return True
-        elif _has_huge_float(item):
-            return True
-    return False
+    float, which the exact decoder reads the same)."""
+    return abs(number) >= _HUGE
 
 
 def _loads_exact(data: bytes) -> Any:
