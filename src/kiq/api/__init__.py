@@ -1,0 +1,121 @@
+"""The admin and read model: Sidekiq's ``sidekiq/api.rb`` in Python.
+
+What Redis holds, seen as objects: ``Stats`` and ``History`` for the dashboard,
+``Queue`` and ``JobRecord`` for queues, ``ScheduledSet``/``RetrySet``/``DeadSet`` and
+``SortedEntry`` for the sorted sets, ``ProcessSet``/``Process`` for heartbeats and
+``WorkSet``/``Work`` for running jobs; for the Web UI also ``queue_summaries``,
+``redis_info``, ``progress``, ``cron_set`` and the per-class ``Metrics``; for
+operations ``job_totals`` (the Prometheus counters) and ``deploy_mark``. The Web UI
+renders these and nothing else, so the dashboard and the Python API cannot drift
+apart (STYLE C.2).
+
+It reads what Ruby Sidekiq 6.4, 7.x and 8.x write as well as kiq's own data
+(shared/sidekiq-wire.md §1, §2, §8): payload times as float seconds or integer
+milliseconds, busy jobs under ``<identity>:work`` or ``<identity>:workers``,
+``concurrency`` in ``info`` or as a hash field, MIME or strict Base64 backtraces and
+ActiveJob ``wrapped`` payloads. Each call does the Redis work Sidekiq's does, and pages
+in Redis, so one page of a 100,000-job queue costs one LRANGE.
+
+Every class takes an optional ``config`` (default: ``kiq.config.get_default()``);
+Redis is reached as ``config.store.redis`` and key names come from ``config.keys``.
+
+The package is split by subject (STYLE C.1: ``api`` becomes a package past 800
+lines); import from ``kiq.api`` itself, which re-exports every name:
+
+* ``stats``: ``Stats``, ``History``, ``queue_summaries``, ``redis_info``;
+* ``queue``: ``Queue``, ``JobRecord``;
+* ``sets``: ``SortedEntry``, ``JobSet``, ``ScheduledSet``, ``RetrySet``, ``DeadSet``,
+  ``cron_set``;
+* ``process``: ``ProcessSet``, ``Process``, ``WorkSet``, ``Work``, ``progress``;
+* ``metrics``: ``Metrics``, ``job_totals``, ``deploy_mark``, ``deploy_marks``;
+* ``base``: the Config, the Redis client and the lenient readers they all share.
+
+Example::
+
+    from kiq.api import Queue, RetrySet, Stats
+
+    stats = Stats()
+    print(stats.processed, stats.failed, stats.enqueued)
+    for entry in RetrySet():
+        if entry.error_class == "TimeoutError":
+            entry.retry()
+    Queue("low").clear()
+"""
+
+from __future__ import annotations
+
+from kiq.api.base import PAGE_SIZE
+from kiq.api.metrics import (
+    DEPLOY_LOCK_TTL,
+    DEPLOY_MARK_TTL,
+    DeployMark,
+    JobHistogram,
+    JobMetrics,
+    JobTotals,
+    Metrics,
+    MetricsResult,
+    deploy_mark,
+    deploy_marks,
+    job_totals,
+)
+from kiq.api.process import PROCESS_FIELDS, Process, ProcessSet, Work, WorkSet, progress
+from kiq.api.queue import ACTIVE_JOB_PREFIXES, MAILER_JOBS, JobRecord, Queue
+from kiq.api.sets import (
+    KILL_BATCH,
+    SCAN_COUNT,
+    DeadSet,
+    JobSet,
+    RetrySet,
+    ScheduledSet,
+    SortedEntry,
+    cron_set,
+)
+from kiq.api.stats import (
+    HISTORY_MAX_DAYS,
+    History,
+    QueueSummary,
+    RedisInfo,
+    Stats,
+    queue_summaries,
+    redis_info,
+)
+
+__all__ = [
+    "ACTIVE_JOB_PREFIXES",
+    "DEPLOY_LOCK_TTL",
+    "DEPLOY_MARK_TTL",
+    "HISTORY_MAX_DAYS",
+    "KILL_BATCH",
+    "MAILER_JOBS",
+    "PAGE_SIZE",
+    "PROCESS_FIELDS",
+    "SCAN_COUNT",
+    "DeadSet",
+    "DeployMark",
+    "History",
+    "JobHistogram",
+    "JobMetrics",
+    "JobRecord",
+    "JobSet",
+    "JobTotals",
+    "Metrics",
+    "MetricsResult",
+    "Process",
+    "ProcessSet",
+    "Queue",
+    "QueueSummary",
+    "RedisInfo",
+    "RetrySet",
+    "ScheduledSet",
+    "SortedEntry",
+    "Stats",
+    "Work",
+    "WorkSet",
+    "cron_set",
+    "deploy_mark",
+    "deploy_marks",
+    "job_totals",
+    "progress",
+    "queue_summaries",
+    "redis_info",
+]

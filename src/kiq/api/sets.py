@@ -1,0 +1,415 @@
+"""The sorted sets of jobs: ``schedule``, ``retry`` and ``dead`` (and the recurring jobs).
+
+Why their own module: entries are found by score and jid (several jobs may share a
+score), moved with ZPOPMIN/ZREM so that only one caller ever gets a member, and pushed
+back where they were if a push fails, so no admin action can lose or double a job
+(Sidekiq's ``SortedSet``, ``JobSet``, ``ScheduledSet``, ``RetrySet``, ``DeadSet``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from kiq import payload as wire
+from kiq.api.base import PAGE_SIZE, config_or_default, parse_job, redis_of, to_epoch
+from kiq.api.queue import JobRecord
+from kiq.client import Client
+from kiq.config import Config
+from kiq.errors import JobNotFound, PayloadError
+from kiq.payload import Payload
+
+if TYPE_CHECKING:
+    from kiq.recurring import CronSet
+
+log = logging.getLogger(__name__)
+
+SCAN_COUNT: Final = 100  # ZSCAN COUNT hint (Sidekiq's scan)
+KILL_BATCH: Final = 100  # members moved per round trip by kill_all
+
+
+class SortedEntry(JobRecord):
+    """A job in ``schedule``, ``retry`` or ``dead``, with its ``score`` (epoch seconds).
+
+    Example::
+
+        for entry in RetrySet():
+            entry.at, entry.error_class, entry.retry_count
+        entry.retry()                  # back to its queue, retry_count - 1
+        entry.reschedule(time.time() + 60)
+        entry.kill()                   # to the dead set
+    """
+
+    def __init__(self, parent: JobSet, score: float, raw: bytes | str) -> None:
+        super().__init__(raw, None, parent.config)
+        self.parent = parent
+        self.score = float(score)
+
+    @property
+    def at(self) -> datetime:
+        """When the entry is due (schedule, retry) or when it died (dead)."""
+        return datetime.fromtimestamp(self.score, UTC)
+
+    @property
+    def id(self) -> str:
+        """``"<score>|<jid>"``, Sidekiq's entry id."""
+        return f"{self.score}|{self.jid}"
+
+    def delete(self) -> bool:
+        """Remove this exact member (ZREM the stored bytes)."""
+        return self.parent.delete_by_value(self.raw)
+
+    def retry(self) -> str | None:
+        """Push the job to its queue now, with ``retry_count`` lowered by one.
+
+        A manual retry must not use up the job's retry budget (Sidekiq). Returns the
+        jid, or None if a client middleware stopped the push; raises JobNotFound if
+        someone else moved the entry first.
+        """
+        raw = self._take()
+        payload = wire.loads(raw)
+        count = payload.get("retry_count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            payload["retry_count"] = count - 1
+        return self._push(payload, raw)
+
+    def add_to_queue(self) -> str | None:
+        """Push the job to its queue now, unchanged (the Web UI's "Add to queue")."""
+        raw = self._take()
+        return self._push(wire.loads(raw), raw)
+
+    def kill(self) -> None:
+        """Move the entry to the dead set (trimmed; death handlers are told)."""
+        DeadSet(self.config).kill(self._take())
+
+    def reschedule(self, at: datetime | float) -> None:
+        """Give this member a new score; ZADD XX, so it never adds a second copy."""
+        score = to_epoch(at)
+        pipe = redis_of(self.config).pipeline(transaction=True)
+        pipe.zadd(self.parent.name, {self.raw: score}, xx=True)
+        pipe.zscore(self.parent.name, self.raw)
+        if pipe.execute()[1] is None:
+            raise self.parent._gone(self.score, self.jid)
+        self.score = score
+
+    def _take(self) -> bytes:
+        # Check before removing, so an unreadable member stays where it is.
+        wire.loads(self.raw)
+        return self.parent.remove(self.score, self.jid, prefer=self.raw)
+
+    def _push(self, payload: Payload, raw: bytes) -> str | None:
+        try:
+            return Client(self.config).push(payload)
+        except BaseException:
+            # Never lose a job: if the push failed, the member goes back where it was.
+            redis_of(self.config).zadd(self.parent.name, {raw: self.score})
+            raise
+
+
+class JobSet:
+    """Base of ScheduledSet, RetrySet and DeadSet: a ZSET of job JSON by epoch seconds.
+
+    Iteration yields SortedEntry highest score first, 50 per ZRANGE.
+    """
+
+    def __init__(self, name: str, config: Config | None = None) -> None:
+        self.name = name  # the Redis key, e.g. "retry" (with any key prefix)
+        self.config = config_or_default(config)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def size(self) -> int:
+        """Entries in the set (ZCARD)."""
+        return int(redis_of(self.config).zcard(self.name))
+
+    def __iter__(self) -> Iterator[SortedEntry]:
+        redis = redis_of(self.config)
+        initial = self.size()
+        page = -1
+        deleted = 0
+        while True:
+            start = page * PAGE_SIZE + deleted
+            end = start + PAGE_SIZE - 1
+            if end >= 0:  # the window ran past the highest member
+                if start >= 0:
+                    return
+                end = -1
+            entries = redis.zrange(self.name, start, end, withscores=True)
+            if not entries:
+                return
+            page -= 1
+            for raw, score in reversed(entries):
+                yield SortedEntry(self, score, raw)
+            deleted = initial - self.size()
+
+    def page(self, start: int, count: int, *, reverse: bool = False) -> list[SortedEntry]:
+        """``count`` entries from offset ``start``, lowest score first (``reverse``: highest).
+
+        One ZRANGE, whatever the set's size (Sidekiq's Paginator; the dead set is shown
+        with ``reverse=True``).
+        """
+        if count <= 0 or start < 0:
+            return []
+        entries = redis_of(self.config).zrange(
+            self.name, start, start + count - 1, desc=reverse, withscores=True
+        )
+        return [SortedEntry(self, score, raw) for raw, score in entries]
+
+    def scan(self, substr: str, count: int = SCAN_COUNT) -> Iterator[SortedEntry]:
+        """Entries whose JSON contains ``substr`` (ZSCAN MATCH; a ``*`` in it is a glob)."""
+        match = substr if "*" in substr else f"*{substr}*"
+        redis = redis_of(self.config)
+        for raw, score in redis.zscan_iter(self.name, match=match, count=count):
+            yield SortedEntry(self, score, raw)
+
+    def fetch(
+        self, score: float | tuple[float, float], jid: str | None = None
+    ) -> list[SortedEntry]:
+        """Entries at ``score`` (or within ``(min, max)``), optionally only this jid."""
+        low, high = score if isinstance(score, tuple) else (score, score)
+        entries = redis_of(self.config).zrange(self.name, low, high, byscore=True, withscores=True)
+        found = [SortedEntry(self, s, raw) for raw, s in entries]
+        return [e for e in found if e.jid == jid] if jid is not None else found
+
+    def find_job(self, jid: str) -> SortedEntry | None:
+        """The entry with this jid, or None (ZSCAN MATCH ``*<jid>*``)."""
+        for entry in self.scan(jid):
+            if entry.jid == jid:
+                return entry
+        return None
+
+    def schedule(self, at: datetime | float, payload: Mapping[str, Any]) -> None:
+        """Add a job to this set at ``at`` (ZADD)."""
+        redis_of(self.config).zadd(self.name, {wire.dumps(payload): to_epoch(at)})
+
+    def delete_by_value(self, raw: bytes | str) -> bool:
+        """ZREM this exact member; False if it was not there."""
+        removed = redis_of(self.config).zrem(self.name, raw)
+        return bool(removed)
+
+    def delete_by_jid(self, score: float, jid: str) -> bool:
+        """Remove the job with this jid at this score (the Web UI's ``<score>-<jid>`` key)."""
+        try:
+            self.remove(score, jid)
+        except JobNotFound:
+            return False
+        return True
+
+    def remove(self, score: float, jid: str | None, prefer: bytes | None = None) -> bytes:
+        """Take the member at ``score`` whose jid matches (``prefer`` first); return it.
+
+        Sidekiq finds entries by score + jid because several jobs may share a score.
+        Only the caller whose ZREM succeeds gets the member, so a job that the poller
+        (or another admin) took at the same moment is never pushed twice.
+        """
+        redis = redis_of(self.config)
+        members = redis.zrange(self.name, score, score, byscore=True)
+        candidates = [prefer] if prefer is not None and prefer in members else []
+        if jid is not None:
+            needle = jid.encode()
+            candidates += [
+                m
+                for m in members
+                if m != prefer and needle in m and parse_job(m)[0].get("jid") == jid
+            ]
+        for member in candidates:
+            if redis.zrem(self.name, member):
+                return member
+        raise self._gone(score, jid)
+
+    def _gone(self, score: float, jid: str | None) -> JobNotFound:
+        return JobNotFound(
+            f"job {jid} is no longer in {self.name!r} at score {score}: it was run, "
+            f"retried, deleted or rescheduled since it was read; reload the set"
+        )
+
+    def clear(self) -> None:
+        """Drop every entry (UNLINK)."""
+        redis_of(self.config).unlink(self.name)
+
+    def delete_all(self) -> None:
+        """The Web UI's "Delete All": the same as ``clear()``."""
+        self.clear()
+
+    def retry_all(self) -> int:
+        """Push every entry to its queue with ``retry_count`` lowered by one; return how many.
+
+        ZPOPMIN one at a time, as Sidekiq 7.3.5+, bounded by the size at the start so
+        entries added meanwhile wait for the next call. A member that is not a job is
+        put back; a failed push puts its member back and raises.
+        """
+        return self._push_all(lower_retry_count=True)
+
+    def add_all_to_queue(self) -> int:
+        """Push every entry to its queue unchanged (the Web UI's "Add All to Queue")."""
+        return self._push_all(lower_retry_count=False)
+
+    def _push_all(self, *, lower_retry_count: bool) -> int:
+        redis = redis_of(self.config)
+        client = Client(self.config)
+        skipped: dict[bytes, float] = {}
+        pushed = 0
+        try:
+            for _ in range(self.size()):
+                popped = redis.zpopmin(self.name, 1)
+                if not popped:
+                    break
+                raw, score = popped[0]
+                try:
+                    payload = wire.loads(raw)
+                except PayloadError:
+                    log.warning("retry_all: %s holds a member that is not a job", self.name)
+                    skipped[raw] = score
+                    continue
+                count = payload.get("retry_count")
+                if lower_retry_count and isinstance(count, int) and not isinstance(count, bool):
+                    payload["retry_count"] = count - 1
+                try:
+                    client.push(payload)
+                except BaseException:
+                    skipped[raw] = score
+                    raise
+                pushed += 1
+        finally:
+            if skipped:
+                redis.zadd(self.name, skipped)
+        return pushed
+
+
+class _PendingSet(JobSet):
+    """Sets whose entries have yet to run (schedule, retry): they can all be killed."""
+
+    def kill_all(self, *, notify: bool = False) -> int:
+        """Move every entry to the dead set, trimming once at the end; return how many.
+
+        ZPOPMIN in batches, then one MULTI adding them to ``dead`` (Sidekiq 7.3.5+ does
+        the same one at a time, without telling the death handlers by default).
+        """
+        redis = redis_of(self.config)
+        dead = DeadSet(self.config)
+        moved = 0
+        remaining = self.size()
+        try:
+            while remaining > 0:
+                popped = redis.zpopmin(self.name, min(KILL_BATCH, remaining))
+                if not popped:
+                    break
+                remaining -= len(popped)
+                dead.bury([raw for raw, _ in popped], notify=notify, trim=False)
+                moved += len(popped)
+        finally:
+            dead.trim()
+        return moved
+
+
+class ScheduledSet(_PendingSet):
+    """Jobs pushed with ``perform_in``/``perform_at`` (the ``schedule`` ZSET, score = run at).
+
+    Example::
+
+        for entry in ScheduledSet().scan("ChargeJob"):
+            entry.add_to_queue()
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        config = config_or_default(config)
+        super().__init__(config.keys.schedule, config)
+
+
+class RetrySet(_PendingSet):
+    """Failed jobs waiting for their next attempt (the ``retry`` ZSET, score = retry at).
+
+    Example::
+
+        RetrySet().retry_all()
+        RetrySet().find_job("b4a577edbccf1d805744efa9").kill()
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        config = config_or_default(config)
+        super().__init__(config.keys.retry, config)
+
+
+class DeadSet(JobSet):
+    """Jobs that ran out of retries (the ``dead`` ZSET, score = death time).
+
+    Kept to ``config.dead_max_jobs`` entries no older than ``config.dead_timeout``;
+    trimming happens whenever something is added, as in Sidekiq.
+
+    Example::
+
+        DeadSet().kill(raw_json)            # add, trim, tell the death handlers
+        DeadSet().page(0, 25, reverse=True) # newest deaths first
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        config = config_or_default(config)
+        super().__init__(config.keys.dead, config)
+
+    def kill(
+        self,
+        job: bytes | str | Mapping[str, Any],
+        *,
+        notify: bool = True,
+        exc: BaseException | None = None,
+        trim: bool = True,
+        now: float | None = None,
+    ) -> None:
+        """Add a job (raw JSON or payload) now; trim; call ``config.death_handlers``.
+
+        The handlers get the payload and ``exc``, or ``RuntimeError("Job killed by
+        API")`` as Sidekiq passes.
+        """
+        raw = job.encode() if isinstance(job, str) else job
+        self.bury([raw if isinstance(raw, bytes) else wire.dumps(raw)], notify, trim, exc, now)
+
+    def bury(
+        self,
+        raws: list[bytes],
+        notify: bool = True,
+        trim: bool = True,
+        exc: BaseException | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Add several raw jobs in one MULTI, then notify (the engine of kill/kill_all)."""
+        now = wire.now() if now is None else now
+        pipe = redis_of(self.config).pipeline(transaction=True)
+        pipe.zadd(self.name, dict.fromkeys(raws, now))
+        if trim:
+            self._trim(pipe, now)
+        pipe.execute()
+        if notify:
+            error = exc or RuntimeError("Job killed by API")
+            for raw in raws:
+                self._notify(parse_job(raw)[0], error)
+
+    def trim(self, now: float | None = None) -> None:
+        """Drop entries older than ``dead_timeout`` and all but the newest ``dead_max_jobs``."""
+        pipe = redis_of(self.config).pipeline(transaction=True)
+        self._trim(pipe, wire.now() if now is None else now)
+        pipe.execute()
+
+    def _trim(self, pipe: Any, now: float) -> None:
+        pipe.zremrangebyscore(self.name, "-inf", now - self.config.dead_timeout)
+        pipe.zremrangebyrank(self.name, 0, -(self.config.dead_max_jobs + 1))
+
+    def _notify(self, payload: Payload, exc: BaseException) -> None:
+        for handler in self.config.death_handlers:
+            try:
+                handler(payload, exc)
+            except Exception:
+                log.exception("death handler %r failed", handler)
+
+
+def cron_set(config: Config | None = None) -> CronSet:
+    """The recurring jobs (``kiq.recurring.CronSet``: list, enable/disable, enqueue now).
+
+    Imported on first use: recurring jobs bring the cron parser, which the rest of the
+    admin API does not need.
+    """
+    from kiq.recurring import CronSet
+
+    return CronSet(config_or_default(config))
