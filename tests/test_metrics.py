@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+import kiq
 from kiq.api import Metrics as MetricsQuery
 from kiq.config import Config
 from kiq.metrics import BUCKETS, TTL, Metrics, bucket_index, bucket_key, histogram_key
@@ -23,7 +24,7 @@ class Sync:
         pass
 
 
-class Async:
+class Async(kiq.Job, name="MetricsAsyncJob"):
     async def perform(self, fail: bool) -> None:
         await asyncio.sleep(0)
         if fail:
