@@ -50,6 +50,7 @@ import redis
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 
+LATENCY_KEY = "bench:latency"  # the list latency jobs push (now - sent) onto
 POLL_INTERVAL = 0.005  # seconds between LLEN polls: 5 ms, fine enough for multi-second drains
 CLK_TCK = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat times are in these ticks (usually 100/s)
 
@@ -237,15 +238,10 @@ class RedisServer:
         )  # fmt: skip
         server = cls(f"redis://127.0.0.1:{port}/{db}", process)
         try:
-            wait_for(lambda: _pings(server.url), timeout=10.0, what="redis-server to start")
+            wait_for_ping(server.url)
             yield server
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
             shutil.rmtree(workdir, ignore_errors=True)
 
     @classmethod
@@ -267,6 +263,25 @@ def _pings(url: str) -> bool:
         return False
 
 
+def wait_for_ping(url: str, timeout: float = 10.0) -> None:
+    """Wait until the Redis at url answers PING (a server or proxy just started)."""
+    wait_for(lambda: _pings(url), timeout=timeout, what=f"Redis at {url} to answer")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 10.0
+) -> None:
+    """Send sig, give the process timeout seconds to exit, then SIGKILL it; reap it."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_for(
     condition: Callable[[], object],
     *,
@@ -280,58 +295,6 @@ def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
-
-
-@dataclass(frozen=True)
-class DrainTiming:
-    started: float  # monotonic time LLEN was first seen below n (≤ 5 ms after the first pop)
-    finished: float  # monotonic time LLEN was first seen at 0 (and then stayed there)
-
-    @property
-    def seconds(self) -> float:
-        return self.finished - self.started
-
-
-def time_drain(
-    client: redis.Redis,
-    key: str,
-    n: int,
-    *,
-    timeout: float,
-    on_start: Callable[[], None] | None = None,
-    alive: Callable[[], bool] | None = None,
-    settle_polls: int = 3,
-) -> DrainTiming:
-    """Poll LLEN key every 5 ms: start when it first drops below n, stop when it hits 0.
-
-    "Stays empty" is checked by `settle_polls` further zero readings; the finish time is
-    still the first zero reading. on_start runs right after the start is seen (e.g. to
-    sample the worker's CPU time); alive, if given, is checked on every poll so a worker
-    that crashed fails the drain at once instead of at the timeout.
-    """
-    deadline = time.monotonic() + timeout
-    started: float | None = None
-    finished: float | None = None
-    zeros = 0
-    while True:
-        length = client.llen(key)
-        now = time.monotonic()
-        if started is None and length < n:
-            started = now
-            if on_start:
-                on_start()
-        if started is not None and length == 0:
-            finished = finished or now
-            zeros += 1
-            if zeros > settle_polls:
-                return DrainTiming(started, finished)
-        else:
-            finished, zeros = None, 0
-        if now > deadline:
-            raise TimeoutError(f"{key} still has {length} jobs after {timeout:.0f}s")
-        if alive is not None and not alive():
-            raise RuntimeError(f"worker exited with {length} jobs left in {key}")
-        time.sleep(POLL_INTERVAL)
 
 
 # -- /proc sampling --------------------------------------------------------------------------
@@ -391,8 +354,11 @@ def worker_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run a worker with stdout+stderr appended to log_path, as a normal deployment logs.
 
-    On exit it is sent stop_signal and given stop_timeout seconds before SIGKILL.
+    A ``# HH:MM:SS <command>`` line marks where its output starts. On exit it is sent
+    stop_signal and given stop_timeout seconds before SIGKILL.
     """
+    with log_path.open("a") as log:
+        log.write(f"\n# {time.strftime('%H:%M:%S')} {' '.join(argv)}\n")
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             list(argv), env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
@@ -400,13 +366,50 @@ def worker_process(
         try:
             yield process
         finally:
-            if process.poll() is None:
-                process.send_signal(stop_signal)
-                try:
-                    process.wait(timeout=stop_timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, sig=stop_signal, timeout=stop_timeout)
+
+
+def run_json(
+    argv: Sequence[str], *, env: dict[str, str], cwd: str | Path, timeout: float, what: str
+) -> dict[str, float | int | str]:
+    """Run a bench client to completion; its last stdout line is a JSON object of results."""
+    proc = subprocess.run(
+        list(argv), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    result: dict[str, float | int | str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure_latency(
+    client: redis.Redis,
+    worker_pid: int,
+    send: Callable[[int, float, str], object],
+    count: int,
+    interval: float,
+    *,
+    timeout: float = 30.0,
+) -> Metrics:
+    """The latency phase every system runs, on a worker that is up and consuming.
+
+    ``send(count, interval, key)`` sends count jobs interval seconds apart, each
+    recording (now - sent) in seconds onto the list ``key``. Ten warm-up jobs go first
+    (the first jobs pay for lazy loading), then the worker idles a second before its
+    RSS is taken and the measured jobs are sent.
+    """
+    send(10, 0.005, "warm")
+    wait_for(lambda: client.llen("warm") >= 10, timeout=30, what="warm-up jobs")
+    time.sleep(1.0)
+    idle_rss = tree_rss_kb(worker_pid)
+    send(count, interval, LATENCY_KEY)
+    wait_for(
+        lambda: client.llen(LATENCY_KEY) >= count,
+        timeout=timeout,
+        what=f"{count} latency samples",
+    )
+    samples = [float(v) for v in client.lrange(LATENCY_KEY, 0, -1)]
+    return {**latency_metrics(samples), "idle_rss_kb": idle_rss}
 
 
 # -- process trees ---------------------------------------------------------------------------
@@ -550,9 +553,10 @@ def watch_drain(
 ) -> DrainWindow:
     """Poll every 5 ms from the first job taken until nothing is queued or in flight.
 
-    Like `time_drain`, a finish only counts once `settle_polls` more polls agree; the
-    finish time is the first of them. After `timeout` seconds from the start the drain
-    is cut short and reported as partial, so one slow system cannot eat the run.
+    A finish only counts once `settle_polls` more polls agree that nothing is queued or
+    in flight; the finish time is the first of them. After `timeout` seconds from the
+    start the drain is cut short and reported as partial, so one slow system cannot eat
+    the run.
     """
     begin = time.monotonic()
     started = _wait_for_first_take(probe, n, begin + start_timeout, alive)
@@ -598,15 +602,16 @@ def _wait_for_first_take(
 
 
 def measure_drain(
+    worker: subprocess.Popen[bytes],
     *,
     stats_client: redis.Redis,
-    worker_pid: int,
     n: int,
     probe: Probe,
     timeout: float,
-    alive: Callable[[], bool] | None = None,
 ) -> Metrics:
     """The drain metrics every system reports, taken the same way for all of them.
+
+    worker is the running worker process (its tree is sampled; its exit fails the drain).
 
     drain_per_s uses the moment the queue stayed empty (what every peer can show);
     drain_acked_per_s the moment nothing was in flight either, for systems whose
@@ -621,7 +626,10 @@ def measure_drain(
         calls["start"] = command_calls(stats_client)
         probe.commands.clear()
 
-    window = watch_drain(probe, n, timeout=timeout, on_start=sample_start, alive=alive)
+    worker_pid = worker.pid
+    window = watch_drain(
+        probe, n, timeout=timeout, on_start=sample_start, alive=lambda: worker.poll() is None
+    )
     cpu = tree_cpu_seconds(worker_pid) - samples["cpu0"]
     redis_cpu = redis_cpu_seconds(stats_client) - samples["redis0"]
     delta = command_calls(stats_client) - calls["start"]

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,9 @@ from common import (
     BENCH_DIR,
     Metrics,
     RedisServer,
-    latency_metrics,
     measure_drain,
+    measure_latency,
+    run_json,
     tree_rss_kb,
     wait_for,
     worker_process,
@@ -45,7 +45,6 @@ from common import (
 
 JOBS_FILE = BENCH_DIR / "kiq_jobs.py"
 QUEUE = "default"
-LATENCY_KEY = "bench:latency"
 PEAK_KEY = "bench:peak"  # kiq_jobs.ReportPeak
 
 
@@ -140,12 +139,11 @@ class KiqSystem:
             raise RuntimeError(f"fill left {queued} jobs, expected {n}")
         with self.worker() as worker:
             metrics = measure_drain(
+                worker,
                 stats_client=self.redis,
-                worker_pid=worker.pid,
                 n=n,
                 probe=KiqProbe(self.redis),
                 timeout=self.drain_timeout,
-                alive=lambda: worker.poll() is None,
             )
             if job != "bench.Noop":
                 metrics["peak_running"] = self._peak()
@@ -156,20 +154,15 @@ class KiqSystem:
         self.redis.flushdb()
         with self.worker() as worker:
             self.wait_until_ready()
-            # Warm up (first jobs pay for lazy imports), then let the process go idle.
-            self._client("latency", "10", "0.005", "warm")
-            wait_for(lambda: self.redis.llen("warm") >= 10, timeout=30, what="warm-up jobs")
-            time.sleep(1.0)
-            idle_rss = tree_rss_kb(worker.pid)
-            self._client("latency", str(count), str(interval), LATENCY_KEY)
-            wait_for(
-                lambda: self.redis.llen(LATENCY_KEY) >= count,
-                timeout=30,
-                what=f"{count} latency samples",
+            metrics = measure_latency(
+                self.redis,
+                worker.pid,
+                lambda jobs, every, key: self._client("latency", str(jobs), str(every), key),
+                count,
+                interval,
             )
-            samples = [float(v) for v in self.redis.lrange(LATENCY_KEY, 0, -1)]
         self.redis.flushdb()
-        return {**latency_metrics(samples), "idle_rss_kb": idle_rss}
+        return metrics
 
     def describe(self) -> dict[str, str]:
         import kiq
@@ -290,14 +283,10 @@ class KiqSystem:
             argv += ["--processes", str(self.processes)]
         return argv
 
-    @contextlib.contextmanager
-    def worker(self) -> Iterator[subprocess.Popen[bytes]]:
-        with self.log_path.open("a") as log:
-            log.write(f"\n# {time.strftime('%H:%M:%S')} {' '.join(self._worker_argv())}\n")
-        with worker_process(
+    def worker(self) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+        return worker_process(
             self._worker_argv(), env=self.env, log_path=self.log_path, cwd=self.workdir
-        ) as process:
-            yield process
+        )
 
     def wait_until_ready(self) -> None:
         """Every process has registered its in-progress lists (done just before fetching)."""
@@ -315,18 +304,13 @@ class KiqSystem:
         return float(str(self.redis.lpop(PEAK_KEY) or 0))
 
     def _client(self, *argv: str) -> dict[str, float | int | str]:
-        proc = subprocess.run(
+        return run_json(
             [sys.executable, str(JOBS_FILE), *argv],
             env=self.env,
             cwd=self.workdir,
-            capture_output=True,
-            text=True,
             timeout=300,
+            what=f"kiq_jobs.py {argv[0]}",
         )
-        if proc.returncode != 0:
-            raise RuntimeError(f"kiq_jobs.py {argv[0]} failed: {proc.stderr.strip()[-2000:]}")
-        result: dict[str, float | int | str] = json.loads(proc.stdout.strip().splitlines()[-1])
-        return result
 
 
 def summarize_profile(raw_path: Path, top: int = 15) -> dict[str, list[dict[str, Any]]]:

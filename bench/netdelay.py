@@ -82,6 +82,10 @@ def _rtt_ms(url: str, count: int = 300) -> float:
 @contextlib.contextmanager
 def _netns(port: int, one_way_ms: float) -> Iterator[Link]:
     """redis-server in a fresh namespace behind a netem-delayed veth pair."""
+    # common (and redis) are imported where used: the proxy, this file run as a process
+    # of its own, needs neither.
+    from common import stop_process, wait_for_ping
+
     if shutil.which("ip") is None or shutil.which("tc") is None:
         raise RuntimeError("iproute2 (ip, tc) is not installed")
     tag = f"{os.getpid() % 60000}"
@@ -122,7 +126,7 @@ def _netns(port: int, one_way_ms: float) -> Iterator[Link]:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         url = f"redis://{ns_ip}:{port}/0"
-        _wait_ping(url)
+        wait_for_ping(url)
         yield Link(
             mode="netem",
             client_url=url,
@@ -132,12 +136,7 @@ def _netns(port: int, one_way_ms: float) -> Iterator[Link]:
         )
     finally:
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
         for argv in reversed(created):
             _run(*argv, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -145,20 +144,6 @@ def _netns(port: int, one_way_ms: float) -> Iterator[Link]:
 
 class NetemUnavailable(RuntimeError):
     """tc refused the netem qdisc (kernel built without CONFIG_NET_SCH_NETEM)."""
-
-
-def _wait_ping(url: str, timeout: float = 10.0) -> None:
-    import redis
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            redis.Redis.from_url(url, socket_connect_timeout=0.2).ping()
-            return
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def _free_port() -> int:
@@ -172,20 +157,17 @@ def _free_port() -> int:
 def _proxy_process(
     listen: int, target: int, one_way_ms: float
 ) -> Iterator[subprocess.Popen[bytes]]:
+    from common import stop_process, wait_for_ping
+
     proxy = subprocess.Popen(
         [sys.executable, __file__, "proxy", "--listen", f"127.0.0.1:{listen}",
          "--target", f"127.0.0.1:{target}", "--delay-ms", f"{one_way_ms:.4f}"],
     )  # fmt: skip
     try:
-        _wait_ping(f"redis://127.0.0.1:{listen}/0")
+        wait_for_ping(f"redis://127.0.0.1:{listen}/0")
         yield proxy
     finally:
-        proxy.terminate()
-        try:
-            proxy.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proxy.kill()
-            proxy.wait()
+        stop_process(proxy)
 
 
 @contextlib.contextmanager

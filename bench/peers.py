@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,16 +37,15 @@ from common import (
     Metrics,
     Probe,
     RedisServer,
-    latency_metrics,
     measure_drain,
-    tree_rss_kb,
+    measure_latency,
+    run_json,
     wait_for,
     worker_process,
 )
 
 VENVS = BENCH_DIR / ".venvs"
 APPS = BENCH_DIR / "peer_apps"
-LATENCY_KEY = "bench:latency"
 INSTALL_TIMEOUT = 600.0  # seconds for one venv's pip install
 
 
@@ -208,12 +207,7 @@ class PeerSystem:
         self._left_queued = 0
         with self.worker() as worker:
             metrics = measure_drain(
-                stats_client=self.redis,
-                worker_pid=worker.pid,
-                n=n,
-                probe=probe,
-                timeout=self.drain_timeout,
-                alive=lambda: worker.poll() is None,
+                worker, stats_client=self.redis, n=n, probe=probe, timeout=self.drain_timeout
             )
         self.redis.flushdb()
         return metrics
@@ -222,19 +216,16 @@ class PeerSystem:
         self.redis.flushdb()
         with self.worker() as worker:
             self.wait_until_ready(worker)
-            self._client("latency", "10", "0.005", "warm")
-            wait_for(lambda: self.redis.llen("warm") >= 10, timeout=30, what="warm-up jobs")
-            time.sleep(1.0)
-            idle_rss = tree_rss_kb(worker.pid)
-            self._client("latency", str(count), str(interval), LATENCY_KEY)
-            wait_for(
-                lambda: self.redis.llen(LATENCY_KEY) >= count,
+            metrics = measure_latency(
+                self.redis,
+                worker.pid,
+                lambda jobs, every, key: self._client("latency", str(jobs), str(every), key),
+                count,
+                interval,
                 timeout=60,
-                what=f"{count} latency samples",
             )
-            samples = [float(v) for v in self.redis.lrange(LATENCY_KEY, 0, -1)]
         self.redis.flushdb()
-        return {**latency_metrics(samples), "idle_rss_kb": idle_rss}
+        return metrics
 
     def describe(self) -> dict[str, str]:
         freeze = subprocess.run(
@@ -262,30 +253,20 @@ class PeerSystem:
         wait_for(ready, timeout=30, what=f"{self.name} worker boot")
         time.sleep(self.spec.ready_grace)
 
-    @contextlib.contextmanager
-    def worker(self) -> Iterator[subprocess.Popen[bytes]]:
+    def worker(self) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
         program, *rest = self.spec.worker.split()
         argv = [str(self.venv / "bin" / program), *rest]
-        with self.log_path.open("a") as log:
-            log.write(f"\n# {time.strftime('%H:%M:%S')} {' '.join(argv)}\n")
-        env = dict(self.env)
         if self.spec.name == "rq":
-            argv += ["-u", env["BENCH_REDIS_URL"]]
-        with worker_process(
-            argv, env=env, log_path=self.log_path, cwd=APPS, stop_timeout=15
-        ) as process:
-            yield process
+            argv += ["-u", self.env["BENCH_REDIS_URL"]]
+        return worker_process(
+            argv, env=dict(self.env), log_path=self.log_path, cwd=APPS, stop_timeout=15
+        )
 
     def _client(self, *argv: str) -> dict[str, float | int | str]:
-        proc = subprocess.run(
+        return run_json(
             [str(self.venv / "bin" / "python"), str(APPS / f"{self.spec.app}.py"), *argv],
             env=self.env,
             cwd=self.workdir,
-            capture_output=True,
-            text=True,
             timeout=600,
+            what=f"{self.spec.app} {argv[0]}",
         )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{self.spec.app} {argv[0]} failed: {proc.stderr.strip()[-2000:]}")
-        result: dict[str, float | int | str] = json.loads(proc.stdout.strip().splitlines()[-1])
-        return result

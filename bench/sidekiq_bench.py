@@ -39,18 +39,17 @@ from common import (
     RedisServer,
     Result,
     System,
-    latency_metrics,
     measure_drain,
+    measure_latency,
     report,
-    rss_kb,
     run,
+    run_json,
     wait_for,
     worker_process,
 )
 
 WORKER_APP = REPO_DIR / "tests" / "interop" / "ruby" / "worker_app.rb"
 QUEUE = "default"
-LATENCY_KEY = "bench:latency"
 
 # Run with `ruby -r worker_app.rb -e ...`, so RubyNoop/RubyLatency and the redis-rb
 # deprecation silencing are the same as in the worker.
@@ -165,14 +164,13 @@ class SidekiqSystem:
             raise RuntimeError(f"push_bulk left {queued} jobs, expected {n}")
         with self._sidekiq() as worker:
             metrics = measure_drain(
+                worker,
                 stats_client=self.stats_redis,
-                worker_pid=worker.pid,
                 n=n,
                 # Sidekiq 6.4's basic fetch holds taken jobs only in memory: nothing
                 # in flight is visible, so "to last ack" equals "to queue empty".
                 probe=ListProbe(self.stats_redis, f"queue:{QUEUE}"),
                 timeout=self.drain_timeout,
-                alive=lambda: worker.poll() is None,
             )
         self.redis.flushdb()
         return metrics
@@ -181,26 +179,17 @@ class SidekiqSystem:
         self.redis.flushdb()
         with self._sidekiq() as worker:
             self._wait_until_ready()
-            # Warm up: the first jobs pay for lazy loading; then let the process go idle.
-            self._ruby(LATENCY_RB, BENCH_COUNT="10", BENCH_INTERVAL="0.005", BENCH_KEY="warm")
-            wait_for(lambda: self.redis.llen("warm") >= 10, timeout=30, what="warm-up jobs")
-            time.sleep(1.0)
-            idle_rss = rss_kb(worker.pid)
-
-            self._ruby(
-                LATENCY_RB,
-                BENCH_COUNT=str(count),
-                BENCH_INTERVAL=str(interval),
-                BENCH_KEY=LATENCY_KEY,
+            metrics = measure_latency(
+                self.redis,
+                worker.pid,
+                lambda jobs, every, key: self._ruby(
+                    LATENCY_RB, BENCH_COUNT=str(jobs), BENCH_INTERVAL=str(every), BENCH_KEY=key
+                ),
+                count,
+                interval,
             )
-            wait_for(
-                lambda: self.redis.llen(LATENCY_KEY) >= count,
-                timeout=30,
-                what=f"{count} latency samples",
-            )
-            samples = [float(v) for v in self.redis.lrange(LATENCY_KEY, 0, -1)]
         self.redis.flushdb()
-        return {**latency_metrics(samples), "idle_rss_kb": idle_rss}
+        return metrics
 
     def describe(self) -> dict[str, str]:
         ruby = subprocess.run(
@@ -222,8 +211,6 @@ class SidekiqSystem:
         ]  # fmt: skip
 
     def _sidekiq(self) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-        with self.log_path.open("a") as log:
-            log.write(f"\n# {time.strftime('%H:%M:%S')} {' '.join(self._sidekiq_argv())}\n")
         return worker_process(
             self._sidekiq_argv(), env=self.env, log_path=self.log_path, cwd=self.workdir
         )
@@ -235,18 +222,13 @@ class SidekiqSystem:
 
     def _ruby(self, script: str, **env: str) -> dict[str, float | int | str]:
         """Run script under `ruby -r worker_app.rb`; its last stdout line is JSON."""
-        proc = subprocess.run(
+        return run_json(
             ["ruby", "-rjson", "-r", str(WORKER_APP), "-e", script],
             env={**self.env, **env},
             cwd=self.workdir,
-            capture_output=True,
-            text=True,
             timeout=120,
+            what="ruby",
         )
-        if proc.returncode != 0:
-            raise RuntimeError(f"ruby failed ({proc.returncode}): {proc.stderr.strip()}")
-        result: dict[str, float | int | str] = json.loads(proc.stdout.strip().splitlines()[-1])
-        return result
 
 
 # Further systems (kiq, Python peers) register a factory here.
