@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -30,6 +28,7 @@ from typing import Any, NoReturn, TypeAlias, TypeVar, cast
 
 import pytest
 
+from tests.support.servers import ChildProcess, free_port
 from tests.support.wait import wait_until
 
 # The ``r`` fixture (str replies). redis-py types every reply as a sync/async union that
@@ -202,31 +201,15 @@ def ruby(ruby_sidekiq: None, redis_url: str) -> Ruby:
 
 
 @dataclass
-class SidekiqProcess:
-    """A running ``sidekiq`` process with worker_app.rb's job classes."""
+class SidekiqProcess(ChildProcess):
+    """A running ``sidekiq`` process with worker_app.rb's job classes.
 
-    proc: subprocess.Popen[bytes]
-    log: Path
+    ``stop()`` is TERM and wait: Sidekiq flushes its stats and leaves ``processes`` on
+    the way out.
+    """
+
     prefix: str = ""
     identity: str = field(default="")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """TERM and wait: Sidekiq flushes its stats and leaves ``processes`` on the way out."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
 
 
 def identity_of(r: StrRedis, pid: int, prefix: str = "") -> str | None:
@@ -287,13 +270,6 @@ def start_sidekiq(
 def kiq_identity(r: StrRedis, pid: int, prefix: str = "", timeout: float = 20.0) -> str:
     """Wait for a kiq worker's first heartbeat; return its identity."""
     return wait_for(lambda: identity_of(r, pid, prefix), timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

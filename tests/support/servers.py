@@ -15,8 +15,9 @@ Example::
 
 Also here: ``make_certs`` (a CA and a server certificate, with ``openssl``),
 ``start_sentinel`` (``redis-server --sentinel``; Debian's ``redis-sentinel`` package is
-the same binary) and ``Worker`` (a ``kiq worker`` subprocess with a log file and
-CPU-time readings from /proc).
+the same binary), ``ChildProcess`` (any subprocess logging to a file: stop, kill,
+output) and ``Worker`` (a ``kiq worker`` subprocess, as ``start_worker`` in
+tests/conftest.py starts them, with CPU-time readings from /proc).
 """
 
 from __future__ import annotations
@@ -236,7 +237,8 @@ def tls_config(certs: Certs) -> list[str]:
     ]
 
 
-# Test intervals (a few seconds instead of Sidekiq's minutes) for workers started here.
+# Test intervals instead of Sidekiq's production ones (5 s beats, 10-15 s first poll);
+# a test's own config_text is appended, and later YAML keys win.
 FAST_CONFIG = """\
 :heartbeat_interval: 0.2
 :poll_initial_wait: 0
@@ -246,7 +248,40 @@ FAST_CONFIG = """\
 """
 
 
-class Worker:
+@dataclass
+class ChildProcess:
+    """A subprocess with its output in a log file: a kiq worker, a Sidekiq.
+
+    ``stop`` is the clean end (TERM, then the exit status); ``kill`` the teardown one
+    (SIGKILL and reap), harmless on a process that has already exited.
+    """
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """TERM, then wait for the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+class Worker(ChildProcess):
     """A ``kiq worker`` subprocess loading tests/support/jobs.py, its output in a file.
 
     ``url`` is what the worker connects to (``--redis-url``); ``record_url`` is where
@@ -266,7 +301,6 @@ class Worker:
     ) -> None:
         config = folder / f"{name}.yml"
         config.write_text(FAST_CONFIG + config_text)
-        self.log = folder / f"{name}.log"
         full_env = dict(os.environ)
         full_env["KIQ_REDIS_URL"] = record_url or url
         full_env["PYTHONPATH"] = os.pathsep.join(
@@ -275,30 +309,14 @@ class Worker:
         full_env.update(env or {})
         command = [sys.executable, "-m", "kiq.cli", "worker", "-r", "jobs", "-C", str(config)]
         command += ["--redis-url", url, *args]
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
+        log = folder / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=folder
             )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        super().__init__(proc, log)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far (/proc/<pid>/stat)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-    def stop(self, timeout: float = 20.0) -> int:
-        """TERM, then wait for the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)

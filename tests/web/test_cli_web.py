@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import pytest
 
 from kiq.errors import ConfigError
 from kiq.web.serve import credentials
+from tests.support.servers import free_port
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).parents[2]
@@ -40,12 +40,6 @@ def test_a_missing_password_is_a_config_error(flag: str | None, env: dict[str, s
     """A user without a password is refused with the fix in the message."""
     with pytest.raises(ConfigError, match="USER:PASSWORD"):
         credentials(flag, env=env)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
