@@ -310,6 +310,12 @@ class Fetcher:
                 self._redis_error(exc)
                 self._stopping.wait(1.0)
                 continue
+            except AttributeError:
+                # join() disconnects the pool from another thread to wake the waiters; a
+                # connect in progress then finds its socket gone (redis-py: None.sendall).
+                if self._stopping.is_set():
+                    return
+                raise
             self._redis_ok()
             if raw is None:
                 continue
