@@ -8,6 +8,7 @@ handler with kiq's ContextFilter, as ``kiq worker`` installs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -101,6 +102,20 @@ def captured() -> Iterator[Capture]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def attached(handler: logging.Handler, name: str) -> Iterator[None]:
+    """``handler`` on the logger ``name``, which logs at INFO meanwhile."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not .level =: it clears logging's cache
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 @pytest.fixture
 def worker(config: Config) -> Iterator[Launcher]:
     config.concurrency = 4
@@ -153,16 +168,9 @@ def test_json_lines_have_the_context(config, worker):
     handler = kiq_log.BufferedHandler(stream)
     handler.setFormatter(kiq_log.JsonFormatter())
     handler.addFilter(kiq_log.ContextFilter())
-    logger = logging.getLogger("kiq.job.LogJob")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with attached(handler, "kiq.job.LogJob"):
         jid = LogJob.perform_async(3)
         wait_until(lambda: (handler.flush(), "from the job 3" in stream.getvalue())[1])
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
     line = json.loads(stream.getvalue().splitlines()[0])
     assert line["msg"] == "from the job 3"
@@ -213,16 +221,9 @@ def test_structlog_renders_kiqs_own_lines_with_the_context(config, worker):
         )
     )
     handler.addFilter(kiq_log.ContextFilter())
-    logger = logging.getLogger("kiq.job")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with attached(handler, "kiq.job"):
         jid = LogJob.perform_async(1)
         wait_until(lambda: '"done"' in stream.getvalue())
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
     done = next(e for e in events if e["event"] == "done")

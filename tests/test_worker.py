@@ -105,28 +105,18 @@ def test_stats_are_flushed_to_totals_and_daily_keys(config, r, start_worker):
     assert 0 < r.ttl(f"stat:failed:{day}") <= STAT_TTL
 
 
-def test_system_exit_in_a_job_is_a_failure_and_the_process_keeps_serving(config, r, start_worker):
-    """A job raising SystemExit is recorded as failed (retry=0: dead set) and the worker
-    goes on to run the next job."""
-    jobs.Exit.perform_async()
-    worker = start_worker("-c", "1")
-    (dead,) = wait_until(lambda: r.zrange("dead", 0, -1))
-    assert orjson.loads(dead)["error_class"] == "SystemExit"
-
-    jobs.Record.perform_async("after")
-
-    wait_until(lambda: records(r))
-    assert worker.proc.poll() is None
-
-
-def test_keyboard_interrupt_in_a_job_is_a_failure_and_the_process_keeps_serving(
-    config, r, start_worker
+@pytest.mark.parametrize(
+    ("job", "error"), [(jobs.Exit, "SystemExit"), (jobs.Interrupt, "KeyboardInterrupt")]
+)
+def test_exit_or_interrupt_in_a_job_is_a_failure_and_the_process_keeps_serving(
+    config, r, start_worker, job, error
 ):
-    """A job raising KeyboardInterrupt is recorded as failed and the worker keeps serving."""
-    jobs.Interrupt.perform_async()
+    """A job raising SystemExit or KeyboardInterrupt is recorded as failed (retry=0: dead
+    set) and the worker goes on to run the next job."""
+    job.perform_async()
     worker = start_worker("-c", "1")
     (dead,) = wait_until(lambda: r.zrange("dead", 0, -1))
-    assert orjson.loads(dead)["error_class"] == "KeyboardInterrupt"
+    assert orjson.loads(dead)["error_class"] == error
 
     jobs.Record.perform_async("after")
 

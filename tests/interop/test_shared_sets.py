@@ -34,6 +34,12 @@ def one_retry(r: StrRedis) -> dict[str, Any]:
     return payload
 
 
+def rerun_failed(r: StrRedis) -> dict[str, Any] | None:
+    """The retry entry's payload once a rerun has failed again (it has ``retried_at``)."""
+    entries = zset(r, "retry")
+    return entries[0][0] if entries and "retried_at" in entries[0][0] else None
+
+
 @pytest.fixture
 def kiq_retry(config, r, start_worker):
     """A job that failed in kiq and sits in ``retry``; returns (jid, the worker)."""
@@ -86,11 +92,7 @@ def test_ruby_retry_all_reruns_kiq_retries_once(kiq_retry, r, ruby):
 
     ruby.api("retry_all")
 
-    def rerun() -> dict[str, Any] | None:
-        entries = zset(r, "retry")
-        return entries[0][0] if entries and "retried_at" in entries[0][0] else None
-
-    payload = wait_for(rerun, timeout=20.0)
+    payload = wait_for(lambda: rerun_failed(r), timeout=20.0)
     assert payload["jid"] == jid
     assert payload["retry_count"] == 0  # Ruby decremented it to -1 before pushing
     assert r.zcard("retry") == 1
@@ -194,11 +196,7 @@ def test_kiq_retry_reruns_ruby_failure_once(ruby_retry, config, r):
 
     entry.retry()
 
-    def rerun() -> dict[str, Any] | None:
-        entries = zset(r, "retry")
-        return entries[0][0] if entries and "retried_at" in entries[0][0] else None
-
-    payload = wait_for(rerun, timeout=20.0)
+    payload = wait_for(lambda: rerun_failed(r), timeout=20.0)
     assert payload["jid"] == ruby_retry
     assert payload["retry_count"] == 0  # kiq decremented it to -1 before pushing
     assert r.zcard("retry") == 1
