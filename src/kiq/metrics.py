@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import inspect
 import threading
 import time
 from collections import defaultdict
@@ -113,10 +112,7 @@ class Metrics:
         self, job: Any, payload: Payload, queue: str, call_next: Callable[[], None]
     ) -> None:
         klass = str(payload.get("wrapped") or payload.get("class") or "?")
-        is_async = getattr(type(job), "is_async", None)  # kiq.Job knows; cheaper than inspect
-        if is_async is None:  # any other object with a perform (a test double, a wrapper)
-            is_async = inspect.iscoroutinefunction(getattr(job, "perform", None))
-        if is_async:
+        if getattr(type(job), "is_async", False):  # kiq.Job knows; cheaper than inspect
             job.perform = self._timed_coroutine(klass, job.perform, queue)
             call_next()
             return
