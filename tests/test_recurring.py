@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import redis
 
 import kiq
@@ -59,6 +62,51 @@ def test_five_processes_three_minutes_each_tick_exactly_once(
     assert len(minute) == 3  # 10:01, 10:02, 10:03
     assert len(ten) == 18  # every 10 s from 10:00:40 to 10:03:30
     assert sum(fired) == len(jobs)
+
+
+TICKER = """
+import sys
+from datetime import UTC, datetime, timedelta
+import kiq
+from kiq.config import Config
+from kiq.outage import Outage
+from kiq.recurring import CronPoller
+
+class Tick(kiq.Job, name="RecurringTick", queue="cron"):
+    def perform(self, *args): ...
+
+config = Config(redis_url=sys.argv[1])
+t0 = datetime.fromisoformat(sys.argv[2])
+poller = CronPoller(config, Outage(config.store.safe_url))
+fired = sum(poller.tick(t0 + timedelta(seconds=5 * step)) for step in range(1, 37))
+print(fired)
+"""
+
+
+@pytest.mark.slow
+def test_five_os_processes_each_tick_exactly_once(
+    config: Config, r: redis.Redis, redis_url: str
+) -> None:
+    """5 separate processes stepping the same 3-minute test clock fire each tick once."""
+    save(config, CronJob(name="every-minute", klass="RecurringTick", cron="* * * * *"), now=T0)
+    save(
+        config,
+        CronJob(name="every-10s", klass="RecurringTick", cron="*/10 * * * * *", args=[1]),
+        now=T0,
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TICKER, redis_url, T0.isoformat()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    fired = [int(p.communicate(timeout=60)[0].strip()) for p in procs]
+    jobs = queued(r)
+    assert len([j for j in jobs if j["args"] == []]) == 3
+    assert len([j for j in jobs if j["args"] == [1]]) == 18
+    assert sum(fired) == len(jobs) == 21
 
 
 def test_restart_does_not_fire_a_tick_again(config: Config, r: redis.Redis) -> None:
