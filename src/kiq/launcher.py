@@ -193,15 +193,13 @@ class Launcher:
                 "quiet": "true" if self.quiet_flag else "false",
                 "rss": rss_kb(),
             }
-            existed, signal = store.beat(self.identity, fields, work, self.config.process_ttl)
-            # Every beat, not once: a partition longer than process_ttl lets another
-            # process sweep us and drop the entry, and the jobs we fetch after it would
-            # then be unrecoverable if we died.
-            store.register_fetcher(self.identity, self._fetcher_queues)
-            paused = store.redis.smembers(self.config.keys.paused)
-            self.manager.fetcher.order.paused = frozenset(
-                p.decode() if isinstance(p, bytes) else p for p in paused
+            # The in-progress registration is rewritten every beat, not once: a partition
+            # longer than process_ttl lets another process sweep us and drop the entry,
+            # and the jobs we fetch after it would be unrecoverable if we died.
+            existed, signal, paused = store.beat(
+                self.identity, fields, work, self.config.process_ttl, self._fetcher_queues
             )
+            self.manager.fetcher.order.paused = paused
             self.outage.ok()
         except TRANSIENT_ERRORS as exc:
             self.state.restore_counts(processed, failed)

@@ -179,7 +179,7 @@ class Manager:
                     processor.interrupt()
             self.aio.cancel_all()
             end = time.monotonic() + HARD_SHUTDOWN_WAIT
-            while self._running() and time.monotonic() < end:
+            while self.busy() and time.monotonic() < end:
                 time.sleep(POLL)
         for _ in self.processors:
             self.inbox.put(None)
@@ -190,6 +190,3 @@ class Manager:
         """Jobs handed to a thread or the loop whose outcome is not yet acknowledged."""
         with self._slots:
             return self._running_count
-
-    def _running(self) -> int:
-        return self.busy()

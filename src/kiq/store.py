@@ -493,8 +493,13 @@ class Store:
         fields: dict[str, Any],
         work: dict[str, bytes],
         ttl: int = PROCESS_TTL,
-    ) -> tuple[bool, bytes | None]:
-        """Write the process hash and busy-jobs hashes; return (existed, signal)."""
+        fetcher_queues: bytes | None = None,
+    ) -> tuple[bool, bytes | None, frozenset[str]]:
+        """One heartbeat round trip: the process and busy-jobs hashes, this process's
+        in-progress registration, one remote signal and the paused queues.
+
+        Returns (the process hash existed before, the signal or None, paused queues).
+        """
         k = self.keys
         pipe = self.redis.pipeline(transaction=True)
         for work_key in (k.work(identity), k.workers(identity)):
@@ -506,9 +511,14 @@ class Store:
         pipe.exists(k.process(identity))
         pipe.hset(k.process(identity), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(k.process(identity), ttl)
+        if fetcher_queues is not None:
+            pipe.hset(k.fetchers, identity, fetcher_queues)
         pipe.rpop(k.signals(identity))
+        pipe.smembers(k.paused)
         replies = pipe.execute()
-        return bool(replies[-4]), replies[-1]
+        exists_at = -6 if fetcher_queues is not None else -5
+        paused = frozenset(p.decode() if isinstance(p, bytes) else p for p in replies[-1])
+        return bool(replies[exists_at]), replies[-2], paused
 
     def clear_process(self, identity: str) -> None:
         """At exit: SREM processes, drop busy hashes; the hash itself is left to expire."""
