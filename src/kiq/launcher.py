@@ -56,9 +56,10 @@ def new_identity() -> str:
     return f"{host}:{os.getpid()}:{os.urandom(6).hex()}"
 
 
-def rss_kb() -> int:
+def rss_kb(pid: int | None = None) -> int:
+    """Resident memory of a process (this one by default) in KB, from /proc; 0 elsewhere."""
     try:
-        with open(f"/proc/{os.getpid()}/status") as status:
+        with open(f"/proc/{pid or os.getpid()}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])

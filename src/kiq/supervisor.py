@@ -23,22 +23,12 @@ from typing import Any, Final
 
 from kiq import log as kiq_log
 from kiq.config import Config
+from kiq.launcher import rss_kb
 
 log = logging.getLogger("kiq.supervisor")
 
 RESTART_PAUSE: Final = 1.0  # seconds before replacing a child that died
 CHECK_EVERY: Final = 0.5  # seconds between liveness / memory checks
-
-
-def child_rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class Supervisor:
@@ -129,7 +119,7 @@ class Supervisor:
         if self.max_memory_mb is None:
             return
         for pid in list(self.children):
-            rss = child_rss_mb(pid)
+            rss = rss_kb(pid) / 1024
             if rss > self.max_memory_mb:
                 log.warning(
                     "worker %d uses %.0f MB > %.0f MB: restarting it", pid, rss, self.max_memory_mb
