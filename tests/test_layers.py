@@ -35,6 +35,7 @@ CORE: tuple[str, ...] = (
     "sdnotify",  # systemd's notify protocol over a datagram socket (issue 8)
     "cron",
     # 1 Redis and chains
+    "lane",  # the store's held connection for single pushes (its only user)
     "store",  # the only module that talks to Redis through redis-py (see below)
     "middleware",
     # 2 container
@@ -100,9 +101,10 @@ ENTRY_POINTS: dict[str, frozenset[str]] = {
 
 # Third-party packages that only some modules may import.
 THIRD_PARTY: dict[str, frozenset[str]] = {
-    # store is the Redis seam; embedded holds a lease connection to the server it
-    # starts, before any Config or Store exists (shared/embedded-redis.md).
-    "redis": frozenset({"store", "embedded"}),
+    # store is the Redis seam (lane: its held connection for single pushes); embedded
+    # holds a lease connection to the server it starts, before any Config or Store
+    # exists (shared/embedded-redis.md).
+    "redis": frozenset({"store", "lane", "embedded"}),
     "starlette": frozenset({"web", "integrations"}),  # integrations.starlette: the lifespan
     "jinja2": frozenset({"web"}),
     "uvicorn": frozenset({"web", "cli"}),
@@ -115,7 +117,7 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
 }
 
 # What ``import kiq`` may load: the client side, the leaves it needs and the store.
-IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store"}
+IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store", "lane"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""Lane: one pooled Redis connection held for one-call-at-a-time writes (``perform_async``).
+
+A web app enqueues one job per request: each push is one round trip, and on loopback
+redis-py's pool checkout + release (~30 us), its Python command packer (~14 us) and
+its reply wrapping (~12 us) were half of it (issue 5, timed per phase). A Lane keeps
+one connection of the store's pool checked out and packs with hiredis's C packer, so a
+push is: pack, send, read the replies. Only one thread uses the lane at a time; a
+caller that finds it busy (another thread mid-push) gets ``None`` and takes the pool
+as before, so threads never queue behind each other.
+
+Everything else stays redis-py's: the connection (TCP, TLS, unix socket, Sentinel,
+AUTH/SELECT on connect), reconnecting after ``disconnect()``, the idle health check,
+reply parsing and its exceptions, the idle health check (done here by the lane's own
+clock, as redis-py does it per read). It is part of the store's seam: only
+``kiq.store`` uses it. Without hiredis (a platform with no wheel) ``Lane.usable`` is
+False and every call returns None.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+try:
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - redis[hiredis] installs it on every platform kiq runs
+    _pack = None
+
+_NEVER: Final = float("inf")
+
+
+class Lane:
+    """A connection held out of ``pool`` for single calls; see the module docstring.
+
+    Example::
+
+        lane = Lane(store.redis.connection_pool)
+        replies = lane.call([("SADD", "queues", "default"), ("LPUSH", "queue:default", raw)])
+        if replies is None:
+            ...  # busy: use the pool
+    """
+
+    usable = _pack is not None
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = os.getpid()
+        self._check_after = 0.0  # monotonic; check the held connection's health after this
+
+    def call(self, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
+        """Send ``commands`` in one write and return their replies; None if the lane is busy.
+
+        Error replies are read like the others, so the connection stays in step, and
+        the first is raised (redis-py's exception classes). A transport error drops
+        the connection, so no unread reply can reach the next call, and is raised as
+        redis-py's ConnectionError or TimeoutError; the next call reconnects.
+        """
+        if self._pid != os.getpid():  # forked: the parent's socket and lock are not ours
+            self._lock, self._conn, self._pid = threading.Lock(), None, os.getpid()
+        if _pack is None or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self._pool.get_connection()
+            now = time.monotonic()
+            if now >= self._check_after:  # idle too long: redis-py PINGs, reconnects if dead
+                conn.check_health()
+            packed = b"".join([_pack(tuple(command)) for command in commands])
+            try:
+                conn.send_packed_command([packed], check_health=False)
+                parser = conn._parser  # its read_response: redis-py's, minus ~12 us of wrapping
+                replies = [parser.read_response() for _ in commands]
+            except OSError as exc:  # a bare socket error from the parser's recv
+                conn.disconnect()
+                raise RedisConnectionError(f"Error while reading from Redis: {exc}") from exc
+            except BaseException:
+                conn.disconnect()  # a half-read reply must not reach the next call
+                raise
+            self._check_after = now + (conn.health_check_interval or _NEVER)
+        finally:
+            self._lock.release()
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    def close(self) -> None:
+        """Give the connection back to the pool (the store closes the pool after this)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            self._pool.release(conn)

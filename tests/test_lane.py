@@ -1,0 +1,123 @@
+"""The store's lane: one held connection for single pushes (issue 5), on real Redis.
+
+What must hold: replies come back in order, an error reply is raised and leaves the
+connection in step, a busy lane sends the caller to the pool instead of making it wait,
+a dropped connection is reopened, and a forked child never writes on its parent's
+socket.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import redis
+
+from kiq.config import Config
+from kiq.lane import Lane
+
+
+@pytest.fixture
+def lane(config: Config) -> Lane:
+    return Lane(config.store.redis.connection_pool)
+
+
+def client_ids(r: redis.Redis) -> set[int]:
+    return {int(c["id"]) for c in r.client_list()}
+
+
+def test_replies_come_back_in_order(lane: Lane, r: redis.Redis) -> None:
+    replies = lane.call([("SADD", "queues", "default"), ("LPUSH", "queue:default", "a", "b")])
+    assert replies == [1, 2]
+    assert r.lrange("queue:default", 0, -1) == ["b", "a"]
+
+
+def test_an_error_reply_is_raised_and_the_connection_stays_in_step(
+    lane: Lane, r: redis.Redis
+) -> None:
+    r.set("text", "x")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        lane.call([("LPUSH", "text", "a"), ("SADD", "queues", "after")])
+    assert r.smembers("queues") == {"after"}  # the command after the error ran
+    assert lane.call([("ECHO", "next")]) == [b"next"]  # its reply, not a stale one
+
+
+def test_a_busy_lane_returns_none_at_once(lane: Lane) -> None:
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with lane._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        assert lane.call([("PING",)]) is None
+    finally:
+        release.set()
+        thread.join()
+    assert lane.call([("PING",)]) == [b"PONG"]
+
+
+def test_a_dropped_connection_is_reopened(lane: Lane, r: redis.Redis) -> None:
+    lane.call([("CLIENT", "SETNAME", "kiq-lane")])
+    first = lane.call([("CLIENT", "ID")])
+    assert first is not None
+    r.client_kill_filter(_id=first[0])
+    with pytest.raises(redis.ConnectionError):
+        lane.call([("PING",)])  # the server closed it: the caller hears of it
+    second = lane.call([("CLIENT", "ID")])
+    assert second is not None
+    assert second[0] != first[0]
+
+
+def test_the_pool_disconnecting_is_survived(lane: Lane, config: Config) -> None:
+    first = lane.call([("CLIENT", "ID")])
+    config.store.redis.connection_pool.disconnect()
+    second = lane.call([("CLIENT", "ID")])
+    assert first is not None
+    assert second is not None
+    assert second[0] != first[0]
+
+
+def test_a_forked_child_uses_a_connection_of_its_own(lane: Lane, r: redis.Redis) -> None:
+    parent = lane.call([("CLIENT", "ID")])
+    assert parent is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its connection id, never touch the parent's socket
+        try:
+            child = lane.call([("CLIENT", "ID")])
+            os.write(write, str(child[0] if child else -1).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child_id = int(os.read(read, 100) or b"-1")
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_id not in (-1, parent[0])
+    assert lane.call([("CLIENT", "ID")]) == parent  # the parent's connection is intact
+
+
+def test_an_idle_connection_is_health_checked_once(lane: Lane, r: redis.Redis) -> None:
+    lane.call([("PING",)])
+    before = r.info("commandstats").get("cmdstat_ping", {}).get("calls", 0)
+    for _ in range(20):
+        lane.call([("ECHO", "x")])
+    assert r.info("commandstats").get("cmdstat_ping", {}).get("calls", 0) == before
+    # As if idle longer than health_check_interval (30 s): both clocks have passed.
+    lane._check_after = 0.0
+    lane._conn.next_health_check = 0.0
+    lane.call([("ECHO", "x")])
+    assert r.info("commandstats")["cmdstat_ping"]["calls"] == before + 1
+
+
+def test_a_store_push_lands_through_the_lane(config: Config, r: redis.Redis) -> None:
+    config.store.push([("default", b'{"class":"A","args":[]}'), ("low", b'{"class":"B"}')])
+    assert r.smembers("queues") == {"default", "low"}
+    assert r.lrange("queue:default", 0, -1) == ['{"class":"A","args":[]}']
+    assert config.store._lane._conn is not None  # the held connection did the write
