@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - redis[hiredis] installs it on every platform kiq runs
