@@ -1,21 +1,27 @@
-"""The store's lane: one held connection for single pushes (issue 5), on real Redis.
+"""The store's lanes: one held connection for single pushes (issue 5), on real Redis.
 
 What must hold: replies come back in order, an error reply is raised and leaves the
 connection in step, a busy lane sends the caller to the pool instead of making it wait,
 a dropped connection is reopened, and a forked child never writes on its parent's
-socket.
+socket. The asyncio lane: the same, plus a cancelled or timed-out call drops its
+connection so a late reply cannot reach the next call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 import redis
 
 from kiq.config import Config
-from kiq.lane import Lane
+from kiq.lane import AsyncLane, Lane
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -121,3 +127,83 @@ def test_a_store_push_lands_through_the_lane(config: Config, r: redis.Redis) -> 
     assert r.smembers("queues") == {"default", "low"}
     assert r.lrange("queue:default", 0, -1) == ['{"class":"A","args":[]}']
     assert config.store._lane._conn is not None  # the held connection did the write
+
+
+# -- AsyncLane ------------------------------------------------------------------------------
+
+
+def run_with_lane(config: Config, body: Callable[[AsyncLane], Awaitable[T]]) -> T:
+    """Run ``body`` on a fresh loop with an AsyncLane over the store's asyncio pool."""
+
+    async def main() -> T:
+        client = config.store._async_client()
+        lane = AsyncLane(client.connection_pool, timeout=5.0)
+        try:
+            return await body(lane)
+        finally:
+            await lane.close()
+            await config.store.aclose()
+
+    return asyncio.run(main())
+
+
+def test_async_replies_come_back_in_order(config: Config, r: redis.Redis) -> None:
+    async def body(lane: AsyncLane) -> list[Any] | None:
+        return await lane.call([("SADD", "queues", "q"), ("LPUSH", "queue:q", "a", "b")])
+
+    assert run_with_lane(config, body) == [1, 2]
+    assert r.lrange("queue:q", 0, -1) == ["b", "a"]
+
+
+def test_async_error_reply_is_raised_and_the_connection_stays_in_step(
+    config: Config, r: redis.Redis
+) -> None:
+    r.set("text", "x")
+
+    async def body(lane: AsyncLane) -> list[Any] | None:
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await lane.call([("LPUSH", "text", "a"), ("SADD", "queues", "after")])
+        return await lane.call([("ECHO", "next")])
+
+    assert run_with_lane(config, body) == [b"next"]
+    assert r.smembers("queues") == {"after"}
+
+
+def test_async_lane_is_busy_for_a_second_coroutine(config: Config) -> None:
+    async def body(lane: AsyncLane) -> tuple[Any, Any]:
+        slow = asyncio.create_task(lane.call([("BLPOP", "never", "0.2")]))
+        await asyncio.sleep(0)  # let it take the lane and wait for its reply
+        busy = await lane.call([("PING",)])
+        return busy, await slow
+
+    busy, slow = run_with_lane(config, body)
+    assert busy is None
+    assert slow == [None]
+
+
+def test_async_cancelled_call_drops_the_connection(config: Config) -> None:
+    async def body(lane: AsyncLane) -> list[Any] | None:
+        first = await lane.call([("CLIENT", "ID")])
+        task = asyncio.create_task(lane.call([("BLPOP", "never", "5")]))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        second = await lane.call([("CLIENT", "ID")])  # not BLPOP's late reply
+        assert first is not None
+        assert second is not None
+        assert second[0] != first[0]
+        return await lane.call([("ECHO", "ok")])
+
+    assert run_with_lane(config, body) == [b"ok"]
+
+
+def test_async_timeout_is_redis_timeout_error(config: Config) -> None:
+    async def body(lane: AsyncLane) -> list[Any] | None:
+        lane._timeout = 0.1
+        with pytest.raises(redis.TimeoutError):
+            await lane.call([("BLPOP", "never", "2")])
+        lane._timeout = 5.0
+        return await lane.call([("ECHO", "after")])
+
+    assert run_with_lane(config, body) == [b"after"]

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -34,6 +35,7 @@ except ImportError:  # pragma: no cover - redis[hiredis] installs it on every pl
     _pack = None
 
 _NEVER: Final = float("inf")
+_HIGH_WATER: Final = 64 * 1024  # bytes unsent before an AsyncLane call awaits the drain
 
 
 class Lane:
@@ -100,3 +102,75 @@ class Lane:
             conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
             self._pool.release(conn)
+
+
+class AsyncLane:
+    """The asyncio form of Lane: one redis.asyncio connection held for single pushes.
+
+    One per event loop (its connection is bound to the loop). Beyond what Lane saves,
+    the write goes straight to the transport, which sends at once when its buffer is
+    empty (asyncio's selector transports do), and only a full buffer is awaited; the
+    replies are read under one ``asyncio.timeout`` instead of one per reply. An
+    ``await Job.aperform_async`` loop went from ~1,600 to ~6,400 jobs/s (issue 5).
+    A cancelled call (a web request gone) drops the connection, as a half-read reply
+    must not reach the next call.
+    """
+
+    usable = _pack is not None
+
+    def __init__(self, pool: Any, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+        self._busy = False  # one coroutine at a time; the others take the pool
+        self._check_after = 0.0
+
+    async def call(self, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
+        """As ``Lane.call``; None while another coroutine of this loop is using it."""
+        import asyncio  # local: the sync engine never loads asyncio for this module
+
+        if _pack is None or self._busy:
+            return None
+        self._busy = True
+        try:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = await self._pool.get_connection()
+            now = time.monotonic()
+            if not conn.is_connected:
+                await conn.connect()
+            elif now >= self._check_after:
+                await conn.check_health()
+            packed = b"".join([_pack(tuple(command)) for command in commands])
+            try:
+                writer = conn._writer
+                writer.write(packed)
+                if writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                    await writer.drain()
+                parser = conn._parser
+                async with asyncio.timeout(self._timeout):
+                    replies = [await parser.read_response() for _ in commands]
+            except TimeoutError as exc:
+                await conn.disconnect()
+                raise RedisTimeoutError(
+                    f"Timeout reading from Redis after {self._timeout}s"
+                ) from exc
+            except OSError as exc:
+                await conn.disconnect()
+                raise RedisConnectionError(f"Error while talking to Redis: {exc}") from exc
+            except BaseException:
+                await conn.disconnect()
+                raise
+            self._check_after = now + (conn.health_check_interval or _NEVER)
+        finally:
+            self._busy = False
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    async def close(self) -> None:
+        """Give the connection back to the pool (the store closes the client after this)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.release(conn)

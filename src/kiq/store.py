@@ -40,7 +40,7 @@ from redis.exceptions import WatchError as WatchError  # re-exported: recover's 
 
 from kiq.errors import RedisUnavailable
 from kiq.keys import PROCESS_TTL, STAT_TTL, Keys
-from kiq.lane import Lane
+from kiq.lane import AsyncLane, Lane
 
 SOCKET_TIMEOUT: Final = 5.0  # seconds a command may take before RedisUnavailable
 CONNECT_TIMEOUT: Final = 5.0  # seconds to open a connection
@@ -256,6 +256,7 @@ class Store:
         self._requeue_all = self.redis.register_script(_REQUEUE_ALL)
         self._requeue = self.redis.register_script(_REQUEUE)
         self._lane = Lane(self.redis.connection_pool)
+        self._async_lanes: weakref.WeakKeyDictionary[Any, AsyncLane] = weakref.WeakKeyDictionary()
         self._async_clients: weakref.WeakKeyDictionary[Any, redis.asyncio.Redis] = (
             weakref.WeakKeyDictionary()
         )
@@ -328,23 +329,34 @@ class Store:
         if scheduled:
             flat = [part for at, raw in scheduled for part in (repr(float(at)), raw)]
             commands.append(("ZADD", self.keys.schedule, *flat))
-        # As in push(): packed commands on a pooled connection, one round trip, without
-        # the asyncio Pipeline object (it cost more than the round trip itself).
-        pool = client.connection_pool
+        # As in push(): the loop's lane, or packed commands on a pooled connection when
+        # another coroutine holds it; one round trip either way, no Pipeline object.
         try:
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-            try:
-                await conn.send_packed_command(conn.pack_commands(commands))
-                for _ in commands:
-                    await conn.read_response()
-            except BaseException:
-                await conn.disconnect()
-                raise
-            finally:
-                await pool.release(conn)
+            if await self._async_lane(client).call(commands) is None:
+                await self._acall_pooled(client, commands)
         except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
             with self.translate_errors():
                 raise exc
+
+    @staticmethod
+    async def _acall_pooled(client: redis.asyncio.Redis, commands: list[tuple[Any, ...]]) -> None:
+        pool = client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    def _async_lane(self, client: redis.asyncio.Redis) -> AsyncLane:
+        lane = self._async_lanes.get(client)
+        if lane is None:
+            lane = self._async_lanes[client] = AsyncLane(client.connection_pool, SOCKET_TIMEOUT)
+        return lane
 
     def _async_client(self) -> redis.asyncio.Redis:
         # One asyncio client per event loop: redis.asyncio connections are bound to the
@@ -373,6 +385,9 @@ class Store:
 
         client = self._async_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
+            lane = self._async_lanes.pop(client, None)
+            if lane is not None:
+                await lane.close()
             await client.aclose()
 
     def schedule(self, jobs: Sequence[tuple[float, bytes]]) -> None:
