@@ -158,6 +158,67 @@ def test_async_job_raising_timeout_error_itself_is_not_a_job_timeout(config, r, 
     )
 
 
+# -- the idle fast path (a job arriving at an idle worker runs on its waiter thread) -----
+
+
+def idle_worker(r, start_worker, *args: str, config_text: str = ""):
+    """A worker that has started and found its queues empty (its waiters are blocking)."""
+    worker = start_worker(*args, config_text=config_text)
+    wait_until(lambda: identity_of(r, worker.pid))
+    wait_until(lambda: any(c["cmd"] == "blmove" for c in r.client_list()))
+    return worker
+
+
+def test_a_job_arriving_at_an_idle_worker_runs_on_the_waiter_thread(config, r, start_worker):
+    """Each job sent to an idle worker runs on a waiter thread (no hop to a processor),
+    exactly once, and is acknowledged."""
+    idle_worker(r, start_worker, "-c", "2")
+    sent = []
+    for i in range(6):
+        sent.append(jobs.WhereRan.perform_async(i))
+        wait_until(lambda: len(records(r)) == len(sent))
+    assert [d["jid"] for d in records(r)] == sent
+    threads = r.lrange("test:threads", 0, -1)
+    assert set(threads) == {"kiq.waiter-default"}
+    wait_until(lambda: in_progress(r) == [])
+
+
+def test_on_the_waiter_thread_timeouts_hold_and_async_jobs_go_to_the_loop(config, r, start_worker):
+    """A job timing out on the waiter thread fails with JobTimeout and the waiter goes on
+    serving; an async job arriving at an idle worker runs on the event loop, and the
+    next sync job still runs on the waiter thread."""
+    idle_worker(r, start_worker, "-c", "2")
+    jid = jobs.SlowTimeout.perform_async()
+    (dead,) = wait_until(lambda: r.zrange("dead", 0, -1))
+    assert (orjson.loads(dead)["jid"], orjson.loads(dead)["error_class"]) == (jid, "JobTimeout")
+
+    async_jid = jobs.AsyncRecord.perform_async("async")
+    wait_until(lambda: len(records(r)) == 1)
+    sync_jid = jobs.WhereRan.perform_async("sync")  # the waiter was not stuck in the timeout
+    wait_until(lambda: len(records(r)) == 2)
+    assert [d["jid"] for d in records(r)] == [async_jid, sync_jid]
+    assert r.lrange("test:threads", 0, -1) == ["kiq.waiter-default"]
+
+
+def test_a_long_job_on_the_waiter_thread_leaves_its_queue_served(config, r, start_worker):
+    """While a job runs on the waiter thread, the next job on its queue is still taken
+    at once; TERM past the timeout interrupts it and puts it back like any running job."""
+    worker = idle_worker(r, start_worker, "-c", "2", config_text=":timeout: 1\n")
+    long = jobs.Slow.perform_async(30, "long")
+    wait_until(lambda: r.llen("test:started") == 1)
+    nxt = jobs.WhereRan.perform_async("next")
+    wait_until(lambda: len(records(r)) == 1)
+    assert records(r)[0]["jid"] == nxt
+
+    sent = time.monotonic()
+    worker.signal(signal.SIGTERM)
+
+    assert worker.proc.wait(10) == 0
+    assert time.monotonic() - sent < 3.5  # 1 s timeout, no wait on the busy waiter thread
+    assert queued_jids(r) == [long]
+    assert in_progress(r) == []
+
+
 # -- graceful and forced shutdown -------------------------------------------------------
 
 

@@ -33,9 +33,10 @@ from typing import Final
 
 from kiq.aio import AsyncRunner
 from kiq.config import Config
+from kiq.errors import Shutdown
 from kiq.fetch import TIMEOUT, Fetcher, UnitOfWork
 from kiq.job import lookup
-from kiq.processor import Executor, Processor, State
+from kiq.processor import Executor, Processor, State, interrupt
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ class Manager:
         self._slots = threading.Lock()
         self._pending: collections.deque[UnitOfWork] = collections.deque()
         self._running_count = 0
-        self.fetcher = Fetcher(config, identity, self._deliver, on_redis_error, on_redis_ok)
+        self._here: dict[int, UnitOfWork] = {}  # thread ident -> unit run by a waiter thread
+        self.fetcher = Fetcher(
+            config, identity, self._deliver, on_redis_error, on_redis_ok, self._run_here
+        )
         self.executor = Executor(config, state, self._finished, self.stopping)
         self.aio = AsyncRunner(self.executor)
         self.processors = [self._processor(i) for i in range(config.concurrency)]
@@ -88,6 +92,35 @@ class Manager:
         with self._slots:
             self._pending.extend(units)
         self._dispatch()
+
+    def _run_here(self, unit: UnitOfWork) -> bool:
+        """Run a sync job on the calling (waiter) thread if a slot is free now.
+
+        The fetcher's idle fast path: no hop to a processor thread. False (nothing
+        done) for an async or unknown job, with no free slot, or after quiet; the
+        fetcher then delivers the unit as usual. Like a processor, a failure of kiq's
+        own frees the slot and leaves the job in-progress (requeued at exit).
+        """
+        job_class = lookup(unit.payload["class"]) if unit.payload else None
+        if job_class is None or job_class.is_async or self.quieted.is_set():
+            return False
+        with self._slots:
+            if self._pending or self._running_count >= self.config.concurrency:
+                return False
+            self._running_count += 1
+        ident = threading.get_ident()
+        self._here[ident] = unit
+        try:
+            self.executor.run_sync(unit)
+        except Shutdown:
+            raise
+        except BaseException:  # kiq's own bug: as Processor's watchdog, keep the process up
+            log.exception("running a job on the waiter thread failed")
+            self.fetcher.release(unit)
+            self._free_slot()
+        finally:
+            del self._here[ident]
+        return True
 
     def _finished(self, unit: UnitOfWork) -> None:
         """A job's outcome is recorded: ack it, free its slot, start the next one."""
@@ -177,6 +210,8 @@ class Manager:
             for processor in self.processors:
                 if processor.current is not None:
                     processor.interrupt()
+            for ident in list(self._here):
+                interrupt(ident)
             self.aio.cancel_all()
             end = time.monotonic() + HARD_SHUTDOWN_WAIT
             while self.busy() and time.monotonic() < end:

@@ -277,6 +277,11 @@ class Executor:
             job.perform(*args)
 
 
+def interrupt(ident: int) -> None:
+    """Raise Shutdown in the thread ``ident`` at its next bytecode (hard shutdown)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(Shutdown))
+
+
 class Processor:
     """One thread: take units from the inbox and run them until told to stop."""
 
@@ -301,9 +306,7 @@ class Processor:
         """Raise Shutdown in this thread (hard shutdown)."""
         ident = self.thread.ident
         if ident is not None and self.thread.is_alive():
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(ident), ctypes.py_object(Shutdown)
-            )
+            interrupt(ident)
 
     def _run(self) -> None:
         try:

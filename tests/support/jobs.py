@@ -40,6 +40,16 @@ class Record(kiq.Job, name="Record"):
         record("test:done", self, *args)
 
 
+class WhereRan(kiq.Job, name="WhereRan"):
+    """Record the name of the thread the job ran on (the idle fast path's tests)."""
+
+    def perform(self, tag: Any = None) -> None:
+        import threading
+
+        _redis.rpush("test:threads", threading.current_thread().name)
+        record("test:done", self, tag)
+
+
 class AsyncRecord(kiq.Job, name="AsyncRecord"):
     async def perform(self, *args: Any) -> None:
         await asyncio.sleep(0)
