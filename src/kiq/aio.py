@@ -64,7 +64,7 @@ class AsyncRunner:
         kiq_log.set_level(ex.log_level(unit, job_class))
         exc: BaseException | None = None
         if ex.log_jobs:
-            kiq_log.job_logger("kiq.job").info("start")
+            kiq_log.job_line(kiq_log.job_logger("kiq.job"), logging.INFO, "start")
         try:
             job = ex.instantiate(unit, job_class)
             payload: dict[str, Any] = unit.payload or {}

@@ -195,7 +195,7 @@ class Executor:
                 self.state.failed += 1
         if exc is None:
             if self.log_jobs:
-                job_log.info("done")
+                kiq_log.job_line(job_log, logging.INFO, "done")
         else:
             job_log.warning("fail: %s: %s", error_class(exc), error_message(exc))
             if not self._record_failure(unit, job_class, exc):
@@ -240,7 +240,7 @@ class Executor:
         exc: BaseException | None = None
         try:
             if self.log_jobs:
-                job_log.info("start")
+                kiq_log.job_line(job_log, logging.INFO, "start")
             timer = 0
             try:
                 job = self.instantiate(unit, job_class)
