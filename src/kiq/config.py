@@ -33,8 +33,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import yaml
-
 from kiq.cron import CronJob
 from kiq.errors import ConfigError
 from kiq.keys import Keys
@@ -261,6 +259,8 @@ class Config:
 
 def read_file(path: str | os.PathLike[str], environment: str) -> dict[str, Any]:
     """Read Sidekiq's YAML config (``:concurrency:`` or ``concurrency:`` keys) into fields."""
+    import yaml  # local: a worker configured by flags and env never loads PyYAML (idle RSS)
+
     file = Path(path)
     try:
         data = yaml.safe_load(file.read_text()) or {}

@@ -24,13 +24,12 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-import yaml
-from croniter import croniter
+from typing import TYPE_CHECKING, Any
 
 from kiq.errors import ConfigError
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 DEFAULT_FILES = ("config/kiq_schedule.yml", "config/sidekiq_schedule.yml", "config/schedule.yml")
 
@@ -51,6 +50,8 @@ class CronJob:
 
     @property
     def tz(self) -> tzinfo:
+        from zoneinfo import ZoneInfo  # local, as croniter: a worker without cron jobs
+
         return UTC if self.zone == "UTC" else ZoneInfo(self.zone)
 
     @property
@@ -63,18 +64,18 @@ class CronJob:
         local = self._wall(now)
         if (
             local.microsecond == 0
-            and croniter.match(self.cron, local, second_at_beginning=self._seconds)
+            and _croniter().match(self.cron, local, second_at_beginning=self._seconds)
             and (self._seconds or local.second == 0)
         ):
             return self._aware(local)
-        tick: datetime = croniter(self.cron, local, second_at_beginning=self._seconds).get_prev(
+        tick: datetime = _croniter()(self.cron, local, second_at_beginning=self._seconds).get_prev(
             datetime
         )
         return self._aware(tick)
 
     def next_tick(self, now: datetime) -> datetime:
         """The first fire time after ``now`` (aware, in UTC)."""
-        tick: datetime = croniter(
+        tick: datetime = _croniter()(
             self.cron, self._wall(now), second_at_beginning=self._seconds
         ).get_next(datetime)
         return self._aware(tick)
@@ -94,8 +95,18 @@ class CronJob:
         return wall.replace(tzinfo=self.tz, fold=0).astimezone(UTC)
 
 
+def _croniter() -> type[croniter]:
+    """croniter, imported on first use: a worker without recurring jobs never loads it
+    (with dateutil and six it is ~1 MB of a worker's idle RSS, issue 5)."""
+    from croniter import croniter
+
+    return croniter
+
+
 def parse_line(name: str, line: str) -> tuple[str, str]:
     """Split ``"0 22 * * 1-5 America/Chicago"`` into fields and zone; validate both."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     parts = line.split()
     zone = "UTC"
     if (
@@ -110,7 +121,7 @@ def parse_line(name: str, line: str) -> tuple[str, str]:
             raise ConfigError(f"cron job {name!r}: unknown time zone {zone!r}") from exc
     expression = " ".join(parts)
     seconds_first = len(parts) == 6
-    if len(parts) not in (5, 6) or not croniter.is_valid(
+    if len(parts) not in (5, 6) or not _croniter().is_valid(
         expression, second_at_beginning=seconds_first
     ):
         raise ConfigError(
@@ -160,6 +171,8 @@ def from_dict(name: str, props: dict[str, Any]) -> CronJob:
 
 def load(path: str | Path) -> list[CronJob]:
     """Read a schedule file (sidekiq-cron's format)."""
+    import yaml  # local: only processes given a schedule file load PyYAML
+
     file = Path(path)
     try:
         data = yaml.safe_load(file.read_text()) or {}

@@ -82,7 +82,6 @@ class JobLogger(logging.Logger):
         return not self.disabled and self.manager.disable < level and level >= override
 
 
-
 _CALLER: Final = os.path.join(os.path.dirname(__file__), "processor.py")
 
 
