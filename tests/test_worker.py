@@ -161,11 +161,16 @@ def test_async_job_raising_timeout_error_itself_is_not_a_job_timeout(config, r, 
 # -- the idle fast path (a job arriving at an idle worker runs on its waiter thread) -----
 
 
+def blocked_waiters(r) -> int:
+    """Connections blocked in BLMOVE right now (CLIENT LIST flag ``b``)."""
+    return sum(1 for c in r.client_list() if "b" in c["flags"] and c["cmd"] == "blmove")
+
+
 def idle_worker(r, start_worker, *args: str, config_text: str = ""):
-    """A worker that has started and found its queues empty (its waiters are blocking)."""
+    """A worker that has started and found its queue empty: both waiters are blocking."""
     worker = start_worker(*args, config_text=config_text)
     wait_until(lambda: identity_of(r, worker.pid))
-    wait_until(lambda: any(c["cmd"] == "blmove" for c in r.client_list()))
+    wait_until(lambda: blocked_waiters(r) == 2)
     return worker
 
 
@@ -177,6 +182,7 @@ def test_a_job_arriving_at_an_idle_worker_runs_on_the_waiter_thread(config, r, s
     for i in range(6):
         sent.append(jobs.WhereRan.perform_async(i))
         wait_until(lambda: len(records(r)) == len(sent))
+        wait_until(lambda: blocked_waiters(r) == 2)  # idle again, as between requests
     assert [d["jid"] for d in records(r)] == sent
     threads = r.lrange("test:threads", 0, -1)
     assert set(threads) == {"kiq.waiter-default"}
@@ -191,9 +197,11 @@ def test_on_the_waiter_thread_timeouts_hold_and_async_jobs_go_to_the_loop(config
     jid = jobs.SlowTimeout.perform_async()
     (dead,) = wait_until(lambda: r.zrange("dead", 0, -1))
     assert (orjson.loads(dead)["jid"], orjson.loads(dead)["error_class"]) == (jid, "JobTimeout")
+    wait_until(lambda: blocked_waiters(r) == 2)
 
     async_jid = jobs.AsyncRecord.perform_async("async")
     wait_until(lambda: len(records(r)) == 1)
+    wait_until(lambda: blocked_waiters(r) == 2)
     sync_jid = jobs.WhereRan.perform_async("sync")  # the waiter was not stuck in the timeout
     wait_until(lambda: len(records(r)) == 2)
     assert [d["jid"] for d in records(r)] == [async_jid, sync_jid]

@@ -7,9 +7,11 @@ Tasks:
   2. fetch: one Lua call (``Store.fetch``) acknowledges finished jobs and moves up to
      ``free`` new jobs from the queues into this process's in-progress lists, so a
      batch costs one round trip instead of one per job (issue 5).
-  3. wait: when every queue is empty, one waiter thread per queue blocks in
+  3. wait: when every queue is empty, waiter threads block in
      ``BLMOVE queue -> in-progress`` (atomic, so still nothing only in memory) for at
-     most ``TIMEOUT`` seconds; the first job to arrive wakes the fetcher.
+     most ``TIMEOUT`` seconds. A job arriving at an idle process runs on the waiter
+     that took it when it can (the idle fast path, see ``_wait_loop``); else it wakes
+     the fetcher, which takes the rest in batches.
   4. done: a processor hands back a finished unit; its ack rides on the next fetch,
      or is written at once while the fetcher is idle.
   5. isolate: at most one job that was already in a crash (``kiq_recoveries`` set by
@@ -35,7 +37,7 @@ from typing import Final
 
 from kiq import payload as wire
 from kiq.config import Config, Queue
-from kiq.errors import PayloadError
+from kiq.errors import PayloadError, Shutdown
 from kiq.payload import Payload
 from kiq.store import TRANSIENT_ERRORS
 
@@ -121,13 +123,10 @@ class Fetcher:
         self._threads: list[threading.Thread] = []
         self._suspects = 0  # crash survivors taken and not yet done (at most 1, see _isolate)
         self._hold_until = 0.0  # monotonic; fetch no sooner after putting one back
-        # The idle fast path (see _wait_loop): each queue has a second waiter thread on
-        # standby, woken by the baton when the active one leaves to run a job itself.
+        # The idle fast path (see _wait_loop): two waiter threads per queue.
         self._run_here = run_here
-        self._batons = {queue: threading.Semaphore(0) for queue in self.order.names}
-        self._standby = dict.fromkeys(self.order.names, 0)  # threads parked on the baton
+        self._waiting = dict.fromkeys(self.order.names, 0)  # threads blocked in BLMOVE
         self._running_here: set[int] = set()  # idents of waiter threads running a job
-        self._vacant: list[str] = []  # queues whose waiter left to run a job
 
     # -- called by processors ---------------------------------------------------------
     def done(self, unit: UnitOfWork) -> None:
@@ -186,10 +185,8 @@ class Fetcher:
     def start(self) -> None:
         self._spawn("fetcher", self._run)
         for queue in self.order.names:
-            self._spawn(f"waiter-{queue}", functools.partial(self._wait_loop, queue))
-            if self._run_here is not None:
-                standby = functools.partial(self._wait_loop, queue, standby=True)
-                self._spawn(f"waiter-{queue}", standby)
+            for _ in range(1 if self._run_here is None else 2):
+                self._spawn(f"waiter-{queue}", functools.partial(self._wait_loop, queue))
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=f"kiq.{name}", daemon=True)
@@ -202,9 +199,6 @@ class Fetcher:
         self._idle.set()  # release parked waiters so they can exit
         with self._cond:
             self._cond.notify_all()
-            for queue, baton in self._batons.items():
-                for _ in range(self._standby[queue]):
-                    baton.release()
         # Closing the blocking connections ends a waiter's BLMOVE now instead of after
         # TIMEOUT; a job the server moved just before is still in-progress in Redis and
         # is requeued by the manager's final requeue_all.
@@ -256,7 +250,6 @@ class Fetcher:
             elif want > 0:
                 with self._cond:
                     self._idle.set()  # from now on done() acks at once
-                    self._hand_over()
 
     def _fetch(self, want: int, acks: list[tuple[str, bytes]]) -> list[UnitOfWork] | None:
         try:
@@ -315,18 +308,18 @@ class Fetcher:
             return units, []
         return keep, back
 
-    def _wait_loop(self, queue: str, standby: bool = False) -> None:
-        """Block in BLMOVE on ``queue`` while the process is idle; one thread per queue.
+    def _wait_loop(self, queue: str) -> None:
+        """Block in BLMOVE on ``queue`` while the process is idle.
 
-        The idle fast path (issue 5, latency on an idle worker): a job that arrives here
-        while a slot is free runs on this thread (``run_here``), saving the wakeup of a
-        processor thread, ~0.1-0.2 ms of a ~1 ms enqueue-to-start. First the baton
-        wakes this queue's standby thread, which becomes its waiter; when the job is
-        done this thread parks as the standby. With no standby free (a job already
-        runs here), the job is handed to the processors as usual.
+        The idle fast path (issue 5, latency on an idle worker): with ``run_here``, two
+        threads wait on each queue. A job that reaches one while the other is still
+        waiting (so the queue stays watched) and a slot is free runs on this thread:
+        no processor wakeup, no fetcher wakeup, the process stays idle. On a 2-core VM
+        every wakeup and every cold line of Python between a job's arrival and its
+        start showed (~0.3 ms of a ~1.1 ms enqueue-to-start). A job arriving while the
+        other waiter is busy means more than one job is coming: the fetcher is woken to
+        take the rest in batches and the job goes to the processors.
         """
-        if standby and not self._park(queue):
-            return
         while not self._stopping.is_set():
             self._idle.wait()
             if self._stopping.is_set():
@@ -334,9 +327,27 @@ class Fetcher:
             if queue in self.order.paused:
                 self._stopping.wait(TIMEOUT)
                 continue
+            with self._cond:
+                self._waiting[queue] += 1
             raw = self._wait_one(queue)
-            if raw is not None and not self._arrived(UnitOfWork.parse(queue, raw)):
-                return
+            if raw is None:
+                with self._cond:
+                    self._waiting[queue] -= 1
+                continue
+            unit = UnitOfWork.parse(queue, raw)
+            with self._cond:
+                self._waiting[queue] -= 1
+                here = self._claim_here(unit)
+                if not here:
+                    self._idle.clear()
+                    self._cond.notify()
+            if here:
+                try:
+                    self._run_unit_here(unit)
+                except Shutdown:  # hard shutdown: the manager has put the job back
+                    return
+            elif self._take([unit]):
+                self._stopping.wait(HOLD)  # else BLMOVE hands the same job straight back
 
     def _wait_one(self, queue: str) -> bytes | None:
         """One BLMOVE; None on its timeout, on a Redis error (reported) or when stopping."""
@@ -356,72 +367,31 @@ class Fetcher:
         self._redis_ok()
         return raw
 
-    def _arrived(self, unit: UnitOfWork) -> bool:
-        """Wake the fetcher and run or deliver ``unit``; False if this thread must exit."""
-        with self._cond:
-            self._idle.clear()
-            self._cond.notify()
-            here = self._claim_here(unit)
-        if here:
-            return not self._run_unit_here(unit) or self._park(unit.queue)
-        if self._take([unit]):
-            self._stopping.wait(HOLD)  # else BLMOVE hands the same job straight back
-        return True
-
     def _claim_here(self, unit: UnitOfWork) -> bool:
         """Under the lock: may this waiter run ``unit`` itself? Takes its slot if so."""
         if (
             self._run_here is None
             or unit.suspect
-            or self._standby[unit.queue] == 0
+            or self._waiting[unit.queue] == 0  # the other waiter is busy: a burst
             or self._free <= 0
+            or not self._idle.is_set()
             or self._stopping.is_set()
         ):
             return False
         self._free -= 1
         self._running_here.add(threading.get_ident())
-        # The standby takes over this queue, woken by the fetcher (see _hand_over) when
-        # it finds the queues empty again: its wakeup is kept off this job's start.
-        self._vacant.append(unit.queue)
         return True
 
-    def _hand_over(self) -> None:
-        """Under the lock: wake the standby of each queue whose waiter is running a job."""
-        for queue in self._vacant:
-            self._batons[queue].release()
-        self._vacant.clear()
-
-    def _run_unit_here(self, unit: UnitOfWork) -> bool:
-        """Run ``unit`` through ``run_here``; False if declined before the hand-over.
-
-        True means this thread is no longer its queue's waiter (it ran the job, or the
-        fetcher handed the queue to the standby meanwhile) and must park.
-        """
+    def _run_unit_here(self, unit: UnitOfWork) -> None:
         assert self._run_here is not None
         try:
             ran = self._run_here(unit)
-        except BaseException:  # Shutdown (hard stop) or a bug: the unit stays in-progress
+        finally:  # Shutdown (hard stop) or a bug propagates: the unit stays in-progress
             with self._cond:
                 self._running_here.discard(threading.get_ident())
-            raise
-        with self._cond:
-            self._running_here.discard(threading.get_ident())
-            handed_over = unit.queue not in self._vacant
-            if not ran:
-                self._free += 1  # the manager declined (an async job, no free slot, quiet)
-                if not handed_over:
-                    self._vacant.remove(unit.queue)  # still this queue's waiter
-        if not ran:
+        if not ran:  # the manager declined (an async job, no free slot, quiet)
+            with self._cond:
+                self._free += 1
+                self._idle.clear()
+                self._cond.notify()
             self._take([unit])
-        return ran or handed_over
-
-    def _park(self, queue: str) -> bool:
-        """Wait as ``queue``'s standby until handed the baton; False when stopping."""
-        with self._cond:
-            if self._stopping.is_set():
-                return False
-            self._standby[queue] += 1
-        self._batons[queue].acquire()
-        with self._cond:
-            self._standby[queue] -= 1
-        return not self._stopping.is_set()

@@ -38,6 +38,20 @@ _NEVER: Final = float("inf")
 _HIGH_WATER: Final = 64 * 1024  # bytes unsent before an AsyncLane call awaits the drain
 
 
+def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
+    """Write ``packed`` on ``conn`` (connecting if needed) and read ``count`` replies."""
+    try:
+        conn.send_packed_command([packed], check_health=False)
+        parser = conn._parser  # its read_response: redis-py's, minus ~12 us of wrapping
+        return [parser.read_response() for _ in range(count)]
+    except OSError as exc:  # a bare socket error from the parser's recv
+        conn.disconnect()
+        raise RedisConnectionError(f"Error while reading from Redis: {exc}") from exc
+    except BaseException:
+        conn.disconnect()  # a half-read reply must not reach the next call
+        raise
+
+
 class Lane:
     """A connection held out of ``pool`` for single calls; see the module docstring.
 
@@ -79,15 +93,12 @@ class Lane:
                 conn.check_health()
             packed = b"".join([_pack(tuple(command)) for command in commands])
             try:
-                conn.send_packed_command([packed], check_health=False)
-                parser = conn._parser  # its read_response: redis-py's, minus ~12 us of wrapping
-                replies = [parser.read_response() for _ in commands]
-            except OSError as exc:  # a bare socket error from the parser's recv
-                conn.disconnect()
-                raise RedisConnectionError(f"Error while reading from Redis: {exc}") from exc
-            except BaseException:
-                conn.disconnect()  # a half-read reply must not reach the next call
-                raise
+                replies = _exchange(conn, packed, len(commands))
+            except RedisConnectionError:
+                # The held connection went stale (a Redis restart, a server idle timeout):
+                # reconnect and send once more, as redis-py's default Retry does for
+                # pooled commands. A second failure is Redis being away: raised.
+                replies = _exchange(conn, packed, len(commands))
             self._check_after = now + (conn.health_check_interval or _NEVER)
         finally:
             self._lock.release()
@@ -127,8 +138,6 @@ class AsyncLane:
 
     async def call(self, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
         """As ``Lane.call``; None while another coroutine of this loop is using it."""
-        import asyncio  # local: the sync engine never loads asyncio for this module
-
         if _pack is None or self._busy:
             return None
         self._busy = True
@@ -143,24 +152,10 @@ class AsyncLane:
                 await conn.check_health()
             packed = b"".join([_pack(tuple(command)) for command in commands])
             try:
-                writer = conn._writer
-                writer.write(packed)
-                if writer.transport.get_write_buffer_size() > _HIGH_WATER:
-                    await writer.drain()
-                parser = conn._parser
-                async with asyncio.timeout(self._timeout):
-                    replies = [await parser.read_response() for _ in commands]
-            except TimeoutError as exc:
-                await conn.disconnect()
-                raise RedisTimeoutError(
-                    f"Timeout reading from Redis after {self._timeout}s"
-                ) from exc
-            except OSError as exc:
-                await conn.disconnect()
-                raise RedisConnectionError(f"Error while talking to Redis: {exc}") from exc
-            except BaseException:
-                await conn.disconnect()
-                raise
+                replies = await self._exchange(conn, packed, len(commands))
+            except RedisConnectionError:  # stale: once more on a new connection, as Lane
+                await conn.connect()
+                replies = await self._exchange(conn, packed, len(commands))
             self._check_after = now + (conn.health_check_interval or _NEVER)
         finally:
             self._busy = False
@@ -168,6 +163,27 @@ class AsyncLane:
             if isinstance(reply, ResponseError):
                 raise reply
         return replies
+
+    async def _exchange(self, conn: Any, packed: bytes, count: int) -> list[Any]:
+        import asyncio  # local: the sync engine never loads asyncio for this module
+
+        try:
+            writer = conn._writer
+            writer.write(packed)
+            if writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                await writer.drain()
+            parser = conn._parser
+            async with asyncio.timeout(self._timeout):
+                return [await parser.read_response() for _ in range(count)]
+        except TimeoutError as exc:
+            await conn.disconnect()
+            raise RedisTimeoutError(f"Timeout reading from Redis after {self._timeout}s") from exc
+        except OSError as exc:
+            await conn.disconnect()
+            raise RedisConnectionError(f"Error while talking to Redis: {exc}") from exc
+        except BaseException:  # redis-py's ConnectionError, a cancellation...
+            await conn.disconnect()
+            raise
 
     async def close(self) -> None:
         """Give the connection back to the pool (the store closes the client after this)."""
