@@ -12,7 +12,7 @@ import redis
 
 from kiq.config import Config
 from tests.support import jobs
-from tests.support.jobs import records
+from tests.support.jobs import blocked_waiters, records
 from tests.support.servers import Worker
 from tests.support.wait import wait_until
 
@@ -52,6 +52,7 @@ def test_runs_n_processes_that_share_the_work(
     supervisor = supervised()
     wait_until(lambda: len(pids(r)) == 2, timeout=30)
     assert supervisor.pid not in pids(r)
+    wait_until(lambda: blocked_waiters(r) == 4)  # both children idle, waiting for work
     jobs.Slow.perform_bulk([[0.2, i] for i in range(40)])
     wait_until(lambda: len(records(r, "test:done")) == 40, timeout=60)
     assert {record["pid"] for record in records(r, "test:done")} == pids(r)

@@ -16,7 +16,7 @@ import pytest
 
 from kiq.keys import STAT_TTL
 from tests.support import jobs
-from tests.support.jobs import identity_of, records
+from tests.support.jobs import blocked_waiters, identity_of, records
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -159,11 +159,6 @@ def test_async_job_raising_timeout_error_itself_is_not_a_job_timeout(config, r, 
 
 
 # -- the idle fast path (a job arriving at an idle worker runs on its waiter thread) -----
-
-
-def blocked_waiters(r) -> int:
-    """Connections blocked in BLMOVE right now (CLIENT LIST flag ``b``)."""
-    return sum(1 for c in r.client_list() if "b" in c["flags"] and c["cmd"] == "blmove")
 
 
 def idle_worker(r, start_worker, *args: str, config_text: str = ""):

@@ -35,6 +35,12 @@ def identity_of(r: redis.Redis, pid: int) -> str | None:
     return None
 
 
+def blocked_waiters(r: redis.Redis) -> int:
+    """Connections blocked in BLMOVE right now (CLIENT LIST flag ``b``): an idle worker
+    has two per queue (kiq.fetch's waiters)."""
+    return sum(1 for c in r.client_list() if "b" in c["flags"] and c["cmd"] == "blmove")
+
+
 class Record(kiq.Job, name="Record"):
     def perform(self, *args: Any) -> None:
         record("test:done", self, *args)
