@@ -20,7 +20,7 @@ module never imports the testing code.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from kiq import payload as wire
@@ -103,11 +103,28 @@ class Client:
 
     def _prepare_bulk(self, item: Mapping[str, Any]) -> tuple[list[str | None], list[Payload]]:
         # Every job is checked before any is written: a bad argument list in the middle
-        # of a bulk push must not leave half of it enqueued.
+        # of a bulk push must not leave half of it enqueued. The options are normalized
+        # once, as Sidekiq's push_bulk does (one normalize_item, then per job a copy with
+        # its own args and jid, sharing created_at); per job only its arguments and
+        # ``at`` are checked (issue 5: perform_bulk >= 100,000 jobs/s).
+        args_list, at = _bulk_parts(item)
+        base = {k: v for k, v in item.items() if k not in ("args", "at")}
+        template = self.normalize(dict(base, args=[]))
+        name = template["class"]
+        fresh_jids = "jid" not in item  # an explicit jid: one job only (_bulk_parts)
         jids: list[str | None] = []
         payloads: list[Payload] = []
-        for one in _split_bulk(item):
-            final = self._through_middleware(self.normalize(one))
+        for index, args in enumerate(args_list):
+            wire.check_args(name, args)
+            payload = dict(template)
+            payload["args"] = args
+            if fresh_jids:
+                payload["jid"] = wire.new_jid()
+            when = at[index] if isinstance(at, list) else at
+            if when is not None:
+                _check_at(name, when)
+                payload["at"] = when
+            final = self._through_middleware(payload)
             jids.append(None if final is None else final["jid"])
             if final is not None:
                 payloads.append(final)
@@ -136,10 +153,8 @@ class Client:
         if not isinstance(queue, str) or not queue:
             raise JobArgumentError(f"job {name}: 'queue' must be a non-empty string, got {queue!r}")
         at = payload.get("at")
-        if at is not None and (
-            isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at)
-        ):  # NaN made Redis refuse the ZADD; inf scheduled a job that never runs
-            raise JobArgumentError(f"job {name}: 'at' must be epoch seconds, got {at!r}")
+        if at is not None:
+            _check_at(name, at)
         if "jid" not in payload:
             payload["jid"] = wire.new_jid()
         if "created_at" not in payload:
@@ -226,8 +241,8 @@ class AsyncClient(Client):
         await self.config.store.apush(immediate, scheduled)
 
 
-def _split_bulk(item: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """One item per argument list of a bulk push, each with its own ``at`` if given."""
+def _bulk_parts(item: Mapping[str, Any]) -> tuple[list[list[Any]], Any]:
+    """A bulk push's argument lists and its ``at`` (one time, or a list of one per job)."""
     args_list = item.get("args")
     if not isinstance(args_list, list) or not all(isinstance(a, list) for a in args_list):
         raise JobArgumentError(
@@ -242,13 +257,13 @@ def _split_bulk(item: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         )
     if "jid" in item and len(args_list) > 1:
         raise JobArgumentError("push_bulk: an explicit 'jid' cannot be shared by many jobs")
-    base = {k: v for k, v in item.items() if k not in ("args", "at")}
-    for index, args in enumerate(args_list):
-        one = dict(base, args=args)
-        when = at[index] if isinstance(at, list) else at
-        if when is not None:
-            one["at"] = when
-        yield one
+    return args_list, at
+
+
+def _check_at(name: str, at: object) -> None:
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        # NaN made Redis refuse the ZADD; inf scheduled a job that never runs
+        raise JobArgumentError(f"job {name}: 'at' must be epoch seconds, got {at!r}")
 
 
 _DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {"retry": True, "queue": "default"}
