@@ -202,7 +202,7 @@ class Job:
 
     @classmethod
     def perform_async(cls, *args: Any) -> str | None:
-        return Setter(cls, {}).perform_async(*args)
+        return Client(get_default()).push_job(cls, args)
 
     @classmethod
     def perform_in(cls, interval: When, *args: Any) -> str | None:

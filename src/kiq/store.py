@@ -273,36 +273,50 @@ class Store:
         """Turn connection errors and READONLY into RedisUnavailable naming the URL."""
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise RedisUnavailable(
-                f"cannot reach Redis at {self.safe_url}: {exc}. Check that the server "
-                f"runs and REDIS_URL / KIQ_REDIS_URL points at it (connect timeout "
-                f"{CONNECT_TIMEOUT:g}s, command timeout {SOCKET_TIMEOUT:g}s)."
-            ) from exc
-        except ReadOnlyError as exc:
-            raise RedisUnavailable(
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+            raise self.unavailable(exc) from exc
+
+    def unavailable(self, exc: BaseException) -> RedisUnavailable:
+        """The RedisUnavailable for a connection error or READONLY, saying how to fix it."""
+        if isinstance(exc, ReadOnlyError):
+            return RedisUnavailable(
                 f"Redis at {self.safe_url} is a read-only replica ({exc}): a failover is in "
                 f"progress or the URL names a replica. Retry shortly, or point the URL at the "
                 f"primary (or at Sentinel: redis+sentinel://host:26379/<service>)."
-            ) from exc
+            )
+        return RedisUnavailable(
+            f"cannot reach Redis at {self.safe_url}: {exc}. Check that the server "
+            f"runs and REDIS_URL / KIQ_REDIS_URL points at it (connect timeout "
+            f"{CONNECT_TIMEOUT:g}s, command timeout {SOCKET_TIMEOUT:g}s)."
+        )
 
     # -- client side ------------------------------------------------------------------
     def push(self, jobs: Sequence[tuple[str, bytes]]) -> None:
-        """SADD queues + LPUSH queue:<q>, one pipeline for all jobs (Sidekiq: atomic_push)."""
+        """SADD queues + LPUSH queue:<q>, one round trip for all jobs (Sidekiq: atomic_push).
+
+        The client's hot path (issue 5: perform_async one call at a time): the write
+        goes on the lane's held connection, or on the pool (packed commands, without
+        redis-py's Pipeline object) while another thread holds the lane. Plain
+        try/except rather than ``translate_errors``: a web app enqueues on cold caches,
+        where each layer of Python shows.
+        """
         by_queue: dict[str, list[bytes]] = {}
         for queue, raw in jobs:
             by_queue.setdefault(queue, []).append(raw)
-        with self.translate_errors():
-            self._retry_once_on_failover(self._push_pipeline, by_queue)
-
-    def _push_pipeline(self, by_queue: dict[str, list[bytes]]) -> None:
-        # The push is the client's hot path (issue 5: perform_async one call at a time):
-        # SADD + LPUSH in one write on the lane's held connection; on the pool (as the
-        # lane does, without redis-py's Pipeline object) when another thread holds it.
         commands: list[tuple[Any, ...]] = [("SADD", self.keys.queues, *by_queue)]
         commands += [("LPUSH", self.keys.queue(q), *raws) for q, raws in by_queue.items()]
-        if self._lane.call(commands) is None:
-            self._call_pooled(commands)
+        try:
+            try:
+                if self._lane.call(commands) is None:
+                    self._call_pooled(commands)
+            except ReadOnlyError:
+                # Sidekiq client.rb: after a failover the old primary answers READONLY;
+                # reconnecting once reaches the new one.
+                self.redis.connection_pool.disconnect()
+                if self._lane.call(commands) is None:
+                    self._call_pooled(commands)
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+            raise self.unavailable(exc) from exc
 
     def _call_pooled(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         pool = self.redis.connection_pool
