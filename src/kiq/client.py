@@ -139,12 +139,13 @@ class Client:
         fresh_jids = "jid" not in item  # an explicit jid: one job only (_bulk_parts)
         jids: list[str | None] = []
         payloads: list[Payload] = []
+        new_jids = wire.new_jids(len(args_list)) if fresh_jids else []
         for index, args in enumerate(args_list):
             wire.check_args(name, args)
             payload = dict(template)
             payload["args"] = args
             if fresh_jids:
-                payload["jid"] = wire.new_jid()
+                payload["jid"] = new_jids[index]
             when = at[index] if isinstance(at, list) else at
             if when is not None:
                 _check_at(name, when)

@@ -35,6 +35,11 @@ except ImportError:  # pragma: no cover - redis[hiredis] installs it on every pl
     _pack = None
 
 _NEVER: Final = float("inf")
+
+# This process's pid, kept current across fork: os.getpid() is a system call, and the
+# lane checks it on every push.
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 _HIGH_WATER: Final = 64 * 1024  # bytes unsent before an AsyncLane call awaits the drain
 
 
@@ -69,7 +74,7 @@ class Lane:
         self._pool = pool
         self._lock = threading.Lock()
         self._conn: Any = None
-        self._pid = os.getpid()
+        self._pid = _pid[0]
         self._check_after = 0.0  # monotonic; check the held connection's health after this
 
     def call(self, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
@@ -80,8 +85,8 @@ class Lane:
         the connection, so no unread reply can reach the next call, and is raised as
         redis-py's ConnectionError or TimeoutError; the next call reconnects.
         """
-        if self._pid != os.getpid():  # forked: the parent's socket and lock are not ours
-            self._lock, self._conn, self._pid = threading.Lock(), None, os.getpid()
+        if self._pid != _pid[0]:  # forked: the parent's socket and lock are not ours
+            self._lock, self._conn, self._pid = threading.Lock(), None, _pid[0]
         if _pack is None or not self._lock.acquire(blocking=False):
             return None
         try:
@@ -111,7 +116,7 @@ class Lane:
         """Give the connection back to the pool (the store closes the pool after this)."""
         with self._lock:
             conn, self._conn = self._conn, None
-        if conn is not None and self._pid == os.getpid():
+        if conn is not None and self._pid == _pid[0]:
             self._pool.release(conn)
 
 
