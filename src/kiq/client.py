@@ -69,13 +69,7 @@ class Client:
 
     def push(self, item: Mapping[str, Any]) -> str | None:
         """Push one job; return its jid, or None if a client middleware stopped it."""
-        payload = self.normalize(item)
-        final = self._through_middleware(payload)
-        if final is None:
-            return None
-        self._write([final])
-        jid: str = final["jid"]
-        return jid
+        return self._push_normalized(self.normalize(item))
 
     def push_job(self, job: type[Job], args: tuple[Any, ...]) -> str | None:
         """``Job.perform_async(*args)``: ``push`` without re-checking the class's options.
@@ -95,6 +89,9 @@ class Client:
         wire.check_args(name, arguments)
         payload["jid"] = wire.new_jid()
         payload["created_at"] = timestamp(self.config)
+        return self._push_normalized(payload)
+
+    def _push_normalized(self, payload: Payload) -> str | None:
         final = self._through_middleware(payload)
         if final is None:
             return None
