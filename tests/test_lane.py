@@ -84,6 +84,18 @@ def test_a_dropped_connection_is_reopened(lane: Lane, r: redis.Redis) -> None:
     assert second[0] != first[0]
 
 
+def test_without_resend_a_dropped_connection_is_raised(config: Config, r: redis.Redis) -> None:
+    """A waiter's lane (resend=False): closing its connection must end the call, as the
+    fetcher does to wake its waiters on stop; the next call reconnects."""
+    lane = Lane(config.store.redis.connection_pool, resend=False)
+    first = lane.call([("CLIENT", "ID")])
+    assert first is not None
+    r.client_kill_filter(_id=first[0])
+    with pytest.raises(redis.ConnectionError):
+        lane.call([("PING",)])
+    assert lane.call([("PING",)]) == [b"PONG"]
+
+
 def test_redis_away_is_raised(unused_port: int) -> None:
     pool = redis.ConnectionPool.from_url(f"redis://127.0.0.1:{unused_port}/0")
     with pytest.raises(redis.ConnectionError):

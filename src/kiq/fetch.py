@@ -349,14 +349,21 @@ class Fetcher:
             elif self._take([unit]):
                 self._stopping.wait(HOLD)  # else BLMOVE hands the same job straight back
 
-    def _wait_one(self, queue: str) -> bytes | None:
-        """One BLMOVE; None on its timeout, on a Redis error (reported) or when stopping."""
+    def _wait_one(self, queue: str, *, again: bool = True) -> bytes | None:
+        """One BLMOVE; None on its timeout, on a Redis error (reported) or when stopping.
+
+        A first error is tried again at once: the waiter's held connection may just be
+        stale (Redis restarted while it ran a job), which is no outage to report.
+        """
         try:
             raw = self.store.wait(self.identity, queue)
         except TRANSIENT_ERRORS as exc:
-            if not self._stopping.is_set():
-                self._redis_error(exc)
-                self._stopping.wait(1.0)
+            if self._stopping.is_set():
+                return None
+            if again:
+                return self._wait_one(queue, again=False)
+            self._redis_error(exc)
+            self._stopping.wait(1.0)
             return None
         except AttributeError:
             # join() disconnects the pool from another thread to wake the waiters; a

@@ -70,8 +70,9 @@ class Lane:
 
     usable = _pack is not None
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, *, resend: bool = True) -> None:
         self._pool = pool
+        self._resend = resend
         self._lock = threading.Lock()
         self._conn: Any = None
         self._pid = _pid[0]
@@ -103,6 +104,8 @@ class Lane:
                 # The held connection went stale (a Redis restart, a server idle timeout):
                 # reconnect and send once more, as redis-py's default Retry does for
                 # pooled commands. A second failure is Redis being away: raised.
+                if not self._resend:
+                    raise
                 replies = _exchange(conn, packed, len(commands))
             self._check_after = now + (conn.health_check_interval or _NEVER)
         finally:

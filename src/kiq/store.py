@@ -448,7 +448,9 @@ class Store:
         # Python in between (issue 5). Redis 6+ takes a float timeout.
         lane: Lane | None = getattr(self._wait_lanes, "lane", None)
         if lane is None:
-            lane = self._wait_lanes.lane = Lane(self.blocking.connection_pool)
+            # No resend: a waiter is woken on stop by closing its connection, and must
+            # not block again; it retries in its own loop (kiq.fetch, _wait_one).
+            lane = self._wait_lanes.lane = Lane(self.blocking.connection_pool, resend=False)
         source, target = self.keys.queue(queue), self.keys.inprogress(identity, queue)
         timeout = repr(float(self.block_timeout))
         try:
