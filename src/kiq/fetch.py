@@ -320,6 +320,12 @@ class Fetcher:
         other waiter is busy means more than one job is coming: the fetcher is woken to
         take the rest in batches and the job goes to the processors.
         """
+        try:
+            self._serve_queue(queue)
+        except Shutdown:  # the hard stop's interrupt, landed just after a job ended here
+            return
+
+    def _serve_queue(self, queue: str) -> None:
         while not self._stopping.is_set():
             self._idle.wait()
             if self._stopping.is_set():
@@ -342,10 +348,7 @@ class Fetcher:
                     self._idle.clear()
                     self._cond.notify()
             if here:
-                try:
-                    self._run_unit_here(unit)
-                except Shutdown:  # hard shutdown: the manager has put the job back
-                    return
+                self._run_unit_here(unit)  # Shutdown (hard stop): the job was put back
             elif self._take([unit]):
                 self._stopping.wait(HOLD)  # else BLMOVE hands the same job straight back
 

@@ -306,7 +306,7 @@ class Setter:
 
     def perform_bulk(self, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
         item = self._item([])
-        item["args"] = [a if type(a) is list else list(a) for a in args_list]
+        item["args"] = [list(a) for a in args_list]  # middleware may edit them: copies
         return self._client().push_bulk(item)
 
     def _aclient(self) -> AsyncClient:
@@ -325,7 +325,7 @@ class Setter:
 
     async def aperform_bulk(self, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
         item = self._item([])
-        item["args"] = [a if type(a) is list else list(a) for a in args_list]
+        item["args"] = [list(a) for a in args_list]  # middleware may edit them: copies
         return await self._aclient().push_bulk(item)
 
     def perform_inline(self, *args: Any) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -36,10 +37,18 @@ except ImportError:  # pragma: no cover - redis[hiredis] installs it on every pl
 
 _NEVER: Final = float("inf")
 
-# This process's pid, kept current across fork: os.getpid() is a system call, and the
-# lane checks it on every push.
-_pid = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+# Every Lane of this process, reset in a forked child before any of its threads runs:
+# the parent's socket and lock are not the child's (a per-call pid check raced when two
+# threads of a fresh child pushed at once).
+_lanes: weakref.WeakSet[Lane] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for lane in list(_lanes):
+        lane._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 _HIGH_WATER: Final = 64 * 1024  # bytes unsent before an AsyncLane call awaits the drain
 
 
@@ -75,8 +84,8 @@ class Lane:
         self._resend = resend
         self._lock = threading.Lock()
         self._conn: Any = None
-        self._pid = _pid[0]
-        self._check_after = 0.0  # monotonic; check the held connection's health after this
+        self._check_after = 0.0
+        _lanes.add(self)  # monotonic; check the held connection's health after this
 
     def call(self, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
         """Send ``commands`` in one write and return their replies; None if the lane is busy.
@@ -86,9 +95,8 @@ class Lane:
         the connection, so no unread reply can reach the next call, and is raised as
         redis-py's ConnectionError or TimeoutError; the next call reconnects.
         """
-        if self._pid != _pid[0]:  # forked: the parent's socket and lock are not ours
-            self._lock, self._conn, self._pid = threading.Lock(), None, _pid[0]
-        if _pack is None or not self._lock.acquire(blocking=False):
+        lock = self._lock
+        if _pack is None or not lock.acquire(blocking=False):
             return None
         try:
             conn = self._conn
@@ -109,7 +117,7 @@ class Lane:
                 replies = _exchange(conn, packed, len(commands))
             self._check_after = now + (conn.health_check_interval or _NEVER)
         finally:
-            self._lock.release()
+            lock.release()
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
@@ -119,8 +127,12 @@ class Lane:
         """Give the connection back to the pool (the store closes the pool after this)."""
         with self._lock:
             conn, self._conn = self._conn, None
-        if conn is not None and self._pid == _pid[0]:
+        if conn is not None:
             self._pool.release(conn)
+
+    def _forked(self) -> None:
+        """In a forked child: forget the parent's connection, take a fresh lock."""
+        self._lock, self._conn = threading.Lock(), None
 
 
 class AsyncLane:

@@ -102,10 +102,14 @@ class Manager:
         own frees the slot and leaves the job in-progress (requeued at exit).
         """
         job_class = lookup(unit.payload["class"]) if unit.payload else None
-        if job_class is None or job_class.is_async or self.quieted.is_set():
+        if job_class is None or job_class.is_async:
             return False
-        with self._slots:
-            if self._pending or self._running_count >= self.config.concurrency:
+        with self._slots:  # quiet checked with the slot taken: stop() then waits for it
+            if (
+                self.quieted.is_set()
+                or self._pending
+                or self._running_count >= self.config.concurrency
+            ):
                 return False
             self._running_count += 1
         ident = threading.get_ident()
