@@ -392,6 +392,11 @@ class Fetcher:
         self._running_here.add(threading.get_ident())
         return True
 
+    def running_here(self) -> list[int]:
+        """Idents of the waiter threads running a job now (hard shutdown interrupts them)."""
+        with self._cond:
+            return list(self._running_here)
+
     def _run_unit_here(self, unit: UnitOfWork) -> None:
         assert self._run_here is not None
         try:

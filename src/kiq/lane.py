@@ -9,11 +9,11 @@ caller that finds it busy (another thread mid-push) gets ``None`` and takes the 
 as before, so threads never queue behind each other.
 
 Everything else stays redis-py's: the connection (TCP, TLS, unix socket, Sentinel,
-AUTH/SELECT on connect), reconnecting after ``disconnect()``, the idle health check,
-reply parsing and its exceptions, the idle health check (done here by the lane's own
-clock, as redis-py does it per read). It is part of the store's seam: only
-``kiq.store`` uses it. Without hiredis (a platform with no wheel) ``Lane.usable`` is
-False and every call returns None.
+AUTH/SELECT on connect), reconnecting after ``disconnect()``, reply parsing and its
+exceptions, and the idle health check (timed here by the lane's own clock, as redis-py
+times it per read). It is part of the store's seam: only ``kiq.store`` uses it.
+Without hiredis (a platform with no wheel) every call returns None and the store uses
+the pool.
 """
 
 from __future__ import annotations
@@ -76,8 +76,6 @@ class Lane:
         if replies is None:
             ...  # busy: use the pool
     """
-
-    usable = _pack is not None
 
     def __init__(self, pool: Any, *, resend: bool = True) -> None:
         self._pool = pool
@@ -146,8 +144,6 @@ class AsyncLane:
     A cancelled call (a web request gone) drops the connection, as a half-read reply
     must not reach the next call.
     """
-
-    usable = _pack is not None
 
     def __init__(self, pool: Any, timeout: float) -> None:
         self._pool = pool

@@ -64,7 +64,6 @@ class Manager:
         self._slots = threading.Lock()
         self._pending: collections.deque[UnitOfWork] = collections.deque()
         self._running_count = 0
-        self._here: dict[int, UnitOfWork] = {}  # thread ident -> unit run by a waiter thread
         self.fetcher = Fetcher(
             config, identity, self._deliver, on_redis_error, on_redis_ok, self._run_here
         )
@@ -112,18 +111,13 @@ class Manager:
             ):
                 return False
             self._running_count += 1
-        ident = threading.get_ident()
-        self._here[ident] = unit
         try:
             self.executor.run_sync(unit)
         except Shutdown:
             raise
         except BaseException:  # kiq's own bug: as Processor's watchdog, keep the process up
             log.exception("running a job on the waiter thread failed")
-            self.fetcher.release(unit)
-            self._free_slot()
-        finally:
-            del self._here[ident]
+            self._abandon(unit)
         return True
 
     def _finished(self, unit: UnitOfWork) -> None:
@@ -166,11 +160,16 @@ class Manager:
             return
         unit = processor.current
         if unit is not None:
-            self.fetcher.release(unit)  # stays in-progress: recovered if we die, requeued at exit
-            self._free_slot()
+            self._abandon(unit)
         replacement = self._processor(processor.index)
         self.processors[processor.index] = replacement
         replacement.start()
+
+    def _abandon(self, unit: UnitOfWork) -> None:
+        """Free the slot of a unit whose runner failed; it stays in-progress in Redis
+        (requeued at exit, or recovered if this process dies)."""
+        self.fetcher.release(unit)
+        self._free_slot()
 
     def quiet(self) -> None:
         """Stop fetching; put back what was fetched ahead but not started."""
@@ -214,7 +213,7 @@ class Manager:
             for processor in self.processors:
                 if processor.current is not None:
                     processor.interrupt()
-            for ident in list(self._here):
+            for ident in self.fetcher.running_here():
                 interrupt(ident)
             self.aio.cancel_all()
             end = time.monotonic() + HARD_SHUTDOWN_WAIT

@@ -297,8 +297,8 @@ class Store:
         The client's hot path (issue 5: perform_async one call at a time): the write
         goes on the lane's held connection, or on the pool (packed commands, without
         redis-py's Pipeline object) while another thread holds the lane. Plain
-        try/except rather than ``translate_errors``: a web app enqueues on cold caches,
-        where each layer of Python shows.
+        try/except rather than the ``translate_errors`` context manager: a web app
+        enqueues on cold caches, where each layer of Python shows.
         """
         by_queue: dict[str, list[bytes]] = {}
         for queue, raw in jobs:
@@ -306,17 +306,14 @@ class Store:
         commands: list[tuple[Any, ...]] = [("SADD", self.keys.queues, *by_queue)]
         commands += [("LPUSH", self.keys.queue(q), *raws) for q, raws in by_queue.items()]
         try:
-            try:
-                if self._lane.call(commands) is None:
-                    self._call_pooled(commands)
-            except ReadOnlyError:
-                # Sidekiq client.rb: after a failover the old primary answers READONLY;
-                # reconnecting once reaches the new one.
-                self.redis.connection_pool.disconnect()
-                if self._lane.call(commands) is None:
-                    self._call_pooled(commands)
+            self._retry_once_on_failover(self._call, commands)
         except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
             raise self.unavailable(exc) from exc
+
+    def _call(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """One round trip: on the lane, or on the pool while another thread holds it."""
+        replies = self._lane.call(commands)
+        return self._call_pooled(commands) if replies is None else replies
 
     def _call_pooled(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         pool = self.redis.connection_pool
