@@ -35,7 +35,13 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import (
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError as WatchError  # re-exported: recover's transaction
 
@@ -47,8 +53,34 @@ SOCKET_TIMEOUT: Final = 5.0  # seconds a command may take before RedisUnavailabl
 CONNECT_TIMEOUT: Final = 5.0  # seconds to open a connection
 BLOCK_SLACK: Final = 5.0  # extra read time allowed on top of a blocking pop's own timeout
 
-# Errors that mean "Redis is away or was just failed over"; callers back off and retry.
-TRANSIENT_ERRORS: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# Errors that mean "Redis is away, failed over, loading, out of memory or busy": the same
+# command may succeed later, so callers keep the job where it is, back off and retry
+# (issue 12). BusyLoadingError (LOADING) is a ConnectionError in redis-py; OOM, MASTERDOWN
+# and TRYAGAIN are ResponseErrors of their own class; BUSY (a script running past
+# lua-time-limit) has no class and is recognised by ``is_transient``.
+TRANSIENT_ERRORS: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    MasterDownError,
+    TryAgainError,
+    OSError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an error the same command may not raise again later (see TRANSIENT_ERRORS)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(("BUSY", "LOADING", "OOM"))
+
+
+def is_wrong_type(exc: BaseException) -> bool:
+    """True for WRONGTYPE: a key holds another type than kiq expects (a bad key, not an
+    outage): the caller skips that one key loudly and goes on with the others."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
 
 # KEYS: queue:q1, inprogress:q1, queue:q2, inprogress:q2, ... (fetch order)
 # ARGV: max jobs to take, number of acks, then per ack: its in-progress key, its raw job.
