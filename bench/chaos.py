@@ -465,6 +465,7 @@ class Report:
     oom_s: float
     wrongtype_lines: int
     thread_deaths: list[str]
+    part_crashes: list[str]
     tracebacks: int
     unexpected_exits: list[str]
     not_beating: list[str]
@@ -474,7 +475,10 @@ class Report:
         if self.lost or self.unfinished or self.dead_unexpected:
             return False
         hostile_ok = not (
-            self.plants_unaccounted or self.unexpected_exits or self.not_beating
+            self.plants_unaccounted
+            or self.unexpected_exits
+            or self.not_beating
+            or self.part_crashes
         ) and bool(self.wrongtype_lines)
         return not self.thread_deaths and (hostile_ok or not self.hostile)
 
@@ -544,6 +548,7 @@ def account(
         oom_s=tally.oom_s,
         wrongtype_lines=logs.wrongtype_lines,
         thread_deaths=logs.thread_deaths,
+        part_crashes=logs.part_crashes,
         tracebacks=logs.tracebacks,
         unexpected_exits=tally.unexpected_exits,
         not_beating=alive,
@@ -617,6 +622,13 @@ def print_hostile(report: Report) -> None:
         f"tracebacks logged" + (fail if report.unexpected_exits or report.not_beating else "")
     )
     for line in [*report.unexpected_exits, *report.not_beating][:10]:
+        print(f"      {line}")
+    print(
+        f"  engine threads      {len(report.part_crashes)} crashes reported by their "
+        f"supervisor (a transient error, WRONGTYPE or bad payload must not crash one)"
+        + (fail if report.part_crashes else "")
+    )
+    for line in report.part_crashes[:10]:
         print(f"      {line}")
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -235,19 +236,26 @@ def _outcome(item: Plant, dead: dict[str, Any], pending: dict[str, str], done: s
 @dataclass
 class LogFindings:
     thread_deaths: list[str]  # "Exception in thread ..." lines: a thread died
+    part_crashes: list[str]  # "kiq.<part> crashed": restarted by its supervisor, or not
     tracebacks: int
     wrongtype_lines: int  # lines about the WRONGTYPE queue (it must be skipped loudly)
 
 
+CRASH = re.compile(r"kiq\.[\w.-]+ (crashed|cannot go on)")
+
+
 def scan_logs(folder: Path) -> LogFindings:
     deaths: list[str] = []
+    crashes: list[str] = []
     tracebacks = wrongtype = 0
     for log in sorted(folder.glob("worker-*.log")):
         for line in log.read_text(errors="replace").splitlines():
             if "Exception in thread" in line:
                 deaths.append(f"{log.name}: {line.strip()[:160]}")
+            if CRASH.search(line):
+                crashes.append(f"{log.name}: {line.strip()[:200]}")
             if line.startswith("Traceback"):
                 tracebacks += 1
             if "WRONGTYPE" in line or f"queue:{WRONGTYPE_QUEUE}" in line:
                 wrongtype += 1
-    return LogFindings(deaths, tracebacks, wrongtype)
+    return LogFindings(deaths, crashes, tracebacks, wrongtype)
