@@ -9,6 +9,7 @@ in a Starlette or FastAPI app, or behind a proxy prefix.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Final
 
 import jinja2
@@ -40,7 +41,7 @@ from kiq.web.pages import (
     stats_json,
     stats_queues,
 )
-from kiq.web.security import Auth, Guard, Tokens
+from kiq.web.security import Auth, Guard, Hosts, Tokens
 from kiq.web.sets import DEAD, RETRIES, SCHEDULED, entry_key, set_routes
 
 
@@ -50,6 +51,7 @@ def create_app(
     auth: Auth | None = None,
     prefix: str = "",
     secret: bytes | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> Starlette:
     """Build the Web UI as an ASGI app.
 
@@ -61,6 +63,11 @@ def create_app(
             in another app, mount it there instead and leave this empty.
         secret: key signing the CSRF cookie; default ``KIQ_WEB_SECRET``, else random
             per process (set it when several server processes share the traffic).
+        allowed_hosts: host names the UI answers to besides the loopback ones
+            (``"kiq.example.com"``, ``"*.example.com"``, or ``"*"`` for any), against
+            DNS rebinding (kiq.web.security). Default: with no ``auth``, only loopback
+            names and the address the request reached; with ``auth``, any host. Give
+            it when you mount the UI without ``auth`` in an app reached by name.
 
     Example::
 
@@ -79,7 +86,14 @@ def create_app(
     env.globals["with_query"] = display.with_query
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(Guard, auth=auth, tokens=Tokens(key))],
+        middleware=[
+            Middleware(
+                Guard,
+                auth=auth,
+                tokens=Tokens(key),
+                hosts=Hosts(allowed_hosts, any_host=auth is not None),
+            )
+        ],
         exception_handlers={HTTPException: http_error},  # type: ignore[dict-item]
     )
     app.state.config = config
