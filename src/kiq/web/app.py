@@ -25,6 +25,7 @@ from starlette.templating import Jinja2Templates
 from kiq.config import Config
 from kiq.web import display
 from kiq.web.base import HERE, action, config_of, http_error
+from kiq.web.failsafe import Failsafe
 from kiq.web.pages import (
     busy,
     busy_action,
@@ -92,7 +93,8 @@ def create_app(
                 auth=auth,
                 tokens=Tokens(key),
                 hosts=Hosts(allowed_hosts, any_host=auth is not None),
-            )
+            ),
+            Middleware(Failsafe),  # inside Guard: error pages get its headers
         ],
         exception_handlers={HTTPException: http_error},  # type: ignore[dict-item]
     )
