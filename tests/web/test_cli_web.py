@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from kiq.errors import ConfigError
 from kiq.web.serve import credentials
@@ -90,3 +92,20 @@ def test_kiq_web_without_auth_refuses_a_rebound_host(redis_url: str, tmp_path: P
         assert wait_until(lambda: answers(f"{url}/queues"), timeout=20) == 200
         assert answers(f"{url}/queues", headers={"Host": "attacker.example:7433"}) == 400
         assert answers(f"{url}/queues", headers={"Host": "localhost"}) == 200
+
+
+@pytest.mark.slow
+def test_kiq_web_opens_a_queue_whose_name_holds_percent_escapes(
+    redis_url: str, tmp_path: Path, r: redis.Redis
+) -> None:
+    """Through uvicorn (one decoding of the path), queue ``%2F/x`` opens from its link."""
+    r.flushdb()
+    r.sadd("queues", "%2F/x")
+    r.lpush("queue:%2F/x", '{"class":"PercentJob","args":[],"jid":"j1","queue":"%2F/x"}')
+    with serving(redis_url, tmp_path) as url:
+        assert wait_until(lambda: answers(f"{url}/queues"), timeout=20) == 200
+        link = re.findall(r'href="(/queues/[^"]+)"', httpx.get(f"{url}/queues").text)
+        assert link == ["/queues/%252F%2Fx"]
+        page = httpx.get(f"{url}{link[0]}")
+        assert page.status_code == 200
+        assert "PercentJob" in page.text

@@ -33,9 +33,8 @@ from kiq.web.pages import (
     health,
     metrics,
     metrics_job,
-    queue_action,
-    queue_delete_job,
     queue_page,
+    queue_post,
     queues,
     recurring,
     recurring_action,
@@ -128,15 +127,17 @@ ROUTES: Final[list[BaseRoute]] = [
     Route("/busy", busy),
     Route("/busy", action(busy_action), methods=["POST"]),
     Route("/queues", queues),
-    Route("/queues/{name}", queue_page),
-    Route("/queues/{name}", action(queue_action), methods=["POST"]),
-    Route("/queues/{name}/delete", action(queue_delete_job), methods=["POST"]),
+    # {name:path}: a queue, class or recurring job name may hold "/" (url_part encodes
+    # it as %2F, which the server decodes before routing). A POST to a queue is its
+    # pause/delete form or, with key_val, the delete of one job (<name>/delete).
+    Route("/queues/{name:path}", queue_page),
+    Route("/queues/{name:path}", action(queue_post), methods=["POST"]),
     *set_routes(RETRIES),
     *set_routes(SCHEDULED),
     *set_routes(DEAD),
     Route("/metrics", metrics_or_scrape),
-    Route("/metrics/{name}", metrics_job),
+    Route("/metrics/{name:path}", metrics_job),
     Route("/recurring", recurring),
-    Route("/recurring/{name}", action(recurring_action), methods=["POST"]),
+    Route("/recurring/{name:path}", action(recurring_action), methods=["POST"]),
     Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
 ]
