@@ -99,3 +99,17 @@ def test_an_unexpected_error_answers_a_readable_500(
     assert '<a href="/">Back to the dashboard</a>' in response.text
     assert response.headers["content-security-policy"] == HEADERS["content-security-policy"]
     assert any(record.exc_info for record in caplog.records), "traceback not logged"
+
+
+def test_an_auth_hook_that_raises_answers_a_500_with_the_headers(config: Config) -> None:
+    """The host application's hook failing is a 500 saying so, not a bare crash."""
+
+    def broken(request: object) -> bool:
+        raise RuntimeError("database is down: secret dsn")
+
+    with TestClient(create_app(config, auth=broken)) as client:
+        response = client.get("/")
+    assert response.status_code == 500
+    assert "auth hook" in response.text
+    assert "secret" not in response.text
+    assert response.headers["x-frame-options"] == HEADERS["x-frame-options"]

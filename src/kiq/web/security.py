@@ -33,6 +33,7 @@ import binascii
 import hashlib
 import hmac
 import inspect
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
@@ -45,6 +46,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Auth = Callable[[HTTPConnection], bool | Awaitable[bool]]
+log = logging.getLogger("kiq.web")
 
 CSRF_COOKIE: Final = "kiq_csrf"
 CSRF_FIELD: Final = "authenticity_token"  # Sidekiq's form field name
@@ -221,7 +223,16 @@ class Guard:
             refusal = PlainTextResponse(self.hosts.refusal(host), 400)
             await refusal(scope, receive, send_with_headers)
             return
-        if self.auth is not None and not await self._allowed(conn):
+        try:
+            allowed = self.auth is None or await self._allowed(conn)
+        except Exception:  # the host application's hook: its traceback is for the log
+            log.exception("Web UI: the auth hook %r failed", self.auth)
+            failure = PlainTextResponse(
+                "Internal error in the auth hook; the server log has the traceback.", 500
+            )
+            await failure(scope, receive, send_with_headers)
+            return
+        if not allowed:
             challenge = getattr(self.auth, "challenge", None)
             status = 401 if challenge else 403
             headers = {"www-authenticate": challenge} if challenge else {}
