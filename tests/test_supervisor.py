@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import time
 from collections.abc import Callable, Iterator
 
+import orjson
 import pytest
 import redis
 
 from kiq.config import Config
 from tests.support import jobs
-from tests.support.jobs import blocked_waiters, records
+from tests.support.jobs import blocked_waiters, identity_of, records
 from tests.support.servers import Worker
 from tests.support.wait import wait_until
 
@@ -32,8 +35,8 @@ def supervised(
     child still beating, so no worker outlives the test."""
     started: list[Worker] = []
 
-    def start(*args: str) -> Worker:
-        started.append(start_worker("--processes", "2", *args))
+    def start(*args: str, processes: int = 2, config_text: str = "") -> Worker:
+        started.append(start_worker("--processes", str(processes), *args, config_text=config_text))
         return started[-1]
 
     yield start
@@ -79,3 +82,80 @@ def test_a_child_over_the_memory_limit_is_restarted(
     supervisor = supervised("--max-memory-mb", "1")
     wait_until(lambda: "restarting it" in supervisor.output(), timeout=30)
     wait_until(lambda: supervisor.output().count("starting a new one") >= 1, timeout=30)
+
+
+def test_a_dead_childs_jobs_are_recovered_at_once(
+    config: Config, r: redis.Redis, supervised: Callable[..., Worker]
+) -> None:
+    """SIGKILL the child running a long job: the supervisor, which knows the child's
+    identity, requeues the job at once; it runs again on another child well before the
+    heartbeat (process_ttl 60 s) would have expired."""
+    supervisor = supervised(config_text=":process_ttl: 60\n")
+    wait_until(lambda: len(pids(r)) == 2, timeout=30)
+    identities = {pid: identity_of(r, pid) for pid in pids(r)}
+    jobs.Slow.perform_async(30, "long")
+    victim = wait_until(lambda: records(r, "test:started"), timeout=30)[0]["pid"]
+    assert identities[victim] is not None
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+
+    again = wait_until(lambda: records(r, "test:started")[1:], timeout=30)[0]
+    assert time.monotonic() - killed < 10
+    assert again["pid"] != victim
+    recovered = f"recovered 1 jobs of {identities[victim]}, which died"
+    wait_until(lambda: recovered in supervisor.output())  # logged within 50 ms
+    assert not r.sismember("processes", str(identities[victim]))  # off the list at once
+
+
+# A plain-format line: "<ts>Z pid=<pid> tid=... LEVEL: message"
+LINE = re.compile(r"^(\S+)Z pid=(\d+) .*?(?:INFO|WARNING|ERROR): (.*)$", re.MULTILINE)
+
+
+def lines(output: str) -> list[tuple[float, int, str]]:
+    """(wall time, pid, message) of each log line."""
+    out = []
+    for ts, pid, message in LINE.findall(output):
+        whole, _, ms = ts.partition(".")
+        at = time.mktime(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(ms) / 1000
+        out.append((at, int(pid), message))
+    return out
+
+
+def test_a_job_that_leaks_memory_ends_dead_and_its_neighbours_finish(
+    config: Config, r: redis.Redis, supervised: Callable[..., Worker]
+) -> None:
+    """--max-memory-mb with a job that leaks: each limit hit quiets the child once (no
+    TERM storm), gives its jobs -t, then KILLs it; the leaking job counts one crash each
+    time and is buried as kiq.PoisonJob after max_recoveries, while a short neighbour
+    finishes within -t and a long one (blamed once with it) runs apart and finishes."""
+    timeout = 2.0
+    supervisor = supervised(
+        "--max-memory-mb", "150", "-t", str(timeout),
+        processes=1, config_text=":max_recoveries: 1\n:process_ttl: 60\n",
+    )  # fmt: skip
+    wait_until(lambda: len(pids(r)) == 1, timeout=30)
+    jobs.Slow.perform_async(0.5, "short")
+    jobs.Slow.perform_async(4, "long")
+    jobs.Leak.perform_async(250, 60)
+
+    dead = wait_until(lambda: r.zrange("dead", 0, -1), timeout=60)
+    wait_until(lambda: len(records(r, "test:done")) == 2, timeout=60)
+
+    (buried,) = [orjson.loads(raw) for raw in dead]
+    assert (buried["class"], buried["error_class"]) == ("Leak", "kiq.PoisonJob")
+    started = [tuple(rec["args"]) for rec in records(r, "test:started")]
+    assert started.count((250, 60)) == 2  # max_recoveries + 1 runs, then dead
+    assert started.count((0.5, "short")) == 1  # finished within -t: not blamed
+    assert 1 <= started.count((4, "long")) <= 2  # blamed with the leak once at most
+    assert sorted(rec["args"][1] for rec in records(r, "test:done")) == ["long", "short"]
+
+    log = lines(supervisor.output())
+    me = supervisor.pid
+    hits = [(at, msg) for at, pid, msg in log if pid == me and "restarting it" in msg]
+    kills = [(at, msg) for at, pid, msg in log if pid == me and "killing it" in msg]
+    quiets = [msg for _, pid, msg in log if pid != me and msg.startswith("quieting")]
+    assert len(hits) == len(kills) == len(quiets) == 2  # one quiet, one KILL per hit
+    assert not [msg for _, pid, msg in log if pid != me and msg.startswith("shutting down")]
+    for (hit_at, hit), (kill_at, kill) in zip(hits, kills, strict=True):
+        assert hit.split()[1] == kill.split()[1]  # the same worker pid
+        assert kill_at - hit_at >= timeout - 0.01  # its jobs had -t

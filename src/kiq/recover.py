@@ -138,3 +138,50 @@ class Recoverer:
                 pipe.rpush(keys.queue(queue), wire.dumps(payload))
         pipe.sadd(keys.queues, queue)
         return buried
+
+    def recover(self, ident: str) -> int:
+        """Requeue (or bury) the jobs of ``ident``, a process known to be dead; return how many.
+
+        For kiq's supervisor, which sees its child exit and need not wait ``process_ttl``
+        for the heartbeat to expire. Each job counts as crashed (``kiq_recoveries`` + 1),
+        as in a sweep. The in-progress lists are WATCHed, so a sweep running at the same
+        time moves each job once. The ``kiq|fetchers`` entry is left for the sweep that
+        follows the heartbeat's expiry: a BLMOVE or fetch the dead process sent just
+        before it died can still land in its list after this move.
+        """
+        r = self.config.store.redis
+        keys = self.config.keys
+        registered = r.hget(keys.fetchers, ident)
+        if registered is None:
+            return 0  # exited cleanly (unregistered), or died before it could fetch
+        queues = [str(queue) for queue in orjson.loads(registered)]
+        poison: list[Payload] = []
+        moved = 0
+        with r.pipeline(transaction=True) as pipe:
+            for _ in range(3):  # only a concurrent sweep writes these lists (it empties them)
+                try:
+                    pipe.watch(*(keys.inprogress(ident, q) for q in queues))  # type: ignore[no-untyped-call]
+                    taken = [(q, pipe.lrange(keys.inprogress(ident, q), 0, -1)) for q in queues]
+                    pipe.multi()
+                    poison, moved = [], 0
+                    for queue, raws in taken:
+                        if raws:
+                            poison += self._requeue(pipe, queue, raws)  # type: ignore[arg-type]
+                            pipe.delete(keys.inprogress(ident, queue))
+                            moved += len(raws)
+                    if poison:  # every add to the dead set trims it (Sidekiq: DeadSet#kill)
+                        now = wire.now()
+                        pipe.zremrangebyscore(keys.dead, "-inf", now - self.config.dead_timeout)
+                        pipe.zremrangebyrank(keys.dead, 0, -(self.config.dead_max_jobs + 1))
+                    pipe.execute()
+                    break
+                except WatchError:
+                    pipe.reset()
+                    poison, moved = [], 0
+        for payload in poison:
+            log.error(
+                "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
+            )
+        if moved:
+            log.warning("recovered %d jobs of %s, which died", moved, ident)
+        return moved
