@@ -84,6 +84,25 @@ def test_a_child_over_the_memory_limit_is_restarted(
     wait_until(lambda: supervisor.output().count("starting a new one") >= 1, timeout=30)
 
 
+def test_an_idle_child_over_the_memory_limit_gets_one_term(
+    config: Config, r: redis.Redis, supervised: Callable[..., Worker]
+) -> None:
+    """Each limit hit stops its child once: one quiet, then (idle) one TERM, one
+    "shutting down" line, never a second TERM forcing it (it was TERMed every 0.5 s)."""
+    supervisor = supervised("--max-memory-mb", "1")
+    wait_until(lambda: supervisor.output().count("starting a new one") >= 3, timeout=60)
+    assert supervisor.stop() == 0
+
+    log = lines(supervisor.output())
+    hit = [int(msg.split()[1]) for _, pid, msg in log if "restarting it" in msg]
+    shut = [pid for _, pid, msg in log if msg.startswith("shutting down")]
+    assert len(hit) >= 3
+    assert sorted(hit) == sorted(set(hit))  # one hit per child
+    assert set(hit) <= set(shut)
+    assert sorted(shut) == sorted(set(shut))  # one TERM per child, the final stop's included
+    assert "forcing shutdown" not in supervisor.output()
+
+
 def test_a_dead_childs_jobs_are_recovered_at_once(
     config: Config, r: redis.Redis, supervised: Callable[..., Worker]
 ) -> None:

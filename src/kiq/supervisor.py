@@ -147,14 +147,16 @@ class Supervisor:
     def _handle_signals(self) -> None:
         while self._pending:
             name = self._pending.pop(0)
-            if name in ("TERM", "INT"):
-                if not self.stopping:
-                    self.stopping = True
-                    self._respawn.clear()
-                    deadline = time.monotonic() + self.config.timeout + KILL_GRACE
-                    for child in self.children.values():
-                        child.stop_by = min(child.stop_by or deadline, deadline)
-                name = "TERM"
+            if name in ("TERM", "INT") and not self.stopping:
+                self.stopping = True
+                self._respawn.clear()
+                deadline = time.monotonic() + self.config.timeout + KILL_GRACE
+                for child in self.children.values():
+                    if child.stop_by is None:  # else TERMed (or KILLed) already: a
+                        child.stop_by = deadline  # second TERM would force its stop
+                        self._send(child, signal.SIGTERM)
+                continue
+            name = "TERM" if name == "INT" else name  # a second TERM forces every child
             for child in list(self.children.values()):
                 self._send(child, getattr(signal, f"SIG{name}"))
 
@@ -200,6 +202,8 @@ class Supervisor:
             log.warning("could not recover the jobs of %s yet: %s", identity, exc)
             self._unrecovered.add(identity)
             return
+        except Exception:  # a bug or a bad key: the sweep after process_ttl still runs
+            log.exception("could not recover the jobs of %s; left to the sweep", identity)
         self._unrecovered.discard(identity)
 
     def _forget(self, identity: str) -> None:
@@ -276,5 +280,6 @@ class Supervisor:
                 for name in names:
                     pipe.llen(keys.inprogress(identity, name))
                 return sum(int(n) for n in pipe.execute())
-        except TRANSIENT_ERRORS:
+        except Exception:  # Redis away (or a key of the wrong type): busy, for all we know
+            log.debug("cannot count the jobs of %s", identity, exc_info=True)
             return None
