@@ -18,6 +18,7 @@ from tests.support import jobs
 from tests.support.jobs import blocked_waiters, identity_of, records
 from tests.support.servers import Worker
 from tests.support.wait import wait_until
+from tests.test_sdnotify import Listener
 
 pytestmark = pytest.mark.slow
 
@@ -178,3 +179,24 @@ def test_a_job_that_leaks_memory_ends_dead_and_its_neighbours_finish(
     for (hit_at, hit), (kill_at, kill) in zip(hits, kills, strict=True):
         assert hit.split()[1] == kill.split()[1]  # the same worker pid
         assert kill_at - hit_at >= timeout - 0.01  # its jobs had -t
+
+
+def test_the_supervisor_alone_notifies_systemd(
+    r: redis.Redis, start_worker: Callable[..., Worker]
+) -> None:
+    """Under Type=notify the supervisor (the unit's main pid) sends READY=1 once both
+    children beat, then watchdog pings, and STOPPING=1 at the stop; the children send
+    nothing (systemd ignores them, so no READY ever came; a restart said STOPPING)."""
+    listener = Listener(f"@kiq-test-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        env = {"NOTIFY_SOCKET": listener.name, "WATCHDOG_USEC": "2000000"}
+        supervisor = start_worker("--processes", "2", env=env)
+        wait_until(lambda: any("READY" in m for m in listener.fields()), timeout=30)
+        assert len(pids(r)) == 2  # both children beat before READY
+        wait_until(lambda: sum("WATCHDOG" in m for m in listener.fields()) >= 2, timeout=30)
+        assert supervisor.stop() == 0
+        sent = listener.fields()
+    finally:
+        listener.close()
+    assert [m["STATUS"] for m in sent if "READY" in m] == ["2 of 2 worker processes"]
+    assert sum("STOPPING" in m for m in sent) == 1

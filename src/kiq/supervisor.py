@@ -17,6 +17,10 @@ Tasks:
   4. signals: TERM/INT stop every child (each within its own ``timeout``; a child still
      there ``KILL_GRACE`` seconds later is KILLed and its jobs recovered), TSTP and TTIN
      are forwarded; the supervisor exits 0 when all children have exited.
+  5. systemd (``Type=notify``): the supervisor is the unit's main process, so it is the
+     one that notifies (systemd ignores other pids by default): READY=1 once every child
+     beats, WATCHDOG=1 and STATUS from its loop, STOPPING=1 at the stop. Children get no
+     NOTIFY_SOCKET (a child's restart must not tell systemd the service is stopping).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from kiq import log as kiq_log
 from kiq.config import Config
 from kiq.launcher import new_identity, rss_kb
 from kiq.recover import Recoverer
+from kiq.sdnotify import Notifier
 from kiq.store import TRANSIENT_ERRORS
 
 log = logging.getLogger("kiq.supervisor")
@@ -42,6 +47,7 @@ RESTART_PAUSE: Final = 1.0  # seconds before replacing a child that died
 CHECK_EVERY: Final = 0.5  # seconds between liveness / memory checks
 KILL_GRACE: Final = 10.0  # seconds past its -t before a stopping child is KILLed
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGTSTP, signal.SIGTTIN)
+NOTIFY_VARIABLES: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 @dataclass
@@ -75,6 +81,10 @@ class Supervisor:
         self._respawn: list[tuple[float, int]] = []  # (monotonic due, slot)
         self._unrecovered: set[str] = set()  # identities whose recovery met a Redis error
         self._host = ""
+        self.notifier = Notifier(env={})  # the real one is made in run()
+        self._ready = False
+        self._status = ""
+        self._last_ping = 0.0
 
     def signal(self, name: str) -> None:
         """Called from the signal handler: remember it, act in the main loop."""
@@ -84,6 +94,9 @@ class Supervisor:
         # An inherited KIQ_IDENTITY would name every child alike: each gets its own.
         os.environ.pop("KIQ_IDENTITY", None)
         self._host = new_identity().rsplit(":", 2)[0]
+        self.notifier = Notifier()
+        for name in NOTIFY_VARIABLES:  # for this process only, not for its children
+            os.environ.pop(name, None)
         if self.config.redis_url is None:
             _ = self.config.store.url  # start the embedded server once, before forking
         for slot in range(self.config.processes):
@@ -98,6 +111,7 @@ class Supervisor:
                 self._start_due()
                 self._check_memory()
                 self._finish_memory_stops()
+                self._notify()
             time.sleep(CHECK_EVERY)
         self._retry_recoveries()
         log.info("all worker processes exited")
@@ -149,6 +163,7 @@ class Supervisor:
             name = self._pending.pop(0)
             if name in ("TERM", "INT") and not self.stopping:
                 self.stopping = True
+                self.notifier.stopping()
                 self._respawn.clear()
                 deadline = time.monotonic() + self.config.timeout + KILL_GRACE
                 for child in self.children.values():
@@ -189,6 +204,39 @@ class Supervisor:
                 )
                 child.killed = True
                 self._send(child, signal.SIGKILL)
+
+    # -- systemd ----------------------------------------------------------------------
+    def _notify(self) -> None:
+        if not self.notifier.enabled:
+            return
+        status = f"{len(self.children)} of {self.config.processes} worker processes"
+        if not self._ready:
+            if self._all_beating():
+                self._ready = True
+                self._status = status
+                self.notifier.ready(status)
+            return
+        interval = self.notifier.watchdog_interval
+        now = time.monotonic()
+        if interval is not None and now - self._last_ping >= interval / 4:
+            self._last_ping, self._status = now, status
+            self.notifier.watchdog(status)
+        elif status != self._status:
+            self._status = status
+            self.notifier.status(status)
+
+    def _all_beating(self) -> bool:
+        """True once every child has written its heartbeat (it is processing)."""
+        keys = self.config.keys
+        if len(self.children) < self.config.processes:
+            return False
+        try:
+            with self.config.store.redis.pipeline(transaction=False) as pipe:
+                for child in self.children.values():
+                    pipe.exists(keys.process(child.identity))
+                return all(pipe.execute())
+        except Exception:  # Redis away: not ready yet, ask again at the next check
+            return False
 
     # -- recovery ---------------------------------------------------------------------
     def _recover(self, identity: str) -> None:
