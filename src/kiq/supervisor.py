@@ -46,6 +46,7 @@ log = logging.getLogger("kiq.supervisor")
 RESTART_PAUSE: Final = 1.0  # seconds before replacing a child that died
 CHECK_EVERY: Final = 0.5  # seconds between liveness / memory checks
 KILL_GRACE: Final = 10.0  # seconds past its -t before a stopping child is KILLed
+RECOVERY_RETRY: Final = 5.0  # seconds between tries to recover a child's jobs, Redis away
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGTSTP, signal.SIGTTIN)
 NOTIFY_VARIABLES: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
@@ -80,6 +81,7 @@ class Supervisor:
         self._pending: list[str] = []
         self._respawn: list[tuple[float, int]] = []  # (monotonic due, slot)
         self._unrecovered: set[str] = set()  # identities whose recovery met a Redis error
+        self._retry_at = 0.0  # monotonic: when to try those again
         self._host = ""
         self.notifier = Notifier(env={})  # the real one is made in run()
         self._ready = False
@@ -113,7 +115,8 @@ class Supervisor:
                 self._finish_memory_stops()
                 self._notify()
             time.sleep(CHECK_EVERY)
-        self._retry_recoveries()
+        self._retry_at = 0.0
+        self._retry_recoveries()  # a last try before exiting
         log.info("all worker processes exited")
         return 0
 
@@ -263,6 +266,9 @@ class Supervisor:
             pipe.execute()
 
     def _retry_recoveries(self) -> None:
+        if not self._unrecovered or time.monotonic() < self._retry_at:
+            return
+        self._retry_at = time.monotonic() + RECOVERY_RETRY  # one warning per try, not per tick
         for identity in list(self._unrecovered):
             self._recover(identity)
 
