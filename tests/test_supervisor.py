@@ -8,15 +8,17 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import orjson
 import pytest
 import redis
 
+import kiq
 from kiq.config import Config
 from tests.support import jobs
 from tests.support.jobs import blocked_waiters, identity_of, records
-from tests.support.servers import Worker
+from tests.support.servers import RedisServer, Worker
 from tests.support.wait import wait_until
 from tests.test_sdnotify import Listener
 
@@ -200,3 +202,33 @@ def test_the_supervisor_alone_notifies_systemd(
         listener.close()
     assert [m["STATUS"] for m in sent if "READY" in m] == ["2 of 2 worker processes"]
     assert sum("STOPPING" in m for m in sent) == 1
+
+
+def test_a_dead_childs_jobs_are_recovered_once_redis_is_back(tmp_path: Path) -> None:
+    """A child dies while Redis is away: the supervisor cannot recover its job then, says
+    so, and recovers it once Redis is back, still well before process_ttl (60 s)."""
+    with RedisServer(tmp_path, ["appendonly yes"]) as server:
+        supervisor = Worker(
+            tmp_path, server.url(), "--processes", "2", config_text=":process_ttl: 60\n"
+        )
+        try:
+            r = server.client()
+            wait_until(lambda: len(pids(r)) == 2, timeout=30)
+            config = Config(redis_url=server.url())
+            try:
+                kiq.Client(config).push({"class": "Slow", "args": [30, "long"]})
+            finally:
+                config.close()
+            victim = wait_until(lambda: records(r, "test:started"), timeout=30)[0]["pid"]
+            server.stop()
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: "could not recover the jobs of" in supervisor.output(), timeout=30)
+            server.start()
+            back = time.monotonic()
+
+            again = wait_until(lambda: records(server.client(), "test:started")[1:], timeout=30)
+            assert time.monotonic() - back < 15
+            assert again[0]["pid"] != victim
+        finally:
+            supervisor.stop(30)
+            supervisor.kill()
