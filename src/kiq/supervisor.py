@@ -64,6 +64,15 @@ class Child:
 
 
 class Supervisor:
+    """The parent of ``kiq worker --processes N`` (see the module docstring).
+
+    Example (what kiq.cli does)::
+
+        supervisor = Supervisor(config, max_memory_mb=512, install_signals=install_signals)
+        install_signals(supervisor)  # TERM, INT, TSTP, TTIN -> supervisor.signal(name)
+        sys.exit(supervisor.run())  # 0 once every child has exited
+    """
+
     def __init__(
         self,
         config: Config,
