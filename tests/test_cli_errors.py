@@ -5,6 +5,10 @@ wait for an unreachable Redis (``--redis-wait``), with real redis-server process
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -175,3 +179,26 @@ def test_redis_wait_is_a_file_key_and_a_flag(tmp_path: Path) -> None:
     assert Config().redis_wait == 60.0
     assert parse("-C", str(tmp_path / "kiq.yml")).redis_wait == 5
     assert parse("-C", str(tmp_path / "kiq.yml"), "--redis-wait", "0.5").redis_wait == 0.5
+
+
+def test_demo_of_a_kiq_without_the_example_app_says_how_to_get_it(tmp_path: Path) -> None:
+    """A kiq installed from a wheel (here: the package copied out of the checkout) has no
+    examples/ next to it: one line saying to clone the repository."""
+    site = tmp_path / "site"
+    shutil.copytree(Path(kiq.__file__).parent, site / "kiq")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KIQ_", "REDIS_"))}
+    env["PYTHONPATH"] = str(site)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kiq.cli", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    line = one_line(result.stderr)
+    assert result.returncode == 2
+    assert f"this kiq ({site / 'kiq'}) has none next to it" in line
+    assert 'clone kiq\'s repository, then run there: pip install -e ".[demo]" && kiq demo' in line

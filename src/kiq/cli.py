@@ -340,7 +340,15 @@ def run_demo(args: argparse.Namespace) -> int:
         )
     if str(examples) not in sys.path:
         sys.path.insert(0, str(examples))
-    runner = importlib.import_module("brief_app.demo")
+    try:
+        runner = importlib.import_module("brief_app.demo")
+    except ImportError as exc:
+        if (exc.name or "brief_app").split(".")[0] in ("brief_app", "kiq"):
+            raise
+        raise ConfigError(
+            f"kiq demo runs the example app, which needs {exc.name}: install it with "
+            f'pip install -e ".[demo]"'
+        ) from exc
     code: int = runner.run_demo(args)
     return code
 

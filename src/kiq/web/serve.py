@@ -28,6 +28,7 @@ from kiq.web.security import basic_auth
 log = logging.getLogger("kiq.web")
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+BACKLOG = 2048  # uvicorn's default
 
 
 def credentials(flag: str | None, env: dict[str, str] | None = None) -> tuple[str, str] | None:
@@ -62,6 +63,7 @@ def listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
     try:
         sock.bind(address)
+        sock.listen(BACKLOG)  # from now on connections wait in the backlog for uvicorn
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
