@@ -242,6 +242,8 @@ def run_worker(args: argparse.Namespace, base: Mapping[str, Any] | None = None) 
     set_default(config)
     config.ensure_redis()
     wait_for_redis(config, config.redis_wait)
+    if config.processes > 1:
+        config.close()  # the supervisor forks: each child opens connections of its own
     require([*config.require, *args.require])
     pidfile = getattr(args, "pidfile", None)
     if pidfile is None:
