@@ -3,10 +3,14 @@ and the operator's ``kiq status``, ``kiq ping``, ``kiq quiet``, ``kiq stop``, ``
 (kiq.status).
 
 ``kiq worker`` takes Sidekiq's flags (``-r -q -c -C -e -t -g -v``), builds one Config
-(flags > env > file > defaults, see kiq.config), imports the app so its jobs
-register, installs the signal table (TERM/INT stop, TSTP quiet, TTIN thread dump)
-and runs a Launcher on the main thread. This is the only module that configures
-logging.
+(flags > env > file > defaults, see kiq.config), starts the embedded server if no URL
+is set, waits for Redis (``--redis-wait``: a deploy or a failover must not need a
+supervisor's restart loop), imports the app so its jobs register, installs the
+signal table (TERM/INT stop, TSTP quiet, TTIN thread dump) and runs a Launcher on
+the main thread. This is the only module that configures logging.
+
+Errors: every command ends a failure with one line on stderr, naming what, the value
+(URLs with their password as ``***``) and the fix; ``--verbose`` adds the traceback.
 """
 
 from __future__ import annotations
