@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,3 +155,38 @@ def test_demo_extra_brings_the_web_extra() -> None:
     ]
 
     assert set(extras["web"]) <= set(extras["demo"])
+
+
+def get(port: int, host: str) -> int:
+    """The status of ``GET /`` on 127.0.0.1:``port`` sent with ``Host: host``."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@pytest.mark.slow
+def test_allowed_host_flag_lets_the_ui_answer_to_that_name(tmp_path: Path, redis_url: str) -> None:
+    """``--allowed-host kiq.example.test``: that Host is served, another still refused
+    (the refusal tells users to pass this flag)."""
+    port = free_port()
+    proc = kiq_process(
+        "web",
+        "--port",
+        str(port),
+        "--allowed-host",
+        "kiq.example.test",
+        cwd=tmp_path,
+        env=clean_env(KIQ_REDIS_URL=redis_url),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("kiq web on http://")
+
+        assert get(port, f"kiq.example.test:{port}") == 200
+        assert get(port, f"other.example.test:{port}") == 400
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="require HTTP basic auth (default: KIQ_WEB_USER and KIQ_WEB_PASSWORD, if set)",
     )
     web.add_argument("--prefix", default="", help="serve under this path, e.g. /kiq")
+    web.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the UI answers to besides the loopback ones (kiq.example.com, "
+        "*.example.com, * for any); repeatable",
+    )
     web.add_argument("-C", "--config", help="YAML config (Redis URL, key prefix)")
     web.add_argument("-e", "--environment", help="section of the config file to apply")
     web.add_argument("--redis-url", help=f"Redis URL ({REDIS_SOURCES})")

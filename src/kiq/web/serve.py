@@ -97,7 +97,12 @@ def run_web(args: argparse.Namespace) -> int:
         config.ensure_redis()
         wait_for_redis(config, 0)
         set_default(config)
-        app = create_app(config, auth=basic_auth(*pair) if pair else None, prefix=args.prefix)
+        app = create_app(
+            config,
+            auth=basic_auth(*pair) if pair else None,
+            prefix=args.prefix,
+            allowed_hosts=getattr(args, "allowed_host", None) or None,
+        )
         signal.signal(signal.SIGTERM, _stop_on_term)
         print(
             f"kiq web on http://{args.host}:{args.port}{args.prefix}/ "
