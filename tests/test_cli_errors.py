@@ -202,3 +202,18 @@ def test_demo_of_a_kiq_without_the_example_app_says_how_to_get_it(tmp_path: Path
     assert result.returncode == 2
     assert f"this kiq ({site / 'kiq'}) has none next to it" in line
     assert 'clone kiq\'s repository, then run there: pip install -e ".[demo]" && kiq demo' in line
+
+
+def test_url_error_names_where_the_url_came_from(tmp_path: Path) -> None:
+    """The environment variable or the config file that holds the bad URL is named."""
+    (tmp_path / "kiq.yml").write_text("redis_url: redis://localhost:6379/x\n")
+
+    from_env = run_kiq("status", cwd=tmp_path, redis_url="http://localhost:6379/0")
+    from_file = run_kiq("worker", "-C", "kiq.yml", cwd=tmp_path)
+
+    assert one_line(from_env.stderr).startswith(
+        "kiq: environment KIQ_REDIS_URL 'http://localhost:6379/0': the scheme 'http'"
+    )
+    assert one_line(from_file.stderr).startswith(
+        "kiq: config file kiq.yml: redis_url 'redis://localhost:6379/x': the path '/x'"
+    )

@@ -220,10 +220,19 @@ class Config:
         if "RAILS_MAX_THREADS" in env:
             raw = env["RAILS_MAX_THREADS"]
             values["concurrency"] = _env_number("RAILS_MAX_THREADS", raw, int)
+        source = "redis_url"  # where the URL came from, for its error message
         if path is not None:
             values.update(read_file(path, environment))
-        values.update(_from_env(env))
+            source = f"config file {path}: redis_url"
+        from_env = _from_env(env)
+        if "redis_url" in from_env:
+            source = f"environment {_url_variable(env)}"
+        values.update(from_env)
+        if overrides.get("redis_url") is not None:
+            source = "redis_url (--redis-url)"
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("redis_url"), str):
+            check_redis_url(values["redis_url"], source)
         return cls(**values)
 
     @property
@@ -388,6 +397,15 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def _url_variable(env: Mapping[str, str]) -> str:
+    """The variable ``_from_env`` took the URL from, in its order."""
+    provider = env.get("REDIS_PROVIDER")
+    for name in ("KIQ_REDIS_URL", provider, "REDIS_URL"):
+        if name and env.get(name):
+            return name
+    return "REDIS_URL"
+
+
 def _env_number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
     try:
         return kind(raw)
@@ -457,7 +475,7 @@ _URL_ARGUMENTS: Final = frozenset(
 )
 _SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel")
 _URL_EXAMPLE: Final = (
-    "redis://[:password@]host:6379/0, rediss://... (TLS), unix:///path/to/redis.sock "
+    "redis://host:6379/0, rediss://host:6380/0 (TLS), unix:///path/to/redis.sock "
     "or redis+sentinel://host:26379/<service>"
 )
 
