@@ -47,15 +47,21 @@ def test_yaml_url_of_the_wrong_type_hides_its_password(tmp_path: Path) -> None:
     assert "use a URL string such as redis://" in line
 
 
-def test_password_with_a_slash_is_one_line_without_the_password(tmp_path: Path) -> None:
-    """``redis://:Sla/sh@host`` (an unencoded '/') says to percent-encode it, hiding it."""
-    result = run_kiq("worker", "--redis-url", "redis://:Sla/sh@localhost:6379/0", cwd=tmp_path)
+@pytest.mark.parametrize("password", ["Sla/sh", "Qu?ery", "Ha#sh"])
+def test_password_with_a_slash_is_one_line_without_the_password(
+    tmp_path: Path, password: str
+) -> None:
+    """``redis://:Sla/sh@host`` (an unencoded '/', '?' or '#', which ends the host part)
+    says to percent-encode it, hiding it; it was a 37-line traceback ending with "Sla"."""
+    url = f"redis://:{password}@localhost:6379/0"
+
+    result = run_kiq("worker", "--redis-url", url, cwd=tmp_path)
 
     line = one_line(result.stderr)
     assert result.returncode == 2
-    assert "Sla" not in result.stderr + result.stdout
+    assert password[:2] not in result.stderr + result.stdout
     assert "redis://***@localhost:6379/0" in line
-    assert "percent-encode it (/ as %2F" in line
+    assert "percent-encode it (/ as %2F, ? as %3F, # as %23)" in line
 
 
 @pytest.mark.parametrize(
@@ -91,6 +97,8 @@ def test_good_urls_pass_the_check() -> None:
         "unix:///tmp/redis.sock?db=3",
         "redis+sentinel://s1:26379,s2:26379/mymaster/1",
         "redis://localhost",
+        "redis://localhost:6379/0?password=p@ss",
+        "redis://:p@ss@localhost:6379/0",
     ):
         assert Config(redis_url=url).redis_url == url
 

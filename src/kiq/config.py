@@ -501,12 +501,10 @@ def check_redis_url(url: str, where: str = "redis_url") -> None:
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         return
-    head = rest.split("?", 1)[0].split("#", 1)[0]
-    if scheme.lower() != "unix" and "@" in head.partition("/")[2]:
+    if _cut_userinfo(scheme, rest) is not None:
         raise ConfigError(
-            f"{where} {_safe_url(url)!r}: the user or password holds a '/', '?', '#' or '@', "
-            f"which ends the host part; percent-encode it (/ as %2F, ? as %3F, # as %23, "
-            f"@ as %40)"
+            f"{where} {_safe_url(url)!r}: the user or password holds a '/', '?' or '#', "
+            f"which ends the host part; percent-encode it (/ as %2F, ? as %3F, # as %23)"
         )
     parts = urlsplit(url)
     if scheme.lower() == "unix":
@@ -547,13 +545,23 @@ def _check_url_host(url: str, parts: SplitResult, where: str) -> None:
         )
 
 
+def _cut_userinfo(scheme: str, rest: str) -> int | None:
+    """The index of the '@' ending a userinfo that a '/', '?' or '#' in it cut short
+    (``:Sla/sh@host``), else None. An '@' after a '=' is a query value's, not this."""
+    if scheme.lower() == "unix" or "@" not in rest:
+        return None
+    end = min((rest.find(c) for c in "/?#" if c in rest), default=len(rest))
+    at = rest.find("@")
+    return at if at > end and "=" not in rest[end:at] else None
+
+
 def _safe_url(url: str) -> str:
-    """``redact(url)``; with a '/' or '@' in the password, whose end redact cannot find,
-    the whole userinfo is hidden."""
+    """``redact(url)``; for a userinfo cut short by a '/', '?' or '#' in the password,
+    whose end redact cannot find, the whole userinfo is hidden."""
     scheme, sep, rest = url.partition("://")
-    head = rest.split("?", 1)[0].split("#", 1)[0]
-    if sep and scheme.lower() != "unix" and "@" in head.partition("/")[2]:
-        return redact(f"{scheme}://***@{rest[head.rindex('@') + 1 :]}")
+    at = _cut_userinfo(scheme, rest) if sep else None
+    if at is not None:
+        return redact(f"{scheme}://***@{rest[at + 1 :]}")
     return redact(url)
 
 
