@@ -225,3 +225,20 @@ def test_url_error_names_where_the_url_came_from(tmp_path: Path) -> None:
     assert one_line(from_file.stderr).startswith(
         "kiq: config file kiq.yml: redis_url 'redis://localhost:6379/x': the path '/x'"
     )
+
+
+@pytest.mark.slow
+def test_worker_with_a_wrong_password_does_not_wait(tmp_path: Path) -> None:
+    """A server that refuses the password will refuse it again: exit 2 at once, with
+    the default 60 s wait, the password hidden."""
+    with RedisServer(tmp_path, ["requirepass right-one"], admin={"password": "right-one"}) as s:
+        started = time.monotonic()
+
+        result = run_kiq("worker", "--redis-url", s.url(password="wrong-one"), cwd=tmp_path)
+
+    line = one_line(result.stderr)
+    assert result.returncode == 2
+    assert time.monotonic() - started < 20  # not the 60 s of --redis-wait's default
+    assert "waiting for Redis" not in result.stdout
+    assert line.startswith(f"kiq: cannot reach Redis at redis://:***@127.0.0.1:{s.port}/0: ")
+    assert "wrong-one" not in result.stderr + result.stdout
