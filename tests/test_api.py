@@ -29,6 +29,7 @@ from kiq.client import Client
 from kiq.config import Config
 from kiq.errors import JobNotFound, KiqError, PayloadError
 from kiq.retry import RetryHandler
+from tests.support.rawredis import raw_redis
 from tests.support.wait import wait_until
 
 T0 = 1_700_000_000.25  # a fixed epoch for payload times (float seconds, exact in ms too)
@@ -216,7 +217,7 @@ def fail(config: Config, jid_args: Any = 1, *, now: float = T0, **item: Any) -> 
     """Push a job, take it off its queue and let kiq's RetryHandler record a failure."""
     push(config, args=[jid_args], backtrace=True, **item)
     queue = item.get("queue", "default")
-    raw = config.store.redis.rpop(config.keys.queue(queue))
+    raw = raw_redis(config).rpop(config.keys.queue(queue))
     assert isinstance(raw, bytes)
     try:
         raise ValueError(f"boom {jid_args}")
@@ -425,7 +426,7 @@ def test_queue_page_reverse_returns_oldest_first(config: Config) -> None:
 def test_queue_page_pages_in_redis_over_100_000_jobs(config: Config) -> None:
     """A page of a 100,000-job queue is one LRANGE: the right slice, in milliseconds."""
     total = 100_000
-    pipe = config.store.redis.pipeline(transaction=False)
+    pipe = raw_redis(config).pipeline(transaction=False)
     pipe.sadd("queues", "big")
     for start in range(0, total, 10_000):
         pipe.lpush(

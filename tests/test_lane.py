@@ -20,14 +20,14 @@ import pytest
 import redis
 
 from kiq.config import Config
-from kiq.lane import AsyncLane, Lane
+from kiq.store.lane import AsyncLane, Lane
 
 T = TypeVar("T")
 
 
 @pytest.fixture
 def lane(config: Config) -> Lane:
-    return Lane(config.store.redis.connection_pool)
+    return Lane(config.store._redis.connection_pool)
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_a_dropped_connection_is_reopened(lane: Lane, r: redis.Redis) -> None:
 def test_without_resend_a_dropped_connection_is_raised(config: Config, r: redis.Redis) -> None:
     """A waiter's lane (resend=False): closing its connection must end the call, as the
     fetcher does to wake its waiters on stop; the next call reconnects."""
-    lane = Lane(config.store.redis.connection_pool, resend=False)
+    lane = Lane(config.store._redis.connection_pool, resend=False)
     first = lane.call([("CLIENT", "ID")])
     assert first is not None
     r.client_kill_filter(_id=first[0])
@@ -104,7 +104,7 @@ def test_redis_away_is_raised(unused_port: int) -> None:
 
 def test_the_pool_disconnecting_is_survived(lane: Lane, config: Config) -> None:
     first = lane.call([("CLIENT", "ID")])
-    config.store.redis.connection_pool.disconnect()
+    config.store._redis.connection_pool.disconnect()
     second = lane.call([("CLIENT", "ID")])
     assert first is not None
     assert second is not None

@@ -131,7 +131,7 @@ def _start(app_dir: Path) -> Demo:
     own_db = config.redis_url is None
     if own_db:
         config.redis_url = f"{embedded.url()}?db={DEMO_DB}"
-        config.store.redis.flushdb()
+        config.store.flushdb()
     set_default(config)
     mail_server = importlib.import_module("brief_app.mailserver").MailServer().start()
     importlib.import_module("brief_app.settings").configure(
@@ -262,21 +262,17 @@ class Snapshot:
 def _snapshot(demo: Demo) -> Snapshot:
     config, keys = demo.config, demo.config.keys
     names = [name for name, _ in config.queues]
-    pipe = config.store.redis.pipeline(transaction=True)  # one consistent view
-    for name in names:
-        pipe.llen(keys.queue(name))
-    for name in names:
-        pipe.llen(keys.inprogress(demo.launcher.identity, name))
-    pipe.zrange(keys.retry, 0, -1, withscores=True)
-    pipe.zrange(keys.schedule, 0, -1, withscores=True)
-    replies = pipe.execute()
-    n = len(names)
+    store = config.store
+    queued = sum(store.queue_sizes(names))
+    taken = sum(store.in_progress_sizes(demo.launcher.identity, names))
     classes = {getattr(demo.app.jobs, name).wire_name for name in demo.app.jobs.__all__}
-    retries = [at for raw, at in replies[-2] if _class_of(raw) in classes]
-    scheduled = [at for raw, at in replies[-1] if _class_of(raw) in classes]
+    retries = [at for raw, at in store.set_range(keys.retry, 0, -1) if _class_of(raw) in classes]
+    scheduled = [
+        at for raw, at in store.set_range(keys.schedule, 0, -1) if _class_of(raw) in classes
+    ]
     return Snapshot(
-        sum(replies[:n]),
-        sum(replies[n : 2 * n]),
+        queued,
+        taken,
         len(retries) + len(scheduled),
         min(retries, default=None),
     )
@@ -295,9 +291,8 @@ def _counts(config: Config) -> tuple[int, int, int]:
         stats = importlib.import_module("kiq.api").Stats(config)
         return int(stats.processed), int(stats.failed), int(stats.retry_size)
     except (ImportError, AttributeError):
-        r, keys = config.store.redis, config.keys
-        processed, failed = r.mget(keys.stat("processed"), keys.stat("failed"))
-        return int(processed or 0), int(failed or 0), int(r.zcard(keys.retry))
+        processed, failed, _, retrying = config.store.stats()[:4]
+        return int(processed or 0), int(failed or 0), int(retrying)
 
 
 def _watch(demo: Demo, started: float) -> bool:

@@ -12,6 +12,7 @@ import redis
 
 from kiq.config import Config
 from kiq.recurring import CronSet
+from tests.support.rawredis import raw_redis
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def test_demo_leaves_no_recurring_jobs_or_queued_work(
     config = Config(redis_url=redis_url)
     try:
         assert len(CronSet(config)) == 0
-        r = config.store.redis
+        r = raw_redis(config)
         assert [r.llen(config.keys.queue(q)) for q in ("mailers", "default", "exports")] == [0] * 3
         assert r.zcard(config.keys.retry) == 0
     finally:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from kiq import payload as wire
-from kiq.api.base import PAGE_SIZE, config_or_default, parse_job, redis_of, to_epoch
+from kiq.api.base import PAGE_SIZE, config_or_default, parse_job, to_epoch
 from kiq.api.queue import JobRecord
 from kiq.client import Client
 from kiq.config import Config
@@ -22,7 +22,7 @@ from kiq.errors import JobNotFound, PayloadError
 from kiq.payload import Payload
 
 if TYPE_CHECKING:
-    from kiq.recurring import CronSet
+    from kiq.crontab import CronSet
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,7 @@ class SortedEntry(JobRecord):
     def reschedule(self, at: datetime | float) -> None:
         """Give this member a new score; ZADD XX, so it never adds a second copy."""
         score = to_epoch(at)
-        pipe = redis_of(self.config).pipeline(transaction=True)
-        pipe.zadd(self.parent.name, {self.raw: score}, xx=True)
-        pipe.zscore(self.parent.name, self.raw)
-        if pipe.execute()[1] is None:
+        if not self.config.store.set_rescore(self.parent.name, self.raw, score):
             raise self.parent._gone(self.score, self.jid)
         self.score = score
 
@@ -104,7 +101,7 @@ class SortedEntry(JobRecord):
             return Client(self.config).push(payload)
         except BaseException:
             # Never lose a job: if the push failed, the member goes back where it was.
-            redis_of(self.config).zadd(self.parent.name, {raw: self.score})
+            self.config.store.set_add(self.parent.name, {raw: self.score})
             raise
 
 
@@ -123,10 +120,10 @@ class JobSet:
 
     def size(self) -> int:
         """Entries in the set (ZCARD)."""
-        return int(redis_of(self.config).zcard(self.name))
+        return self.config.store.set_size(self.name)
 
     def __iter__(self) -> Iterator[SortedEntry]:
-        redis = redis_of(self.config)
+        store = self.config.store
         initial = self.size()
         page = -1
         deleted = 0
@@ -137,7 +134,7 @@ class JobSet:
                 if start >= 0:
                     return
                 end = -1
-            entries = redis.zrange(self.name, start, end, withscores=True)
+            entries = store.set_range(self.name, start, end)
             if not entries:
                 return
             page -= 1
@@ -153,16 +150,13 @@ class JobSet:
         """
         if count <= 0 or start < 0:
             return []
-        entries = redis_of(self.config).zrange(
-            self.name, start, start + count - 1, desc=reverse, withscores=True
-        )
+        entries = self.config.store.set_range(self.name, start, start + count - 1, desc=reverse)
         return [SortedEntry(self, score, raw) for raw, score in entries]
 
     def scan(self, substr: str, count: int = SCAN_COUNT) -> Iterator[SortedEntry]:
         """Entries whose JSON contains ``substr`` (ZSCAN MATCH; a ``*`` in it is a glob)."""
         match = substr if "*" in substr else f"*{substr}*"
-        redis = redis_of(self.config)
-        for raw, score in redis.zscan_iter(self.name, match=match, count=count):
+        for raw, score in self.config.store.set_scan(self.name, match, count):
             yield SortedEntry(self, score, raw)
 
     def fetch(
@@ -170,7 +164,7 @@ class JobSet:
     ) -> list[SortedEntry]:
         """Entries at ``score`` (or within ``(min, max)``), optionally only this jid."""
         low, high = score if isinstance(score, tuple) else (score, score)
-        entries = redis_of(self.config).zrange(self.name, low, high, byscore=True, withscores=True)
+        entries = self.config.store.set_at_score(self.name, low, high)
         found = [SortedEntry(self, s, raw) for raw, s in entries]
         return [e for e in found if e.jid == jid] if jid is not None else found
 
@@ -183,12 +177,11 @@ class JobSet:
 
     def schedule(self, at: datetime | float, payload: Mapping[str, Any]) -> None:
         """Add a job to this set at ``at`` (ZADD)."""
-        redis_of(self.config).zadd(self.name, {wire.dumps(payload): to_epoch(at)})
+        self.config.store.set_add(self.name, {wire.dumps(payload): to_epoch(at)})
 
     def delete_by_value(self, raw: bytes | str) -> bool:
         """ZREM this exact member; False if it was not there."""
-        removed = redis_of(self.config).zrem(self.name, raw)
-        return bool(removed)
+        return self.config.store.set_remove(self.name, raw)
 
     def delete_by_jid(self, score: float, jid: str) -> bool:
         """Remove the job with this jid at this score (the Web UI's ``<score>-<jid>`` key)."""
@@ -205,8 +198,8 @@ class JobSet:
         Only the caller whose ZREM succeeds gets the member, so a job that the poller
         (or another admin) took at the same moment is never pushed twice.
         """
-        redis = redis_of(self.config)
-        members = redis.zrange(self.name, score, score, byscore=True)
+        store = self.config.store
+        members = [raw for raw, _ in store.set_at_score(self.name, score, score)]
         candidates = [prefer] if prefer is not None and prefer in members else []
         if jid is not None:
             needle = jid.encode()
@@ -216,7 +209,7 @@ class JobSet:
                 if m != prefer and needle in m and parse_job(m)[0].get("jid") == jid
             ]
         for member in candidates:
-            if redis.zrem(self.name, member):
+            if store.set_remove(self.name, member):
                 return member
         raise self._gone(score, jid)
 
@@ -228,7 +221,7 @@ class JobSet:
 
     def clear(self) -> None:
         """Drop every entry (UNLINK)."""
-        redis_of(self.config).unlink(self.name)
+        self.config.store.set_clear(self.name)
 
     def delete_all(self) -> None:
         """The Web UI's "Delete All": the same as ``clear()``."""
@@ -248,13 +241,13 @@ class JobSet:
         return self._push_all(lower_retry_count=False)
 
     def _push_all(self, *, lower_retry_count: bool) -> int:
-        redis = redis_of(self.config)
+        store = self.config.store
         client = Client(self.config)
         skipped: dict[bytes, float] = {}
         pushed = 0
         try:
             for _ in range(self.size()):
-                popped = redis.zpopmin(self.name, 1)
+                popped = store.set_pop(self.name, 1)
                 if not popped:
                     break
                 raw, score = popped[0]
@@ -275,7 +268,7 @@ class JobSet:
                 pushed += 1
         finally:
             if skipped:
-                redis.zadd(self.name, skipped)
+                store.set_add(self.name, skipped)
         return pushed
 
 
@@ -288,13 +281,13 @@ class _PendingSet(JobSet):
         ZPOPMIN in batches, then one MULTI adding them to ``dead`` (Sidekiq 7.3.5+ does
         the same one at a time, without telling the death handlers by default).
         """
-        redis = redis_of(self.config)
+        store = self.config.store
         dead = DeadSet(self.config)
         moved = 0
         remaining = self.size()
         try:
             while remaining > 0:
-                popped = redis.zpopmin(self.name, min(KILL_BATCH, remaining))
+                popped = store.set_pop(self.name, min(KILL_BATCH, remaining))
                 if not popped:
                     break
                 remaining -= len(popped)
@@ -376,11 +369,8 @@ class DeadSet(JobSet):
     ) -> None:
         """Add several raw jobs in one MULTI, then notify (the engine of kill/kill_all)."""
         now = wire.now() if now is None else now
-        pipe = redis_of(self.config).pipeline(transaction=True)
-        pipe.zadd(self.name, dict.fromkeys(raws, now))
-        if trim:
-            self._trim(pipe, now)
-        pipe.execute()
+        config = self.config
+        config.store.bury(raws, now, config.dead_max_jobs, config.dead_timeout, trim=trim)
         if notify:
             error = exc or RuntimeError("Job killed by API")
             for raw in raws:
@@ -388,13 +378,9 @@ class DeadSet(JobSet):
 
     def trim(self, now: float | None = None) -> None:
         """Drop entries older than ``dead_timeout`` and all but the newest ``dead_max_jobs``."""
-        pipe = redis_of(self.config).pipeline(transaction=True)
-        self._trim(pipe, wire.now() if now is None else now)
-        pipe.execute()
-
-    def _trim(self, pipe: Any, now: float) -> None:
-        pipe.zremrangebyscore(self.name, "-inf", now - self.config.dead_timeout)
-        pipe.zremrangebyrank(self.name, 0, -(self.config.dead_max_jobs + 1))
+        config = self.config
+        now = wire.now() if now is None else now
+        config.store.trim_dead(now, config.dead_max_jobs, config.dead_timeout)
 
     def _notify(self, payload: Payload, exc: BaseException) -> None:
         for handler in self.config.death_handlers:
@@ -405,11 +391,11 @@ class DeadSet(JobSet):
 
 
 def cron_set(config: Config | None = None) -> CronSet:
-    """The recurring jobs (``kiq.recurring.CronSet``: list, enable/disable, enqueue now).
+    """The recurring jobs (``kiq.crontab.CronSet``: list, enable/disable, enqueue now).
 
     Imported on first use: recurring jobs bring the cron parser, which the rest of the
     admin API does not need.
     """
-    from kiq.recurring import CronSet
+    from kiq.crontab import CronSet
 
     return CronSet(config_or_default(config))
