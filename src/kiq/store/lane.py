@@ -71,7 +71,7 @@ class Lane:
 
     Example::
 
-        lane = Lane(store.redis.connection_pool)
+        lane = Lane(client.connection_pool)  # in kiq.store: the pooled client's
         replies = lane.call([("SADD", "queues", "default"), ("LPUSH", "queue:default", raw)])
         if replies is None:
             ...  # busy: use the pool
