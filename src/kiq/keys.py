@@ -1,9 +1,12 @@
-"""Every Redis key kiq reads or writes, in one place.
+"""Every Redis key kiq reads or writes, in one place (the table: docs/internals.md).
 
 The names are Sidekiq's own (see shared/sidekiq-wire.md §1), so Sidekiq's
-documentation doubles as this module's spec. ``Keys(prefix)`` prepends an optional
-namespace to every key, for sharing Redis with a Sidekiq 6.x app that uses
-``redis-namespace`` (``namespace: "myapp"`` there is ``prefix="myapp:"`` here).
+documentation doubles as this module's spec; sidekiq-cron 1.x's for recurring jobs
+(§11) and Sidekiq 7's for per-class metrics and deploy marks (§1.4). ``Keys(prefix)``
+prepends an optional namespace to every key, for sharing Redis with a Sidekiq 6.x app
+that uses ``redis-namespace`` (``namespace: "myapp"`` there is ``prefix="myapp:"``
+here). No other module spells a key (tests/test_layers.py checks it); the TTLs of the
+keys that expire are here too, except the heartbeat's (``Config.process_ttl``).
 
 Time units, documented once:
   * ZSET scores (``schedule``, ``retry``, ``dead``): epoch seconds as a float.
@@ -21,6 +24,7 @@ and are never in the ``queues`` set:
   * ``kiq|recover-lock``: STRING, one orphan sweep at a time cluster-wide.
   * ``kiq|paused``: SET of queue names kiq workers do not fetch from.
   * ``kiq|progress|<jid>``: HASH, progress reported by a running job.
+  * ``kiq|totals`` / ``kiq|totals|<Class>``: cumulative per-class counters (Prometheus).
 """
 
 from __future__ import annotations

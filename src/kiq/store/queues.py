@@ -205,6 +205,7 @@ class Queues(Connection):
         return moved
 
     def register_fetcher(self, identity: str, queues_json: bytes) -> None:
+        """HSET kiq|fetchers (the heartbeat does it too, in its MULTI)."""
         self._redis.hset(self.keys.fetchers, identity, queues_json)
 
     def unregister_fetcher(self, identity: str) -> None:
