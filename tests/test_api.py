@@ -953,6 +953,23 @@ def test_kill_all_moves_every_entry_to_the_dead_set(config: Config) -> None:
     assert deaths == []
 
 
+@pytest.mark.parametrize("action", ["kill", "retry"])
+def test_a_move_that_fails_in_redis_leaves_the_entry_where_it_was(
+    config: Config, r: redis.Redis, action: str
+) -> None:
+    """Removal and add are one step: when the target key holds another type (WRONGTYPE
+    mid-move) the entry is still in its set, not lost between the two."""
+    member = ruby_json(sidekiq_retry("7", "r1"))
+    r.zadd("retry", {member: T0})
+    r.set("dead" if action == "kill" else "queue:default", "not a sorted set or list")
+    (entry,) = RetrySet(config)
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        getattr(entry, action)()
+
+    assert r.zrange("retry", 0, -1, withscores=True) == [(member, T0)]
+
+
 def test_kill_all_trims_the_dead_set_once(config: Config) -> None:
     """The dead set is held to dead_max_jobs after a kill_all."""
     config.dead_max_jobs = 4

@@ -106,6 +106,19 @@ class Sets(Connection):
         """ZPOPMIN ``count`` members: each goes to exactly one caller."""
         return list(self._r.zpopmin(key, count))
 
+    def set_kill(self, key: str, member: bytes, now: float, max_jobs: int, timeout: float) -> bool:
+        """Move ``member`` from ``key`` to ``dead`` and trim it, in one step (``kill.lua``).
+
+        False if it was no longer in ``key`` (another caller moved it first)."""
+        args: list[bytes | str | int] = [member, 0, repr(now), repr(now - timeout), max_jobs]
+        return bool(self._script("kill")(keys=[key, self.keys.dead], args=args))
+
+    def set_kill_lowest(self, key: str, count: int, now: float) -> list[bytes]:
+        """Move the ``count`` lowest-scored members of ``key`` to ``dead`` in one step,
+        untrimmed (``trim_dead`` once after a batch); return them."""
+        args: list[str | int] = ["", count, repr(now), "", 0]
+        return list(self._script("kill")(keys=[key, self.keys.dead], args=args))
+
     def set_rescore(self, key: str, raw: bytes, score: float) -> bool:
         """Give an existing member a new score (ZADD XX); False if it is no longer there."""
         pipe = self._pipeline(transaction=True)
