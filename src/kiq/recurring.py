@@ -1,4 +1,4 @@
-"""Recurring jobs in Redis: stored, listed and enqueued exactly once per tick.
+"""Recurring jobs: the cron poller, enqueueing each tick exactly once across processes.
 
 The Redis layout is sidekiq-cron 1.x's (the version Debian ships next to Sidekiq 6.4),
 so the Ruby gem's Web tab lists kiq's recurring jobs and a Ruby and a Python poller can

@@ -21,7 +21,10 @@ class Counters(Connection):
 
     # -- stat:processed / stat:failed -------------------------------------------------
     def flush_stats(self, processed: int, failed: int, day: date) -> None:
-        """INCRBY the totals and the day's counters (which expire after 5 years)."""
+        """INCRBY the totals and the day's counters (which expire after 5 years).
+
+        One pipeline, not a MULTI: counters only add, and a flush cut short is a
+        statistic off by a few, never a job lost."""
         pipe = self._pipeline()
         for kind, count in (("processed", processed), ("failed", failed)):
             if count:

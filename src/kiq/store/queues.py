@@ -185,6 +185,8 @@ class Queues(Connection):
         return result if isinstance(result, bytes) else None
 
     def ack(self, identity: str, acks: Iterable[tuple[str, bytes]]) -> None:
+        """LREM each finished job from its in-progress list, one round trip. Not a MULTI:
+        each LREM stands alone, and one left undone (a crash) only runs that job again."""
         pipe = self._pipeline()
         for queue, raw in acks:
             pipe.lrem(self.keys.inprogress(identity, queue), -1, raw)
