@@ -154,8 +154,11 @@ def connect(url: str, **options: Any) -> redis.Redis:
     timeouts: dict[str, Any] = {
         k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
     }
-    sentinel = redis.sentinel.Sentinel(parsed.sentinels, sentinel_kwargs=timeouts)
-    client: redis.Redis = sentinel.master_for(
+    # redis-py 8.2 typed Sentinel; 8.1 and older did not (hence unused-ignore).
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
+        parsed.sentinels, sentinel_kwargs=timeouts
+    )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         parsed.service,
         db=parsed.db,
         username=parsed.username,
@@ -173,7 +176,9 @@ def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
     timeouts: dict[str, Any] = {
         k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
     }
-    sentinel = redis.asyncio.sentinel.Sentinel(parsed.sentinels, sentinel_kwargs=timeouts)
+    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
+        parsed.sentinels, sentinel_kwargs=timeouts
+    )
     client: redis.asyncio.Redis = sentinel.master_for(
         parsed.service,
         db=parsed.db,
