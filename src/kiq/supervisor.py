@@ -239,14 +239,11 @@ class Supervisor:
 
     def _all_beating(self) -> bool:
         """True once every child has written its heartbeat (it is processing)."""
-        keys = self.config.keys
         if len(self.children) < self.config.processes:
             return False
+        identities = [child.identity for child in self.children.values()]
         try:
-            with self.config.store.redis.pipeline(transaction=False) as pipe:
-                for child in self.children.values():
-                    pipe.exists(keys.process(child.identity))
-                return all(pipe.execute())
+            return all(info for (info,) in self.config.store.process_fields(identities, ["info"]))
         except Exception:  # Redis away: not ready yet, ask again at the next check
             return False
 
@@ -268,11 +265,7 @@ class Supervisor:
 
     def _forget(self, identity: str) -> None:
         """Drop a dead child from ``processes`` with its heartbeat and busy hashes."""
-        keys = self.config.keys
-        with self.config.store.redis.pipeline(transaction=True) as pipe:
-            pipe.srem(keys.processes, identity)
-            pipe.unlink(keys.process(identity), keys.work(identity), keys.workers(identity))
-            pipe.execute()
+        self.config.store.forget_process(identity)
 
     def _retry_recoveries(self) -> None:
         if not self._unrecovered or time.monotonic() < self._retry_at:
@@ -336,13 +329,9 @@ class Supervisor:
 
     def _in_progress(self, identity: str) -> int | None:
         """How many jobs ``identity`` holds in progress; None if Redis cannot say now."""
-        keys = self.config.keys
         names = list(dict.fromkeys(name for name, _ in self.config.queues))
         try:
-            with self.config.store.redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.llen(keys.inprogress(identity, name))
-                return sum(int(n) for n in pipe.execute())
+            return sum(self.config.store.in_progress_sizes(identity, names))
         except Exception:  # Redis away (or a key of the wrong type): busy, for all we know
             log.debug("cannot count the jobs of %s", identity, exc_info=True)
             return None
