@@ -198,7 +198,7 @@ def test_a_failed_jobs_line_carries_its_traceback(config, captured, worker):
     assert "raise RuntimeError(message)" in text
 
 
-def test_a_payload_cannot_forge_or_restyle_a_plain_line(config, worker):
+def test_a_payload_cannot_forge_or_restyle_a_plain_line(config, r, worker):
     """An error message from the payload's arguments with a newline, CR and ESC stays on
     the fail line, escaped; ``wrapped`` does not replace ``class=``."""
     stream = io.StringIO()
@@ -207,7 +207,7 @@ def test_a_payload_cannot_forge_or_restyle_a_plain_line(config, worker):
     handler.addFilter(kiq_log.ContextFilter())
     forged = "boom\n2026-01-01T00:00:00.000Z pid=1 tid=1 class=Admin INFO: done\x1b[2J\r"
     with attached(handler, "kiq.job"):
-        config.store.redis.lpush(
+        r.lpush(
             "queue:default",
             json.dumps({"class": "FailWith", "wrapped": "Admin::Billing", "jid": "j1",
                         "args": [forged], "queue": "default", "retry": False}),
