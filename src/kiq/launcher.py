@@ -52,6 +52,11 @@ BEAT_JOIN_TIMEOUT: Final = 10.0  # seconds to let a beat or sweep in flight fini
 
 
 def new_identity() -> str:
+    """``host:pid:nonce``, or KIQ_IDENTITY when set: kiq's supervisor names each child it
+    starts, so that it can recover the child's jobs the moment it dies (kiq.supervisor)."""
+    given = os.environ.get("KIQ_IDENTITY")
+    if given:
+        return given
     host = os.environ.get("DYNO") or socket.gethostname()
     return f"{host}:{os.getpid()}:{os.urandom(6).hex()}"
 
@@ -160,7 +165,7 @@ class Launcher:
     def _check_redis(self) -> None:
         store = self.config.store
         with store.translate_errors():
-            info = store.redis.info()
+            info = store.info()
         version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
         if version < MIN_REDIS:
             raise ConfigError(
