@@ -19,6 +19,7 @@ from kiq.api.queue import JobRecord
 from kiq.client import Client
 from kiq.config import Config
 from kiq.errors import JobNotFound, PayloadError
+from kiq.handlers import call_each
 from kiq.payload import Payload
 
 if TYPE_CHECKING:
@@ -397,11 +398,7 @@ class DeadSet(JobSet):
         pipe.zremrangebyrank(self.name, 0, -(self.config.dead_max_jobs + 1))
 
     def _notify(self, payload: Payload, exc: BaseException) -> None:
-        for handler in self.config.death_handlers:
-            try:
-                handler(payload, exc)
-            except Exception:
-                log.exception("death handler %r failed", handler)
+        call_each(self.config.death_handlers, "death handler", payload, exc)
 
 
 def cron_set(config: Config | None = None) -> CronSet:
