@@ -202,7 +202,7 @@ class Fetcher:
         # Closing the blocking connections ends a waiter's BLMOVE now instead of after
         # TIMEOUT; a job the server moved just before is still in-progress in Redis and
         # is requeued by the manager's final requeue_all.
-        self.store.blocking.connection_pool.disconnect()
+        self.store.disconnect_waiters()
 
     def join(self, timeout: float) -> None:
         """Wait for the fetcher and waiters to exit (after ``stop``).
@@ -219,7 +219,7 @@ class Fetcher:
                 and thread.ident not in self._running_here
                 and time.monotonic() < deadline
             ):
-                self.store.blocking.connection_pool.disconnect()
+                self.store.disconnect_waiters()
                 thread.join(0.05)
 
     # -- the loops ---------------------------------------------------------------------
