@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kiq
 from kiq import payload as wire
@@ -204,6 +206,39 @@ def test_an_exact_bignum_argument_survives_the_check() -> None:
     """The check and the bignum search share one pass: a 30-digit argument stays exact."""
     job = wire.loads(raw_job(args=[10**30, {"n": -(10**25)}], created_at=1700000000.5))
     assert job["args"] == [10**30, {"n": -(10**25)}]
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([2**31, -(2**31), 10**30, 1e300, -1.5, 0, 86_400, 86_401])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+    | st.sampled_from(["", "Mailer", "A::B", "a b", "x=y"])
+)
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=2), max_leaves=4)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.dictionaries(st.sampled_from(sorted(wire._FIELDS)), _VALUES, max_size=8))
+def test_loads_hands_out_only_checked_values(fields: dict[str, Any]) -> None:
+    """Whatever the known fields hold, loads either refuses the job or returns one in
+    which every known field passes its rule: the engine never reads an unchecked value."""
+    raw = json.dumps({"class": "Record", "args": [], **fields}).encode()
+    try:
+        job = wire.loads(raw)
+    except PayloadError as exc:
+        refused: PayloadError | None = exc
+    else:
+        refused = None
+    if refused is not None:
+        assert refused.job is not None  # a field was named: buried with its message
+        return
+    for key, value in job.items():
+        if key in wire._FIELDS:
+            assert value is not None
+            assert wire.field_problem(key, value) is None, (key, value)
 
 
 # -- the client refuses what the worker would --------------------------------------------
@@ -393,6 +428,8 @@ def test_each_bad_field_costs_only_its_own_job(config, r, start_worker) -> None:
         lambda: worker.output().count("dead: class=Record") == len(bad) and worker.output(), 5
     )
     assert "ignored tags='vip'" in log
+    assert "class=Record jid=odd" in log  # defect 8: a bad wrapped no longer names the class
+    assert "class=a b" not in log
     no_thread_crash(log)
     assert identity_of(r, worker.pid) is not None
 
