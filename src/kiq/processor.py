@@ -142,10 +142,7 @@ class Executor:
     def begin(self, unit: UnitOfWork, slot: str) -> tuple[type[Job] | None, dict[str, Any]]:
         payload = unit.payload or {}
         name = payload.get("class", "?")
-        ctx: dict[str, Any] = {"class": payload.get("wrapped") or name, "jid": payload.get("jid")}
-        ctx["queue"] = unit.queue
-        if "retry_count" in payload:  # absent on a first run, as in Sidekiq's payload
-            ctx["retry_count"] = payload["retry_count"]
+        ctx = kiq_log.job_fields(payload, unit.queue)
         unit.started = time.monotonic()
         with self.state.lock:
             self.state.work[slot] = (unit.queue, unit.raw, int(wire.now()))
@@ -197,7 +194,8 @@ class Executor:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "done")
         else:
-            job_log.warning("fail: %s: %s", error_class(exc), error_message(exc))
+            # One record with the traceback (Sidekiq logs the backtrace): handlers get exc_info.
+            job_log.warning("fail: %s: %s", error_class(exc), error_message(exc), exc_info=exc)
             if not self._record_failure(unit, job_class, exc):
                 return  # stopping with Redis away: left in-progress, requeued at exit
         self.done(unit)

@@ -183,3 +183,15 @@ class AsyncGauge(kiq.Job, name="AsyncGauge"):
         await asyncio.sleep(seconds)
         _redis.decr("test:running")
         record("test:done", self, seconds)
+
+
+class Leak(kiq.Job, name="Leak", retry=0):
+    """Hold ``mb`` MB (touched, so resident) for ``seconds``: a job that leaks memory."""
+
+    def perform(self, mb: int, seconds: float) -> None:
+        record("test:started", self, mb, seconds)
+        held = bytearray(b"\x01") * (mb * 1024 * 1024)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        record("test:done", self, len(held) // (1024 * 1024), seconds)
