@@ -18,8 +18,10 @@ A kiq worker shares Redis with other producers (Ruby Sidekiq, scripts, an operat
     configured to fetch from it besides the good queues (defect 3);
   * **an OOM window**: ``CONFIG SET maxmemory 1`` for a few seconds, then 0 (defect 2).
 
-Each plant must end *accounted for*: ``dead`` ones in the dead set (a JSON member with
-an ``error_message``; non-JSON garbage as written), ``settled`` ones done or dead so.
+Each plant must end *accounted for*, as kiq.payload's table says: a bad field the engine
+acts on makes the job dead unrun (``error_class`` ``kiq.PayloadError`` and a message), a
+bad field that only describes it is dropped and the job runs to the end, and what is not
+a job at all (garbage, no class string, no args array) is in the dead set as written.
 Worker logs must show no ``Exception in thread`` (a thread that died) and at least one
 line about the WRONGTYPE queue.
 """
@@ -43,25 +45,30 @@ from kiq.payload import new_jid
 WRONGTYPE_QUEUE = "wrongtype"  # queue:wrongtype is a STRING; workers are told to fetch it
 PLANT_FIELD = "chaos_plant"  # every JSON plant names itself here, so the dead set shows it
 
-# (name, fields that replace a good chaos.Work payload's, outcome). Outcome "settled":
-# done (the field ignored, as Sidekiq would) or dead with a message; "dead": dead only.
+# (name, fields that replace a good chaos.Work payload's, outcome), the outcome as
+# kiq.payload's table says (issue 12: checked once, at the door):
+#   "refused": a field the engine acts on is bad: dead, unrun, error_class kiq.PayloadError
+#              and a message naming the field;
+#   "done":    a field that only describes the job is bad: dropped, and the job runs;
+#   "dead":    not a job at all (no class string, no args array): dead, as written or
+#              with a message.
 BAD_FIELDS: list[tuple[str, dict[str, Any], str]] = [
-    ("kiq_recoveries=x", {"kiq_recoveries": "x"}, "settled"),
-    ("kiq_recoveries=-7", {"kiq_recoveries": -7}, "settled"),
-    ("retry=maybe", {"retry": "maybe"}, "settled"),
-    ("retry=-3", {"retry": -3}, "settled"),
-    ("retry_count=x", {"retry_count": "x"}, "settled"),
-    ("retry_count=1e300", {"retry_count": 1e300}, "settled"),
-    ("timeout=1e300", {"timeout": 1e300}, "settled"),
-    ("timeout=nan", {"timeout": "nan"}, "settled"),
-    ("timeout=-1", {"timeout": -1}, "settled"),
-    ("timeout=[]", {"timeout": []}, "settled"),
-    ("at=soon", {"at": "soon"}, "settled"),
-    ("created_at=yesterday", {"created_at": "yesterday"}, "settled"),
-    ("enqueued_at={}", {"enqueued_at": {}}, "settled"),
-    ("backtrace=lots", {"backtrace": "lots"}, "settled"),
-    ("queue=[x]", {"queue": ["x"]}, "settled"),
-    ("args=string", {"args": "not a list"}, "settled"),
+    ("kiq_recoveries=x", {"kiq_recoveries": "x"}, "refused"),
+    ("kiq_recoveries=-7", {"kiq_recoveries": -7}, "refused"),
+    ("retry=maybe", {"retry": "maybe"}, "refused"),
+    ("retry=-3", {"retry": -3}, "refused"),
+    ("retry_count=x", {"retry_count": "x"}, "refused"),
+    ("retry_count=1e300", {"retry_count": 1e300}, "refused"),
+    ("timeout=1e300", {"timeout": 1e300}, "refused"),
+    ("timeout=nan", {"timeout": "nan"}, "refused"),
+    ("timeout=-1", {"timeout": -1}, "refused"),
+    ("timeout=[]", {"timeout": []}, "refused"),
+    ("at=soon", {"at": "soon"}, "refused"),
+    ("queue=[x]", {"queue": ["x"]}, "refused"),
+    ("created_at=yesterday", {"created_at": "yesterday"}, "done"),
+    ("enqueued_at={}", {"enqueued_at": {}}, "done"),
+    ("backtrace=lots", {"backtrace": "lots"}, "done"),
+    ("args=string", {"args": "not a list"}, "dead"),
     ("class=42", {"class": 42, "retry": 0}, "dead"),
 ]
 # Raw bytes that are not a job: non-JSON, or JSON of another shape. They carry no jid,
@@ -84,7 +91,7 @@ class Plant:
     name: str
     raw: bytes  # exactly what is written to Redis
     where: str  # "queue", "schedule", "retry" or "inprogress" (a ghost process's list)
-    outcome: str  # "dead", "settled" (done or dead) or "timeout" (dead as JobTimeout)
+    outcome: str  # "refused", "done", "dead" or "timeout" (see BAD_FIELDS; HANG_GUARDS)
     jid: str | None = None
 
 
@@ -124,7 +131,9 @@ def make_plants(first_index: int, rng: random.Random) -> list[Plant]:
     poison = {"class": "chaos.Poison", "queue": "default", "args": [-1], "jid": jid,
               "kiq_recoveries": "x", "created_at": now,
               PLANT_FIELD: "poison-recoveries=x"}  # fmt: skip
-    plants.append(Plant("poison-recoveries=x", json.dumps(poison).encode(), "queue", "dead", jid))
+    plants.append(
+        Plant("poison-recoveries=x", json.dumps(poison).encode(), "queue", "refused", jid)
+    )
     rng.shuffle(plants)
     for n in range(HANG_GUARDS):  # last: after the bad timeouts have reached the workers
         jid = new_jid()
@@ -214,23 +223,33 @@ def holdings(r: redis.Redis) -> Iterable[tuple[str, list[bytes]]]:
 def _outcome(item: Plant, dead: dict[str, Any], pending: dict[str, str], done: set[str]) -> str:
     key = item.name if isinstance(decode(item.raw), dict) else item.raw.decode("latin-1")
     if item.jid is not None and item.jid in done:
-        if item.outcome == "settled":
+        if item.outcome == "done":
             return "done"
-        return f"FAIL: ran to the end, but must be dead ({item.outcome})"
+        return f"FAIL: ran to the end, but must be {item.outcome}"
     if key in dead:
-        member = dead[key]
-        if not isinstance(member, dict):
-            return "dead (as written)"
-        message = str(member.get("error_message") or "")
-        error = str(member.get("error_class") or "")
-        if item.outcome == "timeout" and error != "JobTimeout":
-            return f"FAIL: dead as {error or '?'}, not JobTimeout: {message[:80]}"
-        if not message:
-            return "FAIL: dead without an error_message"
-        return f"dead: {error}: {message[:100]}"
+        return _dead_outcome(item, dead[key])
     if key in pending:
         return f"FAIL: still in {pending[key]}"
-    return "FAIL: lost (neither done, dead nor anywhere in Redis)"
+    if item.outcome == "done":
+        return "FAIL: lost (not done, not dead, nowhere in Redis)"
+    return "FAIL: lost (not dead, nowhere in Redis)"
+
+
+def _dead_outcome(item: Plant, member: Any) -> str:
+    if item.outcome == "done":
+        return "FAIL: dead, but its bad field should have been ignored and the job run"
+    if not isinstance(member, dict):
+        return "dead (as written)"
+    message = str(member.get("error_message") or "")
+    error = str(member.get("error_class") or "")
+    wanted = {"refused": "kiq.PayloadError", "timeout": "JobTimeout"}.get(item.outcome)
+    if item.outcome == "dead" and not error:
+        return "dead (as written)"  # not a job: buried as it was, like non-JSON
+    if wanted is not None and error != wanted:
+        return f"FAIL: dead as {error or 'it was written'}, not {wanted}: {message[:80]}"
+    if not message:
+        return "FAIL: dead without an error_message"
+    return f"dead: {error}: {message[:100]}"
 
 
 @dataclass

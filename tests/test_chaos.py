@@ -59,9 +59,11 @@ def test_short_chaos_run_loses_no_job(short_run):
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_short_chaos_run_accounts_for_every_hostile_plant(short_run):
-    """Every bad-field payload, garbage entry and timeout guard the run wrote ends dead
-    with a message (garbage: as written; guards: JobTimeout) or, where ignoring the field
-    is allowed, done; none is left waiting or lost."""
+    """Every plant ends as kiq.payload's table says, by every path (queue, schedule,
+    retry, a dead process's in-progress list): a bad field the engine acts on is dead
+    unrun as kiq.PayloadError with a message, a bad descriptive field is dropped and the
+    job done, garbage is dead as written, a timeout guard dies as JobTimeout; none is
+    left waiting or lost."""
     _, result, output = short_run
 
     assert result["planted"] >= 100, output
