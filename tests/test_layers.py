@@ -27,6 +27,7 @@ PACKAGE = Path(kiq.__file__).parent
 CORE: tuple[str, ...] = (
     # 0 leaves: stdlib (and their own third-party parser) only
     "errors",
+    "supervise",  # every engine thread starts through it (issue 12); imports errors only
     "embedded",  # side branch too: imports errors only; config starts it lazily
     "keys",
     "payload",

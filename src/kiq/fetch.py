@@ -38,8 +38,10 @@ from typing import Final
 from kiq import payload as wire
 from kiq.config import Config, Queue
 from kiq.errors import PayloadError, Shutdown
+from kiq.outage import Outage
 from kiq.payload import Payload
-from kiq.store import TRANSIENT_ERRORS
+from kiq.store import is_transient, is_wrong_type
+from kiq.supervise import Health, spawn
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ TIMEOUT: Final = 2.0  # seconds a waiter blocks; bounds how long quiet takes to 
 RATE_FOR_PREFETCH: Final = 20_000  # jobs/s a process may run; sizes fetch-ahead to the RTT
 MAX_EXTRA: Final = 200  # most jobs ever fetched ahead for the round trip
 HOLD: Final = 0.2  # seconds before fetching again after putting back a crash survivor
+SKIP_BROKEN: Final = 10.0  # seconds a queue whose key has the wrong type is left out
+REPORT_BROKEN: Final = 60.0  # seconds between two error lines about the same broken queue
 
 
 @dataclass(slots=True)
@@ -81,6 +85,8 @@ class QueueOrder:
         self.names = list(dict.fromkeys(name for name, _ in queues))
         self._rng = rng or random.Random()
         self.paused: frozenset[str] = frozenset()
+        self.broken: dict[str, float] = {}  # queue -> monotonic time to try it again
+        self._reported: dict[str, float] = {}  # queue -> when its error was last logged
 
     def next(self) -> list[str]:
         if self.strict:
@@ -89,9 +95,45 @@ class QueueOrder:
             expanded = self._expanded[:]
             self._rng.shuffle(expanded)
             names = list(dict.fromkeys(expanded))
+        if self.broken:
+            self._mend()
+            return [n for n in names if n not in self.paused and n not in self.broken]
         if self.paused:
             return [n for n in names if n not in self.paused]
         return names
+
+    def skipped(self, queue: str) -> bool:
+        """True while ``queue`` is paused or left out for a key of the wrong type."""
+        if queue in self.broken:
+            self._mend()
+        return queue in self.paused or queue in self.broken
+
+    def _mend(self) -> None:
+        now = time.monotonic()
+        for name, until in list(self.broken.items()):
+            if now >= until:
+                self.broken.pop(name, None)
+
+    def break_queue(self, queue: str, error: str) -> None:
+        """Leave ``queue`` out for SKIP_BROKEN seconds: one of its keys has another type.
+
+        A WRONGTYPE is a bad key, not an outage: the other queues keep flowing, and the
+        error is logged loudly, at most once per REPORT_BROKEN seconds (issue 12).
+        """
+        now = time.monotonic()
+        self.broken[queue] = now + SKIP_BROKEN
+        if now - self._reported.get(queue, -REPORT_BROKEN) < REPORT_BROKEN:
+            return
+        self._reported[queue] = now
+        log.error(
+            "queue %r is skipped: a key of it is not a list (%s). Jobs in the other queues "
+            "still run; kiq tries %r again every %.0f s. Fix: see what the key holds with "
+            "`redis-cli TYPE <key>`, then RENAME it aside (or DEL it) if it is not a kiq queue",
+            queue,
+            error,
+            queue,
+            SKIP_BROKEN,
+        )
 
 
 class Fetcher:
@@ -102,8 +144,8 @@ class Fetcher:
         config: Config,
         identity: str,
         deliver: Callable[[list[UnitOfWork]], None],
-        on_redis_error: Callable[[BaseException], None],
-        on_redis_ok: Callable[[], None],
+        outage: Outage,
+        health: Health | None = None,
         run_here: Callable[[UnitOfWork], bool] | None = None,
     ) -> None:
         self.config = config
@@ -111,8 +153,8 @@ class Fetcher:
         self.identity = identity
         self.order = QueueOrder(config.queues)
         self._deliver = deliver
-        self._redis_error = on_redis_error
-        self._redis_ok = on_redis_ok
+        self._outage = outage
+        self._health = health
         self._cond = threading.Condition()
         self._acks: list[tuple[str, bytes]] = []
         self._free = config.concurrency + config.prefetch
@@ -158,8 +200,10 @@ class Fetcher:
             try:
                 self.store.ack(self.identity, acks)
                 return
-            except TRANSIENT_ERRORS as exc:
-                self._redis_error(exc)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # a bug: the caller's supervisor reports it; still in-progress
+                self._outage.error(exc)
                 if self._stopping.wait(1.0):
                     return  # left in-progress: requeued at exit or recovered later
 
@@ -189,9 +233,7 @@ class Fetcher:
                 self._spawn(f"waiter-{queue}", functools.partial(self._wait_loop, queue))
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=target, name=f"kiq.{name}", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        self._threads.append(spawn(name, target, stop=self._stopping, health=self._health))
 
     def stop(self) -> None:
         """Stop taking work; waiters notice within TIMEOUT seconds."""
@@ -253,14 +295,19 @@ class Fetcher:
 
     def _fetch(self, want: int, acks: list[tuple[str, bytes]]) -> list[UnitOfWork] | None:
         try:
-            pairs = self.store.fetch(self.identity, self.order.next(), want, acks)
-        except TRANSIENT_ERRORS as exc:
+            skipped: list[tuple[str, str]] = []
+            pairs = self.store.fetch(self.identity, self.order.next(), want, acks, skipped)
+        except BaseException as exc:
             with self._cond:
-                self._acks[:0] = acks
-            self._redis_error(exc)
+                self._acks[:0] = acks  # not written, or written twice (LREM: harmless)
+            if not is_transient(exc):
+                raise  # a bug: the supervisor logs it and restarts this loop
+            self._outage.error(exc)
             self._stopping.wait(1.0)
             return None
-        # No _redis_ok() here: a fetch that wrote nothing also succeeds on a read-only
+        for queue, error in skipped:
+            self.order.break_queue(queue, error)
+        # No outage.ok() here: a fetch that wrote nothing also succeeds on a read-only
         # replica, which would log "back" between two READONLY errors (see kiq.outage).
         return [UnitOfWork.parse(queue, raw) for queue, raw in pairs]
 
@@ -302,7 +349,9 @@ class Fetcher:
         try:
             for queue, raws in by_queue.items():
                 self.store.requeue(self.identity, queue, raws)
-        except TRANSIENT_ERRORS:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             with self._cond:
                 self._suspects += len(back)
             return units, []
@@ -330,12 +379,17 @@ class Fetcher:
             self._idle.wait()
             if self._stopping.is_set():
                 return
-            if queue in self.order.paused:
+            if self.order.skipped(queue):
                 self._stopping.wait(TIMEOUT)
                 continue
             with self._cond:
                 self._waiting[queue] += 1
-            raw = self._wait_one(queue)
+            try:
+                raw = self._wait_one(queue)
+            except BaseException:  # a bug (restarted by the supervisor) or Shutdown
+                with self._cond:
+                    self._waiting[queue] -= 1
+                raise
             if raw is None:
                 with self._cond:
                     self._waiting[queue] -= 1
@@ -358,23 +412,28 @@ class Fetcher:
         A first error is tried again at once: the waiter's held connection may just be
         stale (Redis restarted while it ran a job), which is no outage to report.
         """
+        sent = time.monotonic()
         try:
             raw = self.store.wait(self.identity, queue)
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:
             if self._stopping.is_set():
+                # join() disconnects the pool from another thread to wake the waiters;
+                # a connect in progress then finds its socket gone (AttributeError,
+                # redis-py: None.sendall) or its reply cut short.
                 return None
+            if is_wrong_type(exc):
+                keys = self.store.keys
+                where = f"{keys.queue(queue)} or {keys.inprogress(self.identity, queue)}"
+                self.order.break_queue(queue, f"{where}: {exc}")
+                return None
+            if not is_transient(exc):
+                raise  # a bug: the supervisor logs it and restarts this waiter
             if again:
                 return self._wait_one(queue, again=False)
-            self._redis_error(exc)
+            self._outage.error(exc)
             self._stopping.wait(1.0)
             return None
-        except AttributeError:
-            # join() disconnects the pool from another thread to wake the waiters; a
-            # connect in progress then finds its socket gone (redis-py: None.sendall).
-            if self._stopping.is_set():
-                return None
-            raise
-        self._redis_ok()
+        self._outage.ok(sent)
         return raw
 
     def _claim_here(self, unit: UnitOfWork) -> bool:

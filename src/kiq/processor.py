@@ -23,6 +23,7 @@ import ctypes
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +36,8 @@ from kiq.errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
 from kiq.fetch import UnitOfWork
 from kiq.job import Job, lookup
 from kiq.retry import RetryHandler, error_class, error_message
-from kiq.store import TRANSIENT_ERRORS
+from kiq.store import is_transient
+from kiq.supervise import Health, spawn
 
 if TYPE_CHECKING:
     from kiq.payload import Payload
@@ -44,6 +46,7 @@ log = logging.getLogger("kiq.processor")
 job_log = kiq_log.job_logger("kiq.job")
 
 RETRY_WRITE_BACKOFF: Final = (0.5, 1.0, 2.0, 5.0)  # seconds between failed retry writes
+LONGEST_WAIT: Final = 3600.0  # seconds the reaper sleeps at most, whatever the deadlines
 
 
 class State:
@@ -82,9 +85,15 @@ class Reaper:
         self._fired: set[int] = set()
         self._tokens = itertools.count(1)
         self._stop = False
-        threading.Thread(target=self._run, name="kiq.reaper", daemon=True).start()
+        spawn("reaper", self._run)
 
     def arm(self, seconds: float) -> int:
+        """Raise JobTimeout into the calling thread in ``seconds``; 0 (nothing armed) for
+        a value that is not a positive number. Any finite, infinite or NaN value is safe
+        here: the door (kiq.payload) rejects bad ones, and this thread must never die or
+        spin on one that got through (issue 12, defect 4)."""
+        if not seconds > 0 or seconds == math.inf:  # NaN, 0, negative, inf: no deadline
+            return 0
         token = next(self._tokens)
         with self._cond:
             heapq.heappush(self._heap, (time.monotonic() + seconds, token, threading.get_ident()))
@@ -117,8 +126,8 @@ class Reaper:
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(
                             ctypes.c_ulong(ident), ctypes.py_object(JobTimeout)
                         )
-                wait = self._heap[0][0] - now if self._heap else None
-                self._cond.wait(wait)
+                wait = min(self._heap[0][0] - now, LONGEST_WAIT) if self._heap else None
+                self._cond.wait(wait)  # bounded: a huge wait would raise OverflowError
 
 
 class Executor:
@@ -212,7 +221,9 @@ class Executor:
                 else:
                     self.retry.handle(unit.raw, unit.queue, exc, job_class)
                 return True
-            except TRANSIENT_ERRORS:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
                 log.warning("cannot record the failure in Redis yet; trying again in %ss", pause)
                 if self.stopping.wait(pause):
@@ -242,6 +253,7 @@ class Executor:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "start")
             timer = 0
+            timeout = None
             try:
                 job = self.instantiate(unit, job_class)
                 timeout = unit.payload.get("timeout") if unit.payload else None
@@ -254,6 +266,8 @@ class Executor:
                         self.reaper.disarm(timer)
             except Shutdown:
                 raise
+            except JobTimeout as error:  # the reaper raises the bare class: say why
+                exc = error if error.args else timed_out(timeout)
             except BaseException as error:  # job code may raise SystemExit & co: a failure
                 exc = error
             self.finish(unit, job_class, ctx, exc, slot)
@@ -277,6 +291,11 @@ class Executor:
             job.perform(*args)
 
 
+def timed_out(timeout: object) -> JobTimeout:
+    """The error of a job stopped at its ``timeout``, thread and async jobs alike."""
+    return JobTimeout(f"job ran longer than its timeout of {timeout}s")
+
+
 def interrupt(ident: int) -> None:
     """Raise Shutdown in the thread ``ident`` at its next bytecode (hard shutdown)."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(Shutdown))
@@ -297,16 +316,18 @@ class Processor:
         self.inbox = inbox
         self.on_death = on_death
         self.current: UnitOfWork | None = None
-        self.thread = threading.Thread(target=self._run, name=f"kiq.processor-{index}", daemon=True)
+        self.thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self.thread.start()
+    def start(self, health: Health | None = None) -> None:
+        # Not restarted in place: a processor that died is replaced (on_death) by a
+        # fresh one, so no state of a failed job leaks into the next (Sidekiq).
+        self.thread = spawn(f"processor-{self.index}", self._run, restart=False, health=health)
 
     def interrupt(self) -> None:
         """Raise Shutdown in this thread (hard shutdown)."""
-        ident = self.thread.ident
-        if ident is not None and self.thread.is_alive():
-            interrupt(ident)
+        thread = self.thread
+        if thread is not None and thread.ident is not None and thread.is_alive():
+            interrupt(thread.ident)
 
     def _run(self) -> None:
         try:

@@ -46,7 +46,8 @@ from kiq.cron import CronJob
 from kiq.errors import JobNotFound
 from kiq.job import lookup
 from kiq.outage import Outage
-from kiq.store import TRANSIENT_ERRORS
+from kiq.store import is_transient
+from kiq.supervise import Health, spawn
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,6 @@ class CronPoller:
         self.config = config
         self.outage = outage
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kiq.cron", daemon=True)
 
     def load(self) -> int:
         """Save the schedule file's and the code's jobs to Redis; return how many."""
@@ -248,8 +248,8 @@ class CronPoller:
             log.info("recurring jobs: %s", ", ".join(j.name for j in jobs))
         return len(jobs)
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, health: Health | None = None) -> None:
+        spawn("cron", self._run, stop=self._stop, health=health)
 
     def stop(self) -> None:
         self._stop.set()
@@ -279,7 +279,7 @@ class CronPoller:
         while not self._stop.wait(self.config.cron_poll_interval):
             try:
                 self.tick()  # no outage.ok(): a tick that wrote nothing proves no recovery
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # a bug: kiq.supervise logs it once and restarts the cron loop
                 self.outage.error(exc)
-            except Exception:
-                log.exception("recurring jobs: tick failed")

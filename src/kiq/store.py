@@ -85,27 +85,46 @@ def is_wrong_type(exc: BaseException) -> bool:
 # KEYS: queue:q1, inprogress:q1, queue:q2, inprogress:q2, ... (fetch order)
 # ARGV: max jobs to take, number of acks, then per ack: its in-progress key, its raw job.
 # Acks first, so one round trip both frees and refills a process's slots.
+# Replies: (queue number, job) per job taken, led by 0, n, then n pairs (queue number,
+# error) if n queues were skipped because their key (or in-progress key) holds another
+# type: the other queues are still served (issue 12). A script's writes are not rolled
+# back when it fails, so a WRONGTYPE must not abort it halfway: pcall, and jobs popped
+# but not stored in in-progress go straight back to the tail they came from.
 _FETCH: Final = """
 local want = tonumber(ARGV[1])
 local nacks = tonumber(ARGV[2])
 for i = 1, nacks do
-  redis.call('LREM', ARGV[1 + 2 * i], -1, ARGV[2 + 2 * i])
+  redis.pcall('LREM', ARGV[1 + 2 * i], -1, ARGV[2 + 2 * i])
 end
 local out = {}
 if want <= 0 then return out end
+local bad = {}
 for i = 1, #KEYS, 2 do
-  local items = redis.call('RPOP', KEYS[i], want)
-  if items then
-    redis.call('LPUSH', KEYS[i + 1], unpack(items))
-    for _, item in ipairs(items) do
-      out[#out + 1] = (i + 1) / 2
-      out[#out + 1] = item
+  local items = redis.pcall('RPOP', KEYS[i], want)
+  if type(items) == 'table' and items.err then
+    bad[#bad + 1] = (i + 1) / 2
+    bad[#bad + 1] = KEYS[i] .. ': ' .. items.err
+  elseif items then
+    local pushed = redis.pcall('LPUSH', KEYS[i + 1], unpack(items))
+    if type(pushed) == 'table' and pushed.err then
+      for j = #items, 1, -1 do redis.call('RPUSH', KEYS[i], items[j]) end
+      bad[#bad + 1] = (i + 1) / 2
+      bad[#bad + 1] = KEYS[i + 1] .. ': ' .. pushed.err
+    else
+      for _, item in ipairs(items) do
+        out[#out + 1] = (i + 1) / 2
+        out[#out + 1] = item
+      end
+      want = want - #items
+      if want <= 0 then break end
     end
-    want = want - #items
-    if want <= 0 then break end
   end
 end
-return out
+if #bad == 0 then return out end
+local reply = {0, #bad / 2}
+for _, v in ipairs(bad) do reply[#reply + 1] = v end
+for _, v in ipairs(out) do reply[#reply + 1] = v end
+return reply
 """
 
 # KEYS[1]: schedule or retry, KEYS[2]: queues, KEYS[3]: queue:<q>; ARGV[1]: the member as
@@ -457,8 +476,13 @@ class Store:
         queues: Sequence[str],
         count: int,
         acks: Sequence[tuple[str, bytes]] = (),
+        skipped: list[tuple[str, str]] | None = None,
     ) -> list[tuple[str, bytes]]:
-        """Acknowledge ``acks`` (queue, raw) and take up to ``count`` jobs, in queue order."""
+        """Acknowledge ``acks`` (queue, raw) and take up to ``count`` jobs, in queue order.
+
+        A queue whose key (or in-progress key) holds another type is left out and, if
+        ``skipped`` is given, added to it as (queue, "<key>: <Redis's error>").
+        """
         keys: list[str] = []
         for queue in queues:
             keys.append(self.keys.queue(queue))
@@ -468,6 +492,12 @@ class Store:
             args.append(self.keys.inprogress(identity, queue))
             args.append(raw)
         reply = self._fetch(keys=keys, args=args)
+        if reply and reply[0] == 0:  # rare: queues left out (see _FETCH)
+            end = 2 + 2 * int(reply[1])
+            if skipped is not None:
+                for i in range(2, end, 2):
+                    skipped.append((queues[int(reply[i]) - 1], bytes(reply[i + 1]).decode()))
+            reply = reply[end:]
         return [(queues[int(reply[i]) - 1], reply[i + 1]) for i in range(0, len(reply), 2)]
 
     def wait(self, identity: str, queue: str) -> bytes | None:
