@@ -48,6 +48,7 @@ CORE: tuple[str, ...] = (
     # 3 server parts
     "retry",
     "fetch",
+    "idle",  # the waiters and the idle fast path (issue 13 point 4)
     "scheduler",
     "recurring",
     "recover",

@@ -1,10 +1,16 @@
 """Manager: the pool of slots of one kiq process, and its quiet -> stop sequence.
 
+A job's path through the engine, top to bottom (docs/job-path.md):
+``Fetcher`` takes units from Redis and calls ``deliver`` (or a waiter of kiq.idle
+calls ``run_here``); a Processor thread or the event loop runs the unit through the
+``Executor``, which records the outcome and calls ``finished``, the one way back:
+``Fetcher.ack`` frees the unit's slot and acknowledges it in Redis.
+
 Tasks:
   1. start: ``concurrency`` Processor threads for ``def perform`` jobs, one event loop
-     for ``async def perform`` jobs, and the Fetcher that feeds both.
+     for ``async def perform`` jobs, the Fetcher that feeds both, and the Waiters.
   2. deliver: route each fetched unit to the loop or the thread inbox; after quiet,
-     put it straight back in its queue instead.
+     put it straight back in its queue instead. run_here: the idle fast path.
   3. processor_died: replace a Processor whose thread died, so no state leaks from a
      failed job into the next (Sidekiq: Manager#processor_result).
   4. quiet: stop fetching; units fetched ahead but not started go back to their queues.
@@ -33,7 +39,8 @@ from typing import Final
 from kiq.aio import AsyncRunner
 from kiq.config import Config
 from kiq.errors import Shutdown
-from kiq.fetch import TIMEOUT, Fetcher, UnitOfWork
+from kiq.fetch import TIMEOUT, Fetcher, UnitOfWork, by_queue
+from kiq.idle import Waiters
 from kiq.job import lookup
 from kiq.outage import Outage
 from kiq.processor import Executor, Processor, State, interrupt
@@ -70,8 +77,9 @@ class Manager:
         self._slots = threading.Lock()
         self._pending: collections.deque[UnitOfWork] = collections.deque()
         self._running_count = 0
-        self.fetcher = Fetcher(config, identity, self._deliver, outage, health, self._run_here)
-        self.executor = Executor(config, state, self._finished, self.stopping)
+        self.fetcher = Fetcher(config, identity, self, outage, health)
+        self.waiters = Waiters(self.fetcher, runner=self)
+        self.executor = Executor(config, state, self, self.stopping)
         self.aio = AsyncRunner(self.executor)
         self.processors = [self._processor(i) for i in range(config.concurrency)]
 
@@ -83,12 +91,14 @@ class Manager:
         for processor in self.processors:
             processor.start(self.health)
         self.fetcher.start()
+        self.waiters.start()
 
     def busy(self) -> int:
         with self.state.lock:
             return len(self.state.work)
 
-    def _deliver(self, units: list[UnitOfWork]) -> None:
+    def deliver(self, units: list[UnitOfWork]) -> None:
+        """The fetcher's hand-over (kiq.fetch.Hand): queue the units for a free slot."""
         if self.quieted.is_set():
             self._put_back(units)
             return
@@ -96,7 +106,7 @@ class Manager:
             self._pending.extend(units)
         self._dispatch()
 
-    def _run_here(self, unit: UnitOfWork) -> bool:
+    def run_here(self, unit: UnitOfWork) -> bool:
         """Run a sync job on the calling (waiter) thread if a slot is free now.
 
         The fetcher's idle fast path: no hop to a processor thread. False (nothing
@@ -124,9 +134,10 @@ class Manager:
             self._abandon(unit)
         return True
 
-    def _finished(self, unit: UnitOfWork) -> None:
-        """A job's outcome is recorded: ack it, free its slot, start the next one."""
-        self.fetcher.done(unit)
+    def finished(self, unit: UnitOfWork) -> None:
+        """A job's outcome is recorded (kiq.processor.Pool): ack it, free its slot,
+        start the next one. The one way back from every runner to Redis."""
+        self.fetcher.ack(unit)
         self._free_slot()
 
     def _free_slot(self) -> None:
@@ -148,11 +159,8 @@ class Manager:
                 self.inbox.put(unit)
 
     def _put_back(self, units: list[UnitOfWork]) -> None:
-        by_queue: dict[str, list[bytes]] = {}
-        for unit in units:
-            by_queue.setdefault(unit.queue, []).append(unit.raw)
         try:
-            for name, raws in by_queue.items():
+            for name, raws in by_queue(units).items():
                 self.config.store.requeue(self.identity, name, raws)
         except Exception:  # still in-progress in Redis: requeued at exit or recovered
             log.warning("could not put %d fetched jobs back yet", len(units), exc_info=True)
@@ -181,6 +189,7 @@ class Manager:
             return
         self.quieted.set()
         self.fetcher.stop()
+        self.waiters.stop()
         with self._slots:
             pending: list[UnitOfWork] = list(self._pending)
             self._pending.clear()
@@ -206,7 +215,9 @@ class Manager:
         while self._in_flight() and time.monotonic() < deadline and not forced.is_set():
             time.sleep(POLL)
         self.stopping.set()
+        end = time.monotonic() + TIMEOUT + 1.0
         self.fetcher.join(TIMEOUT + 1.0)
+        self.waiters.join(max(0.0, end - time.monotonic()))
         self.fetcher.flush_acks()
         busy = self._in_flight()
         moved = self.config.store.requeue_all(self.identity, self.fetcher.order.names)
@@ -217,7 +228,7 @@ class Manager:
             for processor in self.processors:
                 if processor.current is not None:
                     processor.interrupt()
-            for ident in self.fetcher.running_here():
+            for ident in self.waiters.running_here():
                 interrupt(ident)
             self.aio.cancel_all()
             end = time.monotonic() + HARD_SHUTDOWN_WAIT

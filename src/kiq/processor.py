@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from kiq import log as kiq_log
 from kiq import payload as wire
@@ -130,6 +130,13 @@ class Reaper:
                 self._cond.wait(wait)  # bounded: a huge wait would raise OverflowError
 
 
+class Pool(Protocol):
+    """Where the executor hands a unit back once its outcome is recorded: the Manager."""
+
+    def finished(self, unit: UnitOfWork) -> None:
+        """Acknowledge ``unit`` and free its slot."""
+
+
 class Executor:
     """The steps shared by thread and async jobs (decode, log, run, record, ack)."""
 
@@ -137,12 +144,12 @@ class Executor:
         self,
         config: Config,
         state: State,
-        done: Callable[[UnitOfWork], None],
+        pool: Pool,
         stopping: threading.Event,
     ) -> None:
         self.config = config
         self.state = state
-        self.done = done
+        self.pool = pool
         self.stopping = stopping
         self.retry = RetryHandler(config)
         self.reaper = Reaper()
@@ -209,7 +216,7 @@ class Executor:
             job_log.warning("fail: %s: %s", error_class(exc), error_message(exc))
             if not self._record_failure(unit, job_class, exc):
                 return  # stopping with Redis away: left in-progress, requeued at exit
-        self.done(unit)
+        self.pool.finished(unit)
 
     def _record_failure(
         self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
