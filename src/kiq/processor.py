@@ -34,7 +34,7 @@ from kiq import payload as wire
 from kiq.config import Config
 from kiq.errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
 from kiq.fetch import UnitOfWork
-from kiq.job import Job, lookup
+from kiq.job import Job, instantiate, lookup, perform
 from kiq.retry import RetryHandler, error_class, error_message
 from kiq.store import is_transient
 from kiq.supervise import Health, spawn
@@ -189,10 +189,7 @@ class Executor:
                 f"no kiq Job is registered as {payload['class']!r}: import the module that "
                 f"defines it with -r, or give a Job name={payload['class']!r}"
             )
-        job = job_class()
-        job.jid = payload.get("jid", "")
-        job.payload = payload
-        return job
+        return instantiate(job_class, payload)
 
     def finish(
         self,
@@ -290,12 +287,7 @@ class Executor:
 
     def _perform(self, job: Job, unit: UnitOfWork) -> None:
         payload: Payload = unit.payload  # type: ignore[assignment]
-        args = payload["args"]
-        chain = self.config.server_middleware
-        if len(chain):
-            chain.invoke(job, payload, unit.queue, lambda: job.perform(*args))
-        else:
-            job.perform(*args)
+        perform(job, payload, unit.queue, self.config.server_middleware)
 
 
 def timed_out(timeout: object) -> JobTimeout:
