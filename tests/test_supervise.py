@@ -110,6 +110,11 @@ def test_a_dead_part_stops_the_beats_and_the_process_exits_non_zero(config, r, s
 
     jobs.StopLoop.perform_async()
 
+    wait_until(lambda: "quieting" in worker.output())
+    beat = r.hget(identity, "beat")
+    while worker.proc.poll() is None:  # the stop waits 5 s for the Slow job: 25 beats
+        assert r.hget(identity, "beat") in (beat, None)
+        time.sleep(0.05)
     assert worker.proc.wait(30) != 0
     output = worker.output()
     assert "kiq.asyncio cannot go on" in output
@@ -237,12 +242,23 @@ def test_an_oom_window_then_a_kill_loses_no_job(tmp_path, oom_servers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hostile", [1e300, "nan", "inf", -5])
-def test_a_hostile_timeout_leaves_the_reaper_working(config, r, start_worker, hostile):
+@pytest.mark.parametrize(
+    ("klass", "hostile"),
+    [
+        ("Record", 1e300),
+        ("Record", "nan"),
+        ("Record", "inf"),
+        ("Record", -5),
+        ("AsyncRecord", 1e300),
+        ("AsyncRecord", "nan"),
+    ],
+)
+def test_a_hostile_timeout_leaves_the_reaper_working(config, r, start_worker, klass, hostile):
     """Defect 4, second half: a payload whose ``timeout`` is huge, NaN, infinite or
-    negative (pushed raw, past the client's checks) does not kill or spin the reaper:
-    a later job with timeout 0.3 is still stopped, with the message that says why."""
-    raw = {"class": "Record", "args": ["hostile"], "jid": "hostile", "queue": "default"}
+    negative (pushed raw, past the client's checks) does not kill or spin the reaper
+    (or the event loop's timers): a later job with timeout 0.3 is still stopped, with
+    the message that says why."""
+    raw = {"class": klass, "args": ["hostile"], "jid": "hostile", "queue": "default"}
     raw["timeout"] = hostile
     r.lpush("queue:default", orjson.dumps(raw))
     r.sadd("queues", "default")

@@ -17,7 +17,7 @@ from typing import Any
 
 from kiq import log as kiq_log
 from kiq.fetch import UnitOfWork
-from kiq.processor import Executor, timed_out
+from kiq.processor import Executor, timed_out, timeout_seconds
 from kiq.supervise import Health, spawn
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class AsyncRunner:
             job = ex.instantiate(unit, job_class)
             payload: dict[str, Any] = unit.payload or {}
             timeout = payload.get("timeout")
-            deadline = asyncio.timeout(float(timeout) if timeout else None)
+            deadline = asyncio.timeout(timeout_seconds(timeout))
             try:
                 async with deadline:
                     await ex.config.server_middleware.ainvoke(

@@ -261,8 +261,9 @@ class Executor:
             try:
                 job = self.instantiate(unit, job_class)
                 timeout = unit.payload.get("timeout") if unit.payload else None
-                if timeout:
-                    timer = self.reaper.arm(float(timeout))
+                seconds = timeout_seconds(timeout)
+                if seconds is not None:
+                    timer = self.reaper.arm(seconds)
                 try:
                     self._perform(job, unit)
                 finally:
@@ -288,6 +289,22 @@ class Executor:
     def _perform(self, job: Job, unit: UnitOfWork) -> None:
         payload: Payload = unit.payload  # type: ignore[assignment]
         perform(job, payload, unit.queue, self.config.server_middleware)
+
+
+def timeout_seconds(timeout: Any) -> float | None:
+    """A payload's ``timeout`` in seconds, or None for no deadline (thread and async jobs).
+
+    Unset, zero, negative, NaN, infinite or not a number: no deadline. The door
+    (kiq.payload) rejects such values; this keeps a shared thread (the reaper, the
+    event loop's timer heap) safe from one that got through (issue 12, defect 4).
+    """
+    if not timeout or isinstance(timeout, bool):
+        return None
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return seconds if 0 < seconds < math.inf else None
 
 
 def timed_out(timeout: object) -> JobTimeout:
