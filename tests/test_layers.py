@@ -75,7 +75,8 @@ SIDE: dict[str, frozenset[str]] = {
     "testing": CLIENT_SIDE | {"__init__"},
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),
     # web serves the Prometheus scrape at /metrics when a scraper asks (issue 8)
-    "web": frozenset({"api", "config", "errors", "__init__", "prometheus"}),  # + web's own
+    # and asks store.is_transient whether an error means "Redis is away" (its 503 page)
+    "web": frozenset({"api", "config", "errors", "__init__", "prometheus", "store"}),  # + own
     # issue 8: the exporter reads api (and the metrics key layout), the CLI's status /
     # ping / quiet / stop read api, the OpenTelemetry middleware sits on the chains
     "prometheus": frozenset({"api", "config", "metrics", "store"}),

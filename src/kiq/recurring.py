@@ -72,6 +72,7 @@ class CronEntry:
     job: CronJob
     last_enqueue_time: datetime | None
     config: Config
+    problem: str | None = None  # e.g. a message that is not JSON: listed, never fired
 
     @property
     def name(self) -> str:
@@ -79,7 +80,7 @@ class CronEntry:
 
     @property
     def enabled(self) -> bool:
-        return self.job.enabled
+        return self.job.enabled and self.problem is None
 
     @property
     def next_time(self) -> datetime:
@@ -193,7 +194,12 @@ def _entry(config: Config, key: str, data: dict[str, str]) -> CronEntry | None:
         "description": data.get("description", ""),
         "status": data.get("status", "enabled"),
     }
-    message = orjson.loads(data["message"]) if data.get("message") else {}
+    try:  # written by someone else (sidekiq-cron, by hand): one bad hash is no 500
+        message = orjson.loads(data["message"]) if data.get("message") else {}
+    except orjson.JSONDecodeError:
+        message = None
+    problem = None if isinstance(message, dict) else "invalid message (not a JSON object)"
+    message = message if isinstance(message, dict) else {}
     props["queue"] = data.get("queue") or message.get("queue")
     props["args"] = orjson.loads(data["args"]) if data.get("args") else message.get("args", [])
     if "retry" in message:
@@ -205,7 +211,7 @@ def _entry(config: Config, key: str, data: dict[str, str]) -> CronEntry | None:
         return None
     last = data.get("last_enqueue_time")
     when = datetime.strptime(last, TIME_FORMAT) if last else None
-    return CronEntry(job=job, last_enqueue_time=when, config=config)
+    return CronEntry(job=job, last_enqueue_time=when, config=config, problem=problem)
 
 
 def enqueue(config: Config, job: CronJob, now: datetime) -> str | None:

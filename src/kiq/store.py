@@ -232,11 +232,14 @@ def connect(url: str, **options: Any) -> redis.Redis:
     if not url.startswith(SENTINEL_SCHEME):
         return redis.Redis.from_url(url, **options)
     parsed = SentinelURL.parse(url)
-    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
-    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py
+    timeouts: dict[str, Any] = {
+        k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
+    }
+    # redis-py 8.2 typed Sentinel; 8.1 and older did not (hence unused-ignore).
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         parsed.sentinels, sentinel_kwargs=timeouts
     )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]  # redis-py
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         parsed.service,
         db=parsed.db,
         username=parsed.username,
@@ -251,8 +254,10 @@ def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
     if not url.startswith(SENTINEL_SCHEME):
         return redis.asyncio.Redis.from_url(url, **options)
     parsed = SentinelURL.parse(url)
-    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
-    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py
+    timeouts: dict[str, Any] = {
+        k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
+    }
+    sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         parsed.sentinels, sentinel_kwargs=timeouts
     )
     client: redis.asyncio.Redis = sentinel.master_for(

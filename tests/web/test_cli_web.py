@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from kiq.errors import ConfigError
 from kiq.web.serve import credentials
@@ -42,27 +45,30 @@ def test_a_missing_password_is_a_config_error(flag: str | None, env: dict[str, s
         credentials(flag, env=env)
 
 
-@pytest.fixture
-def kiq_web(redis_url: str, tmp_path: Path) -> Iterator[str]:
-    """``kiq web --basic-auth admin:pw`` on a free port; yields its URL."""
+@contextlib.contextmanager
+def serving(redis_url: str, tmp_path: Path, *flags: str) -> Iterator[str]:
+    """``kiq web`` with ``flags`` on a free port of 127.0.0.1; yields its URL."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("KIQ_WEB_USER", None)
     log = (tmp_path / "web.log").open("wb")
     cmd = [sys.executable, "-m", "kiq.cli", "web", "--port", str(port), "--redis-url", redis_url]
     proc = subprocess.Popen(
-        [*cmd, "--basic-auth", "admin:pw", "--prefix", "/kiq"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
+        [*cmd, *flags], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
     )
     try:
-        yield f"http://127.0.0.1:{port}/kiq"
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+@pytest.fixture
+def kiq_web(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """``kiq web --basic-auth admin:pw --prefix /kiq``; yields its URL."""
+    with serving(redis_url, tmp_path, "--basic-auth", "admin:pw", "--prefix", "/kiq") as url:
+        yield f"{url}/kiq"
 
 
 def answers(url: str, **kwargs: object) -> int | None:
@@ -77,3 +83,29 @@ def test_kiq_web_serves_behind_basic_auth(kiq_web: str) -> None:
     """The standalone server asks for credentials and serves the dashboard with them."""
     assert wait_until(lambda: answers(f"{kiq_web}/"), timeout=20) == 401
     assert answers(f"{kiq_web}/", auth=("admin", "pw")) == 200
+
+
+@pytest.mark.slow
+def test_kiq_web_without_auth_refuses_a_rebound_host(redis_url: str, tmp_path: Path) -> None:
+    """The real server (uvicorn) answers 127.0.0.1 and refuses a foreign Host with 400."""
+    with serving(redis_url, tmp_path) as url:
+        assert wait_until(lambda: answers(f"{url}/queues"), timeout=20) == 200
+        assert answers(f"{url}/queues", headers={"Host": "attacker.example:7433"}) == 400
+        assert answers(f"{url}/queues", headers={"Host": "localhost"}) == 200
+
+
+@pytest.mark.slow
+def test_kiq_web_opens_a_queue_whose_name_holds_percent_escapes(
+    redis_url: str, tmp_path: Path, r: redis.Redis
+) -> None:
+    """Through uvicorn (one decoding of the path), queue ``%2F/x`` opens from its link."""
+    r.flushdb()
+    r.sadd("queues", "%2F/x")
+    r.lpush("queue:%2F/x", '{"class":"PercentJob","args":[],"jid":"j1","queue":"%2F/x"}')
+    with serving(redis_url, tmp_path) as url:
+        assert wait_until(lambda: answers(f"{url}/queues"), timeout=20) == 200
+        link = re.findall(r'href="(/queues/[^"]+)"', httpx.get(f"{url}/queues").text)
+        assert link == ["/queues/%252F%2Fx"]
+        page = httpx.get(f"{url}{link[0]}")
+        assert page.status_code == 200
+        assert "PercentJob" in page.text

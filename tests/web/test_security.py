@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 from starlette.routing import Mount
 
+from kiq.api import ScheduledSet
 from kiq.client import Client
 from kiq.config import Config
 from kiq.web import BasicAuth, create_app
-from kiq.web.security import CSRF_COOKIE, Tokens, origin_verdict
+from kiq.web.security import CSRF_COOKIE, HEADERS, Tokens, host_name, origin_verdict
 from tests.web.conftest import (
     TestClient,  # re-imported there without the httpx warning
     WebClient,
@@ -219,3 +222,108 @@ def test_bad_prefix_is_refused(config: Config) -> None:
     """A prefix must start with / and not end with one."""
     with pytest.raises(ValueError, match="prefix"):
         create_app(config, prefix="kiq/")
+
+
+# -- the Host header (DNS rebinding, issue 12) ---------------------------------------
+
+REBOUND = {"Host": "attacker.example:7434", "Origin": "http://attacker.example:7434"}
+
+
+def test_rebound_post_with_a_foreign_host_is_refused(
+    web: WebClient, config: Config, r: redis.Redis
+) -> None:
+    """A page on a rebound name posts with its own Host and Origin: 400, nothing deleted."""
+    ScheduledSet(config).schedule(time.time() + 60, {"class": "HardJob", "args": []})
+    response = web.http.post("/scheduled/all/delete", headers=REBOUND, follow_redirects=False)
+    assert response.status_code == 400
+    assert "'attacker.example'" in response.text
+    assert "allowed_hosts" in response.text
+    assert r.zcard("schedule") == 1
+
+
+@pytest.mark.usefixtures("low_queue")
+def test_get_with_a_foreign_host_returns_no_data(web: WebClient) -> None:
+    """Reads are refused too: a rebound page could otherwise read every job's arguments."""
+    for path in ("/queues/low", "/stats", "/"):
+        response = web.get(path, headers={"Host": "attacker.example"})
+        assert response.status_code == 400, path
+        assert "HardJob" not in response.text
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost:7434", "LOCALHOST", "127.0.0.1:7434", "[::1]:7434", "localhost."]
+)
+def test_loopback_names_are_allowed(web: WebClient, host: str) -> None:
+    """localhost, 127.0.0.1 and ::1, with or without a port, answer."""
+    assert web.get("/queues", headers={"Host": host}).status_code == 200
+
+
+def test_the_address_the_request_reached_is_allowed(config: Config) -> None:
+    """Bound to 0.0.0.0, the UI answers to the IP a request came in on (the ASGI server)."""
+    with TestClient(create_app(config), base_url="http://192.0.2.7:7433") as client:
+        assert client.get("/queues").status_code == 200
+        assert client.get("/queues", headers={"Host": "192.0.2.8:7433"}).status_code == 400
+
+
+def test_allowed_hosts_adds_names_and_subdomains(config: Config) -> None:
+    """allowed_hosts names and ``*.domain`` patterns answer too; loopback still does."""
+    app = create_app(config, allowed_hosts=["kiq.example.com", "*.corp.example"])
+    with TestClient(app) as client:
+        for host, status in [
+            ("kiq.example.com", 200),
+            ("kiq.example.com:8080", 200),
+            ("ops.corp.example", 200),
+            ("corp.example.evil", 400),
+            ("example.com", 400),
+            ("localhost", 200),
+        ]:
+            assert client.get("/queues", headers={"Host": host}).status_code == status, host
+
+
+def test_with_an_auth_hook_any_host_passes_unless_restricted(config: Config) -> None:
+    """Credentials are per site, so with auth the default is any host; allowed_hosts
+    still restricts it when given."""
+    hook = BasicAuth("admin", "s3cret")
+    headers = {**basic("admin", "s3cret"), "Host": "kiq.example.com"}
+    with TestClient(create_app(config, auth=hook)) as client:
+        assert client.get("/queues", headers=headers).status_code == 200
+    with TestClient(create_app(config, auth=hook, allowed_hosts=["ops.example"])) as client:
+        assert client.get("/queues", headers=headers).status_code == 400
+
+
+def test_allowed_hosts_star_allows_any_host(config: Config) -> None:
+    """``["*"]`` turns the check off (a proxy in front checks Host itself)."""
+    with TestClient(create_app(config, allowed_hosts=["*"])) as client:
+        assert client.get("/queues", headers={"Host": "anything.example"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [("Example.COM:80", "example.com"), ("[::1]:7433", "::1"), ("[::1]", "::1"), ("h.", "h")],
+)
+def test_host_name_drops_port_brackets_and_dot(header: str, name: str) -> None:
+    assert host_name(header) == name
+
+
+# -- security headers on every response ----------------------------------------------
+
+
+def assert_security_headers(response: httpx.Response) -> None:
+    for name, value in HEADERS.items():
+        assert response.headers.get(name) == value, name
+
+
+def test_basic_auth_challenge_carries_the_security_headers(config: Config) -> None:
+    """The 401 of the basic-auth challenge has the CSP, framing and sniffing headers."""
+    with TestClient(create_app(config, auth=BasicAuth("admin", "s3cret"))) as client:
+        response = client.get("/")
+    assert response.status_code == 401
+    assert_security_headers(response)
+
+
+def test_refusals_carry_the_security_headers(config: Config, web: WebClient) -> None:
+    """The auth hook's 403, the Host check's 400 and a CSRF 403 have them too."""
+    with TestClient(create_app(config, auth=lambda request: False)) as client:
+        assert_security_headers(client.get("/"))
+    assert_security_headers(web.get("/", headers={"Host": "attacker.example"}))
+    assert_security_headers(web.http.post("/queues/low", data={"action": "delete"}))

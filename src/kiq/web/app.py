@@ -9,6 +9,7 @@ in a Starlette or FastAPI app, or behind a proxy prefix.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Final
 
 import jinja2
@@ -24,6 +25,7 @@ from starlette.templating import Jinja2Templates
 from kiq.config import Config
 from kiq.web import display
 from kiq.web.base import HERE, action, config_of, http_error
+from kiq.web.failsafe import Failsafe
 from kiq.web.pages import (
     busy,
     busy_action,
@@ -31,16 +33,15 @@ from kiq.web.pages import (
     health,
     metrics,
     metrics_job,
-    queue_action,
-    queue_delete_job,
     queue_page,
+    queue_post,
     queues,
     recurring,
     recurring_action,
     stats_json,
     stats_queues,
 )
-from kiq.web.security import Auth, Guard, Tokens
+from kiq.web.security import Auth, Guard, Hosts, Tokens
 from kiq.web.sets import DEAD, RETRIES, SCHEDULED, entry_key, set_routes
 
 
@@ -50,6 +51,7 @@ def create_app(
     auth: Auth | None = None,
     prefix: str = "",
     secret: bytes | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> Starlette:
     """Build the Web UI as an ASGI app.
 
@@ -61,6 +63,11 @@ def create_app(
             in another app, mount it there instead and leave this empty.
         secret: key signing the CSRF cookie; default ``KIQ_WEB_SECRET``, else random
             per process (set it when several server processes share the traffic).
+        allowed_hosts: host names the UI answers to besides the loopback ones
+            (``"kiq.example.com"``, ``"*.example.com"``, or ``"*"`` for any), against
+            DNS rebinding (kiq.web.security). Default: with no ``auth``, only loopback
+            names and the address the request reached; with ``auth``, any host. Give
+            it when you mount the UI without ``auth`` in an app reached by name.
 
     Example::
 
@@ -79,7 +86,15 @@ def create_app(
     env.globals["with_query"] = display.with_query
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(Guard, auth=auth, tokens=Tokens(key))],
+        middleware=[
+            Middleware(
+                Guard,
+                auth=auth,
+                tokens=Tokens(key),
+                hosts=Hosts(allowed_hosts, any_host=auth is not None),
+            ),
+            Middleware(Failsafe),  # inside Guard: error pages get its headers
+        ],
         exception_handlers={HTTPException: http_error},  # type: ignore[dict-item]
     )
     app.state.config = config
@@ -112,15 +127,17 @@ ROUTES: Final[list[BaseRoute]] = [
     Route("/busy", busy),
     Route("/busy", action(busy_action), methods=["POST"]),
     Route("/queues", queues),
-    Route("/queues/{name}", queue_page),
-    Route("/queues/{name}", action(queue_action), methods=["POST"]),
-    Route("/queues/{name}/delete", action(queue_delete_job), methods=["POST"]),
+    # {name:path}: a queue, class or recurring job name may hold "/" (url_part encodes
+    # it as %2F, which the server decodes before routing). A POST to a queue is its
+    # pause/delete form or, with key_val, the delete of one job (<name>/delete).
+    Route("/queues/{name:path}", queue_page),
+    Route("/queues/{name:path}", action(queue_post), methods=["POST"]),
     *set_routes(RETRIES),
     *set_routes(SCHEDULED),
     *set_routes(DEAD),
     Route("/metrics", metrics_or_scrape),
-    Route("/metrics/{name}", metrics_job),
+    Route("/metrics/{name:path}", metrics_job),
     Route("/recurring", recurring),
-    Route("/recurring/{name}", action(recurring_action), methods=["POST"]),
+    Route("/recurring/{name:path}", action(recurring_action), methods=["POST"]),
     Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
 ]

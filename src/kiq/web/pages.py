@@ -169,8 +169,17 @@ def queue_page(request: Request) -> Response:
     )
 
 
-def queue_action(request: Request, form: FormData) -> str:
+def queue_post(request: Request, form: FormData) -> str:
+    """``POST /queues/<name>``: pause, resume or delete the queue; with ``key_val``,
+    ``POST /queues/<name>/delete`` deletes that one job. The form, not the path, tells
+    them apart, so a queue may be named ``x/delete`` (its path is ``x%2Fdelete``)."""
     name = request.path_params["name"]
+    if "key_val" in form and name.endswith("/delete"):
+        return queue_delete_job(name.removesuffix("/delete"), request, form)
+    return queue_action(name, request, form)
+
+
+def queue_action(name: str, request: Request, form: FormData) -> str:
     queue = api.Queue(name, config_of(request))
     verb = form_str(form, "action")
     if verb == "delete":
@@ -185,8 +194,7 @@ def queue_action(request: Request, form: FormData) -> str:
     return "/queues"
 
 
-def queue_delete_job(request: Request, form: FormData) -> str:
-    name = request.path_params["name"]
+def queue_delete_job(name: str, request: Request, form: FormData) -> str:
     raw = form_str(form, "key_val")
     if raw:
         api.JobRecord(raw, name, config_of(request)).delete()
@@ -269,6 +277,8 @@ def recurring_action(request: Request, form: FormData) -> str:
         entry = api.cron_set(config_of(request)).get(request.path_params["name"])
     except JobNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
+    if entry.problem is not None:
+        raise HTTPException(400, f"recurring job {entry.name!r}: {entry.problem}; fix its hash")
     verb = form_str(form, "action")
     if verb == "enqueue":
         entry.enqueue_now()

@@ -11,8 +11,19 @@ Why each piece:
     client like curl) must post back the CSRF token kiq put in a signed cookie
     (double submit): a page on another site can neither read the cookie nor forge
     its HMAC. A header that names another site is refused outright.
-  * Headers on every response: a strict Content-Security-Policy (no inline script or
-    style; the UI's own ``/static`` only), no framing by other sites, no sniffing.
+  * The Host header (DNS rebinding, issue 12): a page on ``attacker.example`` whose
+    name the attacker re-points at 127.0.0.1 is same-origin with itself, so the
+    browser lets it read and post to the UI; only the Host it sends gives it away.
+    With no ``auth`` hook the UI answers only to loopback names, to the address the
+    request reached (an IP literal, which no rebinding can forge) and to the names in
+    ``allowed_hosts``; anything else is a 400 saying how to allow a name. With an auth
+    hook any Host passes unless ``allowed_hosts`` is given: credentials and session
+    cookies are per site, so a rebound page has none. Starlette's
+    TrustedHostMiddleware does not fit: it cannot allow the server's own address, it
+    splits ``[::1]:7433`` at the first colon, and it answers a bare "Invalid host header".
+  * Headers on every response, Guard's own 400/401/403 included: a strict
+    Content-Security-Policy (no inline script or style; the UI's own ``/static``
+    only), no framing by other sites, no sniffing.
 """
 
 from __future__ import annotations
@@ -22,8 +33,9 @@ import binascii
 import hashlib
 import hmac
 import inspect
+import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -34,10 +46,12 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Auth = Callable[[HTTPConnection], bool | Awaitable[bool]]
+log = logging.getLogger("kiq.web")
 
 CSRF_COOKIE: Final = "kiq_csrf"
 CSRF_FIELD: Final = "authenticity_token"  # Sidekiq's form field name
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "::1")
 HEADERS: Final = {
     "content-security-policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -131,35 +145,67 @@ def post_refusal(
     return None
 
 
+def host_name(header: str) -> str:
+    """The name in a Host header, lowercased, without port, IPv6 brackets or final dot."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    if value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+class Hosts:
+    """Which Host headers the UI answers to (see the module docstring).
+
+    ``allowed``: names (``"kiq.example.com"``), ``"*.example.com"`` for its
+    subdomains, or ``"*"`` for any; the loopback names are always allowed. None: only
+    loopback and the server's own address, or any host at all when ``any_host``.
+    """
+
+    def __init__(self, allowed: Iterable[str] | None, *, any_host: bool = False) -> None:
+        names = [] if allowed is None else [name.strip().lower() for name in allowed]
+        self.any = "*" in names or (allowed is None and any_host)
+        self.names = {host_name(n) for n in names if not n.startswith("*")} | set(LOOPBACK_HOSTS)
+        self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))
+
+    def allows(self, header: str | None, server: str | None) -> bool:
+        if self.any or header is None:  # no Host (HTTP/1.0): no name a browser could send
+            return True
+        name = host_name(header)
+        return (
+            name in self.names
+            or (server is not None and name == host_name(server))
+            or name.endswith(self.suffixes)
+        )
+
+    def refusal(self, header: str) -> str:
+        name = host_name(header)[:100]
+        return (
+            f"Bad Request: this kiq Web UI does not answer to the host name {name!r}, which "
+            "could be a DNS rebinding attack. If you reach it under this name, allow it: "
+            f"create_app(allowed_hosts=[{name!r}]) or kiq web --allowed-host {name}."
+        )
+
+
 class Guard:
-    """ASGI middleware: the auth hook, the CSRF cookie and the security headers.
+    """ASGI middleware: the Host check, the auth hook, the CSRF cookie, security headers.
 
     The POST check itself needs the form body, so the action endpoints call
     ``post_refusal`` after parsing it; Guard makes sure every page carries a token.
     """
 
-    def __init__(self, app: ASGIApp, auth: Auth | None, tokens: Tokens) -> None:
+    def __init__(self, app: ASGIApp, auth: Auth | None, tokens: Tokens, hosts: Hosts) -> None:
         self.app = app
         self.auth = auth
         self.tokens = tokens
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        conn = HTTPConnection(scope)
-        if self.auth is not None and not await self._allowed(conn):
-            challenge = getattr(self.auth, "challenge", None)
-            status = 401 if challenge else 403
-            headers = {"www-authenticate": challenge} if challenge else {}
-            text = "Authentication required" if challenge else "Forbidden"
-            await PlainTextResponse(text, status, headers=headers)(scope, receive, send)
-            return
-        token = self.tokens.verified(conn.cookies.get(CSRF_COOKIE))
-        fresh = token is None
-        token = token or self.tokens.new()
-        scope.setdefault("state", {})["csrf_token"] = token
-        cookie = self._cookie(scope, token) if fresh else None
+        cookie: str | None = None
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -170,6 +216,35 @@ class Guard:
                     headers.append("set-cookie", cookie)
             await send(message)
 
+        conn = HTTPConnection(scope)
+        host = conn.headers.get("host")
+        server = scope.get("server")
+        if host is not None and not self.hosts.allows(host, server[0] if server else None):
+            refusal = PlainTextResponse(self.hosts.refusal(host), 400)
+            await refusal(scope, receive, send_with_headers)
+            return
+        try:
+            allowed = self.auth is None or await self._allowed(conn)
+        except Exception:  # the host application's hook: its traceback is for the log
+            log.exception("Web UI: the auth hook %r failed", self.auth)
+            failure = PlainTextResponse(
+                "Internal error in the auth hook; the server log has the traceback.", 500
+            )
+            await failure(scope, receive, send_with_headers)
+            return
+        if not allowed:
+            challenge = getattr(self.auth, "challenge", None)
+            status = 401 if challenge else 403
+            headers = {"www-authenticate": challenge} if challenge else {}
+            text = "Authentication required" if challenge else "Forbidden"
+            denial = PlainTextResponse(text, status, headers=headers)
+            await denial(scope, receive, send_with_headers)
+            return
+        token = self.tokens.verified(conn.cookies.get(CSRF_COOKIE))
+        if token is None:
+            token = self.tokens.new()
+            cookie = self._cookie(scope, token)
+        scope.setdefault("state", {})["csrf_token"] = token
         await self.app(scope, receive, send_with_headers)
 
     async def _allowed(self, conn: HTTPConnection) -> bool:

@@ -2,11 +2,15 @@
 retry / add to queue / delete / kill per job, per selection and for the whole set.
 
 A page is one ZRANGE whatever the set's size; an entry is addressed as Sidekiq's Web
-UI does, ``<score>-<jid>`` (several jobs may share a score).
+UI does, ``<score>-<jid>`` (several jobs may share a score). A member with no jid (not
+JSON, or written by hand) is ``<score>~<digest>``, the digest being the start of the
+SHA-256 of its raw bytes, so it can still be opened and deleted (issue 12). The key is
+the rest of the path (``{key:path}``): a jid may hold ``/``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from itertools import islice
 from typing import Final
@@ -92,12 +96,16 @@ def set_page(kind: SetKind, request: Request) -> Response:
 
 
 def _entry(jobset: api.JobSet, key: str) -> api.SortedEntry:
-    """The entry behind a ``<score>-<jid>`` key, or 404."""
-    score, _, jid = key.partition("-")  # scores are positive: the first "-" ends them
+    """The entry behind a ``<score>-<jid>`` or ``<score>~<digest>`` key, or 404."""
+    # Scores are positive epoch seconds: the first "-" or "~" ends them.
+    cut = min((i for i in (key.find("-"), key.find("~")) if i >= 0), default=len(key))
+    score, mark, rest = key[:cut], key[cut : cut + 1], key[cut + 1 :]
     try:
-        found = jobset.fetch(float(score), jid or None)
+        found = jobset.fetch(float(score), rest) if mark == "-" else jobset.fetch(float(score))
     except ValueError:
         found = []
+    if mark == "~":
+        found = [e for e in found if e.jid is None and digest(e.raw) == rest]
     if not found:
         raise HTTPException(
             404, "This job is no longer here: it ran, was retried, deleted or moved meanwhile."
@@ -105,7 +113,13 @@ def _entry(jobset: api.JobSet, key: str) -> api.SortedEntry:
     return found[0]
 
 
+def digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
 def entry_key(entry: api.SortedEntry) -> str:
+    if entry.jid is None:
+        return f"{entry.score!r}~{digest(entry.raw)}"
     return f"{entry.score!r}-{entry.jid}"
 
 
@@ -118,7 +132,7 @@ def job_page(kind: SetKind, request: Request) -> Response:
     return render(
         request,
         "job.html",
-        title=f"{kind.title}: {entry.display_class}",
+        title=f"{kind.title}: {entry.display_class if entry.valid else 'not a job'}",
         nav=kind.path,
         kind=kind,
         entry=entry,
@@ -130,6 +144,8 @@ def job_page(kind: SetKind, request: Request) -> Response:
 def _apply(kind: SetKind, entry: api.SortedEntry, verb: str) -> None:
     if verb not in kind.actions:
         raise HTTPException(400, f"{kind.title}: unknown action {verb!r}; use {list(kind.actions)}")
+    if not entry.valid and verb != "delete":
+        raise HTTPException(400, f"{kind.title}: this entry is not a job (not JSON); delete it")
     try:
         if verb == "retry":
             entry.retry()
@@ -152,7 +168,8 @@ def set_bulk(kind: SetKind, request: Request, form: FormData) -> str:
                 entry = _entry(jobset, key)
             except HTTPException:
                 continue
-            _apply(kind, entry, verb)
+            if entry.valid or verb == "delete":  # a member that is not a job stays put
+                _apply(kind, entry, verb)
     return f"/{kind.path}"
 
 
@@ -203,6 +220,6 @@ def set_routes(kind: SetKind) -> list[BaseRoute]:
         Route(base, page, name=kind.path),
         Route(base, action(bulk), methods=["POST"]),
         Route(f"{base}/all/{{action}}", action(every), methods=["POST"]),
-        Route(f"{base}/{{key}}", job),
-        Route(f"{base}/{{key}}", action(one), methods=["POST"]),
+        Route(f"{base}/{{key:path}}", job),
+        Route(f"{base}/{{key:path}}", action(one), methods=["POST"]),
     ]
