@@ -179,7 +179,8 @@ def oom_servers(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
 def test_an_oom_window_then_a_kill_loses_no_job(tmp_path, oom_servers):
     """Defect 2: two workers draining short jobs, ``maxmemory 1`` for 8 s (every write
     that grows memory fails with OOM) and back: both keep beating once the window is
-    over; then one is killed -9 and every job still runs (none lost)."""
+    over, a third one started then sweeps; then one is killed -9 and every job still
+    runs (none lost)."""
     broker, recorder = oom_servers
     admin, records_client = broker.client(), recorder.client()
     config_text = ":process_ttl: 3\n"
@@ -199,13 +200,16 @@ def test_an_oom_window_then_a_kill_loses_no_job(tmp_path, oom_servers):
         identities = [
             wait_until(lambda w=w: identity_of(admin, w.pid), timeout=15) for w in workers
         ]
-        total = 1500
-        pipe = admin.pipeline(transaction=False)
-        for i in range(total):
-            payload = {"class": "Slow", "args": [0.02, i], "jid": f"oom{i:05d}", "retry": True}
-            pipe.lpush("queue:default", orjson.dumps(payload))
-        pipe.sadd("queues", "default")
-        pipe.execute()
+
+        def push(indexes: range, seconds: float) -> None:
+            pipe = admin.pipeline(transaction=False)
+            for i in indexes:
+                payload = {"class": "Slow", "args": [seconds, i], "jid": f"oom{i:05d}"}
+                pipe.lpush("queue:default", orjson.dumps(payload))
+            pipe.sadd("queues", "default")
+            pipe.execute()
+
+        push(range(1500), 0.02)
         wait_until(lambda: records_client.llen("test:done") > 50, timeout=20)
 
         admin.config_set("maxmemory", 1)
@@ -213,6 +217,19 @@ def test_an_oom_window_then_a_kill_loses_no_job(tmp_path, oom_servers):
         wait_until(lambda: time.monotonic() - window > 8, timeout=12, interval=0.2)
         admin.config_set("maxmemory", 0)
         after = time.monotonic()
+        # A third worker starting now sweeps at once: the two others' heartbeats have
+        # expired during the window (process_ttl 3 s), so it takes their jobs back; it
+        # must not leave them unregistered once they beat again.
+        third = Worker(
+            tmp_path,
+            broker.url(),
+            "-c",
+            "5",
+            record_url=recorder.url(),
+            config_text=config_text,
+            name="oom-2",
+        )
+        workers.append(third)
 
         def beating_since(identity: str) -> bool:
             beat = admin.hget(identity, "beat")
@@ -223,6 +240,10 @@ def test_an_oom_window_then_a_kill_loses_no_job(tmp_path, oom_servers):
         for worker in workers:
             assert worker.proc.poll() is None, worker.output()
 
+        # Jobs in the hands of the one about to be killed: they must be recovered.
+        push(range(1500, 1800), 0.1)
+        held = f"kiq|inprogress|{identities[0]}|default"
+        wait_until(lambda: admin.llen(held) > 0, timeout=20)
         workers[0].proc.send_signal(signal.SIGKILL)
         workers[0].proc.wait(10)
 
@@ -231,8 +252,9 @@ def test_an_oom_window_then_a_kill_loses_no_job(tmp_path, oom_servers):
                 orjson.loads(raw)["args"][1] for raw in records_client.lrange("test:done", 0, -1)
             }
 
-        wait_until(lambda: done() == set(range(total)), timeout=90, interval=0.2)
+        wait_until(lambda: done() == set(range(1800)), timeout=90, interval=0.2)
         assert workers[1].proc.poll() is None
+        assert third.proc.poll() is None
     finally:
         for worker in workers:
             worker.kill()
