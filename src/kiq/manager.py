@@ -109,9 +109,9 @@ class Manager:
     def run_here(self, unit: UnitOfWork) -> bool:
         """Run a sync job on the calling (waiter) thread if a slot is free now.
 
-        The fetcher's idle fast path: no hop to a processor thread. False (nothing
-        done) for an async or unknown job, with no free slot, or after quiet; the
-        fetcher then delivers the unit as usual. Like a processor, a failure of kiq's
+        kiq.idle's fast path (idle.Runner): no hop to a processor thread. False
+        (nothing done) for an async or unknown job, with no free slot, or after quiet;
+        the waiter then hands the unit to the fetcher, which delivers it as usual. Like a processor, a failure of kiq's
         own frees the slot and leaves the job in-progress (requeued at exit).
         """
         job_class = lookup(unit.payload["class"]) if unit.payload else None
