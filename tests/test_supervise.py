@@ -326,3 +326,27 @@ def test_started_is_logged_before_any_job_line(config, r, start_worker):
     started = next(i for i, line in enumerate(lines) if " started: " in line)
     first_job = next(i for i, line in enumerate(lines) if "class=Record" in line)
     assert started < first_job
+
+
+@pytest.mark.slow
+def test_a_failure_recorded_while_redis_refuses_writes_is_kept(tmp_path):
+    """A job fails while every write that grows memory answers OOM (transient): the
+    processor backs off and records the failure once the window ends; the job is in
+    the retry set, nothing crashed (the retry write's error must not shadow the job's)."""
+    with RedisServer(tmp_path, name="oom") as server:
+        admin = server.client()
+        payload = {"class": "Boom", "args": [1], "jid": "boom1", "queue": "default", "retry": 3}
+        admin.lpush("queue:default", orjson.dumps(payload))
+        admin.sadd("queues", "default")
+        admin.config_set("maxmemory", 1)
+        worker = Worker(tmp_path, server.url(), "-c", "2", name="oom-fail")
+        try:
+            wait_until(lambda: "cannot record the failure" in worker.output(), timeout=15)
+            admin.config_set("maxmemory", 0)
+
+            (retry,) = wait_until(lambda: admin.zrange("retry", 0, -1), timeout=15)
+            assert orjson.loads(retry)["jid"] == "boom1"
+            assert "Traceback" not in worker.output()
+            assert worker.proc.poll() is None
+        finally:
+            worker.kill()

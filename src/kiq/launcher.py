@@ -126,7 +126,7 @@ class Launcher:
         self._check_redis()
         self.config.fire("startup")
         self.beat()  # also registers this process's in-progress lists for recovery
-        self.recoverer.sweep()
+        self._sweep()
         self._last_sweep = time.monotonic()
         self.cron.load()
         log.info(  # before the first job can start, so its line comes after this one
@@ -242,12 +242,15 @@ class Launcher:
         while not self._stop_beat.wait(wait):
             wait = self.config.orphan_check_interval
             self._last_sweep = time.monotonic()
-            try:
-                self.recoverer.sweep()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise  # a bug: kiq.supervise logs it and restarts the sweeps
-                self.outage.error(exc)
+            self._sweep()
+
+    def _sweep(self) -> None:
+        try:
+            self.recoverer.sweep()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise  # a bug: kiq.supervise logs it and restarts the sweeps
+            self.outage.error(exc)  # Redis away (or full): the next sweep tries again
 
     def _metrics_loop(self) -> None:
         """Flush the per-class metrics every beat; on an error they keep their counts."""

@@ -111,8 +111,9 @@ class Manager:
 
         kiq.idle's fast path (idle.Runner): no hop to a processor thread. False
         (nothing done) for an async or unknown job, with no free slot, or after quiet;
-        the waiter then hands the unit to the fetcher, which delivers it as usual. Like a processor, a failure of kiq's
-        own frees the slot and leaves the job in-progress (requeued at exit).
+        the waiter then hands the unit to the fetcher, which delivers it as usual. Like
+        a processor, a failure of kiq's own frees the slot and leaves the job
+        in-progress (requeued at exit).
         """
         job_class = lookup(unit.payload["class"]) if unit.payload else None
         if job_class is None or job_class.is_async:

@@ -225,8 +225,8 @@ class Executor:
                 else:
                     self.retry.handle(unit.raw, unit.queue, exc, job_class)
                 return True
-            except Exception as exc:
-                if not is_transient(exc):
+            except Exception as error:  # not `exc`: that name is the failure being recorded
+                if not is_transient(error):
                     raise
                 pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
                 log.warning("cannot record the failure in Redis yet; trying again in %ss", pause)
