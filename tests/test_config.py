@@ -465,3 +465,81 @@ def test_config_does_not_connect_until_the_store_is_used() -> None:
     config = Config(redis_url="redis://127.0.0.1:1/0")
 
     assert config._store is None
+
+
+# -- configuration is data (issue 13 point 6) -------------------------------------------
+
+
+def test_store_without_a_url_says_how_to_get_one() -> None:
+    """Reading ``store`` never starts a server: with no URL it is a ConfigError naming
+    both ways out, and ``redis_url`` is left as it was."""
+    config = Config(redis_url=None)
+
+    with pytest.raises(kiq.ConfigError, match=r"no Redis URL is set: set REDIS_URL") as info:
+        _ = config.store
+
+    assert "call kiq.connect() (or config.ensure_redis()) first" in str(info.value)
+    assert config.redis_url is None
+
+
+def test_ensure_redis_keeps_a_url_that_is_set() -> None:
+    """With a URL, ensure_redis() starts nothing, opens nothing, and returns that URL."""
+    config = Config(redis_url="redis://127.0.0.1:1/0")
+
+    assert config.ensure_redis() == "redis://127.0.0.1:1/0"
+    assert config._store is None
+
+
+@pytest.mark.slow
+def test_connect_starts_the_embedded_server_on_purpose(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kiq.connect()`` with no URL anywhere is the explicit start of the embedded server:
+    the default Config then holds its URL and answers."""
+    from kiq import embedded
+
+    directory = tmp_path_factory.mktemp("e")
+    monkeypatch.setenv("KIQ_EMBEDDED_DIR", str(directory))
+    monkeypatch.setattr(kiq.config, "_default", Config(redis_url=None))
+    try:
+        config = kiq.connect()
+
+        assert config is get_default()
+        assert config.redis_url == embedded.status(directory).url
+        assert config.store.rtt_us() >= 0
+    finally:
+        get_default().close()
+        embedded.release()
+        embedded.stop(directory)
+
+
+# -- one home for file rules -------------------------------------------------------------
+
+
+def test_cron_poll_interval_is_read_from_the_file(tmp_path: Path) -> None:
+    """``cron_poll_interval`` is a kiq setting (it was also listed as ignored)."""
+    path = write(tmp_path, ":cron_poll_interval: 7\n")
+
+    assert read_file(path, "development") == {"cron_poll_interval": 7}
+    assert Config.load(path, env={}).cron_poll_interval == 7
+
+
+def test_no_file_key_is_both_read_and_ignored() -> None:
+    """A key is either a kiq setting or a Sidekiq key kiq ignores, never both."""
+    assert set(kiq.config._FILE_KEYS) & kiq.config._IGNORED_FILE_KEYS == set()
+
+
+def test_default_file_is_found_in_one_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """find_file: -C wins; else config/kiq.yml before config/sidekiq.yml; else none."""
+    from kiq.config import find_file
+
+    monkeypatch.chdir(tmp_path)
+    assert find_file(None) is None
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "sidekiq.yml").write_text("")
+    assert find_file(None) == "config/sidekiq.yml"
+    (tmp_path / "config" / "kiq.yml").write_text("")
+    assert find_file(None) == "config/kiq.yml"
+    assert find_file("other.yml") == "other.yml"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import kiq
 from kiq.cli import main
 from kiq.generator import JobName, generate_job
 
@@ -19,6 +20,24 @@ def run_generated_tests(project: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(project))
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/jobs"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def run_plain_pytest(project: Path) -> subprocess.CompletedProcess[str]:
+    """The ``pytest`` command itself, which (unlike ``python -m pytest``) does not put
+    the working directory on sys.path; only kiq's own source is on PYTHONPATH."""
+    script = Path(sys.executable).with_name("pytest")
+    if not script.is_file():
+        pytest.skip(f"no pytest script next to {sys.executable}")
+    kiq_src = str(Path(kiq.__file__).resolve().parents[1])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": kiq_src}
+    return subprocess.run(
+        [str(script), "-q", "-p", "no:cacheprovider", "tests/jobs"],
         cwd=project,
         env=env,
         capture_output=True,
@@ -50,12 +69,35 @@ def test_generated_async_job_with_options_passes_its_own_tests(tmp_path: Path) -
     assert "5 passed" in result.stdout
 
 
+@pytest.mark.slow
+def test_generated_tests_pass_under_plain_pytest(tmp_path: Path) -> None:
+    """``pytest`` (not ``python -m pytest``) finds the ``jobs`` package: it used to fail
+    with ModuleNotFoundError: No module named 'jobs'."""
+    assert main(["new", "job", "CalculateMetrics", "--dir", str(tmp_path)]) == 0
+
+    result = run_plain_pytest(tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed" in result.stdout
+
+
+def test_existing_root_conftest_is_kept(tmp_path: Path) -> None:
+    """A project's own conftest.py is left as it is (it puts the root on sys.path too)."""
+    (tmp_path / "conftest.py").write_text("# ours\n")
+
+    written = generate_job("CalculateMetrics", base=tmp_path)
+
+    assert tmp_path / "conftest.py" not in written
+    assert (tmp_path / "conftest.py").read_text() == "# ours\n"
+
+
 def test_writes_the_job_its_test_and_the_package(tmp_path: Path) -> None:
     """The job goes to jobs/, its test to tests/jobs/, and jobs/ becomes a package."""
     written = generate_job("CalculateMetrics", base=tmp_path)
 
     assert [p.relative_to(tmp_path).as_posix() for p in written] == [
         "jobs/__init__.py",
+        "conftest.py",
         "jobs/calculate_metrics_job.py",
         "tests/jobs/test_calculate_metrics_job.py",
     ]
@@ -83,6 +125,7 @@ def test_existing_package_init_is_kept(tmp_path: Path) -> None:
     """A second job leaves the jobs/__init__.py already there untouched."""
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "__init__.py").write_text("MINE = 1\n")
+    (tmp_path / "conftest.py").write_text("")  # written with the first job
 
     written = generate_job("Cleanup", base=tmp_path)
 
@@ -153,6 +196,7 @@ def test_prints_each_file_created(tmp_path: Path, capsys: pytest.CaptureFixture[
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         f"created {tmp_path / 'jobs' / '__init__.py'}",
+        f"created {tmp_path / 'conftest.py'}",
         f"created {tmp_path / 'jobs' / 'cleanup_job.py'}",
         f"created {tmp_path / 'tests' / 'jobs' / 'test_cleanup_job.py'}",
     ]

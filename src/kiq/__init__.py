@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kiq.client import AsyncClient, Client
-from kiq.config import Config, configure, get_default
+from kiq.config import Config, configure, connect, get_default
 from kiq.errors import (
     ConfigError,
     Discard,
@@ -65,6 +65,7 @@ __all__ = [
     "UnknownJobError",
     "__version__",
     "configure",
+    "connect",
     "get_default",
     "job",
     "on",

@@ -3,10 +3,14 @@ and the operator's ``kiq status``, ``kiq ping``, ``kiq quiet``, ``kiq stop``, ``
 (kiq.status).
 
 ``kiq worker`` takes Sidekiq's flags (``-r -q -c -C -e -t -g -v``), builds one Config
-(flags > env > file > defaults, see kiq.config), imports the app so its jobs
-register, installs the signal table (TERM/INT stop, TSTP quiet, TTIN thread dump)
-and runs a Launcher on the main thread. This is the only module that configures
-logging.
+(flags > env > file > defaults, see kiq.config), starts the embedded server if no URL
+is set, waits for Redis (``--redis-wait``: a deploy or a failover must not need a
+supervisor's restart loop), imports the app so its jobs register, installs the
+signal table (TERM/INT stop, TSTP quiet, TTIN thread dump) and runs a Launcher on
+the main thread. This is the only module that configures logging.
+
+Errors: every command ends a failure with one line on stderr, naming what, the value
+(URLs with their password as ``***``) and the fix; ``--verbose`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -15,23 +19,27 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import runpy
 import signal
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 from kiq import __version__, generator
 from kiq import log as kiq_log
-from kiq.config import Config, parse_queue, set_default
+from kiq.config import Config, find_file, parse_queue, set_default, wait_for_redis
 from kiq.errors import ConfigError, KiqError
+from kiq.store import redact
 
 log = logging.getLogger("kiq")
 
 SIGNALS = {"SIGTERM": "TERM", "SIGINT": "INT", "SIGTSTP": "TSTP", "SIGTTIN": "TTIN"}
-DEFAULT_FILES = ("config/kiq.yml", "config/sidekiq.yml")
+WEB_PACKAGES = frozenset({"starlette", "jinja2", "uvicorn", "multipart", "python_multipart"})
+REDIS_SOURCES = "else KIQ_REDIS_URL, REDIS_URL, the embedded server"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="require HTTP basic auth (default: KIQ_WEB_USER and KIQ_WEB_PASSWORD, if set)",
     )
     web.add_argument("--prefix", default="", help="serve under this path, e.g. /kiq")
+    web.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the UI answers to besides the loopback ones (kiq.example.com, "
+        "*.example.com, * for any); repeatable",
+    )
     web.add_argument("-C", "--config", help="YAML config (Redis URL, key prefix)")
     web.add_argument("-e", "--environment", help="section of the config file to apply")
-    web.add_argument("--redis-url", help="Redis URL (else KIQ_REDIS_URL, REDIS_URL, embedded)")
+    web.add_argument("--redis-url", help=f"Redis URL ({REDIS_SOURCES})")
     add_ops_commands(sub)
+    for name, command in sub.choices.items():
+        if name != "worker":  # the worker's -v/--verbose also turns on debug logging
+            command.add_argument(
+                "--verbose", action="store_true", help="print the traceback of an error"
+            )
     return parser
 
 
@@ -93,14 +114,18 @@ def add_ops_commands(sub: Any) -> None:
     for cmd in (status, ping, *(sub.choices[n] for n in ("quiet", "stop")), mark):
         cmd.add_argument("-C", "--config", help="YAML config (Redis URL, key prefix)")
         cmd.add_argument("-e", "--environment", help="section of the config file to apply")
-        cmd.add_argument("--redis-url", help="Redis URL (else KIQ_REDIS_URL, REDIS_URL)")
+        cmd.add_argument(
+            "--redis-url",
+            help="Redis URL (else KIQ_REDIS_URL, REDIS_URL, the embedded server if it runs)",
+        )
 
 
 def run_ops(args: argparse.Namespace) -> int:
     from kiq import status
 
-    path = args.config or next((p for p in DEFAULT_FILES if Path(p).is_file()), None)
-    config = Config.load(path, environment=args.environment, redis_url=args.redis_url)
+    config = Config.load(
+        find_file(args.config), environment=args.environment, redis_url=args.redis_url
+    )
     try:
         if args.command == "status":
             return status.status(
@@ -157,15 +182,19 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="with --processes: restart a worker whose RSS passes this",
     )
-    parser.add_argument("--redis-url", help="Redis URL (else KIQ_REDIS_URL, REDIS_URL, embedded)")
+    parser.add_argument("--redis-url", help=f"Redis URL ({REDIS_SOURCES})")
+    parser.add_argument(
+        "--redis-wait",
+        type=float,
+        metavar="SECONDS",
+        help="wait this long for an unreachable Redis at start-up, then exit 2 (default 60)",
+    )
 
 
 def load_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> Config:
     """Flags > env > file > defaults (kiq.config). ``base``, a host framework's settings
     (Django's ``KIQ``, see kiq.integrations.django), sits between the flags and the env."""
-    path = args.config
-    if path is None:
-        path = next((p for p in DEFAULT_FILES if Path(p).is_file()), None)
+    path = find_file(args.config)
     queues = [parse_queue(spec) for spec in args.queue] or None
     if queues is not None:
         names = [name for name, _ in queues]
@@ -180,6 +209,7 @@ def load_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None)
         "log_format": args.log_format,
         "processes": args.processes,
         "redis_url": args.redis_url,
+        "redis_wait": getattr(args, "redis_wait", None),
     }
     overrides = dict(base or {})
     environment = args.environment or overrides.pop("environment", None)
@@ -222,6 +252,10 @@ def run_worker(args: argparse.Namespace, base: Mapping[str, Any] | None = None) 
     level = getattr(args, "log_level", None)
     kiq_log.setup(config.log_format, config.verbose, level=kiq_log.parse_level(level))
     set_default(config)
+    config.ensure_redis()
+    wait_for_redis(config, config.redis_wait)
+    if config.processes > 1:
+        config.close()  # the supervisor forks: each child opens connections of its own
     require([*config.require, *args.require])
     pidfile = getattr(args, "pidfile", None)
     if pidfile is None:
@@ -262,28 +296,90 @@ def run_embedded(action: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. An error is one line on stderr naming what, the value and the
+    fix (exit 2 for a KiqError, 1 for anything else); ``--verbose`` adds the traceback."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "worker":
-            return run_worker(args)
-        if args.command == "embedded":
-            return run_embedded(args.action)
-        if args.command == "demo":
-            from kiq.demo import run_demo
-
-            return run_demo(args)
-        if args.command == "new":
-            return generator.run(args)
-        if args.command == "web":
-            from kiq.web.serve import run_web  # ImportError: says to install kiq[web]
-
-            return run_web(args)
-        if args.command in ("status", "ping", "quiet", "stop", "mark"):
-            return run_ops(args)
+        return run_command(args)
+    except KeyboardInterrupt:
+        return 130
     except KiqError as exc:
-        print(f"kiq: {exc}", file=sys.stderr)
+        _report(exc, args)
         return 2
+    except Exception as exc:
+        _report(exc, args, unexpected=True)
+        return 1
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "worker":
+        return run_worker(args)
+    if args.command == "embedded":
+        return run_embedded(args.action)
+    if args.command == "demo":
+        return run_demo(args)
+    if args.command == "new":
+        return generator.run(args)
+    if args.command == "web":
+        try:
+            from kiq.web.serve import run_web
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] not in WEB_PACKAGES:
+                raise
+            raise ConfigError(
+                f"the Web UI needs the web extra ({exc.name} is missing): "
+                f"pip install 'kiq[web]' (in a checkout: pip install -e \".[web]\")"
+            ) from exc
+        return run_web(args)
+    if args.command in ("status", "ping", "quiet", "stop", "mark"):
+        return run_ops(args)
     return 1
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``kiq demo``: the runner lives with the example app (examples/brief_app/demo.py)."""
+    examples = next(
+        (
+            root / "examples"
+            for root in (Path(__file__).resolve().parents[2], Path.cwd())
+            if (root / "examples" / "brief_app" / "demo.py").is_file()
+        ),
+        None,
+    )
+    if examples is None:
+        raise ConfigError(
+            "kiq demo runs the example app examples/brief_app of a kiq checkout, and this "
+            f"kiq ({Path(__file__).parent}) has none next to it: clone kiq's repository, "
+            'then run there: pip install -e ".[demo]" && kiq demo'
+        )
+    if str(examples) not in sys.path:
+        sys.path.insert(0, str(examples))
+    try:
+        runner = importlib.import_module("brief_app.demo")
+    except ImportError as exc:
+        if (exc.name or "brief_app").split(".")[0] in ("brief_app", "kiq"):
+            raise
+        raise ConfigError(
+            f"kiq demo runs the example app, which needs {exc.name}: install it with "
+            f'pip install -e ".[demo]"'
+        ) from exc
+    code: int = runner.run_demo(args)
+    return code
+
+
+def _report(exc: BaseException, args: argparse.Namespace, *, unexpected: bool = False) -> None:
+    """One line on stderr (passwords in URLs hidden), the traceback only with --verbose."""
+    if getattr(args, "verbose", False):
+        traceback.print_exception(exc)
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    message = _URL.sub(lambda found: redact(found.group()), message)
+    if unexpected:
+        hint = "" if getattr(args, "verbose", False) else "; --verbose shows the traceback"
+        message = f"unexpected {type(exc).__name__}: {message}{hint}"
+    print(f"kiq: {message}", file=sys.stderr)
+
+
+_URL: Final = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,14 @@ in Sidekiq's CLI: a Rails app sets it for Puma's web threads, and the file's
 ``:concurrency:`` must still win.
 
 A Config owns the Store (the Redis seam) and both middleware chains, as Sidekiq's
-Config owns ``redis_pool`` and the chains. The process-wide default is used only by
-the convenience entry points (``Job.perform_async``, ``kiq.api``)::
+Config owns ``redis_pool`` and the chains. A Config is data: building one, or reading
+its ``store``, starts nothing; ``ensure_redis()`` (called by the ``kiq`` commands and
+``kiq.connect()``) is the one step that starts the embedded server when no URL is set.
+The process-wide default is used only by the convenience entry points
+(``Job.perform_async``, ``kiq.api``)::
 
     kiq.configure(redis_url="redis://localhost:6379/0", concurrency=5)
+    kiq.connect()   # with no URL anywhere: start (or reuse) the embedded server
 
     @kiq.on("startup")
     def open_pools(config: kiq.Config) -> None: ...
@@ -28,16 +32,18 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from kiq.cron import CronJob
-from kiq.errors import ConfigError
+from kiq.errors import ConfigError, RedisUnavailable
 from kiq.keys import Keys
 from kiq.middleware import Chain, ClientMiddleware, ServerMiddleware
-from kiq.store import Store
+from kiq.store import SentinelURL, Store, redact
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,7 @@ _FILE_KEYS: Final = {
     "require": "require",
     "verbose": "verbose",
     "redis_url": "redis_url",
+    "redis_wait": "redis_wait",
     "key_prefix": "key_prefix",
     "heartbeat_interval": "heartbeat_interval",
     "log_format": "log_format",
@@ -84,7 +91,6 @@ _IGNORED_FILE_KEYS: Final = frozenset(
         "logfile",
         "environment",
         "capsules",
-        "cron_poll_interval",
         "max_iteration_runtime",
         "lifecycle_events",
         "error_handlers",
@@ -121,7 +127,8 @@ def parse_queue(spec: str) -> Queue:
 class Config:
     """Settings for a kiq client or process. See the module docstring for precedence."""
 
-    redis_url: str | None = None  # None: start or reuse the embedded server
+    redis_url: str | None = None  # None: ensure_redis() starts or reuses the embedded server
+    redis_wait: float = 60.0  # seconds a starting worker waits for an unreachable Redis
     key_prefix: str = ""  # redis-namespace prefix of a Sidekiq 6.x app, e.g. "myapp:"
     concurrency: int = 10
     queues: list[Queue] = field(default_factory=lambda: [("default", 0)])
@@ -182,7 +189,9 @@ class Config:
             if not isinstance(value, kind) or (
                 isinstance(value, list) and not all(isinstance(v, str) for v in value)
             ):
-                raise ConfigError(f"{name}: {value!r} is not allowed; use {allowed}")
+                raise ConfigError(f"{name}: {_shown(value)} is not allowed; use {allowed}")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)
         _check_queues(self.queues)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"log_format: {self.log_format!r} is not allowed; use plain or json")
@@ -211,10 +220,19 @@ class Config:
         if "RAILS_MAX_THREADS" in env:
             raw = env["RAILS_MAX_THREADS"]
             values["concurrency"] = _env_number("RAILS_MAX_THREADS", raw, int)
+        source = "redis_url"  # where the URL came from, for its error message
         if path is not None:
             values.update(read_file(path, environment))
-        values.update(_from_env(env))
+            source = f"config file {path}: redis_url"
+        from_env = _from_env(env)
+        if "redis_url" in from_env:
+            source = f"environment {_url_variable(env)}"
+        values.update(from_env)
+        if overrides.get("redis_url") is not None:
+            source = "redis_url (--redis-url)"
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("redis_url"), str):
+            check_redis_url(values["redis_url"], source)
         return cls(**values)
 
     @property
@@ -223,18 +241,35 @@ class Config:
 
     @property
     def store(self) -> Store:
-        """The Redis seam, connected on first use (the embedded server if no URL is set)."""
+        """The Redis seam, built on first use. It never starts a server: with no URL set,
+        call ``ensure_redis()`` (``kiq.connect()``, the ``kiq`` commands do) first."""
         if self._store is None:
             with self._store_lock:
                 if self._store is None:
-                    url = self.redis_url
-                    if url is None:
-                        from kiq import embedded
-
-                        url = embedded.url()
-                        self.redis_url = url
-                    self._store = Store(url, keys=self.keys, pool_size=self.concurrency + 10)
+                    if self.redis_url is None:
+                        raise ConfigError(
+                            "no Redis URL is set: set REDIS_URL or KIQ_REDIS_URL (e.g. "
+                            "redis://localhost:6379/0), or call kiq.connect() (or "
+                            "config.ensure_redis()) first to start kiq's embedded Redis"
+                        )
+                    self._store = Store(
+                        self.redis_url, keys=self.keys, pool_size=self.concurrency + 10
+                    )
         return self._store
+
+    def ensure_redis(self) -> str:
+        """Start or reuse the embedded server when no URL is set; return the URL in use.
+
+        The one step that starts a server, taken on purpose by the ``kiq`` commands and
+        ``kiq.connect()``: reading ``store`` never does (configuration is data). This
+        process then holds a lease on the server until it exits (kiq.embedded).
+        """
+        if self.redis_url is None:
+            from kiq import embedded  # local: a Config with a URL never loads it
+
+            self.close()
+            self.redis_url = embedded.url()
+        return self.redis_url
 
     def close(self) -> None:
         if self._store is not None:
@@ -255,6 +290,17 @@ class Config:
                 handler(self)
             except Exception:
                 log.exception("%s handler %r failed", event, handler)
+
+
+DEFAULT_FILES: Final = ("config/kiq.yml", "config/sidekiq.yml")
+
+
+def find_file(path: str | None) -> str | None:
+    """The config file to read: ``path`` (``-C``) if given, else the first of
+    DEFAULT_FILES in the working directory, as Sidekiq looks for config/sidekiq.yml."""
+    if path is not None:
+        return path
+    return next((name for name in DEFAULT_FILES if Path(name).is_file()), None)
 
 
 def read_file(path: str | os.PathLike[str], environment: str) -> dict[str, Any]:
@@ -351,6 +397,15 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def _url_variable(env: Mapping[str, str]) -> str:
+    """The variable ``_from_env`` took the URL from, in its order."""
+    provider = env.get("REDIS_PROVIDER")
+    for name in ("KIQ_REDIS_URL", provider, "REDIS_URL"):
+        if name and env.get(name):
+            return name
+    return "REDIS_URL"
+
+
 def _env_number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
     try:
         return kind(raw)
@@ -369,6 +424,7 @@ _WHOLE_NUMBERS: Final = (
 )
 _SECONDS: Final = (
     "timeout",
+    "redis_wait",
     "average_scheduled_poll_interval",
     "heartbeat_interval",
     "dead_timeout",
@@ -388,6 +444,136 @@ _TYPED: Final[tuple[tuple[str, type | tuple[type, ...], str], ...]] = (
     ("verbose", bool, "true or false"),
     ("skip_default_job_logging", bool, "true or false"),
 )
+
+
+# Query arguments redis-py reads from a URL and kiq lets through (redis-py passes any
+# other name on to the connection, which fails with a TypeError at the first command).
+# Left out on purpose: protocol, decode_responses, encoding (kiq needs RESP2 and bytes).
+_URL_ARGUMENTS: Final = frozenset(
+    {
+        "db",
+        "username",
+        "password",
+        "client_name",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "health_check_interval",
+        "max_connections",
+        "retry_on_timeout",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_ca_data",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_cert_reqs",
+        "ssl_check_hostname",
+        "ssl_ciphers",
+        "ssl_min_version",
+    }
+)
+_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel")
+_URL_EXAMPLE: Final = (
+    "redis://host:6379/0, rediss://host:6380/0 (TLS), unix:///path/to/redis.sock "
+    "or redis+sentinel://host:26379/<service>"
+)
+
+
+def check_redis_url(url: str, where: str = "redis_url") -> None:
+    """Raise ConfigError unless redis-py (and kiq's Sentinel reader) can use ``url``.
+
+    Checked when the Config is built, so that a typo stops start-up with one line
+    naming the URL (its password shown as ``***``) and the fix, instead of a
+    traceback from deep inside redis-py at the first command.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"{where} {_safe_url(url)!r} has no scheme; write it as {_URL_EXAMPLE}")
+    if scheme.lower() not in _SCHEMES:
+        raise ConfigError(
+            f"{where} {_safe_url(url)!r}: the scheme {scheme!r} is not a Redis one; use "
+            f"{_URL_EXAMPLE}"
+        )
+    if scheme.lower() == "redis+sentinel":
+        try:
+            SentinelURL.parse(url)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return
+    if _cut_userinfo(scheme, rest) is not None:
+        raise ConfigError(
+            f"{where} {_safe_url(url)!r}: the user or password holds a '/', '?' or '#', "
+            f"which ends the host part; percent-encode it (/ as %2F, ? as %3F, # as %23)"
+        )
+    parts = urlsplit(url)
+    if scheme.lower() == "unix":
+        if not parts.path:
+            raise ConfigError(
+                f"{where} {_safe_url(url)!r} names no socket; write unix:///path/to/redis.sock"
+            )
+    else:
+        _check_url_host(url, parts, where)
+    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
+        if name not in _URL_ARGUMENTS:
+            raise ConfigError(
+                f"{where} {_safe_url(url)!r}: the query argument {name!r} is not one kiq "
+                f"passes to Redis; remove it, or use one of {', '.join(sorted(_URL_ARGUMENTS))}"
+            )
+        if name == "db" and not values[-1].isdigit():
+            raise ConfigError(
+                f"{where} {_safe_url(url)!r}: db={values[-1]!r} must be a database number, "
+                f"e.g. ?db=1"
+            )
+
+
+def _check_url_host(url: str, parts: SplitResult, where: str) -> None:
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise ConfigError(
+            f"{where} {_safe_url(url)!r}: the port must be a number from 1 to 65535, "
+            f"e.g. redis://localhost:6379/0"
+        )
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ConfigError(
+            f"{where} {_safe_url(url)!r}: the path {parts.path!r} must be a database number, "
+            f"e.g. redis://localhost:6379/0"
+        )
+
+
+def _cut_userinfo(scheme: str, rest: str) -> int | None:
+    """The index of the '@' ending a userinfo that a '/', '?' or '#' in it cut short
+    (``:Sla/sh@host``), else None. An '@' after a '=' is a query value's, not this."""
+    if scheme.lower() == "unix" or "@" not in rest:
+        return None
+    end = min((rest.find(c) for c in "/?#" if c in rest), default=len(rest))
+    at = rest.find("@")
+    return at if at > end and "=" not in rest[end:at] else None
+
+
+def _safe_url(url: str) -> str:
+    """``redact(url)``; for a userinfo cut short by a '/', '?' or '#' in the password,
+    whose end redact cannot find, the whole userinfo is hidden."""
+    scheme, sep, rest = url.partition("://")
+    at = _cut_userinfo(scheme, rest) if sep else None
+    if at is not None:
+        return redact(f"{scheme}://***@{rest[at + 1 :]}")
+    return redact(url)
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` with any URL password hidden, for a wrongly typed setting."""
+    if isinstance(value, str):
+        return repr(_safe_url(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_shown(k)}: {_shown(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -448,6 +634,74 @@ def get_default() -> Config:
 def set_default(config: Config) -> None:
     global _default
     _default = config
+
+
+def wait_for_redis(config: Config, seconds: float) -> None:
+    """Return once ``config``'s Redis answers a PING; wait up to ``seconds`` for it.
+
+    Why: a worker started during a deploy or a Redis failover would otherwise exit at
+    once and need its supervisor's restart loop (Celery retries the broker at start-up
+    too). One WARNING line says that it waits; PINGs back off from 0.1 s to 2 s. After
+    ``seconds`` (``--redis-wait``, ``redis_wait``; 0: no wait), or at once for an error
+    that waiting cannot fix (a wrong password), RedisUnavailable with one line.
+    """
+    store = config.store
+    started = time.monotonic()
+    delay = 0.1
+    waiting = False
+    while True:
+        try:
+            with store.translate_errors():
+                store.rtt_us()
+        except RedisUnavailable as exc:
+            left = started + seconds - time.monotonic()
+            if left <= 0 or _not_worth_waiting(exc):
+                if seconds and not _not_worth_waiting(exc):
+                    raise RedisUnavailable(
+                        f"{exc} Waited {time.monotonic() - started:.1f}s (--redis-wait "
+                        f"{seconds:g}, config redis_wait)."
+                    ) from exc
+                raise
+            if not waiting:
+                log.warning(
+                    "waiting for Redis at %s (up to %gs, --redis-wait): %s",
+                    store.safe_url,
+                    seconds,
+                    _reason(exc),
+                )
+                waiting = True
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 2.0)
+        else:
+            if waiting:
+                log.info(
+                    "Redis at %s answers after %.1fs", store.safe_url, time.monotonic() - started
+                )
+            return
+
+
+def _not_worth_waiting(exc: BaseException) -> bool:
+    """A wrong password or user: the server is up and will say the same again."""
+    cause = exc.__cause__
+    return cause is not None and "Authentication" in type(cause).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc.__cause__ or exc).rstrip(".")
+
+
+def connect(**settings: Any) -> Config:
+    """Configure the default Config (as ``configure``) and make sure it has a Redis.
+
+    With no URL set anywhere this starts, or reuses, kiq's embedded server: the
+    explicit form of "the first command just works" for scripts and notebooks::
+
+        config = kiq.connect()      # or kiq.connect(redis_url="redis://host:6379/0")
+        CalculateMetricsJob.perform_async(42)
+    """
+    config = configure(**settings) if settings else get_default()
+    config.ensure_redis()
+    return config
 
 
 def configure(**settings: Any) -> Config:

@@ -14,7 +14,10 @@ An existing file is never overwritten: the generator writes nothing and exits 2,
 naming the file (Rails: ``skip``/``force`` are explicit choices; we only refuse).
 ``jobs/__init__.py`` is created when missing so ``jobs`` is a regular package;
 ``tests/jobs/`` gets no ``__init__.py``, since pytest would then import the test as
-``jobs.test_...`` and shadow the ``jobs`` package.
+``jobs.test_...`` and shadow the ``jobs`` package. A root ``conftest.py`` is created
+when missing: pytest puts its folder on ``sys.path``, so ``from jobs... import`` works
+under plain ``pytest`` too, not only under ``python -m pytest`` (which adds the
+working directory itself).
 """
 
 from __future__ import annotations
@@ -111,6 +114,9 @@ def generate_job(
     package = job_file.parent / "__init__.py"
     if not package.exists():
         written.append(_write(package, '"""Background jobs (kiq)."""\n'))
+    conftest = root / "conftest.py"
+    if not conftest.exists():
+        written.append(_write(conftest, CONFTEST))
     written.append(_write(job_file, JOB_TEMPLATE.substitute(values)))
     written.append(_write(test_file, TEST_TEMPLATE.substitute(values)))
     return written
@@ -144,6 +150,14 @@ def _template_values(job: JobName, queue: str, retry: bool | int, is_async: bool
         "gone_fn": "gone" if is_async else "lambda self, record_id: None",
     }
 
+
+CONFTEST: Final = '''"""pytest's root conftest, written by ``kiq new job``.
+
+pytest puts the folder of this file on sys.path, so the tests import the project's
+packages (``from jobs.send_digest_job import SendDigestJob``) under plain ``pytest``
+as under ``python -m pytest``. Shared fixtures can go here too.
+"""
+'''
 
 JOB_TEMPLATE: Final = Template('''\
 """$cls: say here what it does, and why it runs in the background.

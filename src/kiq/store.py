@@ -341,7 +341,7 @@ class Store:
                 f"primary (or at Sentinel: redis+sentinel://host:26379/<service>)."
             )
         return RedisUnavailable(
-            f"cannot reach Redis at {self.safe_url}: {exc}. Check that the server "
+            f"cannot reach Redis at {self.safe_url}: {str(exc).rstrip('.')}. Check that the server "
             f"runs and REDIS_URL / KIQ_REDIS_URL points at it (connect timeout "
             f"{CONNECT_TIMEOUT:g}s, command timeout {SOCKET_TIMEOUT:g}s)."
         )

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
 
+from kiq import embedded
 from kiq.config import Config
 from kiq.recurring import CronSet
+from tests.support.servers import free_port
+from tests.support.wait import wait_until
+from tests.test_cli_web import gone
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +86,66 @@ def test_demo_without_its_packages_says_how_to_install_them(redis_url: str, tmp_
     assert result.returncode == 2
     assert 'pip install -e ".[demo]"' in result.stderr
     assert "aiosmtpd" in result.stderr
+
+
+@pytest.mark.timeout(150)
+def test_demo_keep_serves_the_web_command_it_prints_and_stops_clean_on_sigterm(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """On the embedded default, ``--keep``'s ``Web UI:`` command answers while the demo
+    runs (without --keep the server goes when the demo exits, so the hint says to use
+    it); SIGTERM then ends the demo and its valkey-server (which used to stay, orphaned)."""
+    directory = tmp_path_factory.mktemp("emb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KIQ_", "REDIS_"))}
+    env["KIQ_EMBEDDED_DIR"] = str(directory)
+    command = [sys.executable, "-m", "kiq.cli"]
+    demo_proc = subprocess.Popen(
+        [*command, "demo", "--keep", "--jobs", "30"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    web_proc: subprocess.Popen[str] | None = None
+    try:
+        assert demo_proc.stdout is not None
+        lines: list[str] = []
+        while not (lines and lines[-1].startswith("--keep:")):
+            line = demo_proc.stdout.readline()
+            assert line, "".join(lines)  # the demo ended before serving
+            lines.append(line)
+        (hint,) = [line for line in lines if line.startswith("Web UI:")]
+        found = re.search(r"KIQ_REDIS_URL='([^']+)' kiq web --port 7433 ", hint)
+        assert found, hint
+        server = embedded.status(directory)
+        assert server.pid is not None
+
+        port = free_port()
+        web_proc = subprocess.Popen(
+            [*command, "web", "--port", str(port)],
+            env={**env, "KIQ_REDIS_URL": found[1]},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert web_proc.stdout is not None
+        assert web_proc.stdout.readline().startswith("kiq web on http://")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200
+        web_proc.send_signal(signal.SIGTERM)
+        assert web_proc.wait(30) == 0
+
+        demo_proc.send_signal(signal.SIGTERM)
+
+        rest = demo_proc.communicate(timeout=60)[0]
+        assert demo_proc.returncode == 0, rest
+        assert rest.rstrip().endswith("worker stopped cleanly")
+        wait_until(lambda: gone(server.pid), timeout=15)
+    finally:
+        for proc in (demo_proc, web_proc):
+            if proc is not None:
+                proc.kill()
+                proc.communicate(timeout=10)
+        embedded.stop(directory)

@@ -1,19 +1,22 @@
-"""``kiq demo``: the brief's example app (``examples/brief_app``), run by a real worker.
+"""``kiq demo``: this example app, run end to end by a real kiq worker.
 
 It is the README's first command, so it must work from a fresh clone with nothing but
-Python and pip (``pip install -e ".[demo]"``) and finish well under a minute:
+Python and pip (``pip install -e ".[demo]"``) and finish well under a minute. The
+runner lives here, with the app it runs, not in the kiq package: ``kiq demo`` imports
+it from the ``examples`` folder of a checkout (kiq.cli.run_demo).
 
-  1. find the app next to this checkout and its packages (SQLAlchemy, aiosmtpd); if
-     they are missing, say how to install them;
+  1. check the app's packages (SQLAlchemy, aiosmtpd); if they are missing, say how to
+     install them;
   2. Redis: ``KIQ_REDIS_URL``/``REDIS_URL`` when set, else database ``DEMO_DB`` of the
-     embedded server, the demo's own, emptied first;
+     embedded server (started here, explicitly), the demo's own, emptied first;
   3. start a local SMTP server and a Launcher in this process, with the app's
      ``config/kiq.yml`` queues and ``config/kiq_schedule.yml`` recurring jobs;
   4. seed a SQLite database in a temporary folder; enqueue the brief's six jobs;
-  5. draw the export's progress bar (read by jid) and the job counts (``kiq.api.Stats``)
-     until no job of the app is queued, running, retrying or scheduled;
-  6. print what each job did and where the Web UI would be, then stop the worker and
-     remove the recurring jobs it registered (``--keep``: serve until Ctrl-C first).
+  5. draw the export's progress bar and the job counts (``kiq.api``) until no job of
+     the app is queued, running, retrying or scheduled;
+  6. print what each job did and how to open the Web UI, then stop the worker and
+     remove the recurring jobs it registered (``--keep``: serve until Ctrl-C or TERM
+     first, so the printed ``kiq web`` command can be used meanwhile).
 
 ``--jobs N`` sizes the seeded data so that about N jobs run (default 200).
 """
@@ -25,6 +28,7 @@ import contextlib
 import importlib
 import importlib.util
 import logging
+import signal
 import sys
 import tempfile
 import threading
@@ -33,18 +37,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any, Final, TextIO
 
 import kiq
-from kiq import cron, embedded
+from kiq import api, cron
 from kiq import log as kiq_log
-from kiq import payload as wire
 from kiq.config import Config, set_default
-from kiq.errors import PayloadError
-from kiq.job import read_progress
+from kiq.errors import ConfigError
 from kiq.launcher import Launcher
-from kiq.recurring import CronSet
 
 DEMO_DB: Final = 1  # the embedded server's database kept for the demo (db 0 is yours)
 WATCH_LIMIT: Final = 45.0  # seconds of jobs at most: the README promises under a minute
@@ -53,6 +54,7 @@ EXPORT_SECONDS: Final = 3.0  # the export is slowed to last about this long: wat
 WEB_PORT: Final = 7433
 INSTALL: Final = 'pip install -e ".[demo]"'
 NEEDED: Final = ("sqlalchemy", "aiosmtpd")
+APP_DIR: Final = Path(__file__).resolve().parent
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Demo:
     app_dir: Path
     workdir: Path
     own_db: bool  # True: the embedded server's DEMO_DB, ours to empty
+    keep: bool  # --keep: serve after the jobs are done, until Ctrl-C or TERM
     mail_server: Any
     launcher: Launcher
     log_file: TextIO
@@ -72,49 +75,45 @@ class Demo:
     base: tuple[int, int] = (0, 0)  # processed, failed before the demo's jobs
 
 
+class Stopped(Exception):
+    """SIGTERM arrived: stop as on Ctrl-C, so the worker, the SMTP server and the
+    embedded server's lease (released at exit) all end cleanly."""
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    raise Stopped
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    app_dir = _find_app()
-    if app_dir is None:
-        print(
-            "kiq demo runs the example app in examples/brief_app of a kiq checkout, and this "
-            f"kiq ({Path(__file__).parent}) has none next to it. Clone the repository, then "
-            f"run there: {INSTALL} && kiq demo",
-            file=sys.stderr,
-        )
-        return 2
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     if missing:
-        print(
-            f"kiq demo runs the example app, which needs {' and '.join(missing)}; "
-            f"install them with:\n\n    {INSTALL}\n",
-            file=sys.stderr,
+        raise ConfigError(
+            f"kiq demo runs the example app, which needs {' and '.join(missing)}: "
+            f"install them with {INSTALL}"
         )
-        return 2
-    demo = _start(app_dir)
+    signal.signal(signal.SIGTERM, _on_term)
+    keep = bool(getattr(args, "keep", False))
+    demo = _start(APP_DIR, keep)
     done = False
     try:
         done = _run(demo, getattr(args, "jobs", 200))
-        if args.keep:
-            print("\n--keep: the worker keeps serving, recurring jobs included; Ctrl-C to stop")
+        if keep:
+            print(
+                "\n--keep: the worker keeps serving, recurring jobs included; Ctrl-C to stop",
+                flush=True,
+            )
             threading.Event().wait()
-    except KeyboardInterrupt:
-        print("\nstopping (Ctrl-C)")
+    except (KeyboardInterrupt, Stopped):
+        print("\nstopping")
     finally:
         _stop(demo)
     print("worker stopped cleanly")
     return 0 if done else 1
 
 
-def _find_app() -> Path | None:
-    """``examples/brief_app`` of this checkout (kiq installed with ``pip install -e``)."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        if (root / "examples" / "brief_app" / "__init__.py").is_file():
-            return root / "examples" / "brief_app"
-    return None
-
-
-def _start(app_dir: Path) -> Demo:
-    sys.path.insert(0, str(app_dir.parent))
+def _start(app_dir: Path, keep: bool) -> Demo:
+    if str(app_dir.parent) not in sys.path:
+        sys.path.insert(0, str(app_dir.parent))
     app = importlib.import_module("brief_app")
     workdir = Path(tempfile.mkdtemp(prefix="kiq-demo-"))
     log_file = (workdir / "kiq-demo.log").open("a")
@@ -130,7 +129,8 @@ def _start(app_dir: Path) -> Demo:
     )
     own_db = config.redis_url is None
     if own_db:
-        config.redis_url = f"{embedded.url()}?db={DEMO_DB}"
+        config.redis_url = f"{config.ensure_redis()}?db={DEMO_DB}"
+        # kiq.api has no "empty the database"; this database is the demo's own.
         config.store.redis.flushdb()
     set_default(config)
     mail_server = importlib.import_module("brief_app.mailserver").MailServer().start()
@@ -142,14 +142,14 @@ def _start(app_dir: Path) -> Demo:
     )
     launcher = Launcher(config)
     launcher.start()
-    return Demo(config, app, app_dir, workdir, own_db, mail_server, launcher, log_file)
+    return Demo(config, app, app_dir, workdir, own_db, keep, mail_server, launcher, log_file)
 
 
 def _stop(demo: Demo) -> None:
     demo.launcher.stop()
     with contextlib.suppress(Exception):  # best effort: never hide why the demo stopped
         names = {job.name for job in cron.load(demo.app_dir / "config" / "kiq_schedule.yml")}
-        for entry in CronSet(demo.config):
+        for entry in api.cron_set(demo.config):
             if entry.name in names:
                 entry.delete()  # or the next worker on this Redis would run them
     demo.mail_server.stop()
@@ -260,44 +260,26 @@ class Snapshot:
 
 
 def _snapshot(demo: Demo) -> Snapshot:
-    config, keys = demo.config, demo.config.keys
+    """The app's jobs wherever they are, read in the order a job moves (schedule and
+    retry sets, then queues, then this worker's in-progress lists), so a job moving
+    while the reads go on is seen in its old place or its new one; ``_watch`` also
+    asks for two idle views in a row."""
+    config = demo.config
     names = [name for name, _ in config.queues]
-    pipe = config.store.redis.pipeline(transaction=True)  # one consistent view
-    for name in names:
-        pipe.llen(keys.queue(name))
-    for name in names:
-        pipe.llen(keys.inprogress(demo.launcher.identity, name))
-    pipe.zrange(keys.retry, 0, -1, withscores=True)
-    pipe.zrange(keys.schedule, 0, -1, withscores=True)
-    replies = pipe.execute()
-    n = len(names)
     classes = {getattr(demo.app.jobs, name).wire_name for name in demo.app.jobs.__all__}
-    retries = [at for raw, at in replies[-2] if _class_of(raw) in classes]
-    scheduled = [at for raw, at in replies[-1] if _class_of(raw) in classes]
-    return Snapshot(
-        sum(replies[:n]),
-        sum(replies[n : 2 * n]),
-        len(retries) + len(scheduled),
-        min(retries, default=None),
-    )
-
-
-def _class_of(raw: bytes) -> str:
-    try:
-        return str(wire.loads(raw)["class"])
-    except (PayloadError, KeyError):
-        return ""
+    retries = [e.at.timestamp() for e in api.RetrySet(config) if e.klass in classes]
+    scheduled = [e for e in api.ScheduledSet(config) if e.klass in classes]
+    queued = sum(api.Queue(name, config).size() for name in names)
+    # Jobs fetched and not yet acknowledged: kiq.api has no reader for in-progress lists.
+    redis, keys = config.store.redis, config.keys
+    taken = sum(int(redis.llen(keys.inprogress(demo.launcher.identity, n))) for n in names)
+    return Snapshot(queued, taken, len(retries) + len(scheduled), min(retries, default=None))
 
 
 def _counts(config: Config) -> tuple[int, int, int]:
-    """processed, failed, retrying: from kiq.api.Stats, or Redis where it is not built yet."""
-    try:
-        stats = importlib.import_module("kiq.api").Stats(config)
-        return int(stats.processed), int(stats.failed), int(stats.retry_size)
-    except (ImportError, AttributeError):
-        r, keys = config.store.redis, config.keys
-        processed, failed = r.mget(keys.stat("processed"), keys.stat("failed"))
-        return int(processed or 0), int(failed or 0), int(r.zcard(keys.retry))
+    """processed, failed, retrying (kiq.api.Stats)."""
+    stats = api.Stats(config)
+    return int(stats.processed), int(stats.failed), int(stats.retry_size)
 
 
 def _watch(demo: Demo, started: float) -> bool:
@@ -318,13 +300,14 @@ def _watch(demo: Demo, started: float) -> bool:
 
 
 def _status(demo: Demo, snapshot: Snapshot, elapsed: float) -> list[str]:
-    progress = read_progress(demo.config, demo.export_jid) if demo.export_jid else None
+    jid = demo.export_jid or ""
+    progress = api.progress([jid], demo.config).get(jid) if jid else None
     percent = progress["percent"] if progress else 0.0
     message = progress["message"] if progress else "waiting for a worker thread"
     processed, failed, retrying = _counts(demo.config)
     due = ""
     if snapshot.next_retry is not None:  # Sidekiq's jitter adds up to 9 s to the first retry
-        due = f" (next in {max(0.0, snapshot.next_retry - wire.now()):.0f} s)"
+        due = f" (next in {max(0.0, snapshot.next_retry - time.time()):.0f} s)"
     return [
         f"  export   {bar(percent)} {percent:5.1f}%  {message}",
         f"  jobs     processed {processed - demo.base[0]} · failed {failed - demo.base[1]} · "
@@ -375,8 +358,13 @@ def _summary(
         f"{before['old data'][kind] - count} {kind}" for kind, count in after["old data"].items()
     )
     processed, failed, retrying = counts
-    # The embedded URL has no password to hide; the demo's database must be named.
-    web = f"KIQ_REDIS_URL='{demo.config.redis_url}' kiq web" if demo.own_db else "kiq web"
+    # The embedded URL has no password to hide; the demo's database must be named, and
+    # the embedded server runs only as long as a kiq process holds it: --keep's.
+    web = f"kiq web --port {WEB_PORT}   then open http://127.0.0.1:{WEB_PORT}"
+    if demo.own_db:
+        web = f"KIQ_REDIS_URL='{demo.config.redis_url}' {web}"
+        if not demo.keep:
+            web = f"run kiq demo --keep, and meanwhile: {web}"
     return [
         f"done in {elapsed:.1f} s: {processed - demo.base[0]} jobs processed, "
         f"{failed - demo.base[1]} failed, {retrying} retrying",
@@ -394,6 +382,6 @@ def _summary(
         f"  mail              {len(demo.mail_server.mailbox.messages)} messages received by the "
         "SMTP server",
         "",
-        f"Web UI:   {web} --port {WEB_PORT}   then open http://127.0.0.1:{WEB_PORT}",
+        f"Web UI:   {web}",
         f"job log:  {demo.workdir / 'kiq-demo.log'}",
     ]
