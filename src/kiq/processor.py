@@ -149,7 +149,7 @@ class Executor:
     ) -> None:
         self.config = config
         self.state = state
-        self.pool = pool
+        self.finished = pool.finished  # bound once: called for every job
         self.stopping = stopping
         self.retry = RetryHandler(config)
         self.reaper = Reaper()
@@ -213,7 +213,7 @@ class Executor:
             job_log.warning("fail: %s: %s", error_class(exc), error_message(exc))
             if not self._record_failure(unit, job_class, exc):
                 return  # stopping with Redis away: left in-progress, requeued at exit
-        self.pool.finished(unit)
+        self.finished(unit)  # Pool.finished: the one way back (ack, free the slot)
 
     def _record_failure(
         self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
