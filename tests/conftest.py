@@ -70,7 +70,7 @@ def config(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:
         poll_initial_wait=0.0,
         poll_interval_average=0.2,
     )
-    cfg.store.redis.flushdb()
+    cfg.store.flushdb()
     monkeypatch.setattr(kiq.config, "_default", cfg)
     yield cfg
     cfg.close()

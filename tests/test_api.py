@@ -29,6 +29,7 @@ from kiq.client import Client
 from kiq.config import Config
 from kiq.errors import JobNotFound, KiqError, PayloadError
 from kiq.retry import RetryHandler
+from tests.support.rawredis import raw_redis
 from tests.support.wait import wait_until
 
 T0 = 1_700_000_000.25  # a fixed epoch for payload times (float seconds, exact in ms too)
@@ -216,7 +217,7 @@ def fail(config: Config, jid_args: Any = 1, *, now: float = T0, **item: Any) -> 
     """Push a job, take it off its queue and let kiq's RetryHandler record a failure."""
     push(config, args=[jid_args], backtrace=True, **item)
     queue = item.get("queue", "default")
-    raw = config.store.redis.rpop(config.keys.queue(queue))
+    raw = raw_redis(config).rpop(config.keys.queue(queue))
     assert isinstance(raw, bytes)
     try:
         raise ValueError(f"boom {jid_args}")
@@ -425,7 +426,7 @@ def test_queue_page_reverse_returns_oldest_first(config: Config) -> None:
 def test_queue_page_pages_in_redis_over_100_000_jobs(config: Config) -> None:
     """A page of a 100,000-job queue is one LRANGE: the right slice, in milliseconds."""
     total = 100_000
-    pipe = config.store.redis.pipeline(transaction=False)
+    pipe = raw_redis(config).pipeline(transaction=False)
     pipe.sadd("queues", "big")
     for start in range(0, total, 10_000):
         pipe.lpush(
@@ -950,6 +951,23 @@ def test_kill_all_moves_every_entry_to_the_dead_set(config: Config) -> None:
     assert ScheduledSet(config).size() == 0
     assert DeadSet(config).size() == 130
     assert deaths == []
+
+
+@pytest.mark.parametrize("action", ["kill", "retry"])
+def test_a_move_that_fails_in_redis_leaves_the_entry_where_it_was(
+    config: Config, r: redis.Redis, action: str
+) -> None:
+    """Removal and add are one step: when the target key holds another type (WRONGTYPE
+    mid-move) the entry is still in its set, not lost between the two."""
+    member = ruby_json(sidekiq_retry("7", "r1"))
+    r.zadd("retry", {member: T0})
+    r.set("dead" if action == "kill" else "queue:default", "not a sorted set or list")
+    (entry,) = RetrySet(config)
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        getattr(entry, action)()
+
+    assert r.zrange("retry", 0, -1, withscores=True) == [(member, T0)]
 
 
 def test_kill_all_trims_the_dead_set_once(config: Config) -> None:

@@ -16,6 +16,7 @@ from kiq.fetch import QueueOrder
 from kiq.outage import Outage
 from tests.support import jobs
 from tests.support.jobs import identity_of, records
+from tests.support.rawredis import raw_redis
 from tests.support.wait import wait_until
 
 ME = "host:1:abc"
@@ -27,7 +28,7 @@ def push(config, queue: str, n: int) -> list[bytes]:
     raws = []
     for i in range(n):
         client.push({"class": "Record", "args": [queue, i], "queue": queue})
-        raws.append(config.store.redis.lindex(f"queue:{queue}", 0))
+        raws.append(raw_redis(config).lindex(f"queue:{queue}", 0))
     return raws
 
 

@@ -14,20 +14,22 @@ import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import redis
 
 from kiq.config import Config
-from kiq.lane import AsyncLane, Lane
+from kiq.store import lane as lane_module
+from kiq.store.lane import AsyncLane, Lane
 
 T = TypeVar("T")
 
 
 @pytest.fixture
 def lane(config: Config) -> Lane:
-    return Lane(config.store.redis.connection_pool)
+    return Lane(config.store._redis.connection_pool)
 
 
 @pytest.fixture
@@ -87,7 +89,7 @@ def test_a_dropped_connection_is_reopened(lane: Lane, r: redis.Redis) -> None:
 def test_without_resend_a_dropped_connection_is_raised(config: Config, r: redis.Redis) -> None:
     """A waiter's lane (resend=False): closing its connection must end the call, as the
     fetcher does to wake its waiters on stop; the next call reconnects."""
-    lane = Lane(config.store.redis.connection_pool, resend=False)
+    lane = Lane(config.store._redis.connection_pool, resend=False)
     first = lane.call([("CLIENT", "ID")])
     assert first is not None
     r.client_kill_filter(_id=first[0])
@@ -104,7 +106,7 @@ def test_redis_away_is_raised(unused_port: int) -> None:
 
 def test_the_pool_disconnecting_is_survived(lane: Lane, config: Config) -> None:
     first = lane.call([("CLIENT", "ID")])
-    config.store.redis.connection_pool.disconnect()
+    config.store._redis.connection_pool.disconnect()
     second = lane.call([("CLIENT", "ID")])
     assert first is not None
     assert second is not None
@@ -148,6 +150,58 @@ def test_a_store_push_lands_through_the_lane(config: Config, r: redis.Redis) -> 
     assert r.smembers("queues") == {"default", "low"}
     assert r.lrange("queue:default", 0, -1) == ['{"class":"A","args":[]}']
     assert config.store._lane._conn is not None  # the held connection did the write
+
+
+# -- the private redis-py API the lane reads ---------------------------------------------
+
+
+def test_installed_redis_py_is_a_version_the_lane_is_tested_on() -> None:
+    """The lane reads private redis-py attributes: an untested major fails here, loudly,
+    and pyproject.toml pins redis-py to exactly the tested range."""
+    major = int(redis.__version__.split(".")[0])
+    low, high = lane_module.TESTED_REDIS_PY
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+
+    assert low <= major < high, (
+        f"redis-py {redis.__version__} is not a version kiq.store.lane is tested on "
+        f"({low}.x to {high - 1}.x): run tests/test_lane.py and tests/test_async_client.py "
+        f"on it, then widen TESTED_REDIS_PY and the pin in pyproject.toml"
+    )
+    assert f'"redis[hiredis]>={low},<{high}"' in pyproject
+
+
+def test_without_the_private_api_the_lane_turns_off_with_one_warning(
+    config: Config,
+    r: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A redis-py whose connections lack ``_parser``: pushes still land, through the pool,
+    and the lane says so once."""
+    monkeypatch.setattr(lane_module, "PARSER", "_parser_renamed_in_a_future_redis_py")
+    monkeypatch.setattr(lane_module, "_warned", set())
+    lane = Lane(config.store._redis.connection_pool)
+
+    assert lane.call([("PING",)]) is None
+    assert lane.call([("PING",)]) is None
+    for i in range(3):
+        config.store.push([("default", f'{{"n":{i}}}'.encode())])
+
+    assert r.llen("queue:default") == 3
+    warnings = [rec for rec in caplog.records if "take the connection pool" in rec.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_async_lane_without_the_private_api_turns_off(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio lane checks ``_writer`` too, and hands every call to the pool."""
+    monkeypatch.setattr(lane_module, "WRITER", "_writer_renamed")
+
+    async def body(lane: AsyncLane) -> list[Any] | None:
+        return await lane.call([("PING",)])
+
+    assert run_with_lane(config, body) is None
 
 
 # -- AsyncLane ------------------------------------------------------------------------------

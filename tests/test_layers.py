@@ -6,11 +6,17 @@ Side branches (the admin API, the test modes, the web UI, framework integrations
 their own short lists and no core module imports them. Imports under
 ``if TYPE_CHECKING:`` are for types only and are not counted. A new module must be
 given a place here.
+
+The Redis seam is checked here too, with no exceptions list: only the ``store``
+package imports ``redis`` (and ``embedded``, whose lease connection belongs to the
+server's lifecycle, before any Config or Store exists), no module outside it touches a
+redis-py object, and every key name is built in ``keys.py``.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,14 +42,14 @@ CORE: tuple[str, ...] = (
     "sdnotify",  # systemd's notify protocol over a datagram socket (issue 8)
     "cron",
     # 1 Redis and chains
-    "lane",  # the store's held connection for single pushes (its only user)
-    "store",  # the only module that talks to Redis through redis-py (see below)
+    "store",  # the package that alone talks to Redis through redis-py (see below)
     "middleware",
     # 2 container
     "config",
     # 3 client side: everything ``import kiq`` loads
     "client",
     "job",
+    "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
     "__init__",
     # 3 server parts
     "retry",
@@ -71,15 +77,16 @@ CORE: tuple[str, ...] = (
 # entry point (cli) may start the web UI.
 CLIENT_SIDE = frozenset({"errors", "keys", "payload", "middleware", "config", "client", "job"})
 SIDE: dict[str, frozenset[str]] = {
-    "api": frozenset({"config", "keys", "payload", "client", "errors"}),
+    # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
+    "api": frozenset({"config", "keys", "payload", "client", "errors", "crontab"}),
     "testing": CLIENT_SIDE | {"__init__"},
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),
     # web serves the Prometheus scrape at /metrics when a scraper asks (issue 8)
     # and asks store.is_transient whether an error means "Redis is away" (its 503 page)
     "web": frozenset({"api", "config", "errors", "__init__", "prometheus", "store"}),  # + own
-    # issue 8: the exporter reads api (and the metrics key layout), the CLI's status /
-    # ping / quiet / stop read api, the OpenTelemetry middleware sits on the chains
-    "prometheus": frozenset({"api", "config", "metrics", "store"}),
+    # issue 8: the exporter reads api (and the histogram's buckets in keys), the CLI's
+    # status / ping / quiet / stop read api, the OpenTelemetry middleware sits on the chains
+    "prometheus": frozenset({"api", "config", "keys", "store"}),
     "status": frozenset({"api", "config", "errors", "payload", "embedded"}),
     "otel": frozenset({"payload", "config", "__init__"}),
     "integrations": CLIENT_SIDE | {"__init__"},  # framework glue (enqueue after commit)
@@ -87,12 +94,6 @@ SIDE: dict[str, frozenset[str]] = {
 SIDE_IMPORTERS: dict[str, frozenset[str]] = {
     "web": frozenset({"cli"}),
     "status": frozenset({"cli"}),
-}
-# Known departures from STYLE C.2, each with its reason; remove an entry once the code
-# is moved, so that the departure cannot spread unnoticed.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("api.metrics", "metrics"): "metric key builders and bucket bounds live in metrics.py",
-    ("api.sets", "recurring"): "api.cron_set() hands out recurring.CronSet (imported lazily)",
 }
 # Other entry points wrap the CLI: ``manage.py kiq`` is ``kiq worker`` inside Django,
 # ``flask kiq`` inside Flask; the Starlette lifespan mounts the Web UI if it is there.
@@ -104,10 +105,10 @@ ENTRY_POINTS: dict[str, frozenset[str]] = {
 
 # Third-party packages that only some modules may import.
 THIRD_PARTY: dict[str, frozenset[str]] = {
-    # store is the Redis seam (lane: its held connection for single pushes); embedded
-    # holds a lease connection to the server it starts, before any Config or Store
-    # exists (shared/embedded-redis.md).
-    "redis": frozenset({"store", "lane", "embedded"}),
+    # store is the Redis seam; embedded holds a lease connection to the server it
+    # starts, which is the server's lifecycle, not a use of Redis: it exists before any
+    # Config or Store (shared/embedded-redis.md) and issues no kiq command.
+    "redis": frozenset({"store", "embedded"}),
     "starlette": frozenset({"web", "integrations"}),  # integrations.starlette: the lifespan
     "jinja2": frozenset({"web"}),
     "uvicorn": frozenset({"web", "cli"}),
@@ -120,7 +121,7 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
 }
 
 # What ``import kiq`` may load: the client side, the leaves it needs and the store.
-IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store", "lane"}
+IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store"}
 
 
 @dataclass(frozen=True)
@@ -230,13 +231,15 @@ def test_every_module_has_a_place_in_the_layering() -> None:
 @pytest.mark.parametrize("name", CORE_MODULES)
 def test_core_module_imports_only_lower_layers(name: str) -> None:
     """A core module imports only modules below it; lazy imports count, TYPE_CHECKING not."""
-    below = set(CORE[: CORE.index(name)])
+    below = set(CORE[: CORE.index(branch(name))])
     side_ok = {side for side, importers in SIDE_IMPORTERS.items() if name in importers}
 
     upward = sorted(
         target
         for target in imports_of(name).kiq
-        if branch(target) not in below and branch(target) not in side_ok
+        if branch(target) not in below
+        and branch(target) not in side_ok
+        and branch(target) != branch(name)  # within a package (store.queues -> .connection)
     )
 
     assert upward == [], f"kiq.{name} imports {upward}, which are not below it in the layering"
@@ -252,9 +255,7 @@ def test_side_branch_imports_only_its_allowed_modules(name: str) -> None:
     extra = sorted(
         target
         for target in imports_of(name).kiq
-        if target not in allowed
-        and branch(target) != branch(name)
-        and (name, target) not in KNOWN_EXCEPTIONS
+        if target not in allowed and branch(target) != branch(name)
     )
 
     assert extra == [], f"kiq.{name} may import only {sorted(allowed)}, also imports {extra}"
@@ -269,15 +270,131 @@ def test_restricted_third_party_packages_stay_in_their_modules(package: str) -> 
     assert outside == [], f"{package} is imported by {outside}; only {THIRD_PARTY[package]} may"
 
 
-def test_known_exceptions_are_still_needed() -> None:
-    """An exception whose import is gone must be deleted from KNOWN_EXCEPTIONS."""
-    stale = [
-        (name, target)
-        for name, target in KNOWN_EXCEPTIONS
-        if name not in modules() or target not in imports_of(name).kiq
-    ]
+# -- the Redis seam ----------------------------------------------------------------------
 
-    assert stale == []
+# Attributes that only a redis-py client, pipeline or connection has (the store's private
+# clients included), and redis-py command methods whose names no other kiq object uses.
+# Touching one outside the store package means a Redis command outside the seam.
+REDIS_ATTRIBUTES = frozenset(
+    {"redis", "blocking", "_redis", "_blocking", "_r", "_pipeline", "_script", "_call"}
+    | {"pipeline", "connection_pool", "register_script", "execute_command", "send_packed_command"}
+)
+_COMMAND_NAMES = (
+    "hset hget hgetall hmget hincrby hdel hexists hsetnx hkeys hlen "
+    "zadd zrem zrange zrangebyscore zrevrange zcard zscore zpopmin zscan_iter "
+    "zremrangebyscore zremrangebyrank lpush rpush lrange lrem llen lindex ltrim rpop lpop "
+    "blmove lmove brpoplpush sadd srem smembers scard sismember sscan_iter scan_iter "
+    "incrby mget mset expire ttl bitfield bitfield_ro evalsha script_load"
+)
+REDIS_COMMANDS = frozenset(_COMMAND_NAMES.split())
+# Every Redis key is built by kiq.keys.Keys: no other module prepends the key prefix or
+# writes a piece of a key name (Sidekiq's, sidekiq-cron's, Sidekiq 7 metrics', kiq's).
+# Text with a space in it is prose (a help string, a log line), never a key.
+KEY_PIECES = re.compile(
+    r"^\S*(queue:|stat:|cron_job:|\bj\||kiq\||deploylock|-marks\b|-signals\b"
+    r"|:work(ers)?\b|:enqueued\b|:jid_history\b|dear-leader)\S*$"
+)
+SEAM = "store"
+KEYS_MODULES = frozenset({"keys", "config"})  # config holds key_prefix and builds Keys
+
+
+def _outside_seam() -> list[str]:
+    return [name for name in modules() if branch(name) not in {SEAM, "embedded"}]
+
+
+def _attribute_uses(name: str) -> list[tuple[int, str]]:
+    return _attribute_uses_in(modules()[name].read_text())
+
+
+def _attribute_uses_in(source: str) -> list[tuple[int, str]]:
+    tree = ast.parse(source)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and (
+            node.attr in REDIS_ATTRIBUTES
+            or (node.attr in REDIS_COMMANDS and not _is_module_call(node))
+        ):
+            found.append((node.lineno, node.attr))
+    return found
+
+
+def _is_module_call(node: ast.Attribute) -> bool:
+    # ``os.unlink(path)``, ``os.scandir``: a stdlib module's function, not a command.
+    return isinstance(node.value, ast.Name) and node.value.id in {"os", "shutil", "Path"}
+
+
+@pytest.mark.parametrize("name", _outside_seam())
+def test_only_the_store_touches_redis_py_objects(name: str) -> None:
+    """Outside kiq.store, nothing reads a client off the store or calls a redis-py method."""
+    assert _attribute_uses(name) == [], (
+        f"kiq.{name} touches redis-py objects at {_attribute_uses(name)}; add a Store "
+        f"method in src/kiq/store/ and call that"
+    )
+
+
+def _key_strings(name: str) -> list[tuple[int, str]]:
+    return _key_strings_in(modules()[name].read_text())
+
+
+def _key_strings_in(source: str) -> list[tuple[int, str]]:
+    tree = ast.parse(source)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "key_prefix":
+            found.append((node.lineno, f".{node.attr}"))
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and not _is_docstring(tree, node)
+            and KEY_PIECES.search(node.value)
+        ):
+            found.append((node.lineno, node.value))
+    return found
+
+
+@cache
+def _docstrings(tree: ast.Module) -> frozenset[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                ids.add(id(body[0].value))
+    return frozenset(ids)
+
+
+def _is_docstring(tree: ast.Module, node: ast.Constant) -> bool:
+    return id(node) in _docstrings(tree)
+
+
+@pytest.mark.parametrize("name", [n for n in modules() if branch(n) not in KEYS_MODULES])
+def test_key_names_are_built_only_in_keys(name: str) -> None:
+    """No module but kiq.keys prepends the key prefix or spells a piece of a key name."""
+    assert _key_strings(name) == [], (
+        f"kiq.{name} builds Redis key names itself at {_key_strings(name)}; add a builder "
+        f"to kiq.keys.Keys and use config.keys"
+    )
+
+
+def test_seam_checks_catch_raw_calls_and_hand_built_keys() -> None:
+    """The two checks above on a sample of what they forbid, and of what they allow."""
+    source = (
+        '"""A docstring may say queue:default."""\n'
+        "def f(config, path):\n"
+        "    pipe = config.store.redis.pipeline()\n"
+        "    pipe.hset(f'{config.key_prefix}cron_job:{name}', 'a', 1)\n"
+        "    config.store.queue_size('default')\n"
+        "    os.unlink(path)\n"
+        "    help = 'Jobs processed (stat:processed)'\n"
+        "    return 'deploylock-' + config.keys.queue('q')\n"
+    )
+
+    assert sorted(_attribute_uses_in(source)) == [(3, "pipeline"), (3, "redis"), (4, "hset")]
+    assert sorted(_key_strings_in(source)) == [
+        (4, ".key_prefix"),
+        (4, "cron_job:"),
+        (8, "deploylock-"),
+    ]
 
 
 def test_imports_are_absolute() -> None:
@@ -313,7 +430,7 @@ def test_import_kiq_loads_only_the_client_side() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
-    loaded = {name.removeprefix("kiq.") for name in result.stdout.split()} - {"kiq"}
+    loaded = {branch(name.removeprefix("kiq.")) for name in result.stdout.split()} - {"kiq"}
 
     assert loaded <= IMPORT_KIQ_LOADS, f"import kiq also loads {sorted(loaded - IMPORT_KIQ_LOADS)}"
     assert {"client", "config", "job"} <= loaded

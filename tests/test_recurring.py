@@ -199,3 +199,29 @@ def test_ruby_class_names_are_pushed_by_name(config: Config, r: redis.Redis) -> 
     (raw,) = r.lrange("queue:ruby", 0, -1)
     payload = json.loads(raw)
     assert (payload["class"], payload["retry"]) == ("Billing::Nightly", True)
+
+
+@pytest.mark.parametrize("broken", ["queue:cron", "cron_job:m:enqueued", "cron_job:m:jid_history"])
+def test_a_redis_error_between_claim_and_push_neither_loses_nor_doubles_a_tick(
+    config: Config, r: redis.Redis, broken: str
+) -> None:
+    """A key of the tick's step holding the wrong type (WRONGTYPE mid-step) leaves nothing
+    written: once the key is fixed the tick fires exactly once, and other jobs go on."""
+    save(config, CronJob(name="m", klass="RecurringTick", cron="* * * * *"), now=T0)
+    save(config, CronJob(name="other", klass="Billing::Nightly", cron="* * * * *"), now=T0)
+    claims_before = r.zrange("cron_job:m:enqueued", 0, -1)
+    r.delete(broken)
+    r.set(broken, "not the type kiq expects")
+    at = T0 + timedelta(seconds=40)  # the 10:01:00 tick is due
+
+    assert poller(config).tick(at) == 1  # "other" fired; "m" was not, and said so
+    assert r.llen("queue:default") == 1  # Billing::Nightly
+    if broken != "cron_job:m:enqueued":
+        assert r.zrange("cron_job:m:enqueued", 0, -1) == claims_before  # not claimed
+    assert r.hget("cron_job:m", "last_enqueue_time") is None
+
+    r.delete(broken)
+    assert poller(config).tick(at) == 1
+    assert poller(config).tick(at + timedelta(seconds=5)) == 0
+    assert len(queued(r)) == 1
+    assert r.llen("queue:default") == 1

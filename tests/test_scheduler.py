@@ -115,6 +115,20 @@ def test_a_job_that_cannot_be_pushed_goes_to_the_dead_set(config, r, member):
     assert [p["jid"] for p in queued(r)] == [ok["jid"]]
 
 
+def test_a_job_whose_queue_key_is_not_a_list_goes_to_the_dead_set(config, r):
+    """WRONGTYPE on the target queue: the job is kept in ``dead`` (not lost mid-move) and
+    the jobs behind it in ``schedule`` are still pushed."""
+    bad = schedule(r, NOW - 20, queue="broken")
+    good = schedule(r, NOW - 10)
+    r.set("queue:broken", "not a list")
+
+    assert poller(config).enqueue_due(NOW) == 1
+
+    assert [p["jid"] for p in queued(r)] == [good["jid"]]
+    assert [orjson.loads(raw)["jid"] for raw in r.zrange("dead", 0, -1)] == [bad["jid"]]
+    assert r.zcard("schedule") == 0
+
+
 def test_two_pollers_racing_push_each_job_exactly_once(config, r):
     """Two pollers draining the same 500 due jobs at once push each exactly once."""
     for i in range(500):

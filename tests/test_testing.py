@@ -488,6 +488,7 @@ def test_disable_pushes_to_real_redis(config: Config, r: redis.Redis) -> None:
 PLUGIN_TESTS = """
 import kiq
 import pytest
+from tests.support.rawredis import raw_redis
 
 seen = []
 
@@ -522,7 +523,7 @@ def test_mode_is_off_after_the_fixtures():
 def test_config(kiq_config):
     Welcome.perform_async("dee@example.com")
     assert kiq.get_default() is kiq_config
-    assert kiq_config.store.redis.llen("queue:default") == 1
+    assert raw_redis(kiq_config).llen("queue:default") == 1
 """
 
 

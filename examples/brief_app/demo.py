@@ -130,8 +130,7 @@ def _start(app_dir: Path, keep: bool) -> Demo:
     own_db = config.redis_url is None
     if own_db:
         config.redis_url = f"{config.ensure_redis()}?db={DEMO_DB}"
-        # kiq.api has no "empty the database"; this database is the demo's own.
-        config.store.redis.flushdb()
+        config.store.flushdb()  # this database is the demo's own
     set_default(config)
     mail_server = importlib.import_module("brief_app.mailserver").MailServer().start()
     importlib.import_module("brief_app.settings").configure(
@@ -270,9 +269,8 @@ def _snapshot(demo: Demo) -> Snapshot:
     retries = [e.at.timestamp() for e in api.RetrySet(config) if e.klass in classes]
     scheduled = [e for e in api.ScheduledSet(config) if e.klass in classes]
     queued = sum(api.Queue(name, config).size() for name in names)
-    # Jobs fetched and not yet acknowledged: kiq.api has no reader for in-progress lists.
-    redis, keys = config.store.redis, config.keys
-    taken = sum(int(redis.llen(keys.inprogress(demo.launcher.identity, n))) for n in names)
+    # Jobs fetched and not yet acknowledged (kiq.api has no reader for in-progress lists).
+    taken = sum(config.store.in_progress_sizes(demo.launcher.identity, names))
     return Snapshot(queued, taken, len(retries) + len(scheduled), min(retries, default=None))
 
 

@@ -97,11 +97,11 @@ class AsyncRunner:
             for task in list(self.tasks):
                 task.cancel()
 
-        self._call(cancel)
+        self._on_loop(cancel)
 
     def stop(self) -> None:
-        self._call(self.loop.stop)
+        self._on_loop(self.loop.stop)
 
-    def _call(self, fn: Callable[[], object]) -> None:
+    def _on_loop(self, fn: Callable[[], object]) -> None:
         if not self.loop.is_closed():  # closed: the loop died (kiq.supervise said so)
             self.loop.call_soon_threadsafe(fn)

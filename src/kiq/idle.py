@@ -71,7 +71,7 @@ class Waiters:
         Closing the blocking connections does it; a job the server moved just before is
         still in-progress in Redis and is requeued by the manager's final requeue_all.
         """
-        self.fetcher.store.blocking.connection_pool.disconnect()
+        self.fetcher.store.disconnect_waiters()
 
     def join(self, timeout: float) -> None:
         """Wait for the waiters to exit (after ``stop``).
@@ -80,7 +80,7 @@ class Waiters:
         block in BLMOVE for TIMEOUT seconds, so the pool is closed again while waiting.
         """
         deadline = time.monotonic() + timeout
-        pool = self.fetcher.store.blocking.connection_pool
+        store = self.fetcher.store
         for thread in self._threads:
             # A waiter running a job is the manager's to wait for or interrupt, as a
             # processor would be; it exits when the job ends.
@@ -89,7 +89,7 @@ class Waiters:
                 and thread.ident not in self._running_here
                 and time.monotonic() < deadline
             ):
-                pool.disconnect()
+                store.disconnect_waiters()
                 thread.join(0.05)
 
     def running_here(self) -> list[int]:

@@ -50,6 +50,7 @@ from kiq import payload as wire
 from kiq.client import AsyncClient, Client, resolve_at
 from kiq.config import Config, get_default
 from kiq.errors import ConfigError, JobArgumentError
+from kiq.keys import PROGRESS_TTL as PROGRESS_TTL  # re-exported: where Job.progress says it is
 from kiq.middleware import Chain, ServerMiddleware
 from kiq.payload import Payload
 
@@ -71,25 +72,11 @@ CLASS_OPTIONS: Final = ("discard_on",)
 _registry: dict[str, type[Job]] = {}
 
 PROGRESS_EVERY = 0.5  # seconds between progress writes of one job (issue 7: rate limit)
-PROGRESS_TTL = 86_400  # seconds a job's last progress stays readable
 
 
 def read_progress(config: Config, jid: str) -> dict[str, Any] | None:
-    """The last progress a job reported: percent, message, class, at; None if none."""
-    raw = config.store.redis.hgetall(config.keys.progress(jid))
-    if not raw:
-        return None
-    data = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
-    return {
-        "jid": jid,
-        "percent": float(data.get("percent", 0)),
-        "message": data.get("message", ""),
-        "class": data.get("class", ""),
-        "at": float(data.get("at", 0)),
-    }
+    """The last progress a job reported: jid, percent, message, class, at; None if none."""
+    return config.store.read_progress([jid]).get(jid)
 
 
 def lookup(name: str) -> type[Job] | None:
@@ -167,17 +154,13 @@ class Job:
             return
         self._progress_at = now
         config = getattr(self, "config", None) or get_default()
-        key = config.keys.progress(getattr(self, "jid", "") or "")
         fields = {
             "percent": repr(percent),
             "message": message,
             "class": type(self).wire_name,
             "at": repr(wire.now()),
         }
-        pipe = config.store.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # stub wants a wider key type
-        pipe.expire(key, PROGRESS_TTL)
-        pipe.execute()
+        config.store.write_progress(getattr(self, "jid", "") or "", fields)
 
     # -- hooks (override as classmethods) ----------------------------------------------
     @classmethod

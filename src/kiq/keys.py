@@ -1,9 +1,12 @@
-"""Every Redis key kiq reads or writes, in one place.
+"""Every Redis key kiq reads or writes, in one place (the table: docs/internals.md).
 
 The names are Sidekiq's own (see shared/sidekiq-wire.md §1), so Sidekiq's
-documentation doubles as this module's spec. ``Keys(prefix)`` prepends an optional
-namespace to every key, for sharing Redis with a Sidekiq 6.x app that uses
-``redis-namespace`` (``namespace: "myapp"`` there is ``prefix="myapp:"`` here).
+documentation doubles as this module's spec; sidekiq-cron 1.x's for recurring jobs
+(§11) and Sidekiq 7's for per-class metrics and deploy marks (§1.4). ``Keys(prefix)``
+prepends an optional namespace to every key, for sharing Redis with a Sidekiq 6.x app
+that uses ``redis-namespace`` (``namespace: "myapp"`` there is ``prefix="myapp:"``
+here). No other module spells a key (tests/test_layers.py checks it); the TTLs of the
+keys that expire are here too, except the heartbeat's (``Config.process_ttl``).
 
 Time units, documented once:
   * ZSET scores (``schedule``, ``retry``, ``dead``): epoch seconds as a float.
@@ -21,12 +24,14 @@ and are never in the ``queues`` set:
   * ``kiq|recover-lock``: STRING, one orphan sweep at a time cluster-wide.
   * ``kiq|paused``: SET of queue names kiq workers do not fetch from.
   * ``kiq|progress|<jid>``: HASH, progress reported by a running job.
+  * ``kiq|totals`` / ``kiq|totals|<Class>``: cumulative per-class counters (Prometheus).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,47 @@ class Keys:
         """Sidekiq Enterprise's leader identity; OSS readers only show it (Busy page star)."""
         return f"{self.prefix}dear-leader"
 
+    # Sidekiq 7's metrics (written by kiq.metrics, read by kiq.api.Metrics) -----------
+    def metric_bucket(self, at: datetime) -> str:
+        """The minute hash for ``at`` (UTC), e.g. ``j|20240301|8:5``."""
+        at = at.astimezone(UTC)
+        return f"{self.prefix}j|{at:%Y%m%d}|{at.hour}:{at.minute}"
+
+    def histogram(self, klass: str, at: datetime) -> str:
+        """The histogram of ``klass`` for the minute ``at`` (UTC), e.g. ``HardJob-05-08:3``."""
+        at = at.astimezone(UTC)
+        return f"{self.prefix}{klass}-{at:%d}-{at:%H}:{at.minute}"
+
+    def deploy_lock(self, label: str) -> str:
+        """Sidekiq::Deploy's one-mark-a-minute lock for ``label``."""
+        return f"{self.prefix}deploylock-{label}"
+
+    def deploy_marks(self, day: date) -> str:
+        """Sidekiq::Deploy's marks of one UTC day: HASH ISO time -> label."""
+        return f"{self.prefix}{day:%Y%m%d}-marks"
+
+    # sidekiq-cron 1.x's keys (shared/sidekiq-wire.md §11) ---------------------------
+    @property
+    def cron_jobs(self) -> str:
+        """SET of ``cron_job:<name>`` keys."""
+        return f"{self.prefix}cron_jobs"
+
+    def cron_job(self, name: str) -> str:
+        """HASH: one recurring job's definition, status and last_enqueue_time."""
+        return f"{self.prefix}cron_job:{name}"
+
+    def cron_enqueued(self, name: str) -> str:
+        """ZSET: one member per fired tick (the exactly-once claim)."""
+        return f"{self.cron_job(name)}:enqueued"
+
+    def cron_history(self, name: str) -> str:
+        """LIST of ``{"jid", "enqueued"}``, newest first."""
+        return f"{self.cron_job(name)}:jid_history"
+
+    def cron_name(self, key: str) -> str:
+        """The job name in a ``cron_jobs`` member (``cron_job:<name>``)."""
+        return key.removeprefix(self.prefix).split(":", 1)[-1]
+
     # kiq's own keys -----------------------------------------------------------------
     def inprogress(self, identity: str, queue: str) -> str:
         return f"{self.prefix}kiq|inprogress|{identity}|{queue}"
@@ -104,7 +150,33 @@ class Keys:
     def progress(self, jid: str) -> str:
         return f"{self.prefix}kiq|progress|{jid}"
 
+    @property
+    def totals_index(self) -> str:
+        """ZSET of job classes that have cumulative totals (kiq.metrics)."""
+        return f"{self.prefix}kiq|totals"
 
-STAT_TTL = 157_680_000  # 5 years in seconds, as Sidekiq's daily stat keys
-PROCESS_TTL = 60  # seconds; Sidekiq readers treat a process whose hash expired as gone
-SIGNAL_TTL = 60  # seconds; Sidekiq's API expires the signals list after a minute
+    def totals(self, klass: str) -> str:
+        """HASH: the cumulative totals of ``klass`` (kiq.metrics, for Prometheus)."""
+        return f"{self.prefix}kiq|totals|{klass}"
+
+
+# TTLs, in seconds, of the keys that expire (the heartbeat's is ``Config.process_ttl``).
+STAT_TTL: Final = 157_680_000  # 5 years, as Sidekiq's daily stat keys
+SIGNAL_TTL: Final = 60  # Sidekiq's API expires the signals list after a minute
+PROGRESS_TTL: Final = 86_400  # a job's last progress stays readable a day
+METRICS_TTL: Final = 8 * 3600  # every metrics key (Sidekiq 7: SHORT_TERM, HISTOGRAM_TTL)
+TOTALS_TTL: Final = 30 * 86400  # a class's cumulative totals outlive its last run
+DEPLOY_MARK_TTL: Final = 90 * 86400  # a day's deploy marks (Sidekiq: MARK_TTL)
+DEPLOY_LOCK_TTL: Final = 60  # a label is marked at most once this long
+
+# The histogram key's layout (Sidekiq 7's metrics): one u16 counter per bucket, in
+# BITFIELD order. # Upper bounds (ms, exclusive) of the histogram buckets; the last one is "Slow".
+BUCKETS: Final = (
+    20, 30, 45, 65, 100, 150, 225, 335, 500, 750, 1100, 1700, 2500, 3800, 5750,
+    8500, 13000, 20000, 30000, 45000, 65000, 100000, 150000, 225000, 335000,
+)  # fmt: skip
+LABELS: Final = (
+    "20ms", "30ms", "45ms", "65ms", "100ms", "150ms", "225ms", "335ms", "500ms", "750ms",
+    "1.1s", "1.7s", "2.5s", "3.8s", "5.75s", "8.5s", "13s", "20s", "30s", "45s",
+    "65s", "100s", "150s", "225s", "335s", "Slow",
+)  # fmt: skip

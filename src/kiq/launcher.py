@@ -172,7 +172,7 @@ class Launcher:
     def _check_redis(self) -> None:
         store = self.config.store
         with store.translate_errors():
-            info = store.redis.info()
+            info = store.info()
         version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
         if version < MIN_REDIS:
             raise ConfigError(

@@ -5,8 +5,9 @@ and time over the last hours, as Sidekiq 7+ does. Counting in Redis on every job
 cost a round trip per job, so a server middleware counts in memory and the launcher
 ``flush``-es the counts once per heartbeat, as Sidekiq's ExecutionTracker does.
 
-Keys (bounded: one hash per minute plus one histogram per class per minute, all
-expiring after ``TTL`` = 8 hours; ``config.key_prefix`` is prepended):
+Keys (built by ``kiq.keys.Keys``, written by ``Store.flush_metrics``; bounded: one
+hash per minute plus one histogram per class per minute, all expiring after ``TTL`` =
+8 hours; ``config.key_prefix`` is prepended):
 
   * ``j|%Y%m%d|%-H:%-M`` HASH: ``<Class>|p`` executions (successes and failures),
     ``<Class>|f`` failures, ``<Class>|ms`` milliseconds of *successful* runs only
@@ -49,43 +50,26 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from kiq.config import Config
+
+# The histogram's bucket bounds and labels are the histogram key's layout (kiq.keys).
+from kiq.keys import BUCKETS as BUCKETS
+from kiq.keys import LABELS as LABELS
+from kiq.keys import METRICS_TTL
+from kiq.keys import TOTALS_TTL as TOTALS_TTL
 from kiq.payload import Payload
 
-TTL: Final = 8 * 3600  # seconds every metrics key lives (Sidekiq 7: SHORT_TERM, HISTOGRAM_TTL)
-TOTALS_TTL: Final = 30 * 86400  # seconds a class's cumulative totals outlive its last run
+TTL: Final = METRICS_TTL  # seconds every metrics key lives (Sidekiq 7: SHORT_TERM)
 TOTALS_MAX_CLASSES: Final = 1000  # classes with totals kept at most (most recently run)
-# Upper bounds (ms, exclusive) of the histogram buckets; the last one is "Slow".
-BUCKETS: Final = (
-    20, 30, 45, 65, 100, 150, 225, 335, 500, 750, 1100, 1700, 2500, 3800, 5750,
-    8500, 13000, 20000, 30000, 45000, 65000, 100000, 150000, 225000, 335000,
-)  # fmt: skip
-LABELS: Final = (
-    "20ms", "30ms", "45ms", "65ms", "100ms", "150ms", "225ms", "335ms", "500ms", "750ms",
-    "1.1s", "1.7s", "2.5s", "3.8s", "5.75s", "8.5s", "13s", "20s", "30s", "45s",
-    "65s", "100s", "150s", "225s", "335s", "Slow",
-)  # fmt: skip
 
 
 def bucket_key(config: Config, at: datetime) -> str:
-    """The minute hash for ``at`` (UTC), e.g. ``j|20240301|8:5``."""
-    at = at.astimezone(UTC)
-    return f"{config.key_prefix}j|{at:%Y%m%d}|{at.hour}:{at.minute}"
+    """The minute hash for ``at`` (``config.keys.metric_bucket``)."""
+    return config.keys.metric_bucket(at)
 
 
 def histogram_key(config: Config, klass: str, at: datetime) -> str:
-    """The histogram of ``klass`` for the minute ``at`` (UTC), e.g. ``HardJob-05-08:3``."""
-    at = at.astimezone(UTC)
-    return f"{config.key_prefix}{klass}-{at:%d}-{at:%H}:{at.minute}"
-
-
-def totals_index_key(config: Config) -> str:
-    """The ZSET of job classes that have cumulative totals (``kiq|totals``)."""
-    return f"{config.key_prefix}kiq|totals"
-
-
-def totals_key(config: Config, klass: str) -> str:
-    """The cumulative totals of ``klass`` (``kiq|totals|<Class>``)."""
-    return f"{config.key_prefix}kiq|totals|{klass}"
+    """The histogram of ``klass`` for the minute ``at`` (``config.keys.histogram``)."""
+    return config.keys.histogram(klass, at)
 
 
 def bucket_index(ms: float) -> int:
@@ -167,52 +151,33 @@ class Metrics:
         if not counts:
             return 0
         now = now or datetime.now(UTC)
-        pipe = config.store.redis.pipeline(transaction=False)
-        bucket = bucket_key(config, now)
-        for field, value in counts.items():
-            pipe.hincrby(bucket, field, value)
-        pipe.expire(bucket, TTL)
-        for klass, gram in grams.items():
-            key = histogram_key(config, klass, now)
-            args: list[str | int] = ["OVERFLOW", "SAT"]
-            for index, n in enumerate(gram):
-                if n:
-                    args += ["INCRBY", "u16", f"#{index}", n]
-            pipe.execute_command("BITFIELD", key, *args)  # type: ignore[no-untyped-call]  # untyped in redis-py
-            pipe.expire(key, TTL)
-        self._add_totals(pipe, config, now, counts, grams, totals)
         try:
-            pipe.execute()
+            config.store.flush_metrics(
+                now,
+                counts,
+                grams,
+                self._totals_fields(counts, grams, totals),
+                max_classes=TOTALS_MAX_CLASSES,
+            )
         except BaseException:
             self._restore(counts, grams, totals)
             raise
         return len(counts)
 
     @staticmethod
-    def _add_totals(
-        pipe: Any,
-        config: Config,
-        now: datetime,
+    def _totals_fields(
         counts: dict[str, int],
         grams: dict[str, list[int]],
         totals: dict[tuple[str, str], int],
-    ) -> None:
+    ) -> dict[str, dict[str, int]]:
+        """Class -> the fields its cumulative totals hash gets added."""
         fields: defaultdict[str, dict[str, int]] = defaultdict(dict)
         for (klass, field), value in totals.items():
             fields[klass][field] = value
         for klass, gram in grams.items():
             fields[klass]["ms"] = counts.get(f"{klass}|ms", 0)
             fields[klass].update({f"h|{i}": n for i, n in enumerate(gram) if n})
-        index, stamp = totals_index_key(config), now.timestamp()
-        for klass, values in fields.items():
-            key = totals_key(config, klass)
-            for field, value in values.items():
-                pipe.hincrby(key, field, value)
-            pipe.expire(key, TOTALS_TTL)
-            pipe.zadd(index, {klass: stamp})
-        pipe.zremrangebyscore(index, "-inf", stamp - TOTALS_TTL)
-        pipe.zremrangebyrank(index, 0, -TOTALS_MAX_CLASSES - 1)
-        pipe.expire(index, TOTALS_TTL)
+        return fields
 
     def _restore(
         self,

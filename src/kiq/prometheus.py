@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised by hand without the e
 
 from kiq import api
 from kiq.config import Config, get_default
-from kiq.metrics import BUCKETS
+from kiq.keys import BUCKETS
 from kiq.store import TRANSIENT_ERRORS
 
 PROCESS_LABELS: Final = ("identity", "hostname", "tag")

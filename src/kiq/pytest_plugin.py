@@ -62,8 +62,7 @@ def kiq_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:
     url = os.environ.get("KIQ_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
     config = kiq.config.Config(redis_url=url)
     try:
-        with config.store.translate_errors():
-            config.store.redis.flushdb()
+        config.store.flushdb()
     except RedisUnavailable as exc:
         config.close()
         if os.environ.get("CI"):

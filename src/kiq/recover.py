@@ -18,16 +18,13 @@ process every time it ran: it goes to the dead set with ``error_class``
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
-
-import orjson
+from typing import Final
 
 from kiq import payload as wire
 from kiq.client import timestamp
 from kiq.config import Config
 from kiq.errors import PayloadError
 from kiq.payload import Payload
-from kiq.store import WatchError
 
 log = logging.getLogger(__name__)
 
@@ -45,82 +42,51 @@ class Recoverer:
     def sweep(self) -> int:
         """Requeue (or bury) the jobs of every dead fetcher; return how many were moved.
 
-        One MULTI/EXEC moves every dead process's jobs, unregisters those processes and
-        releases the lock. It WATCHes their heartbeat hashes and in-progress lists, so a
-        process that was only slow to beat (a Redis outage longer than ``process_ttl``)
-        and beats or fetches meanwhile makes it abort instead of losing what it fetched;
-        the next sweep decides again. Releasing the lock in the same EXEC matters: a
-        requeued poison job is fetched within a millisecond, often by the sweeping
-        process itself, and would otherwise kill it while it still held the lock,
-        stopping every recovery until LOCK_TTL ran out (found by bench/chaos.py).
+        The moves are one WATCHed MULTI (``Store.recover_orphans``): a process that was
+        only slow to beat aborts it instead of losing what it fetched, and the lock is
+        released in the same EXEC. This module decides what each job becomes.
         """
-        r = self.config.store.redis
-        keys = self.config.keys
-        if not r.set(keys.recover_lock, self.identity, nx=True, ex=LOCK_TTL):
+        store = self.config.store
+        if not store.recover_lock(self.identity, LOCK_TTL):
             return 0
+        now = wire.now()
+        poison: list[Payload] = []
+
+        def plan(queue: str, raws: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+            requeued, buried = self._plan(raws, now)
+            poison.extend(payload for payload, _ in buried)
+            return requeued, [raw for _, raw in buried]
+
         try:
-            moved, poison = self._sweep()
-        except WatchError:
-            moved, poison = 0, []  # a "dead" process beat or fetched: not dead after all
+            moves = store.recover_orphans(
+                self.identity, plan, now, self.config.dead_max_jobs, self.config.dead_timeout
+            )
         finally:
-            if r.get(keys.recover_lock) == self.identity.encode():
-                r.delete(keys.recover_lock)
+            store.recover_unlock(self.identity)
+        if moves is None:
+            return 0  # aborted: a "dead" process beat or fetched, so it was not dead
         for payload in poison:
             log.error(
                 "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
             )
+        moved = sum(len(requeued) + len(buried) for _, requeued, buried in moves)
         if moved:
             log.warning("recovered %d jobs from processes that died", moved)
         return moved
 
-    def _sweep(self) -> tuple[int, list[Payload]]:
-        r = self.config.store.redis
-        keys = self.config.keys
-        with r.pipeline(transaction=True) as pipe:
-            dead: list[tuple[str, list[str]]] = []
-            for raw_ident, raw_queues in r.hgetall(keys.fetchers).items():
-                ident = raw_ident.decode() if isinstance(raw_ident, bytes) else raw_ident
-                if ident == self.identity or r.exists(keys.process(ident)):
-                    continue
-                queues = [str(queue) for queue in orjson.loads(raw_queues)]
-                watched = [keys.process(ident), *(keys.inprogress(ident, q) for q in queues)]
-                pipe.watch(*watched)  # type: ignore[no-untyped-call]  # redis-py
-                if not pipe.exists(keys.process(ident)):
-                    dead.append((ident, queues))
-            if not dead:
-                return 0, []
-            taken: list[tuple[str, str, list[bytes]]] = [
-                (ident, queue, pipe.lrange(keys.inprogress(ident, queue), 0, -1))  # type: ignore[misc]
-                for ident, queues in dead
-                for queue in queues
-            ]
-            pipe.multi()
-            poison: list[Payload] = []
-            for ident, queue, raws in taken:
-                if raws:
-                    poison += self._requeue(pipe, queue, raws)
-                    pipe.delete(keys.inprogress(ident, queue))
-            if poison:  # every add to the dead set trims it (Sidekiq: DeadSet#kill)
-                now = wire.now()
-                pipe.zremrangebyscore(keys.dead, "-inf", now - self.config.dead_timeout)
-                pipe.zremrangebyrank(keys.dead, 0, -(self.config.dead_max_jobs + 1))
-            pipe.hdel(keys.fetchers, *(ident for ident, _ in dead))
-            pipe.delete(keys.recover_lock)
-            pipe.execute()
-        return sum(len(raws) for _, _, raws in taken), poison
-
-    def _requeue(self, pipe: Any, queue: str, raws: list[bytes]) -> list[Payload]:
-        """Queue the RPUSHes (or dead-set ZADDs) for one in-progress list; return the buried."""
-        keys = self.config.keys
-        now = wire.now()
-        buried: list[Payload] = []
+    def _plan(
+        self, raws: list[bytes], now: float
+    ) -> tuple[list[bytes], list[tuple[Payload, bytes]]]:
+        """For one in-progress list: the jobs to RPUSH back (in order) and the buried ones."""
+        requeued: list[bytes] = []
+        buried: list[tuple[Payload, bytes]] = []
         # LRANGE gives newest first (fetch LPUSHes); RPUSHing in that order leaves the
         # oldest at the tail, fetched next, as requeue_all does.
         for raw in raws:
             try:
                 payload = wire.loads(raw)
             except PayloadError:
-                pipe.rpush(keys.queue(queue), raw)  # the worker will bury it properly
+                requeued.append(raw)  # the worker will bury it properly
                 continue
             count = int(payload.get("kiq_recoveries", 0)) + 1
             payload["kiq_recoveries"] = count
@@ -132,9 +98,7 @@ class Recoverer:
                     f"from the dead set."
                 )
                 payload.setdefault("failed_at", timestamp(self.config, now))
-                pipe.zadd(keys.dead, {wire.dumps(payload): now})
-                buried.append(payload)
+                buried.append((payload, wire.dumps(payload)))
             else:
-                pipe.rpush(keys.queue(queue), wire.dumps(payload))
-        pipe.sadd(keys.queues, queue)
-        return buried
+                requeued.append(wire.dumps(payload))
+        return requeued, buried

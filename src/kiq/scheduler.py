@@ -2,9 +2,11 @@
 
 Sidekiq's algorithm, so Ruby and Python pollers can share one Redis safely
 (shared/sidekiq-wire.md §5):
-  1. pop one member with score <= now with a tiny Lua script (atomic, so two pollers
-     never both get it), push it through the normal client (``enqueued_at`` set,
-     client middleware run), repeat until nothing is due; ``retry`` before ``schedule``.
+  1. read the first member with score <= now, prepare it through the normal client
+     (``enqueued_at`` set, client middleware run; nothing written), then remove it and
+     push it in one Lua step (``Store.move_due``: only the poller whose removal succeeds
+     pushes, and a crash cannot lose it); repeat until nothing is due; ``retry`` before
+     ``schedule``. The same policy as the cron poller (``kiq.recurring``).
   2. sleep a random interval averaging ``process_count * average_scheduled_poll_interval``
      (5 s), so the whole cluster polls about every 5 s: uniform in [A/2, 3A/2] under 10
      processes, [0, A] from 10 up; ``poll_interval_average`` fixes A.
@@ -22,7 +24,7 @@ from kiq import payload as wire
 from kiq.client import Client
 from kiq.config import Config
 from kiq.outage import Outage
-from kiq.store import TRANSIENT_ERRORS, is_transient
+from kiq.store import TRANSIENT_ERRORS, is_transient, is_wrong_type
 from kiq.supervise import Health, spawn
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,20 @@ class Poller:
                     job = None
                 # Removal and push in one step: a process killed between a pop and a push
                 # loses the job (Sidekiq OSS does; found by bench/chaos.py, issue 4).
-                if store.move_due(key, raw, job):
+                try:
+                    moved = store.move_due(key, raw, job)
+                except Exception as exc:
+                    if not is_wrong_type(exc):
+                        raise
+                    # Its queue key holds another type: nothing was written. Dead first,
+                    # then removed (as above), so the set behind it keeps moving.
+                    log.error("job in %s whose queue is no list sent to the dead set: %s", key, exc)
+                    store.add_dead(
+                        raw, wire.now(), self.config.dead_max_jobs, self.config.dead_timeout
+                    )
+                    store.move_due(key, raw, None)
+                    continue
+                if moved:
                     pushed += 1
         return pushed
 
@@ -92,7 +107,7 @@ class Poller:
         while not self._stop.is_set():
             try:
                 self.enqueue_due()
-                count = int(self.config.store.redis.scard(self.config.keys.processes))
+                count = self.config.store.process_count()
             except Exception as exc:
                 if not is_transient(exc):
                     raise  # a bug: kiq.supervise logs it once and restarts the poller

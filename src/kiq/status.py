@@ -203,7 +203,7 @@ def ping(
     try:
         use_redis(config)
         with config.store.translate_errors():
-            config.store.redis.ping()
+            config.store.ping()
             if identity is None and pid is None and not local:
                 print(f"ok: Redis {config.store.safe_url} answers", file=out)
                 return 0

@@ -16,6 +16,7 @@ import redis
 from kiq import embedded
 from kiq.config import Config
 from kiq.recurring import CronSet
+from tests.support.rawredis import raw_redis
 from tests.support.servers import free_port
 from tests.support.wait import wait_until
 from tests.test_cli_web import gone
@@ -66,7 +67,7 @@ def test_demo_leaves_no_recurring_jobs_or_queued_work(
     config = Config(redis_url=redis_url)
     try:
         assert len(CronSet(config)) == 0
-        r = config.store.redis
+        r = raw_redis(config)
         assert [r.llen(config.keys.queue(q)) for q in ("mailers", "default", "exports")] == [0] * 3
         assert r.zcard(config.keys.retry) == 0
     finally:

@@ -15,6 +15,7 @@ import pytest
 
 from kiq.config import Config
 from kiq.web import create_app
+from tests.support.rawredis import raw_redis
 
 with warnings.catch_warnings():
     # Starlette >= 1.x prefers the httpx2 package for its TestClient and warns once at
@@ -77,7 +78,7 @@ def failed(**fields: Any) -> dict[str, Any]:
 
 def add_process(config: Config, identity: str = "host:123:abcdef012345", **info: Any) -> str:
     """Write a heartbeat hash as a kiq/Sidekiq process does (§1.2)."""
-    r = config.store.redis
+    r = raw_redis(config)
     data = {
         "hostname": "host",
         "pid": 123,
@@ -114,7 +115,7 @@ def add_work(config: Config, identity: str, job: dict[str, Any], tid: str = "t1"
         "payload": orjson.dumps(job).decode(),
         "run_at": int(time.time()),
     }
-    config.store.redis.hset(config.keys.work(identity), tid, orjson.dumps(value))
+    raw_redis(config).hset(config.keys.work(identity), tid, orjson.dumps(value))
 
 
 __all__ = ["TestClient", "WebClient", "add_process", "add_work", "failed", "payload", "web"]

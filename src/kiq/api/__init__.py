@@ -17,7 +17,7 @@ ActiveJob ``wrapped`` payloads. Each call does the Redis work Sidekiq's does, an
 in Redis, so one page of a 100,000-job queue costs one LRANGE.
 
 Every class takes an optional ``config`` (default: ``kiq.config.get_default()``);
-Redis is reached as ``config.store.redis`` and key names come from ``config.keys``.
+every Redis command is a ``config.store`` method and key names come from ``config.keys``.
 
 The package is split by subject (STYLE C.1: ``api`` becomes a package past 800
 lines); import from ``kiq.api`` itself, which re-exports every name:
@@ -28,7 +28,7 @@ lines); import from ``kiq.api`` itself, which re-exports every name:
   ``cron_set``;
 * ``process``: ``ProcessSet``, ``Process``, ``WorkSet``, ``Work``, ``progress``;
 * ``metrics``: ``Metrics``, ``job_totals``, ``deploy_mark``, ``deploy_marks``;
-* ``base``: the Config, the Redis client and the lenient readers they all share.
+* ``base``: the Config and the lenient readers they all share.
 
 Example::
 

@@ -1,4 +1,7 @@
-"""What every part of the admin API shares: the Config, the Redis client and lenient readers.
+"""What every part of the admin API shares: the Config and lenient readers.
+
+Every Redis command of the API is a ``config.store`` method (``kiq.store``); the API
+turns their replies into objects.
 
 Why lenient: the same keys hold what Ruby Sidekiq 6.4, 7.x and 8.x write as well as
 kiq's own data (shared/sidekiq-wire.md §1, §2, §8), so a payload time may be float
@@ -24,12 +27,6 @@ PAGE_SIZE: Final = 50  # entries per LRANGE/ZRANGE while iterating (Sidekiq's pa
 
 def config_or_default(config: Config | None) -> Config:
     return config if config is not None else get_default()
-
-
-def redis_of(config: Config) -> Any:
-    # redis-py types every reply as ``bytes | str`` (or an Awaitable); the Store's
-    # client never decodes, so replies are bytes and are converted where they are read.
-    return config.store.redis
 
 
 def parse_job(raw: bytes) -> tuple[Payload, bool]:
@@ -94,15 +91,7 @@ def latency_of(payload: Mapping[str, Any], now: float) -> float:
     return 0.0
 
 
-def set_members(config: Config, key: str) -> list[str]:
-    """A SET read with SSCAN (never blocking Redis), de-duplicated and sorted."""
-    return sorted({m.decode() for m in redis_of(config).sscan_iter(key)})
-
-
 def busy_total(config: Config) -> int:
     """Σ ``busy`` over the heartbeat hashes: as fresh as the last beat (Sidekiq the same)."""
-    identities = set_members(config, config.keys.processes)
-    pipe = redis_of(config).pipeline(transaction=False)
-    for identity in identities:
-        pipe.hget(config.keys.process(identity), "busy")
-    return sum(int_or_zero(busy) for busy in pipe.execute())
+    store = config.store
+    return sum(int_or_zero(busy) for busy in store.busy_counts(store.process_identities()))

@@ -2,8 +2,8 @@
 
 Why apart from the rest: these read the keys ``kiq.metrics`` writes (Sidekiq 7's
 per-minute buckets and histograms, plus kiq's cumulative totals for Prometheus) and
-Sidekiq 7's deploy marks, which the Web UI's metrics graphs draw; the key layout
-lives in ``kiq.metrics``, not ``kiq.keys`` (see tests/test_layers.py).
+Sidekiq 7's deploy marks, which the Web UI's metrics graphs draw (keys: ``kiq.keys``;
+commands: ``kiq.store``'s metrics file).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
-from kiq.api.base import config_or_default, int_or_zero, redis_of
+from kiq.api.base import config_or_default, int_or_zero
 from kiq.config import Config
-from kiq.metrics import BUCKETS, LABELS, bucket_key, histogram_key, totals_index_key, totals_key
+from kiq.keys import BUCKETS, LABELS
+from kiq.keys import DEPLOY_LOCK_TTL as DEPLOY_LOCK_TTL  # re-exported by kiq.api
+from kiq.keys import DEPLOY_MARK_TTL as DEPLOY_MARK_TTL
 
 
 @dataclass(slots=True)
@@ -112,12 +114,9 @@ class Metrics:
     def top_jobs(self, minutes: int = 60, class_filter: str | None = None) -> MetricsResult:
         """Every class seen in the window (optionally those containing ``class_filter``)."""
         times = self._minutes(minutes)
-        pipe = redis_of(self.config).pipeline(transaction=False)
-        for at in times:
-            pipe.hgetall(bucket_key(self.config, at))
         jobs: dict[str, JobMetrics] = {}
         needle = (class_filter or "").lower()
-        for index, fields in enumerate(pipe.execute()):
+        for index, fields in enumerate(self.config.store.metric_minutes(times)):
             for name, value in fields.items():
                 klass, _, metric = name.decode(errors="replace").rpartition("|")
                 if needle and needle not in klass.lower():
@@ -131,19 +130,13 @@ class Metrics:
     def for_job(self, klass: str, minutes: int = 60) -> JobHistogram:
         """One class: its totals per minute and the histogram of its run times."""
         times = self._minutes(minutes)
-        redis = redis_of(self.config)
-        pipe = redis.pipeline(transaction=False)
-        rest = [("u16", f"#{i}") for i in range(1, len(BUCKETS) + 1)]
-        for at in times:
-            pipe.hmget(bucket_key(self.config, at), [f"{klass}|{m}" for m in ("p", "f", "ms")])
-            pipe.bitfield_ro(histogram_key(self.config, klass, at), "u16", "#0", items=rest)
-        replies = pipe.execute()
+        replies = self.config.store.metric_job(klass, times, len(BUCKETS) + 1)
         metrics = JobMetrics.empty(klass, minutes)
         per_minute: list[list[int]] = []
-        for index in range(minutes):
-            for metric, value in zip(("p", "f", "ms"), replies[2 * index], strict=True):
+        for index, (values, gram) in enumerate(replies):
+            for metric, value in zip(("p", "f", "ms"), values, strict=True):
                 metrics.add(metric, index, int_or_zero(value))
-            per_minute.append([int_or_zero(n) for n in replies[2 * index + 1]])
+            per_minute.append([int_or_zero(n) for n in gram])
         counts = [sum(column) for column in zip(*per_minute, strict=True)]
         return JobHistogram(klass, times, metrics, LABELS, counts, per_minute)
 
@@ -169,16 +162,8 @@ def job_totals(config: Config | None = None) -> list[JobTotals]:
 
     Only kiq processes write these (Ruby Sidekiq keeps its per-minute buckets only).
     """
-    config = config_or_default(config)
-    redis = redis_of(config)
-    classes = sorted(
-        k.decode(errors="replace") for k in redis.zrange(totals_index_key(config), 0, -1)
-    )
-    pipe = redis.pipeline(transaction=False)
-    for klass in classes:
-        pipe.hgetall(totals_key(config, klass))
     found: list[JobTotals] = []
-    for klass, raw in zip(classes, pipe.execute(), strict=True):
+    for klass, raw in config_or_default(config).store.totals():
         if not raw:
             continue  # expired since the ZRANGE; pruned at the next flush
         processed: dict[str, int] = {}
@@ -200,9 +185,6 @@ def job_totals(config: Config | None = None) -> list[JobTotals]:
 
 
 # -- Deploy marks (Sidekiq 7's Sidekiq::Deploy) ------------------------------------------
-
-DEPLOY_MARK_TTL: Final = 90 * 86400  # seconds a day's marks are kept (Sidekiq: MARK_TTL)
-DEPLOY_LOCK_TTL: Final = 60  # seconds during which a label is marked at most once
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,16 +213,7 @@ def deploy_mark(label: str, at: datetime | None = None, config: Config | None = 
     config = config_or_default(config)
     whence = (at or datetime.now(UTC)).astimezone(UTC).replace(second=0, microsecond=0)
     stamp = whence.strftime("%Y-%m-%dT%H:%M:%SZ")  # Ruby's Time#iso8601 for UTC
-    redis = redis_of(config)
-    prefix = config.key_prefix
-    if not redis.set(f"{prefix}deploylock-{label}", stamp, nx=True, ex=DEPLOY_LOCK_TTL):
-        return False
-    key = f"{prefix}{whence:%Y%m%d}-marks"
-    pipe = redis.pipeline(transaction=True)
-    pipe.hsetnx(key, stamp, label)
-    pipe.expire(key, DEPLOY_MARK_TTL)
-    pipe.execute()
-    return True
+    return config.store.deploy_mark(label, stamp, whence.date())
 
 
 def deploy_marks(
@@ -259,11 +232,8 @@ def deploy_marks(
     while day <= until.date():
         days.append(day)
         day += timedelta(days=1)
-    pipe = redis_of(config).pipeline(transaction=False)
-    for day in days:
-        pipe.hgetall(f"{config.key_prefix}{day:%Y%m%d}-marks")
     marks: list[DeployMark] = []
-    for raw in pipe.execute():
+    for raw in config.store.deploy_marks(days):
         for stamp, label in raw.items():
             try:
                 at = datetime.fromisoformat(stamp.decode().replace("Z", "+00:00"))

@@ -22,8 +22,6 @@ from kiq.api.base import (
     float_or_none,
     int_or_zero,
     parse_job,
-    redis_of,
-    set_members,
     to_datetime,
 )
 from kiq.api.queue import JobRecord
@@ -141,11 +139,7 @@ class Process:
                 f"process {self.identity} is embedded in an application and ignores remote "
                 f"signals; quiet or stop it through that application instead"
             )
-        key = self.config.keys.signals(self.identity)
-        pipe = redis_of(self.config).pipeline(transaction=True)
-        pipe.lpush(key, name)
-        pipe.expire(key, SIGNAL_TTL)
-        pipe.execute()
+        self.config.store.signal(self.identity, name, SIGNAL_TTL)
 
 
 class ProcessSet:
@@ -170,39 +164,27 @@ class ProcessSet:
         A process that died without clearing itself stays in the set until someone
         prunes it (Sidekiq: ProcessSet.new, at most once a minute in 6.5+).
         """
-        k = self.config.keys
-        redis = redis_of(self.config)
-        identities = set_members(self.config, k.processes)
-        pipe = redis.pipeline(transaction=False)
-        for identity in identities:
-            pipe.hexists(k.process(identity), "info")
-        alive = pipe.execute()
-        dead = [i for i, ok in zip(identities, alive, strict=True) if not ok]
-        return int(redis.srem(k.processes, *dead)) if dead else 0
+        return self.config.store.prune_processes()
 
     @classmethod
     def get(cls, identity: str, config: Config | None = None) -> Process | None:
         """One process by identity, or None if it is not registered and alive."""
         config = config_or_default(config)
-        pipe = redis_of(config).pipeline(transaction=True)
-        pipe.sismember(config.keys.processes, identity)
-        pipe.hmget(config.keys.process(identity), PROCESS_FIELDS)
-        member, values = pipe.execute()
-        return Process.from_hash(identity, values, config) if member else None
+        values = config.store.process_get(identity, PROCESS_FIELDS)
+        return Process.from_hash(identity, values, config) if values is not None else None
 
     def __iter__(self) -> Iterator[Process]:
-        k = self.config.keys
-        identities = set_members(self.config, k.processes)
-        pipe = redis_of(self.config).pipeline(transaction=False)
-        for identity in identities:
-            pipe.hmget(k.process(identity), PROCESS_FIELDS)
-        for identity, values in zip(identities, pipe.execute(), strict=True):
+        store = self.config.store
+        identities = store.process_identities()
+        for identity, values in zip(
+            identities, store.process_fields(identities, PROCESS_FIELDS), strict=True
+        ):
             if (process := Process.from_hash(identity, values, self.config)) is not None:
                 yield process
 
     def size(self) -> int:
         """SCARD ``processes`` (after the constructor's prune)."""
-        return int(redis_of(self.config).scard(self.config.keys.processes))
+        return self.config.store.process_count()
 
     def total_concurrency(self) -> int:
         """Σ threads of every live process."""
@@ -214,8 +196,7 @@ class ProcessSet:
 
     def leader(self) -> str | None:
         """The Sidekiq Enterprise leader's identity, if one is elected."""
-        value = redis_of(self.config).get(self.config.keys.leader)
-        return value.decode() if value else None
+        return self.config.store.leader()
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,16 +234,10 @@ class WorkSet:
         self.config = config_or_default(config)
 
     def __iter__(self) -> Iterator[tuple[str, str, Work]]:
-        k = self.config.keys
-        identities = set_members(self.config, k.processes)
-        pipe = redis_of(self.config).pipeline(transaction=False)
-        for identity in identities:
-            pipe.hgetall(k.work(identity))
-            pipe.hgetall(k.workers(identity))
-        replies = pipe.execute()
+        store = self.config.store
+        identities = store.process_identities()
         works: list[Work] = []
-        for index, identity in enumerate(identities):
-            threads = replies[2 * index] or replies[2 * index + 1]
+        for identity, threads in zip(identities, store.busy_jobs(identities), strict=True):
             for tid, value in threads.items():
                 if (work := self._work(identity, tid.decode(), value)) is not None:
                     works.append(work)
@@ -299,23 +274,8 @@ class WorkSet:
 def progress(jids: list[str], config: Config | None = None) -> dict[str, dict[str, Any]]:
     """The last progress each job reported (``Job.progress``), by jid; none: left out.
 
-    One pipelined HGETALL of ``kiq|progress|<jid>`` per job; each value has
-    ``percent`` (0-100), ``message``, ``class`` and ``at`` (epoch seconds).
+    One pipelined HGETALL of ``kiq|progress|<jid>`` per job (``Store.read_progress``,
+    which ``kiq.job.read_progress`` reads too); each value has ``percent`` (0-100),
+    ``message``, ``class`` and ``at`` (epoch seconds).
     """
-    config = config_or_default(config)
-    pipe = redis_of(config).pipeline(transaction=False)
-    for jid in jids:
-        pipe.hgetall(config.keys.progress(jid))
-    found: dict[str, dict[str, Any]] = {}
-    for jid, raw in zip(jids, pipe.execute(), strict=True):
-        if not raw:
-            continue
-        data = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
-        found[jid] = {
-            "jid": jid,
-            "percent": float_or_none(data.get("percent")) or 0.0,
-            "message": data.get("message", ""),
-            "class": data.get("class", ""),
-            "at": float_or_none(data.get("at")) or 0.0,
-        }
-    return found
+    return config_or_default(config).store.read_progress(jids)

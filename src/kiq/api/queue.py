@@ -20,8 +20,6 @@ from kiq.api.base import (
     config_or_default,
     latency_of,
     parse_job,
-    redis_of,
-    set_members,
     str_or_none,
     to_datetime,
 )
@@ -60,15 +58,15 @@ class Queue:
     def all(cls, config: Config | None = None) -> list[Queue]:
         """Every queue in the ``queues`` set, by name (a push always SADDs it there)."""
         config = config_or_default(config)
-        return [cls(name, config) for name in set_members(config, config.keys.queues)]
+        return [cls(name, config) for name in config.store.queue_names()]
 
     def size(self) -> int:
         """Jobs waiting (LLEN)."""
-        return int(redis_of(self.config).llen(self.key))
+        return self.config.store.queue_size(self.name)
 
     def latency(self, now: float | None = None) -> float:
         """Seconds the oldest job has waited (its ``enqueued_at``); 0.0 when empty."""
-        oldest = redis_of(self.config).lindex(self.key, -1)
+        oldest = self.config.store.queue_oldest(self.name)
         if oldest is None:
             return 0.0
         return latency_of(parse_job(oldest)[0], wire.now() if now is None else now)
@@ -81,12 +79,12 @@ class Queue:
     def _raw_pages(self) -> Iterator[list[bytes]]:
         # Sidekiq's Queue#each: pages of 50 from the head, shifted back by however
         # many jobs left the list meanwhile, so deleting while iterating skips none.
-        redis = redis_of(self.config)
+        store = self.config.store
         initial = self.size()
         page = deleted = 0
         while True:
             start = max(page * PAGE_SIZE - deleted, 0)
-            raws = redis.lrange(self.key, start, start + PAGE_SIZE - 1)
+            raws = store.queue_range(self.name, start, start + PAGE_SIZE - 1)
             if not raws:
                 return
             page += 1
@@ -102,9 +100,9 @@ class Queue:
             return []
         end = start + count - 1
         if reverse:
-            raws = redis_of(self.config).lrange(self.key, -end - 1, -start - 1)[::-1]
+            raws = self.config.store.queue_range(self.name, -end - 1, -start - 1)[::-1]
         else:
-            raws = redis_of(self.config).lrange(self.key, start, end)
+            raws = self.config.store.queue_range(self.name, start, end)
         return [JobRecord(raw, self.name, self.config) for raw in raws]
 
     def find_job(self, jid: str) -> JobRecord | None:
@@ -118,22 +116,19 @@ class Queue:
 
     def clear(self) -> None:
         """Drop every job and the name from ``queues`` (MULTI UNLINK + SREM)."""
-        pipe = redis_of(self.config).pipeline(transaction=True)
-        pipe.unlink(self.key)
-        pipe.srem(self.config.keys.queues, self.name)
-        pipe.execute()
+        self.config.store.queue_clear(self.name)
 
     def paused(self) -> bool:
         """Is the queue in kiq's paused set? (kiq workers honour it; Sidekiq OSS does not.)"""
-        return bool(redis_of(self.config).sismember(self.config.keys.paused, self.name))
+        return self.config.store.is_paused(self.name)
 
     def pause(self) -> None:
         """Stop kiq workers fetching from this queue, within one heartbeat."""
-        redis_of(self.config).sadd(self.config.keys.paused, self.name)
+        self.config.store.pause(self.name)
 
     def unpause(self) -> None:
         """Let kiq workers fetch from this queue again."""
-        redis_of(self.config).srem(self.config.keys.paused, self.name)
+        self.config.store.unpause(self.name)
 
 
 class JobRecord:
@@ -251,8 +246,7 @@ class JobRecord:
         """Remove this exact job from its queue (LREM needs the stored bytes)."""
         if self.queue is None:
             return False
-        removed = redis_of(self.config).lrem(self.config.keys.queue(self.queue), 1, self.raw)
-        return bool(removed)
+        return self.config.store.queue_remove(self.queue, self.raw)
 
 
 def _active_job_args(wrapped: object, args: list[Any]) -> list[Any]:

@@ -1,9 +1,12 @@
 """The sorted sets of jobs: ``schedule``, ``retry`` and ``dead`` (and the recurring jobs).
 
 Why their own module: entries are found by score and jid (several jobs may share a
-score), moved with ZPOPMIN/ZREM so that only one caller ever gets a member, and pushed
-back where they were if a push fails, so no admin action can lose or double a job
-(Sidekiq's ``SortedSet``, ``JobSet``, ``ScheduledSet``, ``RetrySet``, ``DeadSet``).
+score), and every move out of a set is one step in Redis: to a queue, the job is
+prepared first (client middleware run, nothing written), then removed and pushed by
+one script (``Store.move_due``, the poller's); to ``dead``, removed and added by one
+script (``Store.set_kill``). Only the caller whose removal succeeds moves a member, so
+no admin action can lose or double a job, even if its process dies mid-way (Sidekiq's
+``SortedSet``, ``JobSet``, ``ScheduledSet``, ``RetrySet``, ``DeadSet``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from kiq import payload as wire
-from kiq.api.base import PAGE_SIZE, config_or_default, parse_job, redis_of, to_epoch
+from kiq.api.base import PAGE_SIZE, config_or_default, parse_job, to_epoch
 from kiq.api.queue import JobRecord
 from kiq.client import Client
 from kiq.config import Config
@@ -22,7 +25,7 @@ from kiq.errors import JobNotFound, PayloadError
 from kiq.payload import Payload
 
 if TYPE_CHECKING:
-    from kiq.recurring import CronSet
+    from kiq.crontab import CronSet
 
 log = logging.getLogger(__name__)
 
@@ -68,44 +71,55 @@ class SortedEntry(JobRecord):
         jid, or None if a client middleware stopped the push; raises JobNotFound if
         someone else moved the entry first.
         """
-        raw = self._take()
-        payload = wire.loads(raw)
-        count = payload.get("retry_count")
-        if isinstance(count, int) and not isinstance(count, bool):
-            payload["retry_count"] = count - 1
-        return self._push(payload, raw)
+        return self._to_queue(lower_retry_count=True)
 
     def add_to_queue(self) -> str | None:
         """Push the job to its queue now, unchanged (the Web UI's "Add to queue")."""
-        raw = self._take()
-        return self._push(wire.loads(raw), raw)
+        return self._to_queue(lower_retry_count=False)
 
     def kill(self) -> None:
         """Move the entry to the dead set (trimmed; death handlers are told)."""
-        DeadSet(self.config).kill(self._take())
+        wire.loads(self.raw)  # an unreadable member stays where it is
+        config = self.config
+        now = wire.now()
+        for member in self.parent.candidates(self.score, self.jid, prefer=self.raw):
+            if config.store.set_kill(
+                self.parent.name, member, now, config.dead_max_jobs, config.dead_timeout
+            ):
+                DeadSet(config).notify([member])
+                return
+        raise self.parent._gone(self.score, self.jid)
 
     def reschedule(self, at: datetime | float) -> None:
         """Give this member a new score; ZADD XX, so it never adds a second copy."""
         score = to_epoch(at)
-        pipe = redis_of(self.config).pipeline(transaction=True)
-        pipe.zadd(self.parent.name, {self.raw: score}, xx=True)
-        pipe.zscore(self.parent.name, self.raw)
-        if pipe.execute()[1] is None:
+        if not self.config.store.set_rescore(self.parent.name, self.raw, score):
             raise self.parent._gone(self.score, self.jid)
         self.score = score
 
-    def _take(self) -> bytes:
-        # Check before removing, so an unreadable member stays where it is.
-        wire.loads(self.raw)
-        return self.parent.remove(self.score, self.jid, prefer=self.raw)
+    def _to_queue(self, *, lower_retry_count: bool) -> str | None:
+        wire.loads(self.raw)  # an unreadable member stays where it is
+        client = Client(self.config)
+        for member in self.parent.candidates(self.score, self.jid, prefer=self.raw):
+            job = _prepare(client, wire.loads(member), lower_retry_count)
+            if self.config.store.move_due(self.parent.name, member, job):
+                return None if job is None else _jid(job)
+        raise self.parent._gone(self.score, self.jid)
 
-    def _push(self, payload: Payload, raw: bytes) -> str | None:
-        try:
-            return Client(self.config).push(payload)
-        except BaseException:
-            # Never lose a job: if the push failed, the member goes back where it was.
-            redis_of(self.config).zadd(self.parent.name, {raw: self.score})
-            raise
+
+def _prepare(client: Client, payload: Payload, lower_retry_count: bool) -> tuple[str, bytes] | None:
+    """The job to push for ``payload`` (None: a client middleware stopped it), unwritten.
+
+    A manual retry lowers ``retry_count`` by one: it must not use up the retry budget.
+    """
+    count = payload.get("retry_count")
+    if lower_retry_count and isinstance(count, int) and not isinstance(count, bool):
+        payload["retry_count"] = count - 1
+    return client.prepare(payload)
+
+
+def _jid(job: tuple[str, bytes]) -> str:
+    return str(wire.loads(job[1])["jid"])
 
 
 class JobSet:
@@ -123,10 +137,10 @@ class JobSet:
 
     def size(self) -> int:
         """Entries in the set (ZCARD)."""
-        return int(redis_of(self.config).zcard(self.name))
+        return self.config.store.set_size(self.name)
 
     def __iter__(self) -> Iterator[SortedEntry]:
-        redis = redis_of(self.config)
+        store = self.config.store
         initial = self.size()
         page = -1
         deleted = 0
@@ -137,7 +151,7 @@ class JobSet:
                 if start >= 0:
                     return
                 end = -1
-            entries = redis.zrange(self.name, start, end, withscores=True)
+            entries = store.set_range(self.name, start, end)
             if not entries:
                 return
             page -= 1
@@ -153,16 +167,13 @@ class JobSet:
         """
         if count <= 0 or start < 0:
             return []
-        entries = redis_of(self.config).zrange(
-            self.name, start, start + count - 1, desc=reverse, withscores=True
-        )
+        entries = self.config.store.set_range(self.name, start, start + count - 1, desc=reverse)
         return [SortedEntry(self, score, raw) for raw, score in entries]
 
     def scan(self, substr: str, count: int = SCAN_COUNT) -> Iterator[SortedEntry]:
         """Entries whose JSON contains ``substr`` (ZSCAN MATCH; a ``*`` in it is a glob)."""
         match = substr if "*" in substr else f"*{substr}*"
-        redis = redis_of(self.config)
-        for raw, score in redis.zscan_iter(self.name, match=match, count=count):
+        for raw, score in self.config.store.set_scan(self.name, match, count):
             yield SortedEntry(self, score, raw)
 
     def fetch(
@@ -170,7 +181,7 @@ class JobSet:
     ) -> list[SortedEntry]:
         """Entries at ``score`` (or within ``(min, max)``), optionally only this jid."""
         low, high = score if isinstance(score, tuple) else (score, score)
-        entries = redis_of(self.config).zrange(self.name, low, high, byscore=True, withscores=True)
+        entries = self.config.store.set_at_score(self.name, low, high)
         found = [SortedEntry(self, s, raw) for raw, s in entries]
         return [e for e in found if e.jid == jid] if jid is not None else found
 
@@ -183,12 +194,11 @@ class JobSet:
 
     def schedule(self, at: datetime | float, payload: Mapping[str, Any]) -> None:
         """Add a job to this set at ``at`` (ZADD)."""
-        redis_of(self.config).zadd(self.name, {wire.dumps(payload): to_epoch(at)})
+        self.config.store.set_add(self.name, {wire.dumps(payload): to_epoch(at)})
 
     def delete_by_value(self, raw: bytes | str) -> bool:
         """ZREM this exact member; False if it was not there."""
-        removed = redis_of(self.config).zrem(self.name, raw)
-        return bool(removed)
+        return self.config.store.set_remove(self.name, raw)
 
     def delete_by_jid(self, score: float, jid: str) -> bool:
         """Remove the job with this jid at this score (the Web UI's ``<score>-<jid>`` key)."""
@@ -201,24 +211,29 @@ class JobSet:
     def remove(self, score: float, jid: str | None, prefer: bytes | None = None) -> bytes:
         """Take the member at ``score`` whose jid matches (``prefer`` first); return it.
 
-        Sidekiq finds entries by score + jid because several jobs may share a score.
         Only the caller whose ZREM succeeds gets the member, so a job that the poller
         (or another admin) took at the same moment is never pushed twice.
         """
-        redis = redis_of(self.config)
-        members = redis.zrange(self.name, score, score, byscore=True)
-        candidates = [prefer] if prefer is not None and prefer in members else []
+        for member in self.candidates(score, jid, prefer):
+            if self.config.store.set_remove(self.name, member):
+                return member
+        raise self._gone(score, jid)
+
+    def candidates(self, score: float, jid: str | None, prefer: bytes | None = None) -> list[bytes]:
+        """The members at ``score`` whose jid matches, ``prefer`` first (if still there).
+
+        Sidekiq finds entries by score + jid because several jobs may share a score.
+        """
+        members = [raw for raw, _ in self.config.store.set_at_score(self.name, score, score)]
+        found = [prefer] if prefer is not None and prefer in members else []
         if jid is not None:
             needle = jid.encode()
-            candidates += [
+            found += [
                 m
                 for m in members
                 if m != prefer and needle in m and parse_job(m)[0].get("jid") == jid
             ]
-        for member in candidates:
-            if redis.zrem(self.name, member):
-                return member
-        raise self._gone(score, jid)
+        return found
 
     def _gone(self, score: float, jid: str | None) -> JobNotFound:
         return JobNotFound(
@@ -228,7 +243,7 @@ class JobSet:
 
     def clear(self) -> None:
         """Drop every entry (UNLINK)."""
-        redis_of(self.config).unlink(self.name)
+        self.config.store.set_clear(self.name)
 
     def delete_all(self) -> None:
         """The Web UI's "Delete All": the same as ``clear()``."""
@@ -237,9 +252,10 @@ class JobSet:
     def retry_all(self) -> int:
         """Push every entry to its queue with ``retry_count`` lowered by one; return how many.
 
-        ZPOPMIN one at a time, as Sidekiq 7.3.5+, bounded by the size at the start so
-        entries added meanwhile wait for the next call. A member that is not a job is
-        put back; a failed push puts its member back and raises.
+        One at a time from the lowest score, as Sidekiq 7.3.5+, bounded by the size at
+        the start so entries added meanwhile wait for the next call; each is removed and
+        pushed in one step (``Store.move_due``). A member that is not a job stays; a
+        failed push (a middleware raising, Redis away) leaves its member and raises.
         """
         return self._push_all(lower_retry_count=True)
 
@@ -248,34 +264,23 @@ class JobSet:
         return self._push_all(lower_retry_count=False)
 
     def _push_all(self, *, lower_retry_count: bool) -> int:
-        redis = redis_of(self.config)
+        store = self.config.store
         client = Client(self.config)
-        skipped: dict[bytes, float] = {}
-        pushed = 0
-        try:
-            for _ in range(self.size()):
-                popped = redis.zpopmin(self.name, 1)
-                if not popped:
-                    break
-                raw, score = popped[0]
-                try:
-                    payload = wire.loads(raw)
-                except PayloadError:
-                    log.warning("retry_all: %s holds a member that is not a job", self.name)
-                    skipped[raw] = score
-                    continue
-                count = payload.get("retry_count")
-                if lower_retry_count and isinstance(count, int) and not isinstance(count, bool):
-                    payload["retry_count"] = count - 1
-                try:
-                    client.push(payload)
-                except BaseException:
-                    skipped[raw] = score
-                    raise
+        skipped = pushed = 0  # members that are not jobs stay, lowest first
+        for _ in range(self.size()):
+            entries = store.set_range(self.name, skipped, skipped)
+            if not entries:
+                break
+            raw = entries[0][0]
+            try:
+                payload = wire.loads(raw)
+            except PayloadError:
+                log.warning("retry_all: %s holds a member that is not a job", self.name)
+                skipped += 1
+                continue
+            job = _prepare(client, payload, lower_retry_count)
+            if store.move_due(self.name, raw, job):  # False: someone else moved it
                 pushed += 1
-        finally:
-            if skipped:
-                redis.zadd(self.name, skipped)
         return pushed
 
 
@@ -285,21 +290,25 @@ class _PendingSet(JobSet):
     def kill_all(self, *, notify: bool = False) -> int:
         """Move every entry to the dead set, trimming once at the end; return how many.
 
-        ZPOPMIN in batches, then one MULTI adding them to ``dead`` (Sidekiq 7.3.5+ does
-        the same one at a time, without telling the death handlers by default).
+        In batches of KILL_BATCH, each moved in one step (``Store.set_kill_lowest``:
+        ZPOPMIN + ZADD dead in one script), as Sidekiq 7.3.5+ does one at a time,
+        without telling the death handlers by default.
         """
-        redis = redis_of(self.config)
-        dead = DeadSet(self.config)
+        config = self.config
+        dead = DeadSet(config)
         moved = 0
         remaining = self.size()
         try:
             while remaining > 0:
-                popped = redis.zpopmin(self.name, min(KILL_BATCH, remaining))
-                if not popped:
+                batch = config.store.set_kill_lowest(
+                    self.name, min(KILL_BATCH, remaining), wire.now()
+                )
+                if not batch:
                     break
-                remaining -= len(popped)
-                dead.bury([raw for raw, _ in popped], notify=notify, trim=False)
-                moved += len(popped)
+                remaining -= len(batch)
+                moved += len(batch)
+                if notify:
+                    dead.notify(batch)
         finally:
             dead.trim()
         return moved
@@ -376,25 +385,23 @@ class DeadSet(JobSet):
     ) -> None:
         """Add several raw jobs in one MULTI, then notify (the engine of kill/kill_all)."""
         now = wire.now() if now is None else now
-        pipe = redis_of(self.config).pipeline(transaction=True)
-        pipe.zadd(self.name, dict.fromkeys(raws, now))
-        if trim:
-            self._trim(pipe, now)
-        pipe.execute()
+        config = self.config
+        config.store.bury(raws, now, config.dead_max_jobs, config.dead_timeout, trim=trim)
         if notify:
-            error = exc or RuntimeError("Job killed by API")
-            for raw in raws:
-                self._notify(parse_job(raw)[0], error)
+            self.notify(raws, exc)
+
+    def notify(self, raws: list[bytes], exc: BaseException | None = None) -> None:
+        """Call ``config.death_handlers`` for each job (``RuntimeError("Job killed by
+        API")`` as Sidekiq passes, unless ``exc``); a failing handler is logged."""
+        error = exc or RuntimeError("Job killed by API")
+        for raw in raws:
+            self._notify(parse_job(raw)[0], error)
 
     def trim(self, now: float | None = None) -> None:
         """Drop entries older than ``dead_timeout`` and all but the newest ``dead_max_jobs``."""
-        pipe = redis_of(self.config).pipeline(transaction=True)
-        self._trim(pipe, wire.now() if now is None else now)
-        pipe.execute()
-
-    def _trim(self, pipe: Any, now: float) -> None:
-        pipe.zremrangebyscore(self.name, "-inf", now - self.config.dead_timeout)
-        pipe.zremrangebyrank(self.name, 0, -(self.config.dead_max_jobs + 1))
+        config = self.config
+        now = wire.now() if now is None else now
+        config.store.trim_dead(now, config.dead_max_jobs, config.dead_timeout)
 
     def _notify(self, payload: Payload, exc: BaseException) -> None:
         for handler in self.config.death_handlers:
@@ -405,11 +412,11 @@ class DeadSet(JobSet):
 
 
 def cron_set(config: Config | None = None) -> CronSet:
-    """The recurring jobs (``kiq.recurring.CronSet``: list, enable/disable, enqueue now).
+    """The recurring jobs (``kiq.crontab.CronSet``: list, enable/disable, enqueue now).
 
     Imported on first use: recurring jobs bring the cron parser, which the rest of the
     admin API does not need.
     """
-    from kiq.recurring import CronSet
+    from kiq.crontab import CronSet
 
     return CronSet(config_or_default(config))

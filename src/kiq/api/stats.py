@@ -19,8 +19,6 @@ from kiq.api.base import (
     int_or_zero,
     latency_of,
     parse_job,
-    redis_of,
-    set_members,
 )
 from kiq.config import Config
 
@@ -46,16 +44,8 @@ class Stats:
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config_or_default(config)
-        k = self.config.keys
-        pipe = redis_of(self.config).pipeline(transaction=False)
-        pipe.get(k.stat("processed"))
-        pipe.get(k.stat("failed"))
-        pipe.zcard(k.schedule)
-        pipe.zcard(k.retry)
-        pipe.zcard(k.dead)
-        pipe.scard(k.processes)  # may count a dead process until ProcessSet prunes it
-        pipe.lindex(k.queue("default"), -1)
-        replies = pipe.execute()
+        # processes_size may count a dead process until ProcessSet prunes it
+        replies = self.config.store.stats()
         self.processed, self.failed, self.scheduled_size, self.retry_size = map(
             int_or_zero, replies[:4]
         )
@@ -76,11 +66,8 @@ class Stats:
 
     def queues(self) -> dict[str, int]:
         """Queue name -> size, largest first (ties by name)."""
-        names = set_members(self.config, self.config.keys.queues)
-        pipe = redis_of(self.config).pipeline(transaction=False)
-        for name in names:
-            pipe.llen(self.config.keys.queue(name))
-        sizes = pipe.execute()
+        names = self.config.store.queue_names()
+        sizes = self.config.store.queue_sizes(names)
         return dict(sorted(zip(names, sizes, strict=True), key=lambda p: (-p[1], p[0])))
 
     def reset(self, *names: str) -> None:
@@ -89,7 +76,7 @@ class Stats:
         unknown = set(chosen) - {"processed", "failed"}
         if unknown:
             raise ValueError(f"Stats.reset: {sorted(unknown)} unknown; use 'processed', 'failed'")
-        redis_of(self.config).mset({self.config.keys.stat(name): 0 for name in chosen})
+        self.config.store.reset_stats(chosen)
         for name in chosen:
             setattr(self, name, 0)
 
@@ -125,8 +112,7 @@ class History:
 
     def _by_date(self, kind: str) -> dict[str, int]:
         days = [self.start_date - timedelta(days=i) for i in range(self.days)]
-        keys = [self.config.keys.stat_daily(kind, day) for day in days]
-        values = redis_of(self.config).mget(keys)
+        values = self.config.store.daily_stats(kind, days)
         return {day.isoformat(): int_or_zero(v) for day, v in zip(days, values, strict=True)}
 
 
@@ -146,19 +132,13 @@ def queue_summaries(config: Config | None = None, now: float | None = None) -> l
     Sidekiq 8.1's ``Stats#queue_summaries``: LLEN, LINDEX -1 and SISMEMBER per queue.
     """
     config = config_or_default(config)
-    names = set_members(config, config.keys.queues)
-    pipe = redis_of(config).pipeline(transaction=False)
-    for name in names:
-        pipe.llen(config.keys.queue(name))
-        pipe.lindex(config.keys.queue(name), -1)
-        pipe.sismember(config.keys.paused, name)
-    replies = pipe.execute()
+    names = config.store.queue_names()
+    rows = config.store.queue_summaries(names)
     now = wire.now() if now is None else now
     summaries = []
-    for index, name in enumerate(names):
-        size, oldest, paused = replies[3 * index : 3 * index + 3]
+    for name, (size, oldest, paused) in zip(names, rows, strict=True):
         latency = latency_of(parse_job(oldest)[0], now) if oldest else 0.0
-        summaries.append(QueueSummary(name, int_or_zero(size), latency, bool(paused)))
+        summaries.append(QueueSummary(name, size, latency, paused))
     return summaries
 
 
@@ -176,7 +156,7 @@ class RedisInfo:
 
 def redis_info(config: Config | None = None) -> RedisInfo:
     """The server's name, version, uptime, clients and memory (one INFO)."""
-    info = redis_of(config_or_default(config)).info()
+    info = config_or_default(config).store.info()
     server = "Redis"
     if "valkey_version" in info or info.get("server_name") == "valkey":
         server = "Valkey"

@@ -14,10 +14,17 @@ exceptions, and the idle health check (timed here by the lane's own clock, as re
 times it per read). It is part of the store's seam: only ``kiq.store`` uses it.
 Without hiredis (a platform with no wheel) every call returns None and the store uses
 the pool.
+
+Private redis-py API: the lane reads a connection's ``_parser`` (and, for asyncio, its
+``_writer``), which redis-py does not promise to keep. So ``pyproject.toml`` pins
+redis-py to the majors this module is tested on (``TESTED_REDIS_PY``; tests/test_lane.py
+fails on any other), and a connection without them turns the lane off with one warning:
+every call then returns None and the store uses the pool, slower but correct.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -36,6 +43,36 @@ except ImportError:  # pragma: no cover - redis[hiredis] installs it on every pl
     _pack = None
 
 _NEVER: Final = float("inf")
+# redis-py majors the lane is tested on, low inclusive, high exclusive; pyproject.toml
+# pins ``redis`` to the same range (tests/test_lane.py checks both).
+TESTED_REDIS_PY: Final = (5, 9)
+# The private attributes the lane reads (names kept here so a test can take them away).
+PARSER: Final = "_parser"
+WRITER: Final = "_writer"
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _private_api(conn: Any, *names: str) -> bool:
+    """Has ``conn`` the private attributes the lane reads? If not, warn once per process."""
+    if all(hasattr(conn, name) for name in names):
+        return True
+    import redis  # local: only for the message
+
+    if type(conn).__name__ not in _warned:
+        _warned.add(type(conn).__name__)
+        log.warning(
+            "redis-py %s: %s has no %s; single pushes take the connection pool instead "
+            "(slower). kiq is tested with redis-py %d.x to %d.x: install one of those.",
+            redis.__version__,
+            type(conn).__name__,
+            " / ".join(names),
+            TESTED_REDIS_PY[0],
+            TESTED_REDIS_PY[1] - 1,
+        )
+    return False
+
 
 # Every Lane of this process, reset in a forked child before any of its threads runs:
 # the parent's socket and lock are not the child's (a per-call pid check raced when two
@@ -56,7 +93,7 @@ def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
     """Write ``packed`` on ``conn`` (connecting if needed) and read ``count`` replies."""
     try:
         conn.send_packed_command([packed], check_health=False)
-        parser = conn._parser  # its read_response: redis-py's, minus ~12 us of wrapping
+        parser = getattr(conn, PARSER)  # its read_response: redis-py's, minus ~12 us of wrapping
         return [parser.read_response() for _ in range(count)]
     except OSError as exc:  # a bare socket error from the parser's recv
         conn.disconnect()
@@ -71,7 +108,7 @@ class Lane:
 
     Example::
 
-        lane = Lane(store.redis.connection_pool)
+        lane = Lane(client.connection_pool)  # in kiq.store: the pooled client's
         replies = lane.call([("SADD", "queues", "default"), ("LPUSH", "queue:default", raw)])
         if replies is None:
             ...  # busy: use the pool
@@ -82,8 +119,9 @@ class Lane:
         self._resend = resend
         self._lock = threading.Lock()
         self._conn: Any = None
-        self._check_after = 0.0
-        _lanes.add(self)  # monotonic; check the held connection's health after this
+        self._check_after = 0.0  # monotonic; check the held connection's health after this
+        self._off = False  # redis-py without the private API the lane reads
+        _lanes.add(self)
 
     def call(self, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
         """Send ``commands`` in one write and return their replies; None if the lane is busy.
@@ -94,12 +132,17 @@ class Lane:
         redis-py's ConnectionError or TimeoutError; the next call reconnects.
         """
         lock = self._lock
-        if _pack is None or not lock.acquire(blocking=False):
+        if _pack is None or self._off or not lock.acquire(blocking=False):
             return None
         try:
             conn = self._conn
             if conn is None:
-                conn = self._conn = self._pool.get_connection()
+                conn = self._pool.get_connection()
+                if not _private_api(conn, PARSER):
+                    self._off = True
+                    self._pool.release(conn)
+                    return None
+                self._conn = conn
             now = time.monotonic()
             if now >= self._check_after:  # idle too long: redis-py PINGs, reconnects if dead
                 conn.check_health()
@@ -151,16 +194,22 @@ class AsyncLane:
         self._conn: Any = None
         self._busy = False  # one coroutine at a time; the others take the pool
         self._check_after = 0.0
+        self._off = False  # redis-py without the private API the lane reads
 
     async def call(self, commands: Sequence[Sequence[Any]]) -> list[Any] | None:
         """As ``Lane.call``; None while another coroutine of this loop is using it."""
-        if _pack is None or self._busy:
+        if _pack is None or self._busy or self._off:
             return None
         self._busy = True
         try:
             conn = self._conn
             if conn is None:
-                conn = self._conn = await self._pool.get_connection()
+                conn = await self._pool.get_connection()
+                if not _private_api(conn, PARSER, WRITER):
+                    self._off = True
+                    await self._pool.release(conn)
+                    return None
+                self._conn = conn
             now = time.monotonic()
             if not conn.is_connected:
                 await conn.connect()
@@ -184,11 +233,11 @@ class AsyncLane:
         import asyncio  # local: the sync engine never loads asyncio for this module
 
         try:
-            writer = conn._writer
+            writer = getattr(conn, WRITER)
             writer.write(packed)
             if writer.transport.get_write_buffer_size() > _HIGH_WATER:
                 await writer.drain()
-            parser = conn._parser
+            parser = getattr(conn, PARSER)
             async with asyncio.timeout(self._timeout):
                 return [await parser.read_response() for _ in range(count)]
         except TimeoutError as exc:

@@ -1,0 +1,67 @@
+"""Store: kiq's one seam to Redis. Every Redis command of the engine, the admin API and
+the Web UI goes through it; nothing outside this package touches a redis-py object.
+
+It is built from a URL and knows nothing of Config; components reach it as
+``config.store``. Key names come from ``kiq.keys.Keys`` only. Each file has one job:
+
+  * ``connection``: URLs, the two pools, error sorting (``TRANSIENT_ERRORS``,
+    ``is_transient``, ``is_wrong_type``), failover retry, ``RedisUnavailable``, and
+    the Lua scripts (``lua/*.lua``, each with a KEYS/ARGV header, loaded once and run
+    by EVALSHA with a NOSCRIPT fallback);
+  * ``lane``: the held connection that makes a single push one write and one read;
+  * ``queues``: push, fetch, wait (BLMOVE), ack, requeue; a queue's admin reads;
+  * ``sets``: ``schedule``, ``retry``, ``dead``: adds, the poller's due-job move, the
+    dead-set trim, admin edits;
+  * ``processes``: heartbeat, signals, the process registry, orphan recovery;
+  * ``cron``: sidekiq-cron's hashes and the tick's claim + push (one Lua step);
+  * ``metrics``: ``stat:*`` counters, per-class metrics, totals, deploy marks;
+  * ``progress``: ``kiq|progress|<jid>``.
+
+Example::
+
+    store = Store("redis://localhost:6379/0", keys=Keys())
+    store.push([("default", b'{"class":"HardJob","args":[1],...}')])
+"""
+
+from __future__ import annotations
+
+from kiq.store.connection import (
+    BLOCK_SLACK,
+    CONNECT_TIMEOUT,
+    SENTINEL_SCHEME,
+    SOCKET_TIMEOUT,
+    TRANSIENT_ERRORS,
+    SentinelURL,
+    connect,
+    connect_async,
+    is_transient,
+    is_wrong_type,
+    redact,
+)
+from kiq.store.cron import Cron
+from kiq.store.metrics import Counters
+from kiq.store.processes import Processes
+from kiq.store.progress import Progress
+from kiq.store.queues import Queues, by_queue
+from kiq.store.sets import Sets
+
+
+class Store(Queues, Sets, Processes, Cron, Counters, Progress):
+    """Redis access for kiq: each base class is one file of this package (see above)."""
+
+
+__all__ = [
+    "BLOCK_SLACK",
+    "CONNECT_TIMEOUT",
+    "SENTINEL_SCHEME",
+    "SOCKET_TIMEOUT",
+    "TRANSIENT_ERRORS",
+    "SentinelURL",
+    "Store",
+    "by_queue",
+    "connect",
+    "connect_async",
+    "is_transient",
+    "is_wrong_type",
+    "redact",
+]

@@ -1,0 +1,292 @@
+"""Queues: push, fetch, wait, acknowledge and requeue jobs; the admin reads of a queue.
+
+Why one file: this is the job's path through Redis (issue 5's hot path). A push is
+``SADD queues`` + ``LPUSH queue:<q>`` in one round trip on the lane; a fetch is one
+Lua call that acknowledges finished jobs and takes new ones into this process's
+in-progress lists (at-least-once: a taken job is always in Redis until acknowledged);
+an idle worker waits in BLMOVE, which moves the job straight into in-progress.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio
+from redis.exceptions import ReadOnlyError, ResponseError
+
+from kiq.store.connection import (
+    CONNECT_TIMEOUT,
+    SOCKET_TIMEOUT,
+    UNREACHABLE,
+    Connection,
+    connect_async,
+)
+from kiq.store.lane import AsyncLane, Lane
+
+
+def by_queue(jobs: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    """(queue, raw) pairs grouped by queue, in first-seen order."""
+    grouped: dict[str, list[bytes]] = {}
+    for queue, raw in jobs:
+        grouped.setdefault(queue, []).append(raw)
+    return grouped
+
+
+class Queues(Connection):
+    """The queue half of ``Store`` (see the module docstring)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self._wait_lanes = threading.local()  # a Lane per waiter thread (see wait)
+        self._async_lanes: weakref.WeakKeyDictionary[Any, AsyncLane] = weakref.WeakKeyDictionary()
+        self._async_clients: weakref.WeakKeyDictionary[Any, redis.asyncio.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _push_commands(self, jobs: Iterable[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
+        grouped = by_queue(jobs)
+        if not grouped:
+            return []
+        commands: list[tuple[Any, ...]] = [("SADD", self.keys.queues, *grouped)]
+        commands += [("LPUSH", self.keys.queue(q), *raws) for q, raws in grouped.items()]
+        return commands
+
+    # -- client side ------------------------------------------------------------------
+    def push(self, jobs: Sequence[tuple[str, bytes]]) -> None:
+        """SADD queues + LPUSH queue:<q>, one round trip for all jobs (Sidekiq: atomic_push).
+
+        The client's hot path (issue 5: perform_async one call at a time): the write
+        goes on the lane's held connection, or on the pool (packed commands, without
+        redis-py's Pipeline object) while another thread holds the lane. Plain
+        try/except rather than the ``translate_errors`` context manager: a web app
+        enqueues on cold caches, where each layer of Python shows.
+        """
+        try:
+            self._retry_once_on_failover(self._call, self._push_commands(jobs))
+        except UNREACHABLE as exc:
+            raise self.unavailable(exc) from exc
+
+    async def apush(
+        self, immediate: Sequence[tuple[str, bytes]], scheduled: Sequence[tuple[float, bytes]]
+    ) -> None:
+        """The asyncio form of push + schedule, for ``AsyncClient`` (one round trip)."""
+        client = self._async_client()
+        commands = self._push_commands(immediate)
+        if scheduled:
+            flat = [part for at, raw in scheduled for part in (repr(float(at)), raw)]
+            commands.append(("ZADD", self.keys.schedule, *flat))
+        # As in push(): the loop's lane, or packed commands on a pooled connection when
+        # another coroutine holds it; one round trip either way, no Pipeline object.
+        try:
+            if await self._async_lane(client).call(commands) is None:
+                await self._acall_pooled(client, commands)
+        except UNREACHABLE as exc:
+            raise self.unavailable(exc) from exc
+
+    @staticmethod
+    async def _acall_pooled(client: redis.asyncio.Redis, commands: list[tuple[Any, ...]]) -> None:
+        pool = client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    def _async_lane(self, client: redis.asyncio.Redis) -> AsyncLane:
+        lane = self._async_lanes.get(client)
+        if lane is None:
+            lane = self._async_lanes[client] = AsyncLane(client.connection_pool, SOCKET_TIMEOUT)
+        return lane
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        # One asyncio client per event loop: redis.asyncio connections are bound to the
+        # loop that opened them, and a web app may run several loops over its life.
+        import asyncio  # local: the sync engine never needs it
+
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = connect_async(
+                self.url,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                protocol=2,
+            )
+            self._async_clients[loop] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close the running loop's asyncio client (an ASGI lifespan's shutdown calls this).
+
+        Its connections are bound to the loop; left open when the loop ends, they are
+        reported as unclosed when garbage-collected (ResourceWarning).
+        """
+        import asyncio
+
+        client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            lane = self._async_lanes.pop(client, None)
+            if lane is not None:
+                await lane.close()
+            await client.aclose()
+
+    # -- fetch ------------------------------------------------------------------------
+    def fetch(
+        self,
+        identity: str,
+        queues: Sequence[str],
+        count: int,
+        acks: Sequence[tuple[str, bytes]] = (),
+        skipped: list[tuple[str, str]] | None = None,
+    ) -> list[tuple[str, bytes]]:
+        """Acknowledge ``acks`` (queue, raw) and take up to ``count`` jobs, in queue order.
+
+        A queue whose key (or in-progress key) holds another type is left out and, if
+        ``skipped`` is given, added to it as (queue, "<key>: <Redis's error>").
+        """
+        keys: list[str] = []
+        for queue in queues:
+            keys.append(self.keys.queue(queue))
+            keys.append(self.keys.inprogress(identity, queue))
+        args: list[Any] = [count, len(acks)]
+        for queue, raw in acks:
+            args.append(self.keys.inprogress(identity, queue))
+            args.append(raw)
+        reply = self._script("fetch")(keys=keys, args=args)
+        if reply and reply[0] == 0:  # rare: queues left out (see fetch.lua)
+            end = 2 + 2 * int(reply[1])
+            if skipped is not None:
+                for i in range(2, end, 2):
+                    skipped.append((queues[int(reply[i]) - 1], bytes(reply[i + 1]).decode()))
+            reply = reply[end:]
+        return [(queues[int(reply[i]) - 1], reply[i + 1]) for i in range(0, len(reply), 2)]
+
+    def wait(self, identity: str, queue: str) -> bytes | None:
+        """Block up to ``block_timeout`` for one job, moved straight into in-progress."""
+        # On the calling thread's own lane: a waiter's BLMOVE reply is the start of an
+        # idle worker's enqueue-to-start latency, and the lane reads it with the least
+        # Python in between (issue 5). Redis 6+ takes a float timeout.
+        lane: Lane | None = getattr(self._wait_lanes, "lane", None)
+        if lane is None:
+            # No resend: a waiter is woken on stop by closing its connection, and must
+            # not block again; it retries in its own loop (kiq.fetch, _wait_one).
+            lane = self._wait_lanes.lane = Lane(self._blocking.connection_pool, resend=False)
+        source, target = self.keys.queue(queue), self.keys.inprogress(identity, queue)
+        timeout = repr(float(self.block_timeout))
+        try:
+            replies = lane.call([("BLMOVE", source, target, "RIGHT", "LEFT", timeout)])
+            if replies is None:  # no hiredis: the plain client
+                replies = [self._blocking.blmove(source, target, timeout, "RIGHT", "LEFT")]  # type: ignore[arg-type]
+            result = replies[0]
+        except ResponseError as exc:
+            # A primary demoted to replica (REPLICAOF, failover) ends every blocked command
+            # with "UNBLOCKED ... (master -> replica?)": a failover, not a bug; callers back
+            # off and retry as for READONLY (issue 4).
+            if str(exc).startswith("UNBLOCKED"):
+                raise ReadOnlyError(str(exc)) from exc
+            raise
+        return result if isinstance(result, bytes) else None
+
+    def ack(self, identity: str, acks: Iterable[tuple[str, bytes]]) -> None:
+        """LREM each finished job from its in-progress list, one round trip. Not a MULTI:
+        each LREM stands alone, and one left undone (a crash) only runs that job again."""
+        pipe = self._pipeline()
+        for queue, raw in acks:
+            pipe.lrem(self.keys.inprogress(identity, queue), -1, raw)
+        pipe.execute()
+
+    def requeue(self, identity: str, queue: str, raws: Sequence[bytes]) -> int:
+        """Move these unfinished jobs (oldest first) from in-progress back to the tail of
+        their queue, so they are fetched again in their original order."""
+        keys = [self.keys.inprogress(identity, queue), self.keys.queue(queue)]
+        return int(self._script("requeue")(keys=keys, args=list(raws)))
+
+    def requeue_all(self, identity: str, queues: Iterable[str]) -> int:
+        """Move everything still in this identity's in-progress lists back to its queues."""
+        moved = 0
+        for queue in queues:
+            keys = [self.keys.inprogress(identity, queue), self.keys.queue(queue)]
+            moved += int(self._script("requeue_all")(keys=keys))
+        return moved
+
+    def register_fetcher(self, identity: str, queues_json: bytes) -> None:
+        """HSET kiq|fetchers (the heartbeat does it too, in its MULTI)."""
+        self._redis.hset(self.keys.fetchers, identity, queues_json)
+
+    def unregister_fetcher(self, identity: str) -> None:
+        self._redis.hdel(self.keys.fetchers, identity)
+
+    # -- admin reads and writes (kiq.api.Queue) -----------------------------------------
+    def queue_names(self) -> list[str]:
+        """Every name in the ``queues`` set (SSCAN, never blocking Redis), sorted."""
+        return self._set_members(self.keys.queues)
+
+    def _set_members(self, key: str) -> list[str]:
+        return sorted({m.decode() for m in self._r.sscan_iter(key)})
+
+    def queue_sizes(self, names: Sequence[str]) -> list[int]:
+        """LLEN of each queue, one pipeline."""
+        pipe = self._pipeline()
+        for name in names:
+            pipe.llen(self.keys.queue(name))
+        return [int(n) for n in pipe.execute()]
+
+    def queue_summaries(self, names: Sequence[str]) -> list[tuple[int, bytes | None, bool]]:
+        """(size, oldest job, paused) per queue: Sidekiq 8.1's LLEN, LINDEX -1, SISMEMBER."""
+        pipe = self._pipeline()
+        for name in names:
+            pipe.llen(self.keys.queue(name))
+            pipe.lindex(self.keys.queue(name), -1)
+            pipe.sismember(self.keys.paused, name)
+        replies = pipe.execute()
+        return [
+            (int(replies[i]), replies[i + 1], bool(replies[i + 2]))
+            for i in range(0, len(replies), 3)
+        ]
+
+    def queue_size(self, name: str) -> int:
+        return int(self._r.llen(self.keys.queue(name)))
+
+    def queue_oldest(self, name: str) -> bytes | None:
+        """The job at the tail (fetched next), or None when the queue is empty."""
+        oldest: bytes | None = self._r.lindex(self.keys.queue(name), -1)
+        return oldest
+
+    def queue_range(self, name: str, start: int, end: int) -> list[bytes]:
+        """LRANGE: jobs ``start``..``end`` (inclusive, negative from the tail), newest first."""
+        return list(self._r.lrange(self.keys.queue(name), start, end))
+
+    def queue_clear(self, name: str) -> None:
+        """Drop every job and the name from ``queues`` (MULTI UNLINK + SREM)."""
+        pipe = self._pipeline(transaction=True)
+        pipe.unlink(self.keys.queue(name))
+        pipe.srem(self.keys.queues, name)
+        pipe.execute()
+
+    def queue_remove(self, name: str, raw: bytes) -> bool:
+        """LREM one copy of this exact job."""
+        return bool(self._r.lrem(self.keys.queue(name), 1, raw))
+
+    def is_paused(self, name: str) -> bool:
+        return bool(self._r.sismember(self.keys.paused, name))
+
+    def pause(self, name: str) -> None:
+        self._r.sadd(self.keys.paused, name)
+
+    def unpause(self, name: str) -> None:
+        self._r.srem(self.keys.paused, name)
+
+    def in_progress_sizes(self, identity: str, names: Sequence[str]) -> list[int]:
+        """LLEN of this process's in-progress list of each queue (the demo's screen)."""
+        pipe = self._pipeline()
+        for name in names:
+            pipe.llen(self.keys.inprogress(identity, name))
+        return [int(n) for n in pipe.execute()]
