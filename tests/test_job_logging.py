@@ -177,6 +177,56 @@ def test_json_lines_have_the_context(config, worker):
     assert line["ctx"] == {"class": "LogJob", "jid": jid, "queue": "default"}
 
 
+class FailWith(kiq.Job, name="FailWith", retry=0):
+    def perform(self, message: str) -> None:
+        raise RuntimeError(message)
+
+
+def test_a_failed_jobs_line_carries_its_traceback(config, captured, worker):
+    """The fail line is one record with the exception (handlers get exc_info), and the
+    plain format writes its traceback under the line, as Sidekiq logs the backtrace."""
+    FailWith.perform_async("boom 7")
+    wait_until(lambda: any(m.startswith("fail") for m in captured.messages()))
+
+    (fail,) = [r for r in captured.records if r.getMessage().startswith("fail")]
+    assert fail.getMessage() == "fail: RuntimeError: boom 7"
+    assert fail.exc_info is not None
+    assert isinstance(fail.exc_info[1], RuntimeError)
+    text = kiq_log.PlainFormatter().format(fail)
+    assert text.splitlines()[0].endswith("WARNING: fail: RuntimeError: boom 7")
+    assert "Traceback (most recent call last):" in text
+    assert "raise RuntimeError(message)" in text
+
+
+def test_a_payload_cannot_forge_or_restyle_a_plain_line(config, r, worker):
+    """An error message from the payload's arguments with a newline, CR and ESC stays on
+    the fail line, escaped; ``wrapped`` does not replace ``class=``."""
+    stream = io.StringIO()
+    handler = kiq_log.BufferedHandler(stream)
+    handler.setFormatter(kiq_log.PlainFormatter())
+    handler.addFilter(kiq_log.ContextFilter())
+    forged = "boom\n2026-01-01T00:00:00.000Z pid=1 tid=1 class=Admin INFO: done\x1b[2J\r"
+    with attached(handler, "kiq.job"):
+        r.lpush(
+            "queue:default",
+            json.dumps({"class": "FailWith", "wrapped": "Admin::Billing", "jid": "j1",
+                        "args": [forged], "queue": "default", "retry": False}),
+        )  # fmt: skip
+        wait_until(lambda: (handler.flush(), "fail:" in stream.getvalue())[1])
+
+    records = [line for line in stream.getvalue().split("\n") if line[:1].isdigit()]
+    assert [line.rsplit(": ", 1)[-1] for line in records[:1]] == ["start"]
+    (fail,) = [line for line in records if " WARNING: fail:" in line]
+    assert " class=FailWith wrapped=Admin::Billing jid=j1 queue=default " in fail
+    assert fail.endswith(
+        "fail: RuntimeError: boom\\n2026-01-01T00:00:00.000Z pid=1 tid=1 class=Admin "
+        "INFO: done\\x1b[2J\\r"
+    )
+    assert "\x1b" not in stream.getvalue()
+    assert "\r" not in stream.getvalue()
+    assert not any(line.startswith("2026-01-01") for line in stream.getvalue().split("\n"))
+
+
 # -- structlog -------------------------------------------------------------------------------
 
 

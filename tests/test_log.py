@@ -5,6 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from kiq import log as kiq_log
 
@@ -101,3 +106,109 @@ def test_job_lines_reach_every_other_handler_as_records(monkeypatch) -> None:
         kiq_log._installed[:] = [None, []]
     assert [(r.getMessage(), r.kiq_ctx) for r in seen] == [("start", {"jid": "abc"})]
     assert stream.getvalue().rstrip().endswith("jid=abc INFO: start")
+
+
+# -- hostile payloads (issue 12) -----------------------------------------------------------
+
+FORGED = "x\n2026-01-01T00:00:00.000Z pid=1 tid=1 class=Admin INFO: done\r\x1b[2J\x85"
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z pid=")
+
+
+def plain(logger_call: Callable[[logging.Logger], None], **ctx: Any) -> str:
+    """What PlainFormatter writes for one call on a logger, inside a job context."""
+    stream = io.StringIO()
+    handler = kiq_log.BufferedHandler(stream)
+    handler.setFormatter(kiq_log.PlainFormatter())
+    handler.addFilter(kiq_log.ContextFilter())
+    logger = logging.getLogger("kiq.test-hostile")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with kiq_log.job_context(**ctx):
+            logger_call(logger)
+        handler.flush()
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+def assert_one_record(text: str) -> None:
+    """Exactly one line starts a record; the rest are indented continuations, and no
+    control character but newline and tab is left."""
+    lines = text.rstrip("\n").split("\n")
+    assert RECORD_START.match(lines[0])
+    assert all(line.startswith(kiq_log.INDENT) for line in lines[1:]), lines
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text)
+
+
+def test_a_payloads_control_characters_stay_escaped_in_the_context() -> None:
+    """class, jid and queue from a payload are written with \\n, \\r, \\x1b, C1 escaped:
+    a jid cannot forge a second line or restyle the terminal."""
+    out = plain(lambda log: log.info("start"), **{"class": "Job", "jid": FORGED, "queue": "q\n"})
+    assert out.count("\n") == 1
+    assert "jid=x\\n2026-01-01T00:00:00.000Z pid=1" in out
+    assert "\\r\\x1b[2J\\x85 queue=q\\n INFO: start" in out
+    assert_one_record(out)
+
+
+def test_arguments_of_a_one_line_message_stay_on_it() -> None:
+    """A one-line format's string (or exception) arguments are escaped: the code's format
+    decides the shape of the line, never the data; numbers still format as numbers."""
+    out = plain(
+        lambda log: log.warning("fail: %s: %s (%d, %.1f)", "E", ValueError(FORGED), 3, 0.25)
+    )
+    assert out.count("\n") == 1
+    assert out.rstrip().endswith("WARNING: fail: E: x\\n2026-01-01T00:00:00.000Z pid=1 tid=1 "
+                                 "class=Admin INFO: done\\r\\x1b[2J\\x85 (3, 0.2)")  # fmt: skip
+    assert_one_record(out)
+
+
+def test_a_multi_line_message_and_a_traceback_are_indented() -> None:
+    """A format that has a newline (TTIN's stacks) keeps it, and a traceback keeps its
+    lines, but every line after the first is indented: a newline in an exception's
+    message cannot start a record."""
+
+    def fail(log: logging.Logger) -> None:
+        try:
+            raise RuntimeError(FORGED)
+        except RuntimeError:
+            log.exception("thread %s\n%s", "main", "  File stack\n  more")
+
+    out = plain(fail)
+    assert_one_record(out)
+    lines = out.rstrip("\n").split("\n")
+    assert lines[0].endswith("ERROR: thread main")
+    assert lines[1:3] == [f"{kiq_log.INDENT}  File stack", f"{kiq_log.INDENT}  more"]
+    assert f"{kiq_log.INDENT}Traceback (most recent call last):" in lines
+    assert f"{kiq_log.INDENT}RuntimeError: x" in lines
+    forged = "2026-01-01T00:00:00.000Z pid=1 tid=1 class=Admin INFO: done\\r\\x1b[2J\\x85"
+    assert f"{kiq_log.INDENT}{forged}" in lines
+
+
+def test_printable_lines_are_unchanged() -> None:
+    """Ordinary text (tabs aside, which are escaped in fields) is written as it was."""
+    out = plain(lambda log: log.info("done %s", "ünïcode ok"), jid="abc", queue="default")
+    assert out.rstrip().endswith("jid=abc queue=default INFO: done ünïcode ok")
+    assert kiq_log.escape("a\tb") == "a\\tb"
+
+
+@pytest.mark.parametrize(
+    ("wrapped", "logged"),
+    [
+        ("ActionMailer::MailDeliveryJob", "ActionMailer::MailDeliveryJob"),
+        ("app.jobs.SendInvoice", "app.jobs.SendInvoice"),
+        ("Admin jid=forged", None),
+        ("Evil\nclass=Admin", None),
+        ("", None),
+        (["Admin"], None),
+        ("A" * 129, None),
+    ],
+)
+def test_the_logged_class_is_the_payloads_own(wrapped: object, logged: str | None) -> None:
+    """``class`` is the class kiq runs, never ``wrapped``; a wrapped ActiveJob class is
+    its own field, kept only when it is a plain class name."""
+    payload = {"class": "Sidekiq::ActiveJob::Wrapper", "wrapped": wrapped, "jid": "j"}
+    ctx = kiq_log.job_fields(payload, "default")
+    assert ctx["class"] == "Sidekiq::ActiveJob::Wrapper"
+    assert ctx.get("wrapped") == logged
+    assert list(ctx) == ["class", *(["wrapped"] if logged else []), "jid", "queue"]

@@ -152,6 +152,41 @@ def test_unparseable_in_progress_entries_are_requeued_unchanged(config, r):
     assert r.lrange("queue:default", 0, -1) == ["{not json"]
 
 
+def test_recover_moves_one_dead_process_jobs_at_once_and_counts_them(config, r):
+    """Recoverer.recover (the supervisor's, for a child it saw die) requeues that
+    process's jobs although its heartbeat has not expired yet, counting the crash, and
+    leaves its registration for the sweep after the expiry (a late fetch may land)."""
+    jids = take(config, DEAD, "default", 2)
+    beating(r, DEAD)  # still "alive" for a sweep: the hash expires only in 60 s
+
+    assert Recoverer(config, ME).sweep() == 0
+    assert Recoverer(config, ME).recover(DEAD) == 2
+
+    assert [(p["jid"], p["kiq_recoveries"]) for p in queued(r, "default")] == [
+        (jid, 1) for jid in jids
+    ]
+    assert r.exists(f"kiq|inprogress|{DEAD}|default") == 0
+    assert r.hexists("kiq|fetchers", DEAD)
+    assert Recoverer(config, ME).recover(DEAD) == 0  # nothing twice
+
+
+def test_recover_buries_a_job_past_max_recoveries(config, r):
+    """The bound is the sweep's: a job recovered more than max_recoveries times is dead."""
+    config.max_recoveries = 0
+    (jid,) = take(config, DEAD, "default", 1)
+
+    assert Recoverer(config, ME).recover(DEAD) == 1
+
+    assert r.llen("queue:default") == 0
+    (dead,) = [orjson.loads(raw) for raw in r.zrange("dead", 0, -1)]
+    assert (dead["jid"], dead["error_class"]) == (jid, POISON)
+
+
+def test_recover_of_an_unregistered_process_does_nothing(config, r):
+    """A process that exited cleanly unregistered itself: nothing to move."""
+    assert Recoverer(config, ME).recover(DEAD) == 0
+
+
 # -- real processes ------------------------------------------------------------------------
 
 FAST_EXPIRY = ":process_ttl: 1\n:prefetch: 0\n"

@@ -268,7 +268,7 @@ def run_worker(args: argparse.Namespace, base: Mapping[str, Any] | None = None) 
 
 
 def _run_processes(config: Config, args: argparse.Namespace) -> int:
-    if config.processes > 1:
+    if config.processes > 1 or args.max_memory_mb is not None:  # a limit needs a parent
         from kiq.supervisor import Supervisor
 
         supervisor = Supervisor(config, args.max_memory_mb, install_signals=install_signals)

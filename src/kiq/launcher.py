@@ -57,6 +57,11 @@ BEAT_JOIN_TIMEOUT: Final = 10.0  # seconds to let a beat or sweep in flight fini
 
 
 def new_identity() -> str:
+    """``host:pid:nonce``, or KIQ_IDENTITY when set: kiq's supervisor names each child it
+    starts, so that it can recover the child's jobs the moment it dies (kiq.supervisor)."""
+    given = os.environ.get("KIQ_IDENTITY")
+    if given:
+        return given
     host = os.environ.get("DYNO") or socket.gethostname()
     return f"{host}:{os.getpid()}:{os.urandom(6).hex()}"
 

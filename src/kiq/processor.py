@@ -158,10 +158,7 @@ class Executor:
     def begin(self, unit: UnitOfWork, slot: str) -> tuple[type[Job] | None, dict[str, Any]]:
         payload = unit.payload or {}
         name = payload.get("class", "?")
-        ctx: dict[str, Any] = {"class": payload.get("wrapped") or name, "jid": payload.get("jid")}
-        ctx["queue"] = unit.queue
-        if "retry_count" in payload:  # absent on a first run, as in Sidekiq's payload
-            ctx["retry_count"] = payload["retry_count"]
+        ctx = kiq_log.job_fields(payload, unit.queue)
         unit.started = time.monotonic()
         with self.state.lock:
             self.state.work[slot] = (unit.queue, unit.raw, int(wire.now()))
@@ -210,7 +207,8 @@ class Executor:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "done")
         else:
-            job_log.warning("fail: %s: %s", error_class(exc), error_message(exc))
+            # One record with the traceback (Sidekiq logs the backtrace): handlers get exc_info.
+            job_log.warning("fail: %s: %s", error_class(exc), error_message(exc), exc_info=exc)
             if not self._record_failure(unit, job_class, exc):
                 return  # stopping with Redis away: left in-progress, requeued at exit
         self.finished(unit)  # Pool.finished: the one way back (ack, free the slot)
@@ -221,7 +219,7 @@ class Executor:
         for attempt in itertools.count():
             try:
                 if isinstance(exc, PayloadError):
-                    self._bury_unparseable(unit, exc)
+                    self.retry.bury(unit.raw, unit.queue, exc)
                 else:
                     self.retry.handle(unit.raw, unit.queue, exc, job_class)
                 return True
@@ -233,18 +231,6 @@ class Executor:
                 if self.stopping.wait(pause):
                     return False
         return False  # pragma: no cover
-
-    def _bury_unparseable(self, unit: UnitOfWork, exc: PayloadError) -> None:
-        # Sidekiq: invalid JSON goes straight to the dead set; error handlers hear of it.
-        log.error("dead: %s", exc)
-        store = self.config.store
-        store.add_dead(unit.raw, wire.now(), self.config.dead_max_jobs, self.config.dead_timeout)
-        context = {"context": "Invalid JSON for job", "jobstr": unit.raw, "queue": unit.queue}
-        for handler in self.config.error_handlers:
-            try:
-                handler(exc, context)
-            except Exception:
-                log.exception("error handler %r failed", handler)
 
     def run_sync(self, unit: UnitOfWork) -> None:
         """Run one unit on the calling thread."""

@@ -88,7 +88,7 @@ class Recoverer:
             except PayloadError:
                 requeued.append(raw)  # the worker will bury it properly
                 continue
-            count = int(payload.get("kiq_recoveries", 0)) + 1
+            count = payload.get("kiq_recoveries", 0) + 1  # an int >= 0 (payload.loads)
             payload["kiq_recoveries"] = count
             if count > self.config.max_recoveries:
                 payload["error_class"] = POISON
@@ -102,3 +102,37 @@ class Recoverer:
             else:
                 requeued.append(wire.dumps(payload))
         return requeued, buried
+
+    def recover(self, ident: str) -> int:
+        """Requeue (or bury) the jobs of ``ident``, a process known to be dead; return how many.
+
+        For kiq's supervisor, which sees its child exit and need not wait ``process_ttl``
+        for the heartbeat to expire (``Store.recover_process``). Each job counts as
+        crashed (``kiq_recoveries`` + 1), as in a sweep.
+        """
+        store = self.config.store
+        now = wire.now()
+        poison: list[Payload] = []
+
+        def plan(queue: str, raws: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+            requeued, buried = self._plan(raws, now)
+            poison.extend(payload for payload, _ in buried)
+            return requeued, [raw for _, raw in buried]
+
+        for _ in range(3):  # only a concurrent sweep writes those lists, and it empties them
+            poison.clear()
+            moves = store.recover_process(
+                ident, plan, now, self.config.dead_max_jobs, self.config.dead_timeout
+            )
+            if moves is not None:
+                break
+        else:
+            return 0
+        for payload in poison:
+            log.error(
+                "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
+            )
+        moved = sum(len(requeued) + len(buried) for _, requeued, buried in moves)
+        if moved:
+            log.warning("recovered %d jobs of %s, which died", moved, ident)
+        return moved

@@ -200,3 +200,15 @@ class StopLoop(kiq.Job, name="StopLoop", retry=0):
     async def perform(self) -> None:
         record("test:started", self)
         asyncio.get_running_loop().stop()
+
+
+class Leak(kiq.Job, name="Leak", retry=0):
+    """Hold ``mb`` MB (touched, so resident) for ``seconds``: a job that leaks memory."""
+
+    def perform(self, mb: int, seconds: float) -> None:
+        record("test:started", self, mb, seconds)
+        held = bytearray(b"\x01") * (mb * 1024 * 1024)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        record("test:done", self, len(held) // (1024 * 1024), seconds)

@@ -142,6 +142,54 @@ class Processes(Connection):
                 return None  # a "dead" process beat or fetched: not dead after all
         return moves
 
+    def recover_process(
+        self, ident: str, plan: Plan, now: float, dead_max_jobs: int, dead_timeout: float
+    ) -> list[tuple[str, list[bytes], list[bytes]]] | None:
+        """Move the in-progress jobs of ``ident``, a process known to be dead, as ``plan``
+        decides (kiq's supervisor, which saw its child exit: no wait for the hash to
+        expire). Its in-progress lists are WATCHed, so a sweep at the same time moves
+        each job once (then None: try again). Its ``kiq|fetchers`` entry stays for the
+        sweep after the expiry: a fetch the process sent just before it died may still
+        land in its list. Returns (queue, requeued, buried) per list that held jobs.
+        """
+        keys = self.keys
+        r = self._r
+        registered = r.hget(keys.fetchers, ident)
+        if registered is None:
+            return []  # exited cleanly (unregistered), or died before it could fetch
+        queues = [str(queue) for queue in orjson.loads(registered)]
+        with r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(*(keys.inprogress(ident, q) for q in queues))
+                taken = [(q, list(pipe.lrange(keys.inprogress(ident, q), 0, -1))) for q in queues]
+                pipe.multi()
+                moves: list[tuple[str, list[bytes], list[bytes]]] = []
+                for queue, raws in taken:
+                    if not raws:
+                        continue
+                    requeued, buried = plan(queue, raws)
+                    if requeued:
+                        pipe.rpush(keys.queue(queue), *requeued)
+                    if buried:
+                        pipe.zadd(keys.dead, dict.fromkeys(buried, now))
+                    pipe.sadd(keys.queues, queue)
+                    pipe.delete(keys.inprogress(ident, queue))
+                    moves.append((queue, requeued, buried))
+                if any(buried for _, _, buried in moves):  # every add to dead trims it
+                    trim_dead_commands(pipe, keys.dead, now, dead_max_jobs, dead_timeout)
+                pipe.execute()
+            except WatchError:
+                return None
+        return moves
+
+    def forget_process(self, identity: str) -> None:
+        """A process known to be dead: off ``processes``, its hash and busy hashes gone."""
+        k = self.keys
+        pipe = self._pipeline(transaction=True)
+        pipe.srem(k.processes, identity)
+        pipe.unlink(k.process(identity), k.work(identity), k.workers(identity))
+        pipe.execute()
+
     # -- admin (kiq.api.ProcessSet, Process, WorkSet) -------------------------------------
     def process_identities(self) -> list[str]:
         """Every member of ``processes`` (SSCAN), sorted; may include expired ones."""
