@@ -10,6 +10,7 @@ start their own redis-server.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -275,26 +276,60 @@ def test_an_oom_window_then_a_kill_loses_no_job(tmp_path, oom_servers):
         ("AsyncRecord", "nan"),
     ],
 )
-def test_a_hostile_timeout_leaves_the_reaper_working(config, r, start_worker, klass, hostile):
-    """Defect 4, second half: a payload whose ``timeout`` is huge, NaN, infinite or
-    negative (pushed raw, past the client's checks) does not kill or spin the reaper
-    (or the event loop's timers): a later job with timeout 0.3 is still stopped, with
-    the message that says why."""
+def test_a_hostile_timeout_leaves_timeouts_working(config, r, start_worker, klass, hostile):
+    """Defect 4: a payload whose ``timeout`` is huge, NaN, infinite or negative (pushed
+    raw, past the client's checks) is stopped at the door (dead) or run without a
+    deadline, and never reaches a shared thread: a later job with timeout 0.3 is still
+    stopped, with the message that says why."""
     raw = {"class": klass, "args": ["hostile"], "jid": "hostile", "queue": "default"}
     raw["timeout"] = hostile
     r.lpush("queue:default", orjson.dumps(raw))
     r.sadd("queues", "default")
     worker = start_worker("-c", "2")
-    wait_until(lambda: records(r))
+    wait_until(lambda: records(r) or r.zcard("dead"))
 
     jid = jobs.SlowTimeout.perform_async()
 
-    (dead,) = wait_until(lambda: r.zrange("dead", 0, -1), timeout=10)
-    payload = orjson.loads(dead)
-    assert (payload["jid"], payload["error_class"]) == (jid, "JobTimeout")
+    def timed_out() -> dict[str, object] | None:
+        dead = [orjson.loads(raw) for raw in r.zrange("dead", 0, -1)]
+        return next((d for d in dead if d["jid"] == jid), None)
+
+    payload = wait_until(timed_out, timeout=10)
+    assert payload["error_class"] == "JobTimeout"
     assert payload["error_message"] == "job ran longer than its timeout of 0.3s"
     assert "Exception in thread" not in worker.output()
     assert worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("hostile", [1e300, math.nan, math.inf, -5.0, 0.0])
+def test_the_reaper_survives_any_deadline(hostile):
+    """The reaper itself (the door's checks aside): a hostile deadline arms nothing and
+    neither kills nor spins its thread; a 0.2 s deadline armed after it still fires."""
+    from kiq.errors import JobTimeout
+    from kiq.processor import Reaper, timeout_seconds
+
+    assert timeout_seconds(hostile) is None or timeout_seconds(hostile) == hostile
+    reaper = Reaper()
+    assert reaper.arm(hostile) == 0 or hostile == 1e300
+    outcome: list[str] = []
+
+    def job() -> None:
+        token = reaper.arm(0.2)
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+            outcome.append("ran to the end")
+        except JobTimeout:
+            outcome.append("timed out")
+        finally:
+            reaper.disarm(token)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join(10)
+    reaper.stop()
+    assert outcome == ["timed out"]
 
 
 @pytest.mark.slow
