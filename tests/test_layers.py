@@ -33,6 +33,7 @@ PACKAGE = Path(kiq.__file__).parent
 CORE: tuple[str, ...] = (
     # 0 leaves: stdlib (and their own third-party parser) only
     "errors",
+    "supervise",  # every engine thread starts through it (issue 12); imports errors only
     "handlers",  # calls the user's error/death handlers, logging one that raises
     "embedded",  # side branch too: imports errors only; config starts it lazily
     "keys",
@@ -54,6 +55,7 @@ CORE: tuple[str, ...] = (
     # 3 server parts
     "retry",
     "fetch",
+    "idle",  # the waiters and the idle fast path (issue 13 point 4)
     "scheduler",
     "recurring",
     "recover",

@@ -320,6 +320,43 @@ class Setter:
         return run_payload(client.config, self.job, wire.loads(wire.dumps(final)))
 
 
+def instantiate(job_class: type[Job], payload: Payload) -> Job:
+    """A fresh ``job_class`` for ``payload``: how the worker (kiq.processor.Executor) and
+    the test and inline modes (``run_payload``) make every job object."""
+    job = job_class()
+    job.jid = payload.get("jid", "")
+    job.payload = payload
+    return job
+
+
+def perform(
+    job: Job,
+    payload: Payload,
+    queue: str,
+    chain: Chain[ServerMiddleware],
+    settle: Callable[[Any], Any] | None = None,
+) -> Any:
+    """Run ``job.perform(*args)`` through the server middleware ``chain``; its result.
+
+    The one way a sync job is performed, by the worker and by the test and inline
+    modes. ``settle`` (those modes) turns the result into the final one inside the
+    chain, so that middleware sees an async perform finish.
+    """
+    args = payload["args"]
+    if settle is None and not len(chain):
+        return job.perform(*args)  # the worker's fast path: no closure
+    result: Any = None
+
+    def call() -> None:
+        nonlocal result
+        result = job.perform(*args)
+        if settle is not None:
+            result = settle(result)
+
+    chain.invoke(job, payload, queue, call)
+    return result
+
+
 def run_payload(
     config: Config,
     job_class: type[Job],
@@ -330,22 +367,16 @@ def run_payload(
     """Instantiate and perform one job through the server middleware, synchronously.
 
     ``middleware`` replaces ``config.server_middleware``: kiq.testing runs jobs through
-    its own chain (Sidekiq: ``Sidekiq::Testing.server_middleware``).
+    its own chain (Sidekiq: ``Sidekiq::Testing.server_middleware``). The same two steps
+    as the worker's (``instantiate``, ``perform``); an async perform is run to its end.
     """
     chain = config.server_middleware if middleware is None else middleware
-    job = job_class()
-    job.jid = payload["jid"]
-    job.payload = payload
-    result: Any = None
+    job = instantiate(job_class, payload)
+    return perform(job, payload, payload["queue"], chain, settle=_settle)
 
-    def call() -> None:
-        nonlocal result
-        result = job.perform(*payload["args"])
-        if inspect.isawaitable(result):
-            result = _run_to_completion(result)
 
-    chain.invoke(job, payload, payload["queue"], call)
-    return result
+def _settle(result: Any) -> Any:
+    return _run_to_completion(result) if inspect.isawaitable(result) else result
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
