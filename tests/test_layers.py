@@ -33,6 +33,7 @@ PACKAGE = Path(kiq.__file__).parent
 CORE: tuple[str, ...] = (
     # 0 leaves: stdlib (and their own third-party parser) only
     "errors",
+    "handlers",  # calls the user's error/death handlers, logging one that raises
     "embedded",  # side branch too: imports errors only; config starts it lazily
     "keys",
     "payload",
@@ -79,7 +80,7 @@ CLIENT_SIDE = frozenset(
 )
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
-    "api": frozenset({"config", "keys", "payload", "client", "errors", "crontab"}),
+    "api": frozenset({"config", "keys", "payload", "client", "errors", "crontab", "handlers"}),
     "testing": CLIENT_SIDE | {"__init__"},
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),
     # web serves the Prometheus scrape at /metrics when a scraper asks (issue 8)

@@ -72,24 +72,12 @@ class Client:
         return self._push_normalized(self.normalize(item))
 
     def push_job(self, job: type[Job], args: tuple[Any, ...]) -> str | None:
-        """``Job.perform_async(*args)``: ``push`` without re-checking the class's options.
+        """``Job.perform_async(*args)``: ``push`` of the class and its arguments.
 
-        They were checked when the class was defined; only the arguments are checked
-        here. A web app enqueues one job per request, on cold caches: this path was
-        ~0.4 ms of Python before the write (issue 5's latency), mostly layers. The
-        payload is the one ``push`` builds, key for key.
+        One path with ``push`` (issue 13): ``normalize`` skips what the class already
+        checked when it was defined (its options), so only the arguments are checked.
         """
-        options = job.payload_options()
-        queue = options.get("queue")
-        if type(queue) is not str or not queue:
-            return self.push({"class": job, "args": list(args)})  # its error names the fix
-        payload: Payload = dict(options)
-        name = payload["class"] = job.wire_name
-        payload["args"] = arguments = list(args)
-        wire.check_args(name, arguments)
-        payload["jid"] = wire.new_jid()
-        payload["created_at"] = timestamp(self.config)
-        return self._push_normalized(payload)
+        return self._push_normalized(self.normalize({"class": job, "args": list(args)}))
 
     def _push_normalized(self, payload: Payload) -> str | None:
         final = self._through_middleware(payload)
@@ -154,12 +142,18 @@ class Client:
         return jids, payloads
 
     def normalize(self, item: Mapping[str, Any]) -> Payload:
-        """Options under item, then jid and created_at, in Sidekiq's key order."""
-        if not isinstance(item, Mapping):
+        """Options under item, then jid and created_at, in Sidekiq's key order.
+
+        Every field is held to the rules the worker applies when it reads the job
+        (``payload.field_problem``), so what kiq writes is never refused at the door: a
+        Job class's options when the class is defined, the item's keys here. A class
+        and its arguments alone (``perform_async``) cost only the arguments' check.
+        """
+        if type(item) is not dict and not isinstance(item, Mapping):
             raise JobArgumentError(f"a job must be a dict with 'class' and 'args', got {item!r}")
         klass = item.get("class")
         options: Mapping[str, Any]
-        if isinstance(klass, str) and klass:
+        if type(klass) is str and klass:
             name, options = klass, _DEFAULT_OPTIONS
         elif isinstance(klass, type) and hasattr(klass, "wire_name"):
             job: type[Job] = klass
@@ -173,11 +167,10 @@ class Client:
         payload["class"] = name
         wire.check_args(name, payload.get("args"))
         queue = payload.get("queue")
-        if not isinstance(queue, str) or not queue:
+        if type(queue) is not str or not queue:
             raise JobArgumentError(f"job {name}: 'queue' must be a non-empty string, got {queue!r}")
-        at = payload.get("at")
-        if at is not None:
-            _check_at(name, at)
+        if len(item) > 2:  # more than class and args: fields the caller set
+            _check_fields(name, item)
         if "jid" not in payload:
             payload["jid"] = wire.new_jid()
         if "created_at" not in payload:
@@ -281,6 +274,17 @@ def _bulk_parts(item: Mapping[str, Any]) -> tuple[list[list[Any]], Any]:
     if "jid" in item and len(args_list) > 1:
         raise JobArgumentError("push_bulk: an explicit 'jid' cannot be shared by many jobs")
     return args_list, at
+
+
+def _check_fields(name: str, item: Mapping[str, Any]) -> None:
+    for key, value in item.items():
+        if key == "at":
+            if value is not None:
+                _check_at(name, value)
+        elif (problem := wire.field_problem(key, value)) is not None:
+            raise JobArgumentError(
+                f"job {name}: {problem}; the worker would refuse this job, so it was not pushed"
+            )
 
 
 def _check_at(name: str, at: object) -> None:

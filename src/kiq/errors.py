@@ -6,7 +6,8 @@ Hierarchy (httpx style: one base a user can catch, a few leaves worth catching):
       ConfigError          bad or conflicting settings; raised at start-up with the key,
                            the value and what is allowed
       JobArgumentError     job arguments that are not native JSON (raised by push)
-      PayloadError         a payload read from Redis that is not a Sidekiq job
+      PayloadError         a payload read from Redis that is not a Sidekiq job, or whose
+                           field kiq cannot read (payload.py lists the rules)
       UnknownJobError      a payload names a class that no kiq Job registered
       JobNotFound          an api lookup by jid found nothing
       RedisUnavailable     Redis cannot be reached; the message names the URL (never
@@ -19,6 +20,8 @@ Hierarchy (httpx style: one base a user can catch, a few leaves worth catching):
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class KiqError(Exception):
@@ -34,7 +37,16 @@ class JobArgumentError(KiqError, TypeError):
 
 
 class PayloadError(KiqError, ValueError):
-    """A payload in Redis is not valid job JSON (Sidekiq sends these to the dead set)."""
+    """A payload in Redis is not a job kiq can run: not JSON, or a field of the wrong type.
+
+    Sidekiq sends invalid JSON to the dead set; kiq does the same with a job whose field
+    (``retry_count``, ``timeout``...) it cannot read. ``job`` is the decoded object when
+    there was one, so the dead set can keep it with the message.
+    """
+
+    def __init__(self, message: str, job: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 class UnknownJobError(KiqError, LookupError):

@@ -279,11 +279,9 @@ def _validate_options(owner: str, options: Mapping[str, Any]) -> None:
     retry = options.get("retry")
     if not isinstance(retry, bool | int) or (not isinstance(retry, bool) and retry < 0):
         raise ConfigError(f"{owner}: retry={retry!r} must be True, False or a count >= 0")
-    timeout = options.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise ConfigError(f"{owner}: timeout={timeout!r} must be seconds > 0")
+    for key, value in options.items():  # the worker's rules for every field (timeout...)
+        if (problem := wire.field_problem(key, value)) is not None:
+            raise ConfigError(f"{owner}: {problem}")
 
 
 class Setter:

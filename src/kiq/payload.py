@@ -3,9 +3,51 @@
 A payload is a plain ``dict`` with Sidekiq's field names (shared/sidekiq-wire.md §2):
 ``class``, ``args``, ``jid``, ``queue``, ``retry``, ``created_at``, ``enqueued_at`` and,
 after a failure, ``error_class``, ``error_message``, ``retry_count``, ``failed_at``,
-``retried_at``, ``error_backtrace``. Any other key (a job option, ``wrapped``, ``bid``,
-``tags``...) is carried through untouched, because Sidekiq merges every option into
-the payload and a Ruby peer may rely on it.
+``retried_at``, ``error_backtrace``. Any other key (a job option, ``bid``, ``cattr``...)
+is carried through untouched, because Sidekiq merges every option into the payload and
+a Ruby peer may rely on it.
+
+Fields are checked once, at the door (issue 12): ``loads`` (hence every fetch, the
+poller, crash recovery) hands the engine a payload whose known fields have the types
+below, so no engine thread meets a string where it counts. ``null`` reads as absent
+(as in Ruby) and is dropped. Otherwise a field the engine acts on refuses the job:
+``PayloadError`` naming the field, the value and what is allowed, and the worker sends
+that one job to the dead set with the message (``error_class`` ``kiq.PayloadError``)
+without running it. A field that only describes the job is ignored with a warning
+(dropped from the payload), as Sidekiq's engine would not act on it either. A job
+refused at the door never runs: its neighbours, and the process's threads, never see it.
+
+==================  =========================================================  ========
+field               allowed (what Sidekiq 6.4-8.x and kiq write)               if not
+==================  =========================================================  ========
+class               non-empty string                                           dead
+args                array                                                      dead
+jid                 string                                                     dead
+queue, retry_queue  non-empty string                                           dead
+retry               true, false or an integer count 0 .. 2**31-1               dead
+retry_count         integer -2**31+1 .. 2**31-1 (a manual retry lowers 0 to -1)  dead
+kiq_recoveries      integer 0 .. 2**31-1                                       dead
+retry_for           seconds, 0 <= n < 1e9 (relative, as Sidekiq's client)      dead
+timeout             seconds, 0 < n <= MAX_TIMEOUT (one day)                    dead
+at                  a number (epoch seconds)                                   dead
+created_at,         float epoch seconds or int epoch milliseconds (Sidekiq 8)  ignored
+enqueued_at,
+failed_at,
+retried_at,
+discarded_at
+backtrace           true, false or an integer line count                       ignored
+dead                true or false                                              ignored
+wrapped             a class name: dotted or ``::`` identifiers ("Mailer",      ignored
+                    "billing.ChargeJob"), so a log line cannot be spoofed
+log_level           string or integer                                          ignored
+tags                array of strings                                           ignored
+bid, error_class,   string                                                     ignored
+error_message
+error_backtrace     string (Base64 of zlib JSON), or an array (old Sidekiq)    ignored
+==================  =========================================================  ========
+
+The client pushes with the same rules (``field_problem``): a bad value is refused at
+push with a ``JobArgumentError``, so kiq never writes what its worker would refuse.
 
 Encoding matches Ruby's ``JSON.generate`` byte for byte on what kiq writes (compact
 separators, UTF-8 kept, key order kept, no NaN), because Sidekiq's
@@ -17,6 +59,7 @@ from __future__ import annotations
 import base64
 import decimal
 import json
+import logging
 import math
 import os
 import time
@@ -27,6 +70,8 @@ from typing import Any, Final, TypeAlias
 import orjson
 
 from kiq.errors import JobArgumentError, PayloadError
+
+log = logging.getLogger(__name__)
 
 JSON: TypeAlias = str | int | float | bool | list["JSON"] | dict[str, "JSON"] | None
 
@@ -173,22 +218,288 @@ def _ruby_float(value: float) -> str:
 
 
 def loads(raw: bytes | str) -> Payload:
-    """Decode a job from Redis; raise PayloadError unless it is an object with class and args."""
+    """Decode a job from Redis and check its fields (``validate``); raise PayloadError."""
+    data = raw if isinstance(raw, bytes) else b""
     try:
-        data = raw.encode() if isinstance(raw, str) else raw
+        if isinstance(raw, str):
+            data = raw.encode()
         job = orjson.loads(data)
+        if type(job) is dict:
+            return _validate(job, data, exact=False)
         if _any_float(job, _huge):  # orjson made an integer beyond 64 bits a float: redo
             job = _loads_exact(data)
+    except _Huge:  # as above, found by _validate's walk over the fields
+        try:
+            job = _loads_exact(data)
+        except (ValueError, RecursionError) as exc:
+            raise _not_json(raw, data, exc) from exc
+        return _validate(job, data, exact=True)
     except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
-        shown = _clip(data) if isinstance(raw, bytes) else repr(raw[:200])
-        raise PayloadError(f"job is not valid JSON ({exc}): {shown}") from exc
-    if not isinstance(job, dict):
-        raise PayloadError(f"job must be a JSON object, got {type(job).__name__}: {_clip(data)}")
-    if not isinstance(job.get("class"), str) or not job["class"]:
-        raise PayloadError(f"job has no 'class' string: {_clip(data)}")
-    if not isinstance(job.get("args"), list):
-        raise PayloadError(f"job {job['class']} has no 'args' array: {_clip(data)}")
+        if isinstance(exc, PayloadError):
+            raise
+        raise _not_json(raw, data, exc) from exc
+    raise PayloadError(f"job must be a JSON object, got {type(job).__name__}: {_clip(data)}")
+
+
+def _not_json(raw: bytes | str, data: bytes, exc: BaseException) -> PayloadError:
+    shown = _clip(data) if isinstance(raw, bytes) else repr(raw[:200])
+    return PayloadError(f"job is not valid JSON ({exc}): {shown}")
+
+
+class _Huge(Exception):
+    """A float of magnitude >= 2**63 in a decoded job: orjson's reading of a bignum."""
+
+
+MAX_TIMEOUT: Final = 86_400  # seconds: a job timeout above a day is a mistake, not a limit
+MAX_COUNT: Final = 2**31  # retry, retry_count, kiq_recoveries: below this (count**4 stays a float)
+MAX_RETRY_FOR: Final = 1_000_000_000  # Sidekiq's client: retry_for is relative seconds
+
+
+def validate(job: dict[str, Any]) -> Payload:
+    """Check ``job``'s fields against the table in the module docstring; return it.
+
+    Raises PayloadError for a job without ``class`` or ``args`` (buried as it was, as
+    Sidekiq does) and for a bad field the engine acts on (with ``job`` attached, so the
+    dead set keeps it with the message); drops, with one warning, a field that only
+    describes the job; drops ``null`` fields (Ruby reads nil as absent).
+    """
+    return _validate(job, None, exact=True)
+
+
+def _validate(job: dict[str, Any], data: bytes | None, *, exact: bool) -> Payload:
+    # Runs on every fetched job, so one pass over the fields does two things: find the
+    # fields kiq reads whose type is not their usual one (a dict lookup and an exact
+    # type test each, no call), and, unless ``exact``, look for orjson's floats from
+    # bignums, which loads used to do in a pass of its own (issue 12: a few hundred ns
+    # a job). Only the odd fields, if any, are judged, by _judge.
+    odd: list[str] | None = None
+    usual_of = _USUAL.get
+    for key, value in job.items():
+        kind = type(value)
+        if exact or kind is str or kind is bool:
+            pass
+        elif kind is float:
+            if not -_HUGE < value < _HUGE:
+                raise _Huge
+        elif (kind is list or kind is dict) and _any_float(value, _huge):
+            raise _Huge
+        usual = usual_of(key)
+        if usual is None or kind is usual or (kind is int and key in _INT_TOO):
+            continue  # not a field kiq reads, or a type of it that needs no more checks
+        odd = [key] if odd is None else [*odd, key]
+    klass = job.get("class")
+    if type(klass) is not str or not klass:
+        raise PayloadError(f"job has no 'class' string: {_shown(job, data)}")
+    if type(job.get("args")) is not list:
+        raise PayloadError(f"job {klass} has no 'args' array: {_shown(job, data)}")
+    if job.get("queue") == "":  # a str, queue's usual type, so not among the odd ones
+        odd = ["queue"] if odd is None else [*odd, "queue"]
+    if odd is not None:
+        _judge(job, klass, odd)
     return job
+
+
+def _judge(job: dict[str, Any], klass: str, keys: list[str]) -> None:
+    """Refuse the job for the first bad field it acts on, or drop the others (one warning)."""
+    ignored: list[str] = []
+    for key in keys:
+        value = job[key]
+        if value is None:
+            del job[key]  # Ruby reads nil as absent
+            continue
+        fatal, check = _FIELDS[key]
+        if check(value):
+            continue
+        problem = f"{key}={_short(value)} {_ALLOWED[key]}"
+        if fatal:
+            raise PayloadError(
+                f"job {klass} jid={_short(job.get('jid'))}: {problem}; the job was not run. "
+                f"Fix the code that enqueued it, then enqueue it again",
+                job,
+            )
+        ignored.append(problem)
+        del job[key]
+    if ignored:
+        log.warning("job %s jid=%s: ignored %s", klass, _short(job.get("jid")), "; ".join(ignored))
+
+
+def field_problem(key: str, value: object) -> str | None:
+    """Why ``value`` cannot be the payload field ``key``; None if it can (or kiq does not
+    read ``key``). The client's check at push, with the same rules as ``validate``."""
+    rule = _FIELDS.get(key)
+    if rule is None or value is None or rule[1](value):
+        return None
+    return f"{key}={_short(value)} {_ALLOWED[key]}"
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value < MAX_COUNT
+
+
+def _retry_count(value: object) -> bool:
+    # Sidekiq's API lowers retry_count by one for a manual retry: -1 after a first failure
+    return type(value) is int and -MAX_COUNT < value < MAX_COUNT
+
+
+def _retry(value: object) -> bool:
+    return type(value) is bool or (type(value) is int and 0 <= value < MAX_COUNT)
+
+
+def _name(value: object) -> bool:
+    return type(value) is str and value != ""
+
+
+def _string(value: object) -> bool:
+    return type(value) is str
+
+
+def _number(value: object) -> bool:
+    # Finite: loads refuses NaN and infinities; the client checks with math.isfinite.
+    kind = type(value)
+    return (kind is float and math.isfinite(value)) or kind is int  # type: ignore[arg-type]
+
+
+def _timeout(value: object) -> bool:
+    kind = type(value)
+    return (kind is float or kind is int) and 0 < value <= MAX_TIMEOUT  # type: ignore[operator]
+
+
+def _retry_for(value: object) -> bool:
+    kind = type(value)
+    return (kind is float or kind is int) and 0 <= value < MAX_RETRY_FOR  # type: ignore[operator]
+
+
+def _backtrace(value: object) -> bool:
+    kind = type(value)
+    return kind is str or kind is list  # a list: very old Sidekiq (api.JobRecord reads both)
+
+
+def _bool_or_int(value: object) -> bool:
+    kind = type(value)
+    return kind is bool or kind is int
+
+
+def _bool(value: object) -> bool:
+    return type(value) is bool
+
+
+def _level(value: object) -> bool:
+    kind = type(value)
+    return kind is str or kind is int
+
+
+def _tags(value: object) -> bool:
+    if type(value) is not list:
+        return False
+    for tag in value:  # noqa: SIM110  # a loop, not all(...): tags ride on many jobs
+        if type(tag) is not str:
+            return False
+    return True
+
+
+def _class_name(value: object) -> bool:
+    """``"Mailer"``, ``"Billing::ChargeJob"``, ``"app.jobs.Send"``: what the log may print
+    as ``class=`` (issue 12: a ``wrapped`` holding spaces or ``=`` spoofed log fields)."""
+    if type(value) is not str or not 0 < len(value) <= 200:
+        return False
+    for part in value.replace("::", ".").split("."):  # noqa: SIM110  # all() is slower
+        if not part.isidentifier():
+            return False
+    return True
+
+
+_WHEN = "must be epoch seconds (a float) or milliseconds (an integer, Sidekiq 8)"
+# field -> (refuses the job, check), and what is allowed, for the message
+_FIELDS: Final[dict[str, tuple[bool, Callable[[object], bool]]]] = {
+    "jid": (True, _string),
+    "queue": (True, _name),
+    "retry_queue": (True, _name),
+    "retry": (True, _retry),
+    "retry_count": (True, _retry_count),
+    "kiq_recoveries": (True, _count),
+    "retry_for": (True, _retry_for),
+    "timeout": (True, _timeout),
+    "at": (True, _number),
+    "created_at": (False, _number),
+    "enqueued_at": (False, _number),
+    "failed_at": (False, _number),
+    "retried_at": (False, _number),
+    "discarded_at": (False, _number),
+    "backtrace": (False, _bool_or_int),
+    "dead": (False, _bool),
+    "wrapped": (False, _class_name),
+    "log_level": (False, _level),
+    "tags": (False, _tags),
+    "bid": (False, _string),
+    "error_class": (False, _string),
+    "error_message": (False, _string),
+    "error_backtrace": (False, _backtrace),
+}
+
+
+class _Checked:
+    """The "usual type" of a field whose every value needs its check (a range, a shape)."""
+
+
+# The type a field usually has and that needs no further check: ``validate`` tests only
+# ``type(value) is usual`` for it (one dict lookup per field, no call), and calls the
+# field's check for any other type. Keys are exactly those of _FIELDS.
+_USUAL: Final[dict[str, type]] = dict.fromkeys(_FIELDS, _Checked) | {
+    "jid": str,
+    "queue": str,  # and not empty: checked after the loop in _validate
+    "retry": bool,
+    "at": float,
+    "created_at": float,
+    "enqueued_at": float,
+    "failed_at": float,
+    "retried_at": float,
+    "discarded_at": float,
+    "backtrace": bool,
+    "dead": bool,
+    "bid": str,
+    "error_class": str,
+    "error_message": str,
+    "error_backtrace": str,
+}
+# Fields for which an int is as good as their usual type (Sidekiq 8's ms timestamps).
+_INT_TOO: Final = frozenset(
+    {"at", "created_at", "enqueued_at", "failed_at", "retried_at", "discarded_at", "backtrace"}
+)
+_ALLOWED: Final[dict[str, str]] = {
+    "jid": "must be a string (Sidekiq writes 24 hex digits)",
+    "queue": "must be a non-empty string",
+    "retry_queue": "must be a non-empty string",
+    "retry": f"must be true, false or a retry count from 0 to {MAX_COUNT - 1}",
+    "retry_count": f"must be an integer from {1 - MAX_COUNT} to {MAX_COUNT - 1}",
+    "kiq_recoveries": f"must be an integer from 0 to {MAX_COUNT - 1}",
+    "retry_for": f"must be seconds from 0 to {MAX_RETRY_FOR} (relative, e.g. 172800 for 48h)",
+    "timeout": f"must be seconds > 0 and at most {MAX_TIMEOUT} (one day); omit it for none",
+    "at": "must be epoch seconds",
+    "created_at": _WHEN,
+    "enqueued_at": _WHEN,
+    "failed_at": _WHEN,
+    "retried_at": _WHEN,
+    "discarded_at": _WHEN,
+    "backtrace": "must be true, false or a line count",
+    "dead": "must be true or false",
+    "wrapped": 'must name a class, e.g. "UserMailer" or "Billing::ChargeJob"',
+    "log_level": "must be a level name (debug, info, warn, error) or number",
+    "tags": "must be an array of strings",
+    "bid": "must be a string",
+    "error_class": "must be a string",
+    "error_message": "must be a string",
+    "error_backtrace": "must be a string (Base64 of zlib JSON) or an array of lines",
+}
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr`` clipped: a message names the bad value without copying a huge one."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def _shown(job: dict[str, Any], data: bytes | None) -> str:
+    return _clip(data) if data is not None else _short(job, 200)
 
 
 def _huge(number: float) -> bool:

@@ -206,7 +206,7 @@ class Executor:
         for attempt in itertools.count():
             try:
                 if isinstance(exc, PayloadError):
-                    self._bury_unparseable(unit, exc)
+                    self.retry.bury(unit.raw, unit.queue, exc)
                 else:
                     self.retry.handle(unit.raw, unit.queue, exc, job_class)
                 return True
@@ -216,18 +216,6 @@ class Executor:
                 if self.stopping.wait(pause):
                     return False
         return False  # pragma: no cover
-
-    def _bury_unparseable(self, unit: UnitOfWork, exc: PayloadError) -> None:
-        # Sidekiq: invalid JSON goes straight to the dead set; error handlers hear of it.
-        log.error("dead: %s", exc)
-        store = self.config.store
-        store.add_dead(unit.raw, wire.now(), self.config.dead_max_jobs, self.config.dead_timeout)
-        context = {"context": "Invalid JSON for job", "jobstr": unit.raw, "queue": unit.queue}
-        for handler in self.config.error_handlers:
-            try:
-                handler(exc, context)
-            except Exception:
-                log.exception("error handler %r failed", handler)
 
     def run_sync(self, unit: UnitOfWork) -> None:
         """Run one unit on the calling thread."""

@@ -88,7 +88,7 @@ class Recoverer:
             except PayloadError:
                 requeued.append(raw)  # the worker will bury it properly
                 continue
-            count = int(payload.get("kiq_recoveries", 0)) + 1
+            count = payload.get("kiq_recoveries", 0) + 1  # an int >= 0 (payload.loads)
             payload["kiq_recoveries"] = count
             if count > self.config.max_recoveries:
                 payload["error_class"] = POISON

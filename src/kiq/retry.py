@@ -9,13 +9,18 @@ Sidekiq's rules, exactly (shared/sidekiq-wire.md §6):
      ``retry_count += 1``; ``error_backtrace`` (zlib + Base64 of a JSON array of
      lines) when ``backtrace`` is true or a line count; ``queue`` becomes
      ``retry_queue`` or the queue the job came from.
-  4. Exhausted when ``retry_count >= max``; otherwise the delay is the job's
+  4. Exhausted when ``retry_count >= max``, or (7.1.3+) when ``retry_for`` is set and
+     ``failed_at + retry_for`` has passed; otherwise the delay is the job's
      ``retry_in(count, exc, payload)`` (seconds, ``"discard"`` or ``"kill"``) or
      ``count**4 + 15``, plus jitter ``randrange(10) * (count + 1)`` (6.4/7.x), and the
      job is ZADDed to ``retry`` at now + delay.
   5. Exhausted: ``retries_exhausted(payload, exc)`` (may return ``"discard"``); unless
-     ``dead`` is literally false or it was discarded, ZADD ``dead`` and trim; then the
-     death handlers.
+     ``dead`` is literally false or it was discarded, ZADD ``dead`` and trim (one
+     WARNING line names the job and its error); then the death handlers.
+
+The payload's fields were checked when it was read (``payload.loads``), so the values
+read here have their documented types. A job the worker could not read at all is
+buried by ``bury``: in the dead set, with the reason, without running.
 
 ``kiq.Discard`` (or an exception listed in the job's ``discard_on``) ends the job at
 once without retry or dead set: the brief's "rescue and return", made visible.
@@ -31,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from kiq import payload as wire
 from kiq.client import timestamp
 from kiq.config import Config
-from kiq.errors import Discard
+from kiq.errors import Discard, PayloadError
+from kiq.handlers import call_each
 from kiq.payload import Payload, encode_backtrace
 
 if TYPE_CHECKING:
@@ -40,16 +46,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE: Final = 10_000  # characters of error_message kept (Sidekiq)
+REFUSED: Final = "kiq.PayloadError"  # error_class of a job buried unread (see bury)
 Outcome = Literal["retry", "dead", "discard", "dropped"]
 
 
 def backoff(count: int, rng: random.Random | None = None) -> float:
     """Sidekiq 6.4's default delay: count**4 + 15 + rand(10) * (count + 1) seconds."""
-    r = rng or random
-    return float(count**4 + 15 + r.randrange(10) * (count + 1))
+    return float(count**4 + 15 + jitter(count, rng))
 
 
 def jitter(count: int, rng: random.Random | None = None) -> int:
+    """What Sidekiq 6.4/7.x adds to every delay, custom or default: rand(10) * (count + 1)."""
     return (rng or random).randrange(10) * (count + 1)
 
 
@@ -111,23 +118,29 @@ class RetryHandler:
             return "dropped"
         now = wire.now() if now is None else now
         count = self._stamp(payload, queue, exc, now)
-        limit = (
-            option
-            if isinstance(option, int) and not isinstance(option, bool)
-            else self.config.max_retries
-        )
-        if count >= limit:
+        limit = option if type(option) is int else self.config.max_retries
+        if count >= limit or self._past_retry_for(payload, now):
             return self._exhausted(payload, exc, job_class, now)
         delay = self._custom_delay(payload, exc, job_class, count)
         if delay == "discard":
             return self._discard(payload, exc)
         if delay == "kill":
             return self._exhausted(payload, exc, job_class, now)
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay <= 0:
-            delay = count**4 + 15
-        at = now + float(delay) + jitter(count)
-        self.config.store.add_retry(at, wire.dumps(payload))
+        if type(delay) in (int, float) and 0 < delay < wire.MAX_RETRY_FOR:
+            seconds = float(delay) + jitter(count)
+        else:  # none, not a number, or one that would never come (inf, 1e300)
+            seconds = backoff(count)
+        self.config.store.add_retry(now + seconds, wire.dumps(payload))
         return "retry"
+
+    @staticmethod
+    def _past_retry_for(payload: Payload, now: float) -> bool:
+        """Sidekiq 7.1.3+: a job with ``retry_for`` stops once its first failure is that old."""
+        window = payload.get("retry_for")
+        if window is None:
+            return False
+        first = wire.to_seconds(payload.get("failed_at"))
+        return first is not None and first + window < now
 
     def _custom_delay(
         self, payload: Payload, exc: BaseException, job_class: type[Job] | None, count: int
@@ -147,16 +160,16 @@ class RetryHandler:
         payload["error_message"] = error_message(exc)
         payload["error_class"] = error_class(exc)
         stamp = timestamp(self.config, now)
-        if "retry_count" in payload and isinstance(payload["retry_count"], int):
+        if "retry_count" in payload:  # an int >= 0: payload.loads checked it
             payload["retried_at"] = stamp
             payload["retry_count"] += 1
         else:
             payload["failed_at"] = stamp
             payload["retry_count"] = 0
-        option = payload.get("backtrace")
+        option = payload.get("backtrace")  # absent, a bool or an int (payload.loads)
         if option is not None and option is not False:
             lines = backtrace_lines(exc)
-            if isinstance(option, int) and not isinstance(option, bool):
+            if option is not True:
                 lines = lines[:option]
             payload["error_backtrace"] = encode_backtrace(lines)
         count: int = payload["retry_count"]
@@ -179,12 +192,38 @@ class RetryHandler:
         return "dead"
 
     def kill(self, payload: Payload, exc: BaseException, now: float | None = None) -> None:
-        """Send a job to the dead set (trimmed) and tell the death handlers."""
+        """Send a job to the dead set (trimmed), say so in the log, tell the death handlers."""
         now = wire.now() if now is None else now
         self.config.store.add_dead(
             wire.dumps(payload), now, self.config.dead_max_jobs, self.config.dead_timeout
         )
+        _log_dead(payload, payload.get("queue"), error_class(exc), error_message(exc))
         self._notify_death(payload, exc)
+
+    def bury(self, raw: bytes, queue: str, exc: PayloadError) -> None:
+        """A job the worker could not read: to the dead set unrun, and the error handlers.
+
+        Sidekiq buries invalid JSON as it was; kiq does too, and a job whose fields it
+        could not read (``exc.job``) is buried with the reason as its error, so the
+        dead set and the Web UI say why (``error_class`` ``kiq.PayloadError``). The
+        death handlers are not told (Sidekiq: the job never ran).
+        """
+        job = exc.job
+        if job is None:
+            member = raw
+            job = {}
+        else:
+            job = dict(job)
+            job["error_class"] = REFUSED
+            job["error_message"] = str(exc)[:MAX_MESSAGE]
+            job.setdefault("failed_at", timestamp(self.config))
+            member = wire.dumps(job)
+        self.config.store.add_dead(
+            member, wire.now(), self.config.dead_max_jobs, self.config.dead_timeout
+        )
+        _log_dead(job, queue, REFUSED, str(exc))
+        context = {"context": "Invalid JSON for job", "jobstr": raw, "queue": queue}
+        call_each(self.config.error_handlers, "error handler", exc, context)
 
     def _discard(self, payload: Payload, exc: BaseException) -> Outcome:
         log.warning("discarded: %s: %s", error_class(exc), error_message(exc))
@@ -193,15 +232,20 @@ class RetryHandler:
 
     def _notify_error(self, exc: BaseException, payload: Payload, queue: str) -> None:
         context = {"context": "Job raised exception", "job": payload, "queue": queue}
-        for handler in self.config.error_handlers:
-            try:
-                handler(exc, context)
-            except Exception:
-                log.exception("error handler %r failed", handler)
+        call_each(self.config.error_handlers, "error handler", exc, context)
 
     def _notify_death(self, payload: Payload, exc: BaseException) -> None:
-        for handler in self.config.death_handlers:
-            try:
-                handler(payload, exc)
-            except Exception:
-                log.exception("death handler %r failed", handler)
+        call_each(self.config.death_handlers, "death handler", payload, exc)
+
+
+def _log_dead(job: Payload, queue: object, error: str, message: str) -> None:
+    # One line per job moved to the dead set (issue 12: there was none). The values are
+    # the payload's own: kiq.log escapes what it prints.
+    log.warning(
+        "dead: class=%s jid=%s queue=%s error=%s: %s",
+        job.get("class", "?"),
+        job.get("jid", "?"),
+        queue,
+        error,
+        message,
+    )

@@ -152,7 +152,9 @@ def test_activejob_wrapped_job_runs_in_kiq(config, r, start_worker, wrapper):
     assert record["class"] == wrapper
     assert record["wrapped"] == "SendWelcomeEmail"
     assert strict_json(record["args"]) == strict_json([AJ_HASH])
-    wait_until(lambda: f"class=SendWelcomeEmail jid={job['jid']}" in worker.output(), timeout=20.0)
+    wait_until(
+        lambda: f"wrapped=SendWelcomeEmail jid={job['jid']}" in worker.output(), timeout=20.0
+    )
 
 
 # -- through kiq.api --------------------------------------------------------------------

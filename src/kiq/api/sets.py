@@ -22,6 +22,7 @@ from kiq.api.queue import JobRecord
 from kiq.client import Client
 from kiq.config import Config
 from kiq.errors import JobNotFound, PayloadError
+from kiq.handlers import call_each
 from kiq.payload import Payload
 
 if TYPE_CHECKING:
@@ -404,11 +405,7 @@ class DeadSet(JobSet):
         config.store.trim_dead(now, config.dead_max_jobs, config.dead_timeout)
 
     def _notify(self, payload: Payload, exc: BaseException) -> None:
-        for handler in self.config.death_handlers:
-            try:
-                handler(payload, exc)
-            except Exception:
-                log.exception("death handler %r failed", handler)
+        call_each(self.config.death_handlers, "death handler", payload, exc)
 
 
 def cron_set(config: Config | None = None) -> CronSet:
