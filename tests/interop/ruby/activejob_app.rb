@@ -28,7 +28,8 @@ ActiveJob::Base.logger = Logger.new($stderr, level: Logger::WARN)
 Sidekiq.configure_client do |config|
   config.redis = {url: ENV.fetch("REDIS_URL"), size: 2}
 end
-Time.zone = "Europe/Berlin"
+# What a Rails app's config.time_zone sets: the zone of every thread, workers' included.
+Time.zone_default = Time.find_zone!("Europe/Berlin")
 GlobalID.app = "shop"
 
 # A model GlobalID can name without a database: enough for to_global_id and locate.
@@ -79,7 +80,8 @@ class AjReport < ActiveJob::Base
 
   def perform(*args, **kwargs)
     record = {
-      "job_class" => self.class.name, "job_id" => job_id, "queue_name" => queue_name,
+      "job_class" => self.class.name, "job_id" => job_id, "provider_job_id" => provider_job_id,
+      "queue_name" => queue_name,
       "priority" => priority, "executions" => executions, "locale" => locale,
       "args" => args.map { |a| describe(a) },
       "kwargs" => kwargs.to_h { |k, v| [k.to_s, describe(v)] }
@@ -103,6 +105,8 @@ class AjKeywords < ActiveJob::Base
 end
 
 def enqueue_all
+  # Nothing may print Sidekiq's lines to our stdout, which carries the result.
+  Sidekiq.logger = Logger.new($stderr, level: Logger::WARN)
   berlin = Time.zone.local(2026, 12, 3, 14, 30, 15.25)
   every_kind = [
     nil, true, false, 7, 2**70, 1.5, "text ü",
