@@ -297,6 +297,20 @@ class AsyncKeywords(kiq.Job, activejob="AjKeywords", queue="activejob"):
             received.append({"args": (first,), "kwargs": {"mode": mode, "at": at, "tags": tags}})
 
 
+class DiscardingImport(kiq.Job, activejob="AjDiscard", queue="activejob", discard_on=KeyError):
+    def perform(self, *args: Any) -> None:
+        raise KeyError("gone")
+
+
+class KillingImport(kiq.Job, activejob="AjKill", queue="activejob"):
+    @classmethod
+    def retry_in(cls, count: int, exc: BaseException, payload: dict[str, Any]) -> str:
+        return "kill"
+
+    def perform(self, *args: Any) -> None:
+        raise RuntimeError("hopeless")
+
+
 @pytest.fixture(autouse=True)
 def _clear_received():
     received.clear()
@@ -388,6 +402,22 @@ def test_unclaimed_activejob_class_fails_naming_that_class(config, r):
     assert entry["error_class"] == "UnknownJobError"
     assert f"Reports::Nightly (ActiveJob via {SIDEKIQ_WRAPPER})" in entry["error_message"]
     assert "activejob='Reports::Nightly'" in entry["error_message"]
+
+
+def test_claiming_jobs_discard_on_and_retry_in_apply(config, r):
+    """The claimant's discard_on drops its error; its retry_in ("kill") sends to Dead."""
+    config.queues = [("activejob", 0)]
+    push_raw(config, rails_payload(LEGACY_WRAPPER, "AjDiscard", [1]))
+    push_raw(config, rails_payload(SIDEKIQ_WRAPPER, "AjKill", [2]))
+
+    with running(config):
+        wait_until(lambda: r.zcard("dead") == 1, timeout=10)
+        wait_until(lambda: r.get("stat:processed") == "2", timeout=10)
+
+    (dead,) = [json.loads(raw) for raw in r.zrange("dead", 0, -1)]
+    assert dead["args"][0]["job_class"] == "AjKill"
+    assert dead["error_class"] == "RuntimeError"
+    assert r.zcard("retry") == 0  # AjDiscard: discarded, neither retried nor dead
 
 
 def test_globalid_locator_from_config_reaches_the_job(config):
