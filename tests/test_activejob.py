@@ -496,6 +496,16 @@ def test_enqueue_wait_until_and_kiq_reads_back_what_it_wrote(config, r):
     assert type(args[0]) is Symbol
 
 
+def test_activejob_settings_load_from_the_config_file(tmp_path):
+    """``activejob_wrapper`` and ``activejob_rails`` are file settings like the others."""
+    path = tmp_path / "kiq.yml"
+    path.write_text('activejob_wrapper: sidekiq\nactivejob_rails: "7.1"\n')
+
+    loaded = kiq.Config.load(path, env={})
+
+    assert (loaded.activejob_wrapper, loaded.activejob_rails) == ("sidekiq", "7.1")
+
+
 def test_activejob_config_is_validated():
     """A wrong wrapper name or Rails version fails with what is allowed."""
     with pytest.raises(ConfigError, match="activejob_wrapper"):
