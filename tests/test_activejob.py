@@ -146,6 +146,18 @@ def test_every_rails_61_serializer_kind_deserialises_to_its_python_value():
     assert values[20] == "gid://shop/Customer/42"
 
 
+def test_rails_61_time_with_zone_takes_the_envelopes_timezone():
+    """Without 7.1's ``time_zone``, a TimeWithZone is put in the envelope's timezone."""
+    zoned = RAILS_61_ARGUMENTS[13]
+
+    (in_berlin,) = deserialize([zoned], zone="Europe/Berlin")
+    (rails_name,) = deserialize([zoned], zone="Eastern Time (US & Canada)")
+
+    assert in_berlin.tzinfo == ZoneInfo("Europe/Berlin")
+    assert in_berlin == datetime(2026, 12, 3, 13, 30, 15, 250000, UTC)
+    assert rails_name.utcoffset() == timedelta(hours=1)  # no tz key: the offset stays
+
+
 def test_globalid_goes_through_the_configured_locator():
     """``{"_aj_globalid": ...}`` is handed to the locator hook; its result is the argument."""
     located = deserialize([{"_aj_globalid": "gid://shop/Customer/42"}], lambda gid: ("C", gid))

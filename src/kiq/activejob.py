@@ -50,6 +50,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -159,9 +160,16 @@ def _time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+# The envelope's ``timezone`` (the enqueuing app's Time.zone) while its arguments are read.
+_zone: ContextVar[str | None] = ContextVar("kiq_activejob_zone", default=None)
+
+
 def _time_with_zone(hash_: Mapping[str, Any], locator: Locator | None) -> datetime:
     moment = _time(hash_["value"])
-    name = hash_.get("time_zone")  # Rails 7.1+: the zone's tzinfo name
+    # Rails 7.1+ writes the zone's tzinfo name; before, Ruby's in_time_zone puts the
+    # time in the app's Time.zone, which the envelope's timezone names. A Rails-only
+    # name ("Eastern Time (US & Canada)") is no tz database key: the offset stays.
+    name = hash_.get("time_zone") or _zone.get()
     if isinstance(name, str):
         try:
             return moment.astimezone(ZoneInfo(name))
@@ -182,7 +190,7 @@ def _big_decimal(hash_: Mapping[str, Any], locator: Locator | None) -> Decimal:
 
 
 def _range(hash_: Mapping[str, Any], locator: Locator | None) -> range | RubyRange:
-    begin, end, exclude = deserialize([hash_["begin"], hash_["end"], hash_["exclude_end"]], locator)
+    begin, end, exclude = (_deserialize(hash_[k], locator) for k in ("begin", "end", "exclude_end"))
     if type(begin) is int and type(end) is int:
         return range(begin, end if exclude else end + 1)
     return RubyRange(begin, end, bool(exclude))
@@ -208,9 +216,19 @@ def register_deserializer(name: str, deserializer: Deserializer) -> None:
     DESERIALIZERS[name] = deserializer
 
 
-def deserialize(arguments: Sequence[Any], locator: Locator | None = None) -> list[Any]:
-    """``ActiveJob::Arguments.deserialize``: JSON-decoded arguments to Python values."""
-    return [_deserialize(argument, locator) for argument in arguments]
+def deserialize(
+    arguments: Sequence[Any], locator: Locator | None = None, *, zone: str | None = None
+) -> list[Any]:
+    """``ActiveJob::Arguments.deserialize``: JSON-decoded arguments to Python values.
+
+    ``locator`` turns a GlobalID into an object; ``zone`` (the envelope's ``timezone``)
+    is the zone of TimeWithZone values that do not name their own.
+    """
+    token = _zone.set(zone)
+    try:
+        return [_deserialize(argument, locator) for argument in arguments]
+    finally:
+        _zone.reset(token)
 
 
 def _deserialize(value: Any, locator: Locator | None) -> Any:
@@ -244,7 +262,7 @@ def _deserialize(value: Any, locator: Locator | None) -> Any:
 
 
 def split_arguments(
-    arguments: Sequence[Any], locator: Locator | None = None
+    arguments: Sequence[Any], locator: Locator | None = None, *, zone: str | None = None
 ) -> tuple[list[Any], dict[str, Any]]:
     """Positional arguments and keyword arguments, as Ruby's ``perform(*args)`` sees them.
 
@@ -252,9 +270,9 @@ def split_arguments(
     """
     args = list(arguments)
     if args and isinstance(args[-1], dict) and _RUBY2_KEYWORDS in args[-1]:
-        *positional, last = deserialize(args, locator)
+        *positional, last = deserialize(args, locator, zone=zone)
         return positional, {str(k): v for k, v in last.items()}
-    return deserialize(args, locator), {}
+    return deserialize(args, locator, zone=zone), {}
 
 
 # -- Python -> Ruby ---------------------------------------------------------------------
@@ -538,7 +556,10 @@ class ActiveJobWrapper(Job, name="kiq.activejob.ActiveJobWrapper"):
             return self._run(target, job, args, {})
         data = _envelope_of(self.payload)
         config = getattr(self, "config", None) or get_default()
-        positional, keywords = split_arguments(data.get("arguments") or [], config.globalid_locator)
+        zone = data.get("timezone") if isinstance(data.get("timezone"), str) else None
+        positional, keywords = split_arguments(
+            data.get("arguments") or [], config.globalid_locator, zone=zone
+        )
         job.activejob = ActiveJobData(
             job_class=data["job_class"],
             job_id=str(data.get("job_id", "")),

@@ -157,7 +157,7 @@ def test_rails_perform_later_of_every_kind_runs_in_kiq(config, r, rails_enqueue,
         t("list", [t("int", 1), t("list", [
             t("Symbol", "nested"), t("dict", {"k": t("Symbol", "v")}, keys=[["str", "k"]])])]),
         t("datetime", "2026-12-03T13:54:39.500000+00:00", zone=None),
-        t("datetime", "2026-12-03T14:30:15.250000+01:00", zone=None),
+        t("datetime", "2026-12-03T14:30:15.250000+01:00", zone="Europe/Berlin"),  # Time.zone
         t("datetime", "2026-12-03T13:54:39+02:00", zone=None),
         t("date", "2026-12-03"),
         t("timedelta", 300.0),
