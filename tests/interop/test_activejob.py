@@ -60,8 +60,8 @@ def rails_activejob(ruby_sidekiq: Any) -> str:
             check=False,
         )
         if probe.returncode != 0:
-            interop.unavailable(f"ruby cannot load ActiveJob ({probe.stderr.strip()[:200]}); "
-                                "install ruby-activejob")  # fmt: skip
+            first = (probe.stderr.strip().splitlines() or ["no output"])[0][:200]
+            interop.unavailable(f"ruby cannot load ActiveJob ({first}); add ruby-activejob")
     else:
         needs_ruby_gem("activejob", require="active_job")
         needs_ruby_gem("globalid", require="global_id", package="ruby-activejob")
