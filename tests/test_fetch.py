@@ -13,6 +13,7 @@ import pytest
 from kiq import payload as wire
 from kiq.client import Client
 from kiq.fetch import QueueOrder
+from kiq.outage import Outage
 from tests.support import jobs
 from tests.support.jobs import identity_of, records
 from tests.support.rawredis import raw_redis
@@ -84,7 +85,7 @@ def test_paused_queues_are_skipped(queues):
 def _fetcher(config):
     from kiq.fetch import Fetcher
 
-    return Fetcher(config, "host:1:tune", lambda units: None, lambda exc: None, lambda: None)
+    return Fetcher(config, "host:1:tune", lambda units: None, Outage(""))
 
 
 def test_fetch_ahead_grows_with_the_round_trip(config):

@@ -33,6 +33,7 @@ PACKAGE = Path(kiq.__file__).parent
 CORE: tuple[str, ...] = (
     # 0 leaves: stdlib (and their own third-party parser) only
     "errors",
+    "supervise",  # every engine thread starts through it (issue 12); imports errors only
     "handlers",  # calls the user's error/death handlers, logging one that raises
     "embedded",  # side branch too: imports errors only; config starts it lazily
     "keys",
@@ -49,11 +50,13 @@ CORE: tuple[str, ...] = (
     # 3 client side: everything ``import kiq`` loads
     "client",
     "job",
+    "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
     "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
     "__init__",
     # 3 server parts
     "retry",
     "fetch",
+    "idle",  # the waiters and the idle fast path (issue 13 point 4)
     "scheduler",
     "recurring",
     "recover",
@@ -74,7 +77,9 @@ CORE: tuple[str, ...] = (
 
 # Side branches: what each may import. No core module imports them, except that the
 # entry point (cli) may start the web UI.
-CLIENT_SIDE = frozenset({"errors", "keys", "payload", "middleware", "config", "client", "job"})
+CLIENT_SIDE = frozenset(
+    {"errors", "keys", "payload", "middleware", "config", "client", "job", "activejob"}
+)
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
     "api": frozenset({"config", "keys", "payload", "client", "errors", "crontab", "handlers"}),

@@ -191,3 +191,25 @@ def test_client_push_to_a_readonly_replica_says_so(server):
         config.close()
 
     assert f"redis://:***@127.0.0.1:{server.port}/0" in str(raised.value)
+
+
+def test_back_line_reports_the_real_downtime(tmp_path, server):
+    """Redis away for ~6 s: the "back" line says about 6 s, not the time until a loop
+    happened to notice (a waiter blocks 2 s, a beat waits its interval: 10 s was
+    logged for a 6 s outage, issue 12)."""
+    worker = Worker(tmp_path, server.url(password=PASSWORD), config_text=":heartbeat_interval: 5\n")
+    try:
+        wait_until(lambda: server.client().scard("processes") == 1, timeout=15)
+        started = time.monotonic()
+        server.stop()
+        wait_until(lambda: outage_lines(worker)[0], timeout=10)
+        wait_until(lambda: time.monotonic() - started > 6, timeout=10, interval=0.1)
+        server.start()
+        downtime = time.monotonic() - started
+
+        (back,) = wait_until(lambda: outage_lines(worker)[1], timeout=20)
+        # The loops retry every second: the first command that succeeds is sent within
+        # 1 s of the restart.
+        assert downtime - 1.5 <= back <= downtime + 1.2, (back, downtime)
+    finally:
+        worker.kill()

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
+from collections.abc import Callable
 from typing import Any
 
 from kiq import log as kiq_log
-from kiq.errors import JobTimeout
 from kiq.fetch import UnitOfWork
-from kiq.processor import Executor
+from kiq.processor import Executor, timed_out, timeout_seconds
+from kiq.supervise import Health, spawn
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,18 @@ class AsyncRunner:
         self.loop = asyncio.new_event_loop()
         self.tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
-        self._thread = threading.Thread(target=self._run, name="kiq.asyncio", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, health: Health | None = None) -> None:
+        # Not restarted: the loop holds every running task; if it ends unasked the
+        # process cannot go on and says so (kiq.supervise).
+        spawn("asyncio", self._run, restart=False, health=health)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
+            if not self.executor.stopping.is_set():
+                raise RuntimeError("the event loop of async jobs stopped unasked")
         finally:
             # stop() ends run_forever; the loop (and its self-pipe sockets) must still
             # be closed, or every stopped Launcher leaks them (ResourceWarning).
@@ -69,7 +72,7 @@ class AsyncRunner:
             job = ex.instantiate(unit, job_class)
             payload: dict[str, Any] = unit.payload or {}
             timeout = payload.get("timeout")
-            deadline = asyncio.timeout(float(timeout) if timeout else None)
+            deadline = asyncio.timeout(timeout_seconds(timeout))
             try:
                 async with deadline:
                     await ex.config.server_middleware.ainvoke(
@@ -78,7 +81,7 @@ class AsyncRunner:
             except TimeoutError as error:
                 if not deadline.expired():
                     raise  # the job's own TimeoutError (a network call...), not its timeout
-                raise JobTimeout(f"job ran longer than its timeout of {timeout}s") from error
+                raise timed_out(timeout) from error
         except asyncio.CancelledError as error:
             if ex.stopping.is_set():
                 with ex.state.lock:
@@ -94,7 +97,11 @@ class AsyncRunner:
             for task in list(self.tasks):
                 task.cancel()
 
-        self.loop.call_soon_threadsafe(cancel)
+        self._on_loop(cancel)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._on_loop(self.loop.stop)
+
+    def _on_loop(self, fn: Callable[[], object]) -> None:
+        if not self.loop.is_closed():  # closed: the loop died (kiq.supervise said so)
+            self.loop.call_soon_threadsafe(fn)

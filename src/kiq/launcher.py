@@ -2,12 +2,16 @@
 
 Tasks:
   1. start: check the Redis version, fire ``startup``, write the first heartbeat,
-     register this process's in-progress lists, sweep dead processes' jobs, then
-     start the Manager and the Poller.
+     register this process's in-progress lists, sweep dead processes' jobs, log
+     ``started``, then start the Manager, the Poller and the loops below, each a
+     thread started through kiq.supervise.
   2. heartbeat (every ``heartbeat_interval``, 5 s): flush stats, write the process
      hash and busy-jobs hashes Sidekiq's API and Web UI read, take one remote signal
-     from ``<identity>-signals``, refresh paused queues, sweep orphans every
-     ``orphan_check_interval``.
+     from ``<identity>-signals``, refresh paused queues. Next to it, the recoverer
+     sweeps orphans every ``orphan_check_interval`` and the metrics loop flushes the
+     per-class metrics every beat: a failure of one never stops the others.
+  2b. health: a part that cannot go on (kiq.supervise) stops the beats at once, then
+     the process stops as on TERM and ``run`` raises PartDied (exit status non-zero).
   3. signals: TERM/INT stop, TSTP quiets, TTIN logs every thread's stack; they arrive
      from the OS (through the CLI) or remotely, and are handled on the main thread.
   4. stop: quiet, let running jobs finish until ``timeout``, requeue the rest, flush
@@ -43,7 +47,8 @@ from kiq.recover import Recoverer
 from kiq.recurring import CronPoller
 from kiq.scheduler import Poller
 from kiq.sdnotify import Notifier
-from kiq.store import TRANSIENT_ERRORS
+from kiq.store import TRANSIENT_ERRORS, is_transient
+from kiq.supervise import Health, PartDied, spawn
 
 log = logging.getLogger("kiq")
 
@@ -79,20 +84,19 @@ class Launcher:
         self.identity = new_identity()
         self.state = State()
         self.outage = Outage(config.store.safe_url)
-        self.manager = Manager(config, self.identity, self.state, self.outage.error, self.outage.ok)
+        self.events: queue.Queue[str] = queue.Queue()
+        self.health = Health(on_fail=lambda: self.events.put("DEAD"))
+        self.manager = Manager(config, self.identity, self.state, self.outage, self.health)
         self.poller = Poller(config, self.outage)
         self.cron = CronPoller(config, self.outage)
         self.recoverer = Recoverer(config, self.identity)
         self.metrics = install_metrics(config)  # per-class metrics for the Web UI (issue 6)
-        self.events: queue.Queue[str] = queue.Queue()
         self.started_at = wire.now()
         self.quiet_flag = False
         self.stopping = False
         self.forced = threading.Event()
         self._stop_beat = threading.Event()
-        self._beat_thread = threading.Thread(
-            target=self._heartbeat_loop, name="kiq.heartbeat", daemon=True
-        )
+        self._loops: list[threading.Thread] = []  # heartbeat, recoverer, metrics
         self._fetcher_queues = orjson.dumps(self.manager.fetcher.order.names)
         self._last_sweep = 0.0
         self._info = self._process_info()
@@ -127,14 +131,10 @@ class Launcher:
         self._check_redis()
         self.config.fire("startup")
         self.beat()  # also registers this process's in-progress lists for recovery
-        self.recoverer.sweep()
+        self._sweep()
         self._last_sweep = time.monotonic()
         self.cron.load()
-        self.manager.start()
-        self.poller.start()
-        self.cron.start()
-        self._beat_thread.start()
-        log.info(
+        log.info(  # before the first job can start, so its line comes after this one
             "kiq %s started: %s, concurrency %d, queues %s, Redis %s",
             __version__,
             self.identity,
@@ -142,6 +142,18 @@ class Launcher:
             ",".join(f"{n}{',' + str(w) if w else ''}" for n, w in self.config.queues),
             self.config.store.safe_url,
         )
+        self.manager.start()
+        self.poller.start(self.health)
+        self.cron.start(self.health)
+        stop, health = self._stop_beat, self.health
+        # The heartbeat gives up after process_ttl of crash after crash: by then other
+        # processes take this one for dead, so it had better exit and be restarted.
+        give_up = float(self.config.process_ttl)
+        self._loops = [
+            spawn("heartbeat", self._heartbeat_loop, stop=stop, health=health, give_up=give_up),
+            spawn("recoverer", self._recover_loop, stop=stop, health=health),
+            spawn("metrics", self._metrics_loop, stop=stop, health=health),
+        ]
         self._notify_ready()
 
     def _notify_ready(self) -> None:
@@ -178,10 +190,12 @@ class Launcher:
 
     # -- heartbeat --------------------------------------------------------------------
     def beat(self) -> None:
+        if not self.health.ok:
+            return  # a part of this process is dead: never look alive (kiq.supervise)
         processed, failed = self.state.take_counts()
         store = self.config.store
+        sent = time.monotonic()
         try:
-            self.metrics.flush(self.config)  # first: on error it keeps its counts itself
             store.flush_stats(processed, failed, datetime.now(UTC).date())
             with self.state.lock:
                 work = {
@@ -206,9 +220,11 @@ class Launcher:
                 self.identity, fields, work, self.config.process_ttl, self._fetcher_queues
             )
             self.manager.fetcher.order.paused = paused
-            self.outage.ok()
-        except TRANSIENT_ERRORS as exc:
+            self.outage.ok(sent)
+        except BaseException as exc:
             self.state.restore_counts(processed, failed)
+            if not is_transient(exc):
+                raise  # a bug: kiq.supervise logs it and restarts the heartbeat
             self.outage.error(exc)
             return
         if not existed:
@@ -220,14 +236,36 @@ class Launcher:
     def _heartbeat_loop(self) -> None:
         while not self._stop_beat.wait(self.config.heartbeat_interval):
             self.beat()
-            # Even when Redis is away: the process is alive, and a restart would not help.
-            self.notifier.watchdog(self._status())
-            if time.monotonic() - self._last_sweep >= self.config.orphan_check_interval:
-                self._last_sweep = time.monotonic()
-                try:
-                    self.recoverer.sweep()
-                except TRANSIENT_ERRORS as exc:
-                    self.outage.error(exc)
+            if self.health.ok:
+                # Even when Redis is away: the process is alive, and a restart would not
+                # help. Not once a part is dead: then systemd may restart it at once.
+                self.notifier.watchdog(self._status())
+
+    def _recover_loop(self) -> None:
+        """Sweep dead processes' jobs every ``orphan_check_interval`` (kiq.recover)."""
+        wait = max(0.0, self.config.orphan_check_interval - (time.monotonic() - self._last_sweep))
+        while not self._stop_beat.wait(wait):
+            wait = self.config.orphan_check_interval
+            self._last_sweep = time.monotonic()
+            self._sweep()
+
+    def _sweep(self) -> None:
+        try:
+            self.recoverer.sweep()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise  # a bug: kiq.supervise logs it and restarts the sweeps
+            self.outage.error(exc)  # Redis away (or full): the next sweep tries again
+
+    def _metrics_loop(self) -> None:
+        """Flush the per-class metrics every beat; on an error they keep their counts."""
+        while not self._stop_beat.wait(self.config.heartbeat_interval):
+            try:
+                self.metrics.flush(self.config)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.outage.error(exc)
 
     # -- signals and stop -------------------------------------------------------------
     def signal(self, name: str) -> None:
@@ -239,7 +277,11 @@ class Launcher:
         self.events.put(name)
 
     def run(self) -> None:
-        """Start, then handle signals until told to stop (the CLI's main loop)."""
+        """Start, then handle signals until told to stop (the CLI's main loop).
+
+        Raises PartDied (the CLI exits non-zero) once it has stopped because a part of
+        the process could not go on (kiq.supervise).
+        """
         self.start()
         while True:
             try:
@@ -249,6 +291,12 @@ class Launcher:
             if name in ("TERM", "INT"):
                 self.stop()
                 return
+            if name == "DEAD":
+                self.stop()
+                raise PartDied(
+                    f"stopped because kiq.{self.health.reason}; it must be restarted "
+                    f"(kiq --processes, systemd or Kubernetes do so)"
+                )
             if name == "TSTP":
                 self.quiet()
             elif name == "TTIN":
@@ -273,9 +321,10 @@ class Launcher:
         self.manager.stop(time.monotonic() + self.config.timeout, self.forced)
         self.config.fire("shutdown")
         self._stop_beat.set()
-        if self._beat_thread.is_alive():
+        end = time.monotonic() + BEAT_JOIN_TIMEOUT
+        for thread in self._loops:
             # A beat in flight would SADD us back to `processes` after clear_process.
-            self._beat_thread.join(BEAT_JOIN_TIMEOUT)
+            thread.join(max(0.0, end - time.monotonic()))
         processed, failed = self.state.take_counts()
         store = self.config.store
         try:

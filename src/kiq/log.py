@@ -45,6 +45,8 @@ from typing import Any, Final, TextIO
 
 import orjson
 
+from kiq.supervise import spawn
+
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "kiq_job_context", default=None
 )
@@ -390,8 +392,7 @@ class BufferedHandler(logging.Handler):
         self._records: collections.deque[logging.LogRecord | _Deferred] = collections.deque()
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="kiq.log-writer", daemon=True)
-        self._thread.start()
+        self._thread = spawn("log-writer", self._run)
         atexit.register(self.flush)
 
     def defer(self, name: str, level: int, msg: str, ctx: dict[str, Any] | None) -> None:

@@ -1,10 +1,16 @@
 """Manager: the pool of slots of one kiq process, and its quiet -> stop sequence.
 
+A job's path through the engine, top to bottom (docs/internals.md):
+``Fetcher`` takes units from Redis and calls ``deliver`` (or a waiter of kiq.idle
+calls ``run_here``); a Processor thread or the event loop runs the unit through the
+``Executor``, which records the outcome and calls ``finished``, the one way back:
+``Fetcher.ack`` frees the unit's slot and acknowledges it in Redis.
+
 Tasks:
   1. start: ``concurrency`` Processor threads for ``def perform`` jobs, one event loop
-     for ``async def perform`` jobs, and the Fetcher that feeds both.
+     for ``async def perform`` jobs, the Fetcher that feeds both, and the Waiters.
   2. deliver: route each fetched unit to the loop or the thread inbox; after quiet,
-     put it straight back in its queue instead.
+     put it straight back in its queue instead. run_here: the idle fast path.
   3. processor_died: replace a Processor whose thread died, so no state leaks from a
      failed job into the next (Sidekiq: Manager#processor_result).
   4. quiet: stop fetching; units fetched ahead but not started go back to their queues.
@@ -28,19 +34,25 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import Final
 
 from kiq.aio import AsyncRunner
 from kiq.config import Config
 from kiq.errors import Shutdown
-from kiq.fetch import TIMEOUT, Fetcher, UnitOfWork
+from kiq.fetch import TIMEOUT, Fetcher, UnitOfWork, by_queue
+from kiq.idle import Waiters
 from kiq.job import lookup
+from kiq.outage import Outage
 from kiq.processor import Executor, Processor, State, interrupt
+from kiq.supervise import Health
 
 log = logging.getLogger(__name__)
 
-HARD_SHUTDOWN_WAIT: Final = 3.0  # seconds to wait for interrupted threads (Sidekiq: 3)
+# Seconds to wait for interrupted threads after the deadline. Sidekiq waits 3, which
+# made TERM with -t 3 take 6.1 s (issue 12): the jobs are requeued before the interrupt,
+# and a thread that has not ended within 1 s is stuck in C code, where waiting longer
+# rarely helps. A stop takes about ``timeout`` + 1 s at most.
+HARD_SHUTDOWN_WAIT: Final = 1.0
 POLL: Final = 0.05  # seconds between checks while waiting for busy jobs at stop
 
 
@@ -50,12 +62,13 @@ class Manager:
         config: Config,
         identity: str,
         state: State,
-        on_redis_error: Callable[[BaseException], None],
-        on_redis_ok: Callable[[], None],
+        outage: Outage,
+        health: Health | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
         self.state = state
+        self.health = health
         self.stopping = threading.Event()
         self.quieted = threading.Event()
         self.inbox: queue.SimpleQueue[UnitOfWork | None] = queue.SimpleQueue()
@@ -64,10 +77,9 @@ class Manager:
         self._slots = threading.Lock()
         self._pending: collections.deque[UnitOfWork] = collections.deque()
         self._running_count = 0
-        self.fetcher = Fetcher(
-            config, identity, self._deliver, on_redis_error, on_redis_ok, self._run_here
-        )
-        self.executor = Executor(config, state, self._finished, self.stopping)
+        self.fetcher = Fetcher(config, identity, self, outage, health)
+        self.waiters = Waiters(self.fetcher, runner=self)
+        self.executor = Executor(config, state, self, self.stopping)
         self.aio = AsyncRunner(self.executor)
         self.processors = [self._processor(i) for i in range(config.concurrency)]
 
@@ -75,16 +87,18 @@ class Manager:
         return Processor(index, self.executor, self.inbox, self._processor_died)
 
     def start(self) -> None:
-        self.aio.start()
+        self.aio.start(self.health)
         for processor in self.processors:
-            processor.start()
+            processor.start(self.health)
         self.fetcher.start()
+        self.waiters.start()
 
     def busy(self) -> int:
         with self.state.lock:
             return len(self.state.work)
 
-    def _deliver(self, units: list[UnitOfWork]) -> None:
+    def deliver(self, units: list[UnitOfWork]) -> None:
+        """The fetcher's hand-over (kiq.fetch.Hand): queue the units for a free slot."""
         if self.quieted.is_set():
             self._put_back(units)
             return
@@ -92,13 +106,14 @@ class Manager:
             self._pending.extend(units)
         self._dispatch()
 
-    def _run_here(self, unit: UnitOfWork) -> bool:
+    def run_here(self, unit: UnitOfWork) -> bool:
         """Run a sync job on the calling (waiter) thread if a slot is free now.
 
-        The fetcher's idle fast path: no hop to a processor thread. False (nothing
-        done) for an async or unknown job, with no free slot, or after quiet; the
-        fetcher then delivers the unit as usual. Like a processor, a failure of kiq's
-        own frees the slot and leaves the job in-progress (requeued at exit).
+        kiq.idle's fast path (idle.Runner): no hop to a processor thread. False
+        (nothing done) for an async or unknown job, with no free slot, or after quiet;
+        the waiter then hands the unit to the fetcher, which delivers it as usual. Like
+        a processor, a failure of kiq's own frees the slot and leaves the job
+        in-progress (requeued at exit).
         """
         job_class = lookup(unit.payload["class"]) if unit.payload else None
         if job_class is None or job_class.is_async:
@@ -120,9 +135,10 @@ class Manager:
             self._abandon(unit)
         return True
 
-    def _finished(self, unit: UnitOfWork) -> None:
-        """A job's outcome is recorded: ack it, free its slot, start the next one."""
-        self.fetcher.done(unit)
+    def finished(self, unit: UnitOfWork) -> None:
+        """A job's outcome is recorded (kiq.processor.Pool): ack it, free its slot,
+        start the next one. The one way back from every runner to Redis."""
+        self.fetcher.ack(unit)
         self._free_slot()
 
     def _free_slot(self) -> None:
@@ -144,11 +160,8 @@ class Manager:
                 self.inbox.put(unit)
 
     def _put_back(self, units: list[UnitOfWork]) -> None:
-        by_queue: dict[str, list[bytes]] = {}
-        for unit in units:
-            by_queue.setdefault(unit.queue, []).append(unit.raw)
         try:
-            for name, raws in by_queue.items():
+            for name, raws in by_queue(units).items():
                 self.config.store.requeue(self.identity, name, raws)
         except Exception:  # still in-progress in Redis: requeued at exit or recovered
             log.warning("could not put %d fetched jobs back yet", len(units), exc_info=True)
@@ -163,7 +176,7 @@ class Manager:
             self._abandon(unit)
         replacement = self._processor(processor.index)
         self.processors[processor.index] = replacement
-        replacement.start()
+        replacement.start(self.health)
 
     def _abandon(self, unit: UnitOfWork) -> None:
         """Free the slot of a unit whose runner failed; it stays in-progress in Redis
@@ -177,6 +190,7 @@ class Manager:
             return
         self.quieted.set()
         self.fetcher.stop()
+        self.waiters.stop()
         with self._slots:
             pending: list[UnitOfWork] = list(self._pending)
             self._pending.clear()
@@ -202,7 +216,9 @@ class Manager:
         while self._in_flight() and time.monotonic() < deadline and not forced.is_set():
             time.sleep(POLL)
         self.stopping.set()
+        end = time.monotonic() + TIMEOUT + 1.0
         self.fetcher.join(TIMEOUT + 1.0)
+        self.waiters.join(max(0.0, end - time.monotonic()))
         self.fetcher.flush_acks()
         busy = self._in_flight()
         moved = self.config.store.requeue_all(self.identity, self.fetcher.order.names)
@@ -213,7 +229,7 @@ class Manager:
             for processor in self.processors:
                 if processor.current is not None:
                     processor.interrupt()
-            for ident in self.fetcher.running_here():
+            for ident in self.waiters.running_here():
                 interrupt(ident)
             self.aio.cancel_all()
             end = time.monotonic() + HARD_SHUTDOWN_WAIT

@@ -37,13 +37,19 @@ class Outage:
             self._since = time.monotonic()
         log.warning("Redis is unreachable at %s (%s); retrying with backoff", self.url, exc)
 
-    def ok(self) -> None:
-        """Call only after a command that writes succeeded (see the module docstring)."""
+    def ok(self, sent: float | None = None) -> None:
+        """Call only after a command that writes succeeded (see the module docstring).
+
+        ``sent`` is when (monotonic) that command was sent: Redis was back by then, so
+        the downtime logged is from the first error to it, not to the moment a loop
+        happened to notice (a waiter's BLMOVE blocks 2 s, a beat comes every 5 s: a 6 s
+        outage was reported as 10 s, issue 12).
+        """
         if self._since is None:
             return
+        now = time.monotonic()
         with self._lock:
             since, self._since = self._since, None
         if since is not None:
-            log.warning(
-                "Redis is back at %s after %.1f s downtime", self.url, time.monotonic() - since
-            )
+            downtime = max(0.0, (now if sent is None else min(sent, now)) - since)
+            log.warning("Redis is back at %s after %.1f s downtime", self.url, downtime)

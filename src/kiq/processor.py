@@ -23,19 +23,21 @@ import ctypes
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from kiq import log as kiq_log
 from kiq import payload as wire
 from kiq.config import Config
 from kiq.errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
 from kiq.fetch import UnitOfWork
-from kiq.job import Job, lookup
+from kiq.job import Job, instantiate, lookup, perform
 from kiq.retry import RetryHandler, error_class, error_message
-from kiq.store import TRANSIENT_ERRORS
+from kiq.store import is_transient
+from kiq.supervise import Health, spawn
 
 if TYPE_CHECKING:
     from kiq.payload import Payload
@@ -44,6 +46,7 @@ log = logging.getLogger("kiq.processor")
 job_log = kiq_log.job_logger("kiq.job")
 
 RETRY_WRITE_BACKOFF: Final = (0.5, 1.0, 2.0, 5.0)  # seconds between failed retry writes
+LONGEST_WAIT: Final = 3600.0  # seconds the reaper sleeps at most, whatever the deadlines
 
 
 class State:
@@ -82,9 +85,15 @@ class Reaper:
         self._fired: set[int] = set()
         self._tokens = itertools.count(1)
         self._stop = False
-        threading.Thread(target=self._run, name="kiq.reaper", daemon=True).start()
+        spawn("reaper", self._run)
 
     def arm(self, seconds: float) -> int:
+        """Raise JobTimeout into the calling thread in ``seconds``; 0 (nothing armed) for
+        a value that is not a positive number. Any finite, infinite or NaN value is safe
+        here: the door (kiq.payload) rejects bad ones, and this thread must never die or
+        spin on one that got through (issue 12, defect 4)."""
+        if not seconds > 0 or seconds == math.inf:  # NaN, 0, negative, inf: no deadline
+            return 0
         token = next(self._tokens)
         with self._cond:
             heapq.heappush(self._heap, (time.monotonic() + seconds, token, threading.get_ident()))
@@ -117,8 +126,15 @@ class Reaper:
                         ctypes.pythonapi.PyThreadState_SetAsyncExc(
                             ctypes.c_ulong(ident), ctypes.py_object(JobTimeout)
                         )
-                wait = self._heap[0][0] - now if self._heap else None
-                self._cond.wait(wait)
+                wait = min(self._heap[0][0] - now, LONGEST_WAIT) if self._heap else None
+                self._cond.wait(wait)  # bounded: a huge wait would raise OverflowError
+
+
+class Pool(Protocol):
+    """Where the executor hands a unit back once its outcome is recorded: the Manager."""
+
+    def finished(self, unit: UnitOfWork) -> None:
+        """Acknowledge ``unit`` and free its slot."""
 
 
 class Executor:
@@ -128,12 +144,12 @@ class Executor:
         self,
         config: Config,
         state: State,
-        done: Callable[[UnitOfWork], None],
+        pool: Pool,
         stopping: threading.Event,
     ) -> None:
         self.config = config
         self.state = state
-        self.done = done
+        self.finished = pool.finished  # bound once: called for every job
         self.stopping = stopping
         self.retry = RetryHandler(config)
         self.reaper = Reaper()
@@ -170,10 +186,7 @@ class Executor:
                 f"no kiq Job is registered as {payload['class']!r}: import the module that "
                 f"defines it with -r, or give a Job name={payload['class']!r}"
             )
-        job = job_class()
-        job.jid = payload.get("jid", "")
-        job.payload = payload
-        return job
+        return instantiate(job_class, payload)
 
     def finish(
         self,
@@ -198,7 +211,7 @@ class Executor:
             job_log.warning("fail: %s: %s", error_class(exc), error_message(exc), exc_info=exc)
             if not self._record_failure(unit, job_class, exc):
                 return  # stopping with Redis away: left in-progress, requeued at exit
-        self.done(unit)
+        self.finished(unit)  # Pool.finished: the one way back (ack, free the slot)
 
     def _record_failure(
         self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
@@ -210,7 +223,9 @@ class Executor:
                 else:
                     self.retry.handle(unit.raw, unit.queue, exc, job_class)
                 return True
-            except TRANSIENT_ERRORS:
+            except Exception as error:  # not `exc`: that name is the failure being recorded
+                if not is_transient(error):
+                    raise
                 pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
                 log.warning("cannot record the failure in Redis yet; trying again in %ss", pause)
                 if self.stopping.wait(pause):
@@ -228,11 +243,13 @@ class Executor:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "start")
             timer = 0
+            timeout = None
             try:
                 job = self.instantiate(unit, job_class)
                 timeout = unit.payload.get("timeout") if unit.payload else None
-                if timeout:
-                    timer = self.reaper.arm(float(timeout))
+                seconds = timeout_seconds(timeout)
+                if seconds is not None:
+                    timer = self.reaper.arm(seconds)
                 try:
                     self._perform(job, unit)
                 finally:
@@ -240,6 +257,8 @@ class Executor:
                         self.reaper.disarm(timer)
             except Shutdown:
                 raise
+            except JobTimeout as error:  # the reaper raises the bare class: say why
+                exc = error if error.args else timed_out(timeout)
             except BaseException as error:  # job code may raise SystemExit & co: a failure
                 exc = error
             self.finish(unit, job_class, ctx, exc, slot)
@@ -255,12 +274,28 @@ class Executor:
 
     def _perform(self, job: Job, unit: UnitOfWork) -> None:
         payload: Payload = unit.payload  # type: ignore[assignment]
-        args = payload["args"]
-        chain = self.config.server_middleware
-        if len(chain):
-            chain.invoke(job, payload, unit.queue, lambda: job.perform(*args))
-        else:
-            job.perform(*args)
+        perform(job, payload, unit.queue, self.config.server_middleware)
+
+
+def timeout_seconds(timeout: Any) -> float | None:
+    """A payload's ``timeout`` in seconds, or None for no deadline (thread and async jobs).
+
+    Unset, zero, negative, NaN, infinite or not a number: no deadline. The door
+    (kiq.payload) rejects such values; this keeps a shared thread (the reaper, the
+    event loop's timer heap) safe from one that got through (issue 12, defect 4).
+    """
+    if not timeout or isinstance(timeout, bool):
+        return None
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return seconds if 0 < seconds < math.inf else None
+
+
+def timed_out(timeout: object) -> JobTimeout:
+    """The error of a job stopped at its ``timeout``, thread and async jobs alike."""
+    return JobTimeout(f"job ran longer than its timeout of {timeout}s")
 
 
 def interrupt(ident: int) -> None:
@@ -283,16 +318,18 @@ class Processor:
         self.inbox = inbox
         self.on_death = on_death
         self.current: UnitOfWork | None = None
-        self.thread = threading.Thread(target=self._run, name=f"kiq.processor-{index}", daemon=True)
+        self.thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self.thread.start()
+    def start(self, health: Health | None = None) -> None:
+        # Not restarted in place: a processor that died is replaced (on_death) by a
+        # fresh one, so no state of a failed job leaks into the next (Sidekiq).
+        self.thread = spawn(f"processor-{self.index}", self._run, restart=False, health=health)
 
     def interrupt(self) -> None:
         """Raise Shutdown in this thread (hard shutdown)."""
-        ident = self.thread.ident
-        if ident is not None and self.thread.is_alive():
-            interrupt(ident)
+        thread = self.thread
+        if thread is not None and thread.ident is not None and thread.is_alive():
+            interrupt(thread.ident)
 
     def _run(self) -> None:
         try:

@@ -46,7 +46,8 @@ from kiq import cron
 from kiq.config import Config
 from kiq.crontab import CronEntry, CronSet, enqueue, load_all, save
 from kiq.outage import Outage
-from kiq.store import TRANSIENT_ERRORS, is_wrong_type
+from kiq.store import is_transient, is_wrong_type
+from kiq.supervise import Health, spawn
 
 __all__ = ["CronEntry", "CronPoller", "CronSet", "enqueue", "load_all", "save"]
 
@@ -60,7 +61,6 @@ class CronPoller:
         self.config = config
         self.outage = outage
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kiq.cron", daemon=True)
 
     def load(self) -> int:
         """Save the schedule file's and the code's jobs to Redis; return how many."""
@@ -74,8 +74,8 @@ class CronPoller:
             log.info("recurring jobs: %s", ", ".join(j.name for j in jobs))
         return len(jobs)
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, health: Health | None = None) -> None:
+        spawn("cron", self._run, stop=self._stop, health=health)
 
     def stop(self) -> None:
         self._stop.set()
@@ -107,7 +107,7 @@ class CronPoller:
         while not self._stop.wait(self.config.cron_poll_interval):
             try:
                 self.tick()  # no outage.ok(): a tick that wrote nothing proves no recovery
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # a bug: kiq.supervise logs it once and restarts the cron loop
                 self.outage.error(exc)
-            except Exception:
-                log.exception("recurring jobs: tick failed")

@@ -24,7 +24,8 @@ from kiq import payload as wire
 from kiq.client import Client
 from kiq.config import Config
 from kiq.outage import Outage
-from kiq.store import TRANSIENT_ERRORS, is_wrong_type
+from kiq.store import TRANSIENT_ERRORS, is_transient, is_wrong_type
+from kiq.supervise import Health, spawn
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,9 @@ class Poller:
         self.outage = outage
         self.rng = rng or random.Random()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kiq.poller", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, health: Health | None = None) -> None:
+        spawn("poller", self._run, stop=self._stop, health=health)
 
     def stop(self) -> None:
         self._stop.set()
@@ -108,10 +108,9 @@ class Poller:
             try:
                 self.enqueue_due()
                 count = self.config.store.process_count()
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise  # a bug: kiq.supervise logs it once and restarts the poller
                 self.outage.error(exc)
-                count = 1
-            except Exception:  # watchdog: a poller that died would never promote again
-                log.exception("poller: enqueueing due jobs failed; trying again next poll")
                 count = 1
             self._stop.wait(self.interval(count))

@@ -24,4 +24,4 @@ def running(config: Config) -> Iterator[Launcher]:
         yield launcher
     finally:
         launcher.stop()
-        launcher.manager.fetcher.join(WAITER_JOIN)
+        launcher.manager.waiters.join(WAITER_JOIN)

@@ -185,6 +185,23 @@ class AsyncGauge(kiq.Job, name="AsyncGauge"):
         record("test:done", self, seconds)
 
 
+class Nap(kiq.Job, name="Nap"):
+    """Mark start, then one ``time.sleep(seconds)``: C code that Shutdown cannot interrupt."""
+
+    def perform(self, seconds: float) -> None:
+        record("test:started", self, seconds)
+        time.sleep(seconds)
+        record("test:done", self, seconds)
+
+
+class StopLoop(kiq.Job, name="StopLoop", retry=0):
+    """Stop the event loop of async jobs from inside: a part of the process dies."""
+
+    async def perform(self) -> None:
+        record("test:started", self)
+        asyncio.get_running_loop().stop()
+
+
 class Leak(kiq.Job, name="Leak", retry=0):
     """Hold ``mb`` MB (touched, so resident) for ``seconds``: a job that leaks memory."""
 

@@ -145,8 +145,13 @@ class Queues(Connection):
         queues: Sequence[str],
         count: int,
         acks: Sequence[tuple[str, bytes]] = (),
+        skipped: list[tuple[str, str]] | None = None,
     ) -> list[tuple[str, bytes]]:
-        """Acknowledge ``acks`` (queue, raw) and take up to ``count`` jobs, in queue order."""
+        """Acknowledge ``acks`` (queue, raw) and take up to ``count`` jobs, in queue order.
+
+        A queue whose key (or in-progress key) holds another type is left out and, if
+        ``skipped`` is given, added to it as (queue, "<key>: <Redis's error>").
+        """
         keys: list[str] = []
         for queue in queues:
             keys.append(self.keys.queue(queue))
@@ -156,6 +161,12 @@ class Queues(Connection):
             args.append(self.keys.inprogress(identity, queue))
             args.append(raw)
         reply = self._script("fetch")(keys=keys, args=args)
+        if reply and reply[0] == 0:  # rare: queues left out (see fetch.lua)
+            end = 2 + 2 * int(reply[1])
+            if skipped is not None:
+                for i in range(2, end, 2):
+                    skipped.append((queues[int(reply[i]) - 1], bytes(reply[i + 1]).decode()))
+            reply = reply[end:]
         return [(queues[int(reply[i]) - 1], reply[i + 1]) for i in range(0, len(reply), 2)]
 
     def wait(self, identity: str, queue: str) -> bytes | None:
