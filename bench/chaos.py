@@ -75,6 +75,7 @@ from chaos_hostile import (
     account_plants,
     counts,
     decode,
+    hkeys,
     holdings,
     make_plants,
     plant,
@@ -441,6 +442,7 @@ class Report:
     enqueued: int
     completed: int
     lost: int
+    stranded: int  # of the lost: in an in-progress list no sweep finds (not in kiq|fetchers)
     unfinished: int
     more_than_once: int
     finished_twice: int
@@ -500,13 +502,19 @@ def account(
         if isinstance(member, dict) and member.get("jid") in tally.enqueued:
             dead[member["jid"]] = member
     pending: set[str] = set()  # still somewhere in Redis: queued, in progress, retry or schedule
-    for _, raws in holdings(r):
+    orphaned: set[str] = set()  # only in the in-progress list of a process no sweep can find
+    registered = {f"kiq|inprogress|{ident}|" for ident in hkeys(r, "kiq|fetchers")}
+    for key, raws in holdings(r):
+        unfindable = key.startswith("kiq|inprogress|") and not key.startswith(tuple(registered))
         for raw in raws:
             member = decode(raw)
             if isinstance(member, dict) and isinstance(member.get("jid"), str):
-                pending.add(member["jid"])
+                (orphaned if unfindable else pending).add(member["jid"])
     missing = [jid for jid in tally.enqueued if jid not in done and jid not in dead]
+    # Workers are stopped (TERM requeues what they hold), so an in-progress list whose
+    # process is not in kiq|fetchers is never swept again: its jobs are lost too.
     lost = [jid for jid in missing if jid not in pending]
+    stranded = sum(1 for jid in lost if jid in orphaned)
     expected_runs = {"work": 1, "flaky": 2, "poison": 0}
     again = [
         jid
@@ -524,6 +532,7 @@ def account(
         enqueued=len(tally.enqueued),
         completed=len(done & tally.enqueued.keys()),
         lost=len(lost),
+        stranded=stranded,
         unfinished=len(missing) - len(lost),
         more_than_once=len(again),
         finished_twice=sum(1 for jid in again if finishes.get(jid, 0) > 1),
@@ -561,7 +570,16 @@ def print_report(report: Report, plan: Plan) -> None:
           f"seed {plan.seed}")  # fmt: skip
     print(f"  enqueued            {report.enqueued:,}")
     print(f"  completed           {report.completed:,}")
-    print(f"  lost                {report.lost}" + ("" if not report.lost else "   <-- FAIL"))
+    print(
+        f"  lost                {report.lost}"
+        + ("" if not report.lost else "   <-- FAIL")
+        + (
+            f" ({report.stranded} stranded in the in-progress list of a dead process that "
+            f"is not in kiq|fetchers, so no sweep recovers them)"
+            if report.stranded
+            else ""
+        )
+    )
     if report.unfinished:
         print(
             f"  unfinished          {report.unfinished}   <-- FAIL (still queued at the deadline)"

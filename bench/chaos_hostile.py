@@ -175,6 +175,10 @@ def smembers(r: redis.Redis, key: str) -> set[str]:
     return {member.decode() for member in cast("set[bytes]", r.smembers(key))}
 
 
+def hkeys(r: redis.Redis, key: str) -> list[str]:
+    return [field.decode() for field in cast("list[bytes]", r.hkeys(key))]
+
+
 def counts(r: redis.Redis, key: str) -> dict[str, int]:
     """A hash of counters, decoded."""
     reply = cast("dict[bytes, bytes]", r.hgetall(key))
