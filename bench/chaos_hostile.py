@@ -116,10 +116,12 @@ def make_plants(first_index: int, rng: random.Random) -> list[Plant]:
     now = time.time()
     plants: list[Plant] = []
     index = first_index
-    for where in ("queue", "queue", "schedule", "retry", "inprogress"):
+    # Twice on a queue, the path most jobs take (all plants are shuffled below).
+    for where, tag in [("queue", "queue"), ("queue", "queue#2"), ("schedule", "schedule"),
+                       ("retry", "retry"), ("inprogress", "inprogress")]:  # fmt: skip
         for name, fields, outcome in BAD_FIELDS:
-            jid, raw = _job(f"{name}@{where}", index, fields, now)
-            plants.append(Plant(f"{name}@{where}", raw, where, outcome, jid))
+            jid, raw = _job(f"{name}@{tag}", index, fields, now)
+            plants.append(Plant(f"{name}@{tag}", raw, where, outcome, jid))
             index += 1
     for where in ("queue", "retry"):
         for name, raw in GARBAGE:
