@@ -261,12 +261,13 @@ def _dead_outcome(item: Plant, member: Any) -> str:
 @dataclass
 class LogFindings:
     thread_deaths: list[str]  # "Exception in thread ..." lines: a thread died
-    part_crashes: list[str]  # "kiq.<part> crashed": restarted by its supervisor, or not
+    part_crashes: list[str]  # "kiq.<part> crashed" (restarted), "... died" (not)
     tracebacks: int
     wrongtype_lines: int  # lines about the WRONGTYPE queue (it must be skipped loudly)
 
 
-CRASH = re.compile(r"kiq\.[\w.-]+ (crashed|cannot go on)")
+# kiq.supervise's lines for a loop that crashed or a part that died; a processor's own
+CRASH = re.compile(r"kiq\.[\w.-]+ (crashed|cannot go on|died)|processor \d+ died")
 
 
 def scan_logs(folder: Path) -> LogFindings:
