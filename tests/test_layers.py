@@ -47,6 +47,7 @@ CORE: tuple[str, ...] = (
     "middleware",
     # 2 container
     "config",
+    "peers",  # the Sidekiq versions sharing the Redis: which formats to write (issue 15)
     # 3 client side: everything ``import kiq`` loads
     "client",
     "job",
@@ -76,7 +77,9 @@ CORE: tuple[str, ...] = (
 
 # Side branches: what each may import. No core module imports them, except that the
 # entry point (cli) may start the web UI.
-CLIENT_SIDE = frozenset({"errors", "keys", "payload", "middleware", "config", "client", "job"})
+CLIENT_SIDE = frozenset(
+    {"errors", "keys", "payload", "middleware", "config", "peers", "client", "job"}
+)
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
     "api": frozenset({"config", "keys", "payload", "client", "errors", "crontab", "handlers"}),

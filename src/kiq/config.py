@@ -152,7 +152,8 @@ class Config:
     verbose: bool = False
     log_format: Literal["plain", "json"] = "plain"
     skip_default_job_logging: bool = False
-    timestamp_format: Literal["float", "ms"] = "float"  # "ms" writes Sidekiq 8 style
+    # auto: float seconds, or Sidekiq 8's int ms when every live Sidekiq reads them (kiq.peers)
+    timestamp_format: Literal["auto", "float", "ms"] = "auto"
     schedule_file: str | None = None  # recurring jobs; default config/kiq_schedule.yml & co
     cron_poll_interval: float = 5.0  # seconds between recurring-job checks per process
     cron_grace: float = 60.0  # a tick missed by more than this is skipped (sidekiq-cron: 60)
@@ -195,10 +196,11 @@ class Config:
         _check_queues(self.queues)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"log_format: {self.log_format!r} is not allowed; use plain or json")
-        if self.timestamp_format not in ("float", "ms"):
+        if self.timestamp_format not in ("auto", "float", "ms"):
             raise ConfigError(
-                f"timestamp_format: {self.timestamp_format!r} is not allowed; use float "
-                f"(Sidekiq 6.4-7.x readers) or ms (Sidekiq 8 only)"
+                f"timestamp_format: {self.timestamp_format!r} is not allowed; use auto (the "
+                f"default: chosen from the live Sidekiq versions), float (Sidekiq 6.4-7.x "
+                f"readers) or ms (Sidekiq 8 only)"
             )
 
     # -- loading ----------------------------------------------------------------------
