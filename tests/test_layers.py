@@ -73,6 +73,7 @@ CORE: tuple[str, ...] = (
     "generator",
     # 7 entry point
     "cli",
+    "__main__",  # python -m kiq: the CLI by a name Sidekiq 8.1.2+'s own `kiq` cannot shadow
 )
 
 # Side branches: what each may import. No core module imports them, except that the

@@ -125,6 +125,10 @@ class Keys:
         """Sidekiq::Deploy's marks of one UTC day: HASH ISO time -> label."""
         return f"{self.prefix}{day:%Y%m%d}-marks"
 
+    def iteration(self, jid: str) -> str:
+        """Sidekiq 7.3+'s iterable-job state (HASH ``ex``, ``c``, ``rt``, ``cancelled``)."""
+        return f"{self.prefix}it-{jid}"
+
     # sidekiq-cron 1.x's keys (shared/sidekiq-wire.md §11) ---------------------------
     @property
     def cron_jobs(self) -> str:

@@ -106,7 +106,13 @@ class Launcher:
         c = self.config
         names = list(dict.fromkeys(name for name, _ in c.queues))
         weights = dict(c.queues)
-        mode = "strict" if all(w == 0 for w in weights.values()) else "weighted"
+        # Sidekiq's Capsule#queues=: all 0 strict, all 1 random, otherwise weighted
+        if all(w == 0 for w in weights.values()):
+            mode = "strict"
+        elif all(w == 1 for w in weights.values()):
+            mode = "random"
+        else:
+            mode = "weighted"
         return orjson.dumps(
             {
                 "hostname": self.identity.rsplit(":", 2)[0],
