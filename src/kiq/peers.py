@@ -215,13 +215,21 @@ class _State:
 
 _STATES: weakref.WeakKeyDictionary[Store, _State] = weakref.WeakKeyDictionary()
 _STATES_LOCK = threading.Lock()
+# The last store looked up and its state: nearly every call is for the same one, and
+# this is on every push (a weakref call, where the dictionary lookup costs ~1 us).
+_last: tuple[weakref.ref[Store], _State] | None = None
 
 
 def _state(store: Store) -> _State:
+    global _last
+    last = _last
+    if last is not None and last[0]() is store:
+        return last[1]
     state = _STATES.get(store)
     if state is None:
         with _STATES_LOCK:
             state = _STATES.setdefault(store, _State())
+    _last = (weakref.ref(store), state)
     return state
 
 
