@@ -51,6 +51,7 @@ CORE: tuple[str, ...] = (
     # 3 client side: everything ``import kiq`` loads
     "client",
     "job",
+    "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
     "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
     "__init__",
     # 3 server parts
@@ -79,7 +80,7 @@ CORE: tuple[str, ...] = (
 # Side branches: what each may import. No core module imports them, except that the
 # entry point (cli) may start the web UI.
 CLIENT_SIDE = frozenset(
-    {"errors", "keys", "payload", "middleware", "config", "peers", "client", "job"}
+    {"errors", "keys", "payload", "middleware", "config", "peers", "client", "job", "activejob"}
 )
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
