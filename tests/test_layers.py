@@ -47,6 +47,7 @@ CORE: tuple[str, ...] = (
     "middleware",
     # 2 container
     "config",
+    "peers",  # the Sidekiq versions sharing the Redis: which formats to write (issue 15)
     # 3 client side: everything ``import kiq`` loads
     "client",
     "job",
@@ -73,12 +74,13 @@ CORE: tuple[str, ...] = (
     "generator",
     # 7 entry point
     "cli",
+    "__main__",  # python -m kiq: the CLI by a name Sidekiq 8.1.2+'s own `kiq` cannot shadow
 )
 
 # Side branches: what each may import. No core module imports them, except that the
 # entry point (cli) may start the web UI.
 CLIENT_SIDE = frozenset(
-    {"errors", "keys", "payload", "middleware", "config", "client", "job", "activejob"}
+    {"errors", "keys", "payload", "middleware", "config", "peers", "client", "job", "activejob"}
 )
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own

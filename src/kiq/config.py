@@ -154,7 +154,8 @@ class Config:
     verbose: bool = False
     log_format: Literal["plain", "json"] = "plain"
     skip_default_job_logging: bool = False
-    timestamp_format: Literal["float", "ms"] = "float"  # "ms" writes Sidekiq 8 style
+    # auto: float seconds, or Sidekiq 8's int ms when every live Sidekiq reads them (kiq.peers)
+    timestamp_format: Literal["auto", "float", "ms"] = "auto"
     # kiq.activejob.enqueue: the wrapper class name ("legacy": Rails <= 7.1's, read by
     # every version; "sidekiq": Sidekiq::ActiveJob::Wrapper, 7.3+) and the oldest Rails
     # that reads the jobs ("7.1" adds the Range and BigDecimal serializers)
@@ -203,10 +204,11 @@ class Config:
         _check_queues(self.queues)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"log_format: {self.log_format!r} is not allowed; use plain or json")
-        if self.timestamp_format not in ("float", "ms"):
+        if self.timestamp_format not in ("auto", "float", "ms"):
             raise ConfigError(
-                f"timestamp_format: {self.timestamp_format!r} is not allowed; use float "
-                f"(Sidekiq 6.4-7.x readers) or ms (Sidekiq 8 only)"
+                f"timestamp_format: {self.timestamp_format!r} is not allowed; use auto (the "
+                f"default: chosen from the live Sidekiq versions), float (Sidekiq 6.4-7.x "
+                f"readers) or ms (Sidekiq 8 only)"
             )
         if self.activejob_wrapper not in ("legacy", "sidekiq"):
             raise ConfigError(
