@@ -69,6 +69,20 @@ def test_sweep_counts_each_recovery_in_the_payload(config, r):
     assert payload["kiq_recoveries"] == 2
 
 
+def test_only_the_jobs_that_may_have_run_count_as_recovered(config, r):
+    """Jobs fetched ahead of the slots never started: only the oldest ``concurrency +
+    2 * prefetch`` of a dead process's list get ``kiq_recoveries``, so a busy worker
+    SIGKILLed a few times does not bury good jobs it never ran as poison (issue 12)."""
+    config.concurrency, config.prefetch = 2, 3
+    jids = take(config, DEAD, "default", 20)
+
+    assert Recoverer(config, ME).sweep() == 20
+
+    payloads = queued(r, "default")
+    assert [p["jid"] for p in payloads] == jids  # order kept: oldest fetched next
+    assert [p.get("kiq_recoveries") for p in payloads] == [1] * 8 + [None] * 12
+
+
 def test_sweep_never_takes_a_live_process_jobs(config, r):
     """A fetcher whose heartbeat hash exists is alive, however long its jobs run."""
     take(config, ALIVE, "default", 2)

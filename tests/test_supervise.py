@@ -261,6 +261,39 @@ def test_an_oom_window_then_a_kill_loses_no_job(tmp_path, oom_servers):
             worker.kill()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_worker_started_while_redis_is_full_takes_no_job_before_its_first_beat(
+    tmp_path, oom_servers
+):
+    """A worker starting in an out-of-memory window cannot register its in-progress
+    lists (the beat is refused), so it must not fetch (RPOP is allowed while Redis is
+    full): a job taken then and the worker killed would sit in a list no sweep knows.
+    Once the window ends it registers and runs every job (the hostile chaos run)."""
+    broker, recorder = oom_servers
+    admin, records_client = broker.client(), recorder.client()
+    pipe = admin.pipeline(transaction=False)
+    for i in range(30):
+        pipe.lpush("queue:default", orjson.dumps({"class": "Slow", "args": [0.0, i]}))
+    pipe.sadd("queues", "default")
+    pipe.execute()
+    admin.config_set("maxmemory", 1)
+    worker = Worker(tmp_path, broker.url(), "-c", "2", record_url=recorder.url(), name="full")
+    try:
+        wait_until(lambda: "maxmemory" in worker.output(), timeout=20)
+        assert admin.keys("kiq|inprogress|*") == []
+        assert admin.llen("queue:default") == 30
+        assert admin.hlen("kiq|fetchers") == 0
+
+        admin.config_set("maxmemory", 0)
+        wait_until(lambda: records_client.llen("test:done") == 30, timeout=30)
+        assert admin.hlen("kiq|fetchers") == 1
+        assert worker.proc.poll() is None, worker.output()
+    finally:
+        admin.config_set("maxmemory", 0)
+        worker.kill()
+
+
 # -- timeouts ------------------------------------------------------------------------------
 
 

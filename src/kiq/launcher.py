@@ -38,7 +38,7 @@ import orjson
 from kiq import __version__, peers
 from kiq import payload as wire
 from kiq.config import Config
-from kiq.errors import ConfigError
+from kiq.errors import ConfigError, RedisUnavailable
 from kiq.manager import Manager
 from kiq.metrics import install as install_metrics
 from kiq.outage import Outage
@@ -136,7 +136,7 @@ class Launcher:
     def start(self) -> None:
         self._check_redis()
         self.config.fire("startup")
-        self.beat()  # also registers this process's in-progress lists for recovery
+        self._first_beat()  # registers this process's in-progress lists for recovery
         self._sweep()
         self._last_sweep = time.monotonic()
         self.cron.load()
@@ -195,9 +195,34 @@ class Launcher:
             log.warning("Redis maxmemory-policy is %s: jobs may be evicted; use noeviction", policy)
 
     # -- heartbeat --------------------------------------------------------------------
-    def beat(self) -> None:
+    def _first_beat(self) -> None:
+        """Beat until one beat is written, before anything is fetched.
+
+        The beat registers this process's in-progress lists (``kiq|fetchers``); a job
+        fetched before that is in a list no sweep knows, so a SIGKILL then would lose it
+        (issue 12: a worker started in an out-of-memory window fetched, since RPOP is
+        allowed while Redis is full, and its jobs were stranded). Bounded by
+        ``redis_wait`` (at least one heartbeat interval), then the start fails.
+        """
+        wait = max(self.config.redis_wait, self.config.heartbeat_interval)
+        deadline = time.monotonic() + wait
+        delay = 0.1
+        while not self.beat():
+            if time.monotonic() >= deadline:
+                raise RedisUnavailable(
+                    f"could not write this process's first heartbeat to Redis at "
+                    f"{self.config.store.safe_url} within {wait:g}s (the errors above say "
+                    f"why); kiq takes no job before it is registered. Fix Redis, or raise "
+                    f"redis_wait / --redis-wait"
+                )
+            time.sleep(delay)  # engine back-off between tries, not a test's wait
+            delay = min(delay * 2, 2.0)
+
+    def beat(self) -> bool:
+        """Write one heartbeat; False when Redis refused it (a transient error, logged
+        by Outage) or a part of this process is dead."""
         if not self.health.ok:
-            return  # a part of this process is dead: never look alive (kiq.supervise)
+            return False  # a part of this process is dead: never look alive (kiq.supervise)
         processed, failed = self.state.take_counts()
         store = self.config.store
         sent = time.monotonic()
@@ -232,13 +257,14 @@ class Launcher:
             if not is_transient(exc):
                 raise  # a bug: kiq.supervise logs it and restarts the heartbeat
             self.outage.error(exc)
-            return
+            return False
         self._read_peers()
         if not existed:
             self.config.fire("heartbeat")
         self.config.fire("beat")
         if signal:
             self.events.put(signal.decode())
+        return True
 
     def _read_peers(self) -> None:
         """Re-read the live processes' versions: which formats kiq writes (kiq.peers).

@@ -10,7 +10,9 @@ live process keeps beating from its own thread however slow its jobs are, so its
 work is never taken from it.
 
 Each recovery increments ``kiq_recoveries`` in the payload (Ruby Sidekiq ignores
-unknown fields). A job recovered more than ``max_recoveries`` times (3) killed its
+unknown fields) of the jobs that may have been running: the oldest ``concurrency +
+2 * prefetch`` of each list; jobs fetched ahead of those never started and go back
+unchanged. A job recovered more than ``max_recoveries`` times (3) killed its
 process every time it ran: it goes to the dead set with ``error_class``
 ``kiq.PoisonJob`` instead of looping forever.
 """
@@ -80,9 +82,20 @@ class Recoverer:
         """For one in-progress list: the jobs to RPUSH back (in order) and the buried ones."""
         requeued: list[bytes] = []
         buried: list[tuple[Payload, bytes]] = []
+        # Only the oldest entries can have been running: jobs run in the order they were
+        # fetched, and the rest were fetched ahead (up to ~200 on a slow link) and never
+        # started. Blaming those too buried good jobs as poison after a few SIGKILLs of a
+        # busy worker (issue 12, found by the hostile chaos run). The window is this
+        # config's slots + prefetch, plus the finished-but-unacked jobs of one refill
+        # (at most prefetch); processes sharing a Redis normally share a config.
+        window = self.config.concurrency + 2 * self.config.prefetch
+        first_blamed = max(0, len(raws) - window)
         # LRANGE gives newest first (fetch LPUSHes); RPUSHing in that order leaves the
         # oldest at the tail, fetched next, as requeue_all does.
-        for raw in raws:
+        for index, raw in enumerate(raws):
+            if index < first_blamed:
+                requeued.append(raw)  # fetched ahead, never started: not a suspect
+                continue
             try:
                 payload = wire.loads(raw)
             except PayloadError:
