@@ -48,6 +48,7 @@ CORE: tuple[str, ...] = (
     # 2 container
     "config",
     # 3 client side: everything ``import kiq`` loads
+    "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
     "client",
     "job",
     "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
@@ -76,10 +77,14 @@ CORE: tuple[str, ...] = (
 
 # Side branches: what each may import. No core module imports them, except that the
 # entry point (cli) may start the web UI.
-CLIENT_SIDE = frozenset({"errors", "keys", "payload", "middleware", "config", "client", "job"})
+CLIENT_SIDE = frozenset(
+    {"errors", "keys", "payload", "middleware", "config", "unique", "client", "job"}
+)
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
-    "api": frozenset({"config", "keys", "payload", "client", "errors", "crontab", "handlers"}),
+    "api": frozenset(
+        {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
+    ),
     "testing": CLIENT_SIDE | {"__init__"},
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),
     # web serves the Prometheus scrape at /metrics when a scraper asks (issue 8)
