@@ -8,6 +8,9 @@ Real Redis throughout; the concurrency and crash claims use real OS processes.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,16 @@ import redis
 import kiq
 from kiq import api, unique
 from kiq.client import Client
+from tests.support.jobs import records
 from tests.support.unique_jobs import (
+    UniqueAtStart,
+    UniqueDoomed,
+    UniqueFlaky,
     UniqueImport,
+    UniqueNap,
     UniqueRecord,
 )
+from tests.support.wait import wait_until
 
 SUPPORT = Path(__file__).parent / "support"
 UNIQUE = ("-r", "unique_jobs")  # the worker loads tests/support/unique_jobs.py too
@@ -192,3 +201,213 @@ def test_kill_all_of_the_retry_set_frees_the_locks(config, r):
         r.zrem("schedule", entry.value)
     assert api.RetrySet().kill_all() == 1
     assert r.keys("unique:*") == []
+
+
+# -- real processes -------------------------------------------------------------------
+
+PUSHERS = 8
+PUSHES = 500  # per process in CI; bench/unique_stress.py pushes 10,000 in all
+
+
+def run_pushers(redis_url: str, r: redis.Redis, unique_for: float) -> list[str]:
+    """PUSHERS processes push the same unique job PUSHES times each, all at once."""
+    r.delete("test:accepted", "test:finished")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(SUPPORT / "unique_pusher.py"),
+                redis_url,
+                str(PUSHES),
+                str(unique_for),
+            ]
+        )
+        for _ in range(PUSHERS)
+    ]
+    r.rpush("test:go", *["go"] * PUSHERS)
+    for proc in procs:
+        assert proc.wait(120) == 0
+    assert r.llen("test:finished") == PUSHERS
+    return [json.loads(item)[0] for item in r.lrange("test:accepted", 0, -1)]
+
+
+@pytest.mark.slow
+def test_eight_processes_pushing_the_same_unique_job_enqueue_exactly_one_per_window(
+    config, r, redis_url
+):
+    """8 OS processes x 500 concurrent pushes: one accepted, one in the queue; after the
+    lock is freed (the job deleted through the API), the next window again holds one."""
+    (jid,) = run_pushers(redis_url, r, 60)
+    assert [p["jid"] for p in queued(r)] == [jid]
+    assert r.get(lock_of(UniqueRecord, 1)) == jid
+
+    (record,) = list(api.Queue("default"))
+    assert record.delete()  # frees the lock: a new window
+    (second,) = run_pushers(redis_url, r, 60)
+    assert second != jid
+    assert [p["jid"] for p in queued(r)] == [second]
+
+
+def lock_holder(r: redis.Redis, lock: str) -> str | None:
+    holder: str | None = r.get(lock)
+    return holder
+
+
+@pytest.mark.slow
+def test_the_lock_is_released_when_the_job_succeeds(config, r, start_worker):
+    start_worker(*UNIQUE, "-c", "1")
+    jid = UniqueRecord.perform_async(1)
+    (done,) = wait_until(lambda: records(r))
+    assert (done["jid"], done["holder"]) == (jid, jid)  # held while it ran
+    wait_until(lambda: lock_holder(r, lock_of(UniqueRecord, 1)) is None)
+    assert UniqueRecord.perform_async(1) is not None
+
+
+@pytest.mark.slow
+def test_unique_until_start_releases_the_lock_before_perform(config, r, start_worker):
+    start_worker(*UNIQUE, "-c", "1")
+    jid = UniqueAtStart.perform_async(1)
+    (done,) = wait_until(lambda: records(r))
+    assert (done["jid"], done["holder"]) == (jid, None)  # already free while it ran
+
+
+@pytest.mark.slow
+def test_the_lock_is_kept_across_a_retry_and_released_when_the_retry_succeeds(
+    config, r, start_worker
+):
+    start_worker(*UNIQUE, "-c", "1")
+    jid = UniqueFlaky.perform_async(1)
+    lock = lock_of(UniqueFlaky, 1)
+    wait_until(lambda: r.zcard("retry") == 1)
+    assert r.get(lock) == jid  # waiting for its retry: still held
+    assert UniqueFlaky.perform_async(1) is None
+    assert api.RetrySet().retry_all() == 1  # run the retry now (its backoff is 15 s+)
+    (done,) = wait_until(lambda: records(r))
+    assert (done["jid"], done["holder"]) == (jid, jid)
+    wait_until(lambda: lock_holder(r, lock) is None)
+    assert [s["jid"] for s in records(r, "test:started")] == [jid, jid]
+
+
+@pytest.mark.slow
+def test_the_lock_is_released_when_the_job_dies(config, r, start_worker):
+    start_worker(*UNIQUE, "-c", "1")
+    jid = UniqueDoomed.perform_async(1)
+    (member,) = wait_until(lambda: r.zrange("dead", 0, -1))
+    assert orjson.loads(member)["jid"] == jid
+    wait_until(lambda: lock_holder(r, lock_of(UniqueDoomed, 1)) is None)
+    assert UniqueDoomed.perform_async(1) is not None
+
+
+@pytest.mark.slow
+def test_deleting_a_scheduled_job_through_the_api_with_a_worker_running_frees_it(
+    config, r, start_worker
+):
+    """The job a worker would run later is deleted from the Web UI's set: the lock goes
+    with it and the next push runs (and is released by the worker on success)."""
+    start_worker(*UNIQUE, "-c", "1")
+    UniqueRecord.perform_in(60, 1)
+    lock = lock_of(UniqueRecord, 1)
+    assert r.get(lock) is not None
+    (entry,) = list(api.ScheduledSet())
+    assert api.ScheduledSet().delete_by_jid(entry.score, entry.jid)
+    assert r.get(lock) is None
+    jid = UniqueRecord.perform_async(1)
+    (done,) = wait_until(lambda: records(r))
+    assert done["jid"] == jid
+    wait_until(lambda: lock_holder(r, lock) is None)
+
+
+@pytest.mark.slow
+def test_a_scheduled_unique_job_is_not_refused_by_its_own_lock_when_it_comes_due(
+    config, r, start_worker
+):
+    start_worker(*UNIQUE, "-c", "1")
+    jid = UniqueRecord.perform_in(0.5, 1)
+    (done,) = wait_until(lambda: records(r))
+    assert (done["jid"], done["holder"]) == (jid, jid)
+    wait_until(lambda: lock_holder(r, lock_of(UniqueRecord, 1)) is None)
+
+
+@pytest.mark.slow
+def test_the_lock_ends_by_its_ttl_and_the_late_job_frees_only_its_own(config, r, start_worker):
+    """A job outliving unique_for loses its lock to the TTL; a copy pushed then takes a
+    new lock, which the first job's success does not free (compare-and-delete)."""
+    start_worker(*UNIQUE, "-c", "2")
+    first = UniqueNap.set(unique_for=1).perform_async(3.0)
+    lock = lock_of(UniqueNap, 3.0)
+    wait_until(lambda: records(r, "test:started"))
+    assert r.get(lock) == first
+    wait_until(lambda: lock_holder(r, lock) is None, timeout=5)  # the TTL, not the job
+    assert records(r) == []  # the first job is still running
+    second = UniqueNap.set(unique_for=60).perform_async(3.0)
+    assert second is not None
+    wait_until(lambda: len(records(r)) == 2, timeout=20)
+    done = {d["jid"]: d for d in records(r)}
+    assert done[first]["holder"] == second  # first ended while second held the lock
+    wait_until(lambda: lock_holder(r, lock) is None)
+
+
+FAST_EXPIRY = ":process_ttl: 1\n:prefetch: 0\n"
+RECOVERY_WAIT = 45.0  # as tests/test_recover.py: a sweep lock left by a crash expires
+
+
+@pytest.mark.slow
+def test_a_sigkilled_workers_lock_ends_by_its_ttl_then_the_job_is_recovered(
+    config, r, start_worker
+):
+    victim = start_worker(*UNIQUE, "-c", "1", config_text=FAST_EXPIRY)
+    jid = UniqueNap.set(unique_for=2).perform_async(60.0)
+    lock = lock_of(UniqueNap, 60.0)
+    wait_until(lambda: records(r, "test:started"))
+    victim.kill()
+    assert r.get(lock) == jid  # the dead worker's job still holds it...
+    wait_until(lambda: lock_holder(r, lock) is None, timeout=5)  # ...until its TTL
+    assert records(r) == []
+
+    rescuer = start_worker(*UNIQUE, "-c", "1", config_text=FAST_EXPIRY)
+    (done,) = wait_until(lambda: records(r), timeout=RECOVERY_WAIT)
+    assert (done["jid"], done["pid"]) == (jid, rescuer.pid)
+
+
+@pytest.mark.slow
+def test_a_recovered_job_runs_under_its_own_lock_and_frees_it(config, r, start_worker):
+    """SIGKILL mid-run with the lock still valid: the orphan sweep requeues the job, which
+    is not refused by the lock it holds itself, runs, and frees it on success."""
+    victim = start_worker(*UNIQUE, "-c", "1", config_text=FAST_EXPIRY)
+    jid = UniqueNap.perform_async(60.0, "victim")  # unique_for=60: outlives the test
+    lock = lock_of(UniqueNap, 60.0, "victim")
+    wait_until(lambda: records(r, "test:started"))
+    victim.kill()
+    assert UniqueNap.perform_async(60.0, "victim") is None  # still held by the lost job
+
+    rescuer = start_worker(*UNIQUE, "-c", "1", config_text=FAST_EXPIRY)
+    (done,) = wait_until(lambda: records(r), timeout=RECOVERY_WAIT)
+    assert (done["jid"], done["pid"], done["holder"]) == (jid, rescuer.pid, jid)
+    wait_until(lambda: lock_holder(r, lock) is None)
+    assert r.pttl(lock) == -2
+
+
+@pytest.mark.slow
+def test_a_ruby_payload_with_unique_for_is_released_by_a_kiq_worker(config, r, start_worker):
+    """A payload as a Ruby client writes it (unique_for, a lock holding its jid): the kiq
+    worker computes the same lock from the payload alone and frees it on success."""
+    start_worker(*UNIQUE, "-c", "1")
+    jid = "0123456789abcdef01234567"
+    payload = {
+        "class": "UniqueRecord",
+        "args": [42],
+        "queue": "default",
+        "retry": True,
+        "jid": jid,
+        "created_at": time.time(),
+        "enqueued_at": time.time(),
+        "unique_for": 600,
+        "unique_until": "success",
+    }
+    lock = lock_of(UniqueRecord, 42)
+    r.set(lock, jid, px=600_000)
+    r.sadd("queues", "default")
+    r.lpush("queue:default", orjson.dumps(payload))
+    (done,) = wait_until(lambda: records(r))
+    assert (done["jid"], done["holder"]) == (jid, jid)
+    wait_until(lambda: lock_holder(r, lock) is None)
