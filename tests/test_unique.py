@@ -163,6 +163,14 @@ def test_a_lock_push_onto_a_key_of_another_type_writes_nothing(config, r):
     assert r.get(lock_of(UniqueRecord, 1)) is None  # no lock left behind for a lost push
 
 
+def test_a_unique_push_after_the_script_cache_was_flushed_loads_it_again(config, r):
+    assert UniqueRecord.perform_async(1) is not None
+    r.script_flush()  # a restarted or failed-over server has no scripts
+    assert UniqueRecord.perform_async(1) is None
+    assert UniqueRecord.perform_async(2) is not None
+    assert len(queued(r)) == 2
+
+
 # -- deleting through the API frees the lock -------------------------------------------
 
 
