@@ -22,6 +22,7 @@ import redis
 import kiq
 from kiq import api, unique
 from kiq.client import Client
+from kiq.recover import Recoverer
 from tests.support.jobs import records
 from tests.support.unique_jobs import (
     UniqueAtStart,
@@ -211,6 +212,21 @@ def test_kill_all_of_the_retry_set_frees_the_locks(config, r):
     assert r.keys("unique:*") == []
 
 
+def test_a_unique_job_buried_as_poison_by_the_recovery_frees_its_lock(config, r):
+    """A job whose process died more than max_recoveries times is dead: lock freed."""
+    config.max_recoveries = 0
+    dead_process = "host:111:dead00000000"
+    jid = UniqueRecord.perform_async(1)
+    config.store.register_fetcher(dead_process, orjson.dumps(["default"]))
+    assert len(config.store.fetch(dead_process, ["default"], 1)) == 1
+    assert r.get(lock_of(UniqueRecord, 1)) == jid
+
+    assert Recoverer(config, "host:333:5e1f00000000").sweep() == 1
+
+    assert orjson.loads(r.zrange("dead", 0, -1)[0])["jid"] == jid
+    assert r.get(lock_of(UniqueRecord, 1)) is None
+
+
 # -- real processes -------------------------------------------------------------------
 
 PUSHERS = 8
@@ -342,12 +358,12 @@ def test_the_lock_ends_by_its_ttl_and_the_late_job_frees_only_its_own(config, r,
     new lock, which the first job's success does not free (compare-and-delete)."""
     start_worker(*UNIQUE, "-c", "2")
     first = UniqueNap.set(unique_for=1).perform_async(3.0)
-    lock = lock_of(UniqueNap, 3.0)
+    lock = lock_of(UniqueNap)  # unique per tag (none here), not per duration
     wait_until(lambda: records(r, "test:started"))
     assert r.get(lock) == first
     wait_until(lambda: lock_holder(r, lock) is None, timeout=5)  # the TTL, not the job
     assert records(r) == []  # the first job is still running
-    second = UniqueNap.set(unique_for=60).perform_async(3.0)
+    second = UniqueNap.set(unique_for=60).perform_async(8.0)  # ends well after the first
     assert second is not None
     wait_until(lambda: records(r))
     wait_until(lambda: not in_progress(r, first))  # first acked: its release came before
@@ -372,7 +388,7 @@ def test_a_sigkilled_workers_lock_ends_by_its_ttl_then_the_job_is_recovered(
 ):
     victim = start_worker(*UNIQUE, "-c", "1", config_text=FAST_EXPIRY)
     jid = UniqueNap.set(unique_for=2).perform_async(60.0)
-    lock = lock_of(UniqueNap, 60.0)
+    lock = lock_of(UniqueNap)
     wait_until(lambda: records(r, "test:started"))
     victim.kill()
     assert r.get(lock) == jid  # the dead worker's job still holds it...
@@ -390,7 +406,7 @@ def test_a_recovered_job_runs_under_its_own_lock_and_frees_it(config, r, start_w
     is not refused by the lock it holds itself, runs, and frees it on success."""
     victim = start_worker(*UNIQUE, "-c", "1", config_text=FAST_EXPIRY)
     jid = UniqueNap.perform_async(60.0, "victim")  # unique_for=60: outlives the test
-    lock = lock_of(UniqueNap, 60.0, "victim")
+    lock = lock_of(UniqueNap, "victim")
     wait_until(lambda: records(r, "test:started"))
     victim.kill()
     assert UniqueNap.perform_async(60.0, "victim") is None  # still held by the lost job

@@ -63,7 +63,13 @@ class UniqueDoomed(kiq.Job, name="UniqueDoomed", unique_for=60, retry=0):
 
 
 class UniqueNap(kiq.Job, name="UniqueNap", unique_for=60):
-    """Sleep ``seconds`` on its first run only (a recovered run finishes at once)."""
+    """Sleep ``seconds`` on its first run only (a recovered run finishes at once).
+
+    Unique per ``tag`` only, so copies may sleep for different times."""
+
+    @staticmethod
+    def unique_args(args: list[Any]) -> list[Any]:
+        return args[1:]
 
     def perform(self, seconds: float, tag: Any = None) -> None:
         note("test:started", self, seconds, tag)
