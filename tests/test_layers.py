@@ -47,10 +47,12 @@ CORE: tuple[str, ...] = (
     "middleware",
     # 2 container
     "config",
+    "peers",  # the Sidekiq versions sharing the Redis: which formats to write (issue 15)
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
     "client",
     "job",
+    "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
     "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
     "__init__",
     # 3 server parts
@@ -73,12 +75,24 @@ CORE: tuple[str, ...] = (
     "generator",
     # 7 entry point
     "cli",
+    "__main__",  # python -m kiq: the CLI by a name Sidekiq 8.1.2+'s own `kiq` cannot shadow
 )
 
 # Side branches: what each may import. No core module imports them, except that the
 # entry point (cli) may start the web UI.
 CLIENT_SIDE = frozenset(
-    {"errors", "keys", "payload", "middleware", "config", "unique", "client", "job"}
+    {
+        "errors",
+        "keys",
+        "payload",
+        "middleware",
+        "config",
+        "peers",
+        "unique",
+        "client",
+        "job",
+        "activejob",
+    }
 )
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own

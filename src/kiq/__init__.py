@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# kiq.activejob registers the Job that runs ActiveJob's wrapper class names.
+from kiq import activejob
 from kiq.client import AsyncClient, Client
 from kiq.config import Config, configure, connect, get_default
 from kiq.errors import (
@@ -64,6 +66,7 @@ __all__ = [
     "Shutdown",
     "UnknownJobError",
     "__version__",
+    "activejob",
     "configure",
     "connect",
     "get_default",

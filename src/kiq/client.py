@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from kiq import payload as wire
-from kiq import unique
+from kiq import peers, unique
 from kiq.config import Config, get_default
 from kiq.errors import JobArgumentError
 from kiq.payload import Payload
@@ -52,11 +52,19 @@ def set_test_hook(hook: TestHook | None) -> None:
 def timestamp(config: Config, now: float | None = None) -> float | int:
     """A payload timestamp: float seconds (Sidekiq 6.4-7.x) or int ms (Sidekiq 8 mode).
 
-    Seconds are always a float, so a whole-second ``now`` is still written as
-    ``1700000000.0``: Sidekiq 8 reads a JSON integer as milliseconds.
+    Which one: ``config.timestamp_format``, and for ``auto`` (the default) the cached
+    choice of ``kiq.peers`` from the live processes' versions (no round trip but the
+    first push's). Seconds are always a float, so a whole-second ``now`` is still
+    written as ``1700000000.0``: Sidekiq 8 reads a JSON integer as milliseconds.
     """
     value = wire.now() if now is None else now
-    return int(value * 1000) if config.timestamp_format == "ms" else float(value)
+    mode = config.timestamp_format
+    if mode == "float":
+        return float(value)
+    if _test_hook is not None:  # the test mode (kiq.testing) never reads Redis
+        return int(value * 1000) if mode == "ms" else float(value)
+    # An explicit ms reads the processes too: a live one that cannot read ms is warned of.
+    return int(value * 1000) if peers.formats(config).ms else float(value)
 
 
 def resolve_at(value: float, now: float) -> float | None:

@@ -80,6 +80,8 @@ _FILE_KEYS: Final = {
     "poll_initial_wait": "poll_initial_wait",
     "prefetch": "prefetch",
     "timestamp_format": "timestamp_format",
+    "activejob_wrapper": "activejob_wrapper",
+    "activejob_rails": "activejob_rails",
     "cron_poll_interval": "cron_poll_interval",
     "cron_grace": "cron_grace",
 }
@@ -152,7 +154,14 @@ class Config:
     verbose: bool = False
     log_format: Literal["plain", "json"] = "plain"
     skip_default_job_logging: bool = False
-    timestamp_format: Literal["float", "ms"] = "float"  # "ms" writes Sidekiq 8 style
+    # auto: float seconds, or Sidekiq 8's int ms when every live Sidekiq reads them (kiq.peers)
+    timestamp_format: Literal["auto", "float", "ms"] = "auto"
+    # kiq.activejob.enqueue: the wrapper class name ("legacy": Rails <= 7.1's, read by
+    # every version; "sidekiq": Sidekiq::ActiveJob::Wrapper, 7.3+) and the oldest Rails
+    # that reads the jobs ("7.1" adds the Range and BigDecimal serializers)
+    activejob_wrapper: Literal["legacy", "sidekiq"] = "legacy"
+    activejob_rails: str = "6.1"
+    globalid_locator: Callable[[str], Any] | None = None  # "gid://app/User/1" -> object
     schedule_file: str | None = None  # recurring jobs; default config/kiq_schedule.yml & co
     cron_poll_interval: float = 5.0  # seconds between recurring-job checks per process
     cron_grace: float = 60.0  # a tick missed by more than this is skipped (sidekiq-cron: 60)
@@ -195,10 +204,17 @@ class Config:
         _check_queues(self.queues)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"log_format: {self.log_format!r} is not allowed; use plain or json")
-        if self.timestamp_format not in ("float", "ms"):
+        if self.timestamp_format not in ("auto", "float", "ms"):
             raise ConfigError(
-                f"timestamp_format: {self.timestamp_format!r} is not allowed; use float "
-                f"(Sidekiq 6.4-7.x readers) or ms (Sidekiq 8 only)"
+                f"timestamp_format: {self.timestamp_format!r} is not allowed; use auto (the "
+                f"default: chosen from the live Sidekiq versions), float (Sidekiq 6.4-7.x "
+                f"readers) or ms (Sidekiq 8 only)"
+            )
+        if self.activejob_wrapper not in ("legacy", "sidekiq"):
+            raise ConfigError(
+                f"activejob_wrapper: {self.activejob_wrapper!r} is not allowed; use legacy "
+                f"(ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper, every version) or "
+                f"sidekiq (Sidekiq::ActiveJob::Wrapper, Sidekiq 7.3+ only)"
             )
 
     # -- loading ----------------------------------------------------------------------
@@ -437,6 +453,7 @@ _TYPED: Final[tuple[tuple[str, type | tuple[type, ...], str], ...]] = (
     ("redis_url", (str, type(None)), "a URL string such as redis://localhost:6379/0"),
     ("key_prefix", str, 'a string such as "myapp:" (or "" for none)'),
     ("tag", str, "a string"),
+    ("activejob_rails", str, 'a Rails version string such as "6.1" or "7.1"'),
     ("environment", str, "a string such as production"),
     ("schedule_file", (str, type(None)), "a file path"),
     ("labels", list, "a list of strings"),

@@ -55,6 +55,9 @@ from kiq.keys import PROGRESS_TTL as PROGRESS_TTL  # re-exported: where Job.prog
 from kiq.middleware import Chain, ServerMiddleware
 from kiq.payload import Payload
 
+if TYPE_CHECKING:
+    from kiq.activejob import ActiveJobData
+
 log = logging.getLogger(__name__)
 
 # Options copied into every payload, under Sidekiq's names.
@@ -73,6 +76,11 @@ PAYLOAD_OPTIONS: Final = (
 CLASS_OPTIONS: Final = ("discard_on",)
 
 _registry: dict[str, type[Job]] = {}
+# ActiveJob (kiq.activejob): the Job that unwraps each ActiveJob wrapper class name,
+# checked before the registry (so plain jobs pay one dict miss), and the Jobs that
+# claim ActiveJob classes (``activejob="ImportJob"``), by ActiveJob class name.
+_wrappers: dict[str, type[Job]] = {}
+_activejob: dict[str, type[Job]] = {}
 
 PROGRESS_EVERY = 0.5  # seconds between progress writes of one job (issue 7: rate limit)
 
@@ -83,8 +91,27 @@ def read_progress(config: Config, jid: str) -> dict[str, Any] | None:
 
 
 def lookup(name: str) -> type[Job] | None:
-    """The Job registered under a payload's ``class`` (or None)."""
+    """The Job registered under a payload's ``class`` (or None).
+
+    ActiveJob's wrapper class names resolve to kiq.activejob's unwrapping Job, which
+    dispatches on the envelope's ``job_class`` (see ``lookup_activejob``).
+    """
+    return _wrappers.get(name) or _registry.get(name)
+
+
+def lookup_registered(name: str) -> type[Job] | None:
+    """The Job registered under ``name`` itself, ActiveJob's wrappers aside."""
     return _registry.get(name)
+
+
+def lookup_activejob(job_class: str) -> type[Job] | None:
+    """The Job that claims the ActiveJob class ``job_class`` (``activejob=``), or None."""
+    return _activejob.get(job_class)
+
+
+def register_wrapper(name: str, job: type[Job]) -> None:
+    """Make payloads of class ``name`` run ``job`` (kiq.activejob's wrappers)."""
+    _wrappers[name] = job
 
 
 def registered() -> Mapping[str, type[Job]]:
@@ -111,11 +138,15 @@ class Job:
     options: ClassVar[dict[str, Any]] = {"retry": True, "queue": "default"}
     discard_on: ClassVar[tuple[type[BaseException], ...]] = ()
     is_async: ClassVar[bool] = False
+    activejob_name: ClassVar[str | None] = None  # the ActiveJob class this Job runs
 
     jid: str
     payload: Payload
+    activejob: ActiveJobData  # set before perform when this Job runs an ActiveJob job
 
-    def __init_subclass__(cls, *, name: str | None = None, **options: Any) -> None:
+    def __init_subclass__(
+        cls, *, name: str | None = None, activejob: str | None = None, **options: Any
+    ) -> None:
         super().__init_subclass__()
         unknown = set(options) - set(PAYLOAD_OPTIONS) - set(CLASS_OPTIONS)
         if unknown:
@@ -133,6 +164,14 @@ class Job:
         cls.wire_name = name or f"{cls.__module__}.{cls.__qualname__}"
         cls.is_async = inspect.iscoroutinefunction(cls.perform)
         _registry[cls.wire_name] = cls
+        if activejob is not None:
+            if not isinstance(activejob, str) or not activejob:
+                raise ConfigError(
+                    f"{cls.__qualname__}: activejob={activejob!r} must be the Rails class "
+                    f'name, e.g. activejob="ImportJob"'
+                )
+            cls.activejob_name = activejob
+            _activejob[activejob] = cls
         # A ``unique_args(args) -> list`` classmethod/staticmethod narrows what makes a
         # unique job's lock (docs/unique.md); the client and the worker read it there.
         unique.register_hook(cls.wire_name, getattr(cls, "unique_args", None))

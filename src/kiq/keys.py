@@ -2,7 +2,7 @@
 
 The names are Sidekiq's own (see shared/sidekiq-wire.md §1), so Sidekiq's
 documentation doubles as this module's spec; sidekiq-cron 1.x's for recurring jobs
-(§11) and Sidekiq 7's for per-class metrics and deploy marks (§1.4). ``Keys(prefix)``
+(§11) and Sidekiq 7's and 8's for per-class metrics and deploy marks (§1.4). ``Keys(prefix)``
 prepends an optional namespace to every key, for sharing Redis with a Sidekiq 6.x app
 that uses ``redis-namespace`` (``namespace: "myapp"`` there is ``prefix="myapp:"``
 here). No other module spells a key (tests/test_layers.py checks it); the TTLs of the
@@ -93,6 +93,7 @@ class Keys:
         return f"{self.prefix}dear-leader"
 
     # Sidekiq 7's metrics (written by kiq.metrics, read by kiq.api.Metrics) -----------
+    # (Sidekiq 8 renamed the keys; kiq writes the layouts the live versions read, kiq.peers)
     def metric_bucket(self, at: datetime) -> str:
         """The minute hash for ``at`` (UTC), e.g. ``j|20240301|8:5``."""
         at = at.astimezone(UTC)
@@ -103,6 +104,21 @@ class Keys:
         at = at.astimezone(UTC)
         return f"{self.prefix}{klass}-{at:%d}-{at:%H}:{at.minute}"
 
+    # Sidekiq 8's metrics (the same fields and BITFIELD, other key names) -------------
+    def metric_bucket8(self, at: datetime) -> str:
+        """Sidekiq 8's minute hash for ``at`` (UTC), e.g. ``j|250214|8:43``, ``j|250214|8:05``."""
+        at = at.astimezone(UTC)
+        return f"{self.prefix}j|{at:%y%m%d}|{at.hour}:{at.minute:02d}"
+
+    def metric_bucket8_mid(self, at: datetime) -> str:
+        """Sidekiq 8's 10-minute hash (the minute key less its last digit), ``j|250214|8:4``."""
+        return self.metric_bucket8(at)[:-1]
+
+    def histogram8(self, klass: str, at: datetime) -> str:
+        """Sidekiq 8's histogram of ``klass`` for the minute ``at``, e.g. ``h|HardJob-14-8:3``."""
+        at = at.astimezone(UTC)
+        return f"{self.prefix}h|{klass}-{at.day}-{at.hour}:{at.minute}"
+
     def deploy_lock(self, label: str) -> str:
         """Sidekiq::Deploy's one-mark-a-minute lock for ``label``."""
         return f"{self.prefix}deploylock-{label}"
@@ -110,6 +126,10 @@ class Keys:
     def deploy_marks(self, day: date) -> str:
         """Sidekiq::Deploy's marks of one UTC day: HASH ISO time -> label."""
         return f"{self.prefix}{day:%Y%m%d}-marks"
+
+    def iteration(self, jid: str) -> str:
+        """Sidekiq 7.3+'s iterable-job state (HASH ``ex``, ``c``, ``rt``, ``cancelled``)."""
+        return f"{self.prefix}it-{jid}"
 
     # sidekiq-cron 1.x's keys (shared/sidekiq-wire.md §11) ---------------------------
     @property
@@ -177,6 +197,7 @@ STAT_TTL: Final = 157_680_000  # 5 years, as Sidekiq's daily stat keys
 SIGNAL_TTL: Final = 60  # Sidekiq's API expires the signals list after a minute
 PROGRESS_TTL: Final = 86_400  # a job's last progress stays readable a day
 METRICS_TTL: Final = 8 * 3600  # every metrics key (Sidekiq 7: SHORT_TERM, HISTOGRAM_TTL)
+METRICS_MID_TTL: Final = 3 * 86400  # Sidekiq 8's 10-minute hashes (MID_TERM)
 TOTALS_TTL: Final = 30 * 86400  # a class's cumulative totals outlive its last run
 DEPLOY_MARK_TTL: Final = 90 * 86400  # a day's deploy marks (Sidekiq: MARK_TTL)
 DEPLOY_LOCK_TTL: Final = 60  # a label is marked at most once this long

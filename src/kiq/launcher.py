@@ -35,7 +35,7 @@ from typing import Final
 
 import orjson
 
-from kiq import __version__
+from kiq import __version__, peers
 from kiq import payload as wire
 from kiq.config import Config
 from kiq.errors import ConfigError
@@ -106,7 +106,13 @@ class Launcher:
         c = self.config
         names = list(dict.fromkeys(name for name, _ in c.queues))
         weights = dict(c.queues)
-        mode = "strict" if all(w == 0 for w in weights.values()) else "weighted"
+        # Sidekiq's Capsule#queues=: all 0 strict, all 1 random, otherwise weighted
+        if all(w == 0 for w in weights.values()):
+            mode = "strict"
+        elif all(w == 1 for w in weights.values()):
+            mode = "random"
+        else:
+            mode = "weighted"
         return orjson.dumps(
             {
                 "hostname": self.identity.rsplit(":", 2)[0],
@@ -227,11 +233,22 @@ class Launcher:
                 raise  # a bug: kiq.supervise logs it and restarts the heartbeat
             self.outage.error(exc)
             return
+        self._read_peers()
         if not existed:
             self.config.fire("heartbeat")
         self.config.fire("beat")
         if signal:
             self.events.put(signal.decode())
+
+    def _read_peers(self) -> None:
+        """Re-read the live processes' versions: which formats kiq writes (kiq.peers).
+
+        Its own round trips after the beat's, off the job path; an error keeps the last
+        choice (the next beat reads again), so the beat itself still counts as done."""
+        try:
+            peers.refresh(self.config)
+        except TRANSIENT_ERRORS as exc:
+            self.outage.error(exc)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop_beat.wait(self.config.heartbeat_interval):

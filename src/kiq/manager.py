@@ -1,6 +1,6 @@
 """Manager: the pool of slots of one kiq process, and its quiet -> stop sequence.
 
-A job's path through the engine, top to bottom (docs/job-path.md):
+A job's path through the engine, top to bottom (docs/internals.md):
 ``Fetcher`` takes units from Redis and calls ``deliver`` (or a waiter of kiq.idle
 calls ``run_here``); a Processor thread or the event loop runs the unit through the
 ``Executor``, which records the outcome and calls ``finished``, the one way back:

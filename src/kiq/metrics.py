@@ -1,4 +1,4 @@
-"""Per-job-class execution metrics, in Sidekiq 7's Redis format (shared/sidekiq-wire.md §1.4).
+"""Per-job-class execution metrics, in Sidekiq 7's and 8's Redis formats (sidekiq-wire.md §1.4).
 
 Why: the Web UI's Metrics page (issue 6) shows, per job class, executions, failures
 and time over the last hours, as Sidekiq 7+ does. Counting in Redis on every job would
@@ -15,8 +15,14 @@ hash per minute plus one histogram per class per minute, all expiring after ``TT
   * ``<Class>-%d-%H:%-M`` STRING used as a BITFIELD of 26 unsigned 16-bit counters
     (``OVERFLOW SAT``): how many successful runs fell in each bucket of ``BUCKETS``.
 
-The class is ``wrapped`` (ActiveJob) or ``class``, so Sidekiq 7's Web UI reading the
-same Redis shows kiq's numbers next to its own. Times are UTC.
+Sidekiq 8 renamed them (same fields, same BITFIELD): ``j|%y%m%d|%-H:%M`` (minute
+zero-padded; 8 hours), the 10-minute ``j|%y%m%d|%-H:<tens of minutes>`` (3 days) and
+``h|<Class>-%-d-%-H:%-M`` (8 hours). Each flush writes the layouts the live Sidekiq
+versions read (``kiq.peers``: 7's unless every live Sidekiq is 8+, 8's when one is, or
+``timestamp_format: ms``), still in one pipeline; ``kiq.api.Metrics`` reads both.
+
+The class is ``wrapped`` (ActiveJob) or ``class``, so Sidekiq 7's and 8's Web UIs
+reading the same Redis show kiq's numbers next to their own. Times are UTC.
 
 Cumulative totals, for Prometheus counters (issue 8), written by the same flush; kiq's
 own keys, which Sidekiq neither reads nor writes:
@@ -49,6 +55,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from kiq import peers
 from kiq.config import Config
 
 # The histogram's bucket bounds and labels are the histogram key's layout (kiq.keys).
@@ -152,12 +159,15 @@ class Metrics:
             return 0
         now = now or datetime.now(UTC)
         try:
+            layouts = peers.formats(config)  # cached: the heartbeat keeps it fresh
             config.store.flush_metrics(
                 now,
                 counts,
                 grams,
                 self._totals_fields(counts, grams, totals),
                 max_classes=TOTALS_MAX_CLASSES,
+                seven=layouts.metrics7,
+                eight=layouts.metrics8,
             )
         except BaseException:
             self._restore(counts, grams, totals)

@@ -58,7 +58,16 @@ from kiq.api.metrics import (
     deploy_marks,
     job_totals,
 )
-from kiq.api.process import PROCESS_FIELDS, Process, ProcessSet, Work, WorkSet, progress
+from kiq.api.process import (
+    PROCESS_FIELDS,
+    IterationState,
+    Process,
+    ProcessSet,
+    Work,
+    WorkSet,
+    iterations,
+    progress,
+)
 from kiq.api.queue import ACTIVE_JOB_PREFIXES, MAILER_JOBS, JobRecord, Queue
 from kiq.api.sets import (
     KILL_BATCH,
@@ -93,6 +102,7 @@ __all__ = [
     "DeadSet",
     "DeployMark",
     "History",
+    "IterationState",
     "JobHistogram",
     "JobMetrics",
     "JobRecord",
@@ -114,6 +124,7 @@ __all__ = [
     "cron_set",
     "deploy_mark",
     "deploy_marks",
+    "iterations",
     "job_totals",
     "progress",
     "queue_summaries",

@@ -279,3 +279,53 @@ def progress(jids: list[str], config: Config | None = None) -> dict[str, dict[st
     ``message``, ``class`` and ``at`` (epoch seconds).
     """
     return config_or_default(config).store.read_progress(jids)
+
+
+@dataclass(frozen=True, slots=True)
+class IterationState:
+    """A Ruby iterable job's state, as Sidekiq 7.3+ keeps it in ``it-<jid>``
+    (shared/sidekiq-wire.md §12): read-only here, kiq runs no iterable jobs yet.
+
+    ``executions`` (``ex``) counts the runs so far, ``cursor`` (``c``, JSON) is where the
+    next run resumes, ``runtime`` (``rt``) is seconds spent iterating over all runs and
+    ``cancelled_at`` is when ``cancel!`` flagged it (``cancelled``, epoch seconds).
+    """
+
+    jid: str
+    executions: int
+    cursor: Any
+    runtime: float
+    cancelled_at: datetime | None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancelled_at is not None
+
+
+def iterations(jids: list[str], config: Config | None = None) -> dict[str, IterationState]:
+    """The ``it-<jid>`` state of each job that has one, by jid (one pipelined HGETALL).
+
+    Example::
+
+        state = kiq.api.iterations([jid]).get(jid)
+        if state: state.executions, state.cursor, state.cancelled
+    """
+    raws = config_or_default(config).store.read_iterations(jids)
+    found: dict[str, IterationState] = {}
+    for jid, raw in zip(jids, raws, strict=True):
+        if not raw:
+            continue
+        data = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+        try:
+            cursor = json.loads(data["c"]) if "c" in data else None
+        except ValueError:
+            cursor = data["c"]  # not JSON: shown as written
+        cancelled = float_or_none(data.get("cancelled"))
+        found[jid] = IterationState(
+            jid=jid,
+            executions=int_or_zero(data.get("ex")),
+            cursor=cursor,
+            runtime=float_or_none(data.get("rt")) or 0.0,
+            cancelled_at=to_datetime(cancelled),
+        )
+    return found

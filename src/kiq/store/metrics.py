@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from kiq.keys import DEPLOY_LOCK_TTL, DEPLOY_MARK_TTL, METRICS_TTL, STAT_TTL, TOTALS_TTL
+from kiq.keys import (
+    DEPLOY_LOCK_TTL,
+    DEPLOY_MARK_TTL,
+    METRICS_MID_TTL,
+    METRICS_TTL,
+    STAT_TTL,
+    TOTALS_TTL,
+)
 from kiq.store.connection import Connection
 
 
@@ -65,6 +72,8 @@ class Counters(Connection):
         totals: Mapping[str, Mapping[str, int]],
         *,
         max_classes: int,
+        seven: bool = True,
+        eight: bool = False,
     ) -> None:
         """Add one flush's counts to the minute of ``at``, in one pipeline.
 
@@ -72,24 +81,37 @@ class Counters(Connection):
         class -> runs per histogram bucket (a BITFIELD of saturating u16 counters);
         ``totals``: class -> cumulative fields (``p|<queue>``, ``f|<queue>``, ``ms``,
         ``h|<i>``). The totals index keeps the ``max_classes`` most recently run.
+        ``seven``/``eight``: write Sidekiq 7's keys, Sidekiq 8's (its minute hash, its
+        10-minute hash, its histogram), or both (kiq.peers decides which).
         Not a MULTI: each command only adds, and a flush cut short by an outage is
         put back by the caller and sent again (so counts may be added twice, never lost
         silently); the per-minute keys are statistics, not jobs.
         """
         k = self.keys
         pipe = self._pipeline()
-        bucket = k.metric_bucket(at)
-        for field, value in counts.items():
-            pipe.hincrby(bucket, field, value)
-        pipe.expire(bucket, METRICS_TTL)
+        buckets: list[tuple[str, int]] = []
+        if seven:
+            buckets.append((k.metric_bucket(at), METRICS_TTL))
+        if eight:
+            buckets += [
+                (k.metric_bucket8_mid(at), METRICS_MID_TTL),
+                (k.metric_bucket8(at), METRICS_TTL),
+            ]
+        for bucket, ttl in buckets:
+            for field, value in counts.items():
+                pipe.hincrby(bucket, field, value)
+            pipe.expire(bucket, ttl)
         for klass, gram in grams.items():
-            key = k.histogram(klass, at)
             args: list[str | int] = ["OVERFLOW", "SAT"]
             for i, n in enumerate(gram):
                 if n:
                     args += ["INCRBY", "u16", f"#{i}", n]
-            pipe.execute_command("BITFIELD", key, *args)
-            pipe.expire(key, METRICS_TTL)
+            keys = ([k.histogram(klass, at)] if seven else []) + (
+                [k.histogram8(klass, at)] if eight else []
+            )
+            for key in keys:
+                pipe.execute_command("BITFIELD", key, *args)
+                pipe.expire(key, METRICS_TTL)
         index, stamp = k.totals_index, at.timestamp()
         for klass, values in totals.items():
             key = k.totals(klass)
@@ -103,23 +125,44 @@ class Counters(Connection):
         pipe.execute()
 
     def metric_minutes(self, times: Sequence[datetime]) -> list[dict[bytes, bytes]]:
-        """HGETALL of each minute's hash (every class's ``p``/``f``/``ms``)."""
+        """Each minute's ``<Class>|p``/``|f``/``|ms`` fields, Sidekiq 7's and 8's keys merged.
+
+        One pipeline: HGETALL of both minute hashes. A field in both takes the larger
+        value, not the sum: kiq writes both layouts of the same runs when Sidekiq 7 and
+        8 share the Redis (a Sidekiq 7 and a Sidekiq 8 running the same class in the
+        same minute then show the busier of the two).
+        """
         pipe = self._pipeline()
         for at in times:
             pipe.hgetall(self.keys.metric_bucket(at))
-        return list(pipe.execute())
+            pipe.hgetall(self.keys.metric_bucket8(at))
+        replies = pipe.execute()
+        return [_larger(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
 
     def metric_job(
         self, klass: str, times: Sequence[datetime], buckets: int
     ) -> list[tuple[list[bytes | None], list[int]]]:
-        """Per minute: HMGET ``<klass>|p``/``|f``/``|ms`` and the ``buckets`` histogram counters."""
+        """Per minute: ``<klass>|p``/``|f``/``|ms`` and the ``buckets`` histogram counters,
+        each the larger of Sidekiq 7's and 8's keys (as ``metric_minutes``)."""
+        k = self.keys
         pipe = self._pipeline()
         rest = [("u16", f"#{i}") for i in range(1, buckets)]
+        fields = [f"{klass}|{m}" for m in ("p", "f", "ms")]
         for at in times:
-            pipe.hmget(self.keys.metric_bucket(at), [f"{klass}|{m}" for m in ("p", "f", "ms")])
-            pipe.bitfield_ro(self.keys.histogram(klass, at), "u16", "#0", items=rest)
+            pipe.hmget(k.metric_bucket(at), fields)
+            pipe.bitfield_ro(k.histogram(klass, at), "u16", "#0", items=rest)
+            pipe.hmget(k.metric_bucket8(at), fields)
+            pipe.bitfield_ro(k.histogram8(klass, at), "u16", "#0", items=rest)
         replies = pipe.execute()
-        return [(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
+        found: list[tuple[list[bytes | None], list[int]]] = []
+        for i in range(0, len(replies), 4):
+            values7, gram7, values8, gram8 = replies[i : i + 4]
+            values = [
+                b if a is None or (b is not None and _int(b) > _int(a)) else a
+                for a, b in zip(values7, values8, strict=True)
+            ]
+            found.append((values, [max(a, b) for a, b in zip(gram7, gram8, strict=True)]))
+        return found
 
     def totals(self) -> list[tuple[str, dict[bytes, bytes]]]:
         """Every class in the totals index, by name, with its totals hash ({} if expired)."""
@@ -151,3 +194,21 @@ class Counters(Connection):
         for day in days:
             pipe.hgetall(self.keys.deploy_marks(day))
         return list(pipe.execute())
+
+
+def _int(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+def _larger(a: dict[bytes, bytes], b: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """Field by field, the larger count of two minute hashes (see ``metric_minutes``)."""
+    if not b:
+        return a
+    merged = dict(a)
+    for field, value in b.items():
+        if field not in merged or _int(value) > _int(merged[field]):
+            merged[field] = value
+    return merged

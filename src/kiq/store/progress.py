@@ -2,7 +2,8 @@
 
 Why its own file: progress is kiq's own key, written from job code (``Job.progress``)
 rather than by the engine, and read in one place (``read_progress``) by both
-``kiq.job.read_progress`` and ``kiq.api.progress``.
+``kiq.job.read_progress`` and ``kiq.api.progress``. Sidekiq 7.3+'s iterable jobs keep
+their progress in ``it-<jid>``; ``read_iterations`` reads it (read-only) next to kiq's.
 """
 
 from __future__ import annotations
@@ -54,3 +55,10 @@ class Progress(Connection):
                 "at": _float(data.get("at")),
             }
         return found
+
+    def read_iterations(self, jids: Sequence[str]) -> list[dict[bytes, bytes]]:
+        """HGETALL ``it-<jid>`` of each job ({} for a job with no iteration state), pipelined."""
+        pipe = self._pipeline()
+        for jid in jids:
+            pipe.hgetall(self.keys.iteration(jid))
+        return list(pipe.execute())
