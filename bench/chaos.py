@@ -10,7 +10,12 @@ process TTL, 1 s orphan sweeps) while it:
   * kills Redis once with SIGKILL halfway through and starts it again from its AOF
     (``appendfsync always``, so every write Redis acknowledged survives the crash;
     ``--redis-restart shutdown`` does a clean SHUTDOWN instead, where ``everysec`` is
-    enough because SHUTDOWN fsyncs the AOF).
+    enough because SHUTDOWN fsyncs the AOF);
+  * plants hostile input (bench/chaos_hostile.py, issue 12; ``--no-hostile`` skips it):
+    bad-field payloads and non-JSON garbage on a queue, in ``schedule``, ``retry`` and a
+    vanished process's in-progress list; a queue key that is a STRING (WRONGTYPE) among
+    the workers' queues; and an OOM window (``CONFIG SET maxmemory 1`` for
+    ``--oom-seconds``, a quarter of the way in), each of which once stopped a thread.
 
 Every job counts its runs (``HINCRBY chaos:runs <jid> 1`` when it starts) and records
 its jid in the ``chaos:done`` SET when it finishes (SADD: idempotent). 1 in 20 raises
@@ -21,7 +26,11 @@ done (or dead), or after a drain deadline, it prints::
     (jobs that were running in a killed process, or whose ack was in flight when
     Redis died), dead (must be exactly the poison jobs, error_class kiq.PoisonJob)
 
-and exits 1 if anything was lost, is still unfinished, or died unexpectedly.
+plus what became of each plant, and exits 1 if anything was lost, is still unfinished,
+or died unexpectedly; if a plant is unaccounted for (not dead with a message, or done
+where ignoring the field is allowed); if a worker thread died (``Exception in thread`` in
+a log), a worker exited other than by the harness's SIGKILLs, poison jobs or the final
+TERM, a live worker stopped beating, or no log line reported the WRONGTYPE queue.
 
 Usage::
 
@@ -36,6 +45,8 @@ below them runs there (``__name__`` is not ``"__main__"``).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import random
@@ -45,15 +56,34 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 import kiq
 from kiq.payload import new_jid
+from kiq.store import is_transient
+
+# bench/chaos_hostile.py, also when `kiq worker -r bench/chaos.py` loads this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chaos_hostile import (
+    WRONGTYPE_QUEUE,
+    Plant,
+    account_plants,
+    counts,
+    decode,
+    hkeys,
+    holdings,
+    make_plants,
+    plant,
+    plant_wrong_type,
+    scan_logs,
+    smembers,
+    zmembers,
+)
 
 RUNS = "chaos:runs"  # HASH jid -> times perform started
 DONE = "chaos:done"  # SET of jids that finished
@@ -78,31 +108,49 @@ class Work(kiq.Job, name="chaos.Work", retry=5):
     """Count the run, maybe sleep, maybe fail the first time, record the jid as done."""
 
     def perform(self, index: int, sleep_ms: int, flaky: bool) -> None:
-        _redis().hincrby(RUNS, self.jid, 1)
+        runs = _redis().hincrby(RUNS, self.jid, 1)
         if sleep_ms:
             time.sleep(sleep_ms / 1000)
-        if flaky and "retry_count" not in self.payload:
+        if flaky and runs == 1:  # not retry_count: the hostile plants set a bad one
             raise Flaky(f"job {index} fails once on purpose")
-        pipe = _redis().pipeline(transaction=False)
-        pipe.sadd(DONE, self.jid)
-        pipe.hincrby(FINISHES, self.jid, 1)
-        pipe.execute()
+        _finish(self.jid)
 
     @classmethod
     def retry_in(cls, count: int, exc: BaseException, payload: Any) -> float:
         return 1.0  # not Sidekiq's 15 s: the run should not wait on backoff
 
 
+def _finish(jid: str) -> None:
+    pipe = _redis().pipeline(transaction=False)
+    pipe.sadd(DONE, jid)
+    pipe.hincrby(FINISHES, jid, 1)
+    pipe.execute()
+
+
 class Poison(kiq.Job, name="chaos.Poison"):
     """Kill the process running it, every time: kiq must bury it as kiq.PoisonJob."""
 
     def perform(self, index: int) -> None:
-        _redis().hincrby(RUNS, self.jid, 1)
+        with contextlib.suppress(redis.RedisError):  # the OOM window must not save it
+            _redis().hincrby(RUNS, self.jid, 1)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Hang(kiq.Job, name="chaos.Hang"):
+    """Sleep far past its ``timeout: 1``: a timeout guard, which must die as JobTimeout."""
+
+    def perform(self, seconds: float) -> None:
+        with contextlib.suppress(redis.RedisError):
+            _redis().hincrby(RUNS, self.jid, 1)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:  # Python code: a JobTimeout lands between sleeps
+            time.sleep(0.05)  # (one long sleep in C would hold it off until it returns)
+        _finish(self.jid)  # only if its timeout did not fire: the run reports a failure
 
 
 # ---------------------------------------------------------------------------------------
 # The harness (only when run as a program).
+
 
 QUEUES = [("critical", 3), ("default", 2), ("low", 1)]
 WORKER_CONFIG = """\
@@ -114,6 +162,8 @@ WORKER_CONFIG = """\
 :timeout: 5
 """
 REPO = Path(__file__).resolve().parent.parent
+BEAT_FRESH = 2.5  # seconds: a live worker's last beat is younger than this (beats every 0.5)
+BEAT_GRACE = 5.0  # seconds a new worker has to beat before it counts as not beating
 
 
 @dataclass
@@ -126,6 +176,8 @@ class Plan:
     poison: int
     drain_timeout: float
     restart: str  # "kill" (SIGKILL + AOF recovery) or "shutdown" (clean SHUTDOWN)
+    hostile: bool = True  # plants (bench/chaos_hostile.py), WRONGTYPE queue, OOM window
+    oom_seconds: float = 4.0
     kill_every: tuple[float, float] = (2.0, 4.0)
     seed: int = field(default_factory=lambda: random.randrange(1 << 30))
 
@@ -135,18 +187,20 @@ class Tally:
     """What happened during the run, besides what the jobs recorded."""
 
     enqueued: dict[str, str] = field(default_factory=dict)  # jid -> "work" | "flaky" | "poison"
+    planted: list[Plant] = field(default_factory=list)
     push_retries: int = 0
     kills: int = 0
     poison_exits: int = 0
     redis_down_s: float = 0.0
+    oom_s: float = 0.0
     killed: set[int] = field(default_factory=set)  # pids we SIGKILLed (not poison)
+    unexpected_exits: list[str] = field(default_factory=list)  # "pid: exit status"
 
 
 class Cluster:
     """The private Redis and the kiq worker processes."""
 
     def __init__(self, folder: Path, plan: Plan) -> None:
-        sys.path.insert(0, str(REPO))  # tests/support/servers.py: the private-server helper
         from tests.support.servers import RedisServer
 
         fsync = "always" if plan.restart == "kill" else "everysec"
@@ -157,7 +211,9 @@ class Cluster:
         self.folder = folder
         self.config = folder / "chaos.yml"
         self.config.write_text(WORKER_CONFIG)
+        self.queues = QUEUES + ([(WRONGTYPE_QUEUE, 1)] if plan.hostile else [])
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.started_at: dict[int, float] = {}  # pid -> monotonic start
         self.lock = threading.Lock()
         self.started = 0
 
@@ -165,10 +221,14 @@ class Cluster:
     def url(self) -> str:
         return self.server.url()
 
+    def redis(self) -> redis.Redis:
+        """A client that does not decode (garbage plants are not UTF-8)."""
+        return redis.Redis(host="127.0.0.1", port=self.server.port, socket_timeout=5)
+
     def start_worker(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ, KIQ_REDIS_URL=self.url)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
-        queues = [arg for name, weight in QUEUES for arg in ("-q", f"{name},{weight}")]
+        queues = [arg for name, weight in self.queues for arg in ("-q", f"{name},{weight}")]
         command = [sys.executable, "-m", "kiq.cli", "worker", "-r", str(Path(__file__).resolve())]
         command += ["-c", "10", "-C", str(self.config), *queues]
         with self.lock:
@@ -177,13 +237,18 @@ class Cluster:
             with log.open("wb") as out:
                 proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
             self.workers.append(proc)
+            self.started_at[proc.pid] = time.monotonic()
         return proc
 
     def alive(self) -> list[subprocess.Popen[bytes]]:
         with self.lock:
             return [p for p in self.workers if p.poll() is None]
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
+        """TERM the live workers, then stop Redis; return those that exited non-zero (of
+        the ones old enough to have set up their signal handlers)."""
+        now = time.monotonic()
+        termed = [p for p in self.alive() if now - self.started_at[p.pid] > BEAT_GRACE]
         for proc in self.alive():
             proc.send_signal(signal.SIGTERM)
         for proc in self.workers:
@@ -193,11 +258,13 @@ class Cluster:
                 proc.kill()
                 proc.wait()
         self.server.kill()
+        return [f"{p.pid}: exit {p.returncode} after TERM" for p in termed if p.returncode]
 
 
-def make_jobs(plan: Plan, rng: random.Random) -> list[dict[str, Any]]:
-    """The jobs to push, in push order; poison jobs early, so they are buried in time."""
-    items: list[dict[str, Any]] = []
+def make_jobs(plan: Plan, rng: random.Random) -> list[dict[str, Any] | Plant]:
+    """What to push, in push order: poison jobs early, so they are buried in time, and the
+    hostile plants spread over the first 40 % (written raw, as a foreign producer would)."""
+    items: list[dict[str, Any] | Plant] = []
     for index in range(plan.jobs):
         queue = rng.choices([q for q, _ in QUEUES], weights=[w for _, w in QUEUES])[0]
         sleep_ms = rng.randint(1, 10) if rng.random() < 0.25 else 0
@@ -209,12 +276,22 @@ def make_jobs(plan: Plan, rng: random.Random) -> list[dict[str, Any]]:
         position = (n + 1) * len(items) // (4 * (plan.poison + 1))  # in the first quarter
         items.insert(position, {"class": "chaos.Poison", "queue": "default", "args": [n]})
     for item in items:
+        assert isinstance(item, dict)
         item["jid"] = new_jid()
+    if plan.hostile:
+        plants = make_plants(plan.jobs, rng)
+        span = len(items) * 2 // 5
+        for n, plant in enumerate(plants):
+            items.insert(1 + n * span // len(plants) + n, plant)
     return items
 
 
 def enqueue(
-    cluster: Cluster, plan: Plan, items: list[dict[str, Any]], tally: Tally, stop: threading.Event
+    cluster: Cluster,
+    plan: Plan,
+    items: list[dict[str, Any] | Plant],
+    tally: Tally,
+    stop: threading.Event,
 ) -> None:
     """Push a quarter of the jobs at once, the rest at a steady rate over ``plan.seconds``.
 
@@ -222,28 +299,37 @@ def enqueue(
     Redis, the job is queued twice and runs twice (counted, and explained, at the end).
     """
     client = kiq.Client(kiq.Config(redis_url=cluster.url))
+    raw = cluster.redis()
     started = time.monotonic()
     burst = len(items) // 4  # a backlog, so killed workers hold full fetch batches
     for n, item in enumerate(items):
         due = started + plan.seconds * 0.8 * max(0, n - burst) / (len(items) - burst)
         if stop.wait(max(0.0, due - time.monotonic())):
             break
-        if not push(client, item, tally, stop):
+        if isinstance(item, Plant):
+            if not retrying(functools.partial(plant, raw, item), tally, stop):
+                break
+            tally.planted.append(item)
+            continue
+        if not retrying(functools.partial(client.push, item), tally, stop):
             break
         kind = "poison" if item["class"] == "chaos.Poison" else "work"
         if kind == "work" and item["args"][2]:
             kind = "flaky"
         tally.enqueued[item["jid"]] = kind
     client.config.close()
+    raw.close()
 
 
-def push(client: kiq.Client, item: dict[str, Any], tally: Tally, stop: threading.Event) -> bool:
-    """Push one job, retrying while Redis is away; False if told to stop first."""
+def retrying(write: Callable[[], object], tally: Tally, stop: threading.Event) -> bool:
+    """Run one write, retrying while Redis is away or out of memory; False if told to stop."""
     while not stop.is_set():
         try:
-            client.push(item)
+            write()
             return True
-        except kiq.RedisUnavailable:
+        except (kiq.RedisUnavailable, redis.RedisError) as exc:
+            if not isinstance(exc, kiq.RedisUnavailable) and not is_transient(exc):
+                raise
             tally.push_retries += 1
             stop.wait(0.1)
     return False
@@ -252,9 +338,13 @@ def push(client: kiq.Client, item: dict[str, Any], tally: Tally, stop: threading
 def chaos(
     cluster: Cluster, plan: Plan, tally: Tally, rng: random.Random, stop: threading.Event
 ) -> None:
-    """Kill a random worker every few seconds, replace dead ones, crash Redis once."""
+    """Kill a random worker every few seconds, replace dead ones, fill Redis's memory for a
+    few seconds a quarter of the way in (hostile runs), crash Redis once halfway."""
     started = time.monotonic()
     restart_at = started + plan.seconds / 2
+    oom_at = started + plan.seconds / 4 if plan.hostile and plan.oom_seconds > 0 else 0.0
+    oom_until = 0.0
+    admin = cluster.redis()
     next_kill = started + rng.uniform(*plan.kill_every)
     seen_dead: set[int] = set()
     while not stop.wait(0.1):
@@ -264,6 +354,8 @@ def chaos(
                 seen_dead.add(proc.pid)
                 if proc.returncode == -signal.SIGKILL and proc.pid not in tally.killed:
                     tally.poison_exits += 1
+                elif proc.returncode != -signal.SIGKILL:
+                    tally.unexpected_exits.append(f"{proc.pid}: exit {proc.returncode}")
                 cluster.start_worker()
         if now - started < plan.seconds and now >= next_kill:
             victims = cluster.alive()
@@ -273,7 +365,15 @@ def chaos(
                 victim.kill()
                 tally.kills += 1
             next_kill = now + rng.uniform(*plan.kill_every)
-        if restart_at and now >= restart_at:
+        if oom_at and now >= oom_at:
+            oom_at, oom_until = 0.0, now + plan.oom_seconds
+            admin.config_set("maxmemory", 1)
+            print(f"  [{now - started:5.1f}s] Redis out of memory (maxmemory 1)", flush=True)
+        if oom_until and (now >= oom_until or stop.is_set()):
+            admin.config_set("maxmemory", 0)
+            tally.oom_s, oom_until = plan.oom_seconds + now - oom_until, 0.0
+            print(f"  [{now - started:5.1f}s] Redis memory back ({tally.oom_s:.1f}s)", flush=True)
+        if restart_at and not oom_until and now >= restart_at:
             restart_at = 0
             tally.redis_down_s = cluster.server.restart(crash=plan.restart == "kill")
             print(
@@ -281,6 +381,9 @@ def chaos(
                 f"down {tally.redis_down_s:.2f}s",
                 flush=True,
             )
+    if oom_until:
+        admin.config_set("maxmemory", 0)
+    admin.close()
 
 
 def progress(r: redis.Redis, tally: Tally, started: float) -> str:
@@ -292,11 +395,48 @@ def progress(r: redis.Redis, tally: Tally, started: float) -> str:
     )
 
 
+def dead_jids(r: redis.Redis) -> set[str]:
+    jids: set[str] = set()
+    for raw in zmembers(r, "dead"):
+        member = decode(raw)
+        if isinstance(member, dict) and isinstance(member.get("jid"), str):
+            jids.add(member["jid"])
+    return jids
+
+
 def finished(r: redis.Redis, tally: Tally, total: int) -> bool:
-    """Every job pushed and accounted for: done, or in the dead set (rightly or not)."""
-    if len(tally.enqueued) < total:
+    """Every job pushed and accounted for: done, or in the dead set (rightly or not); and
+    no plant still waiting in Redis (a retried one, or one that is stuck: a failure)."""
+    if len(tally.enqueued) + len(tally.planted) < total:
         return False
-    return int(r.scard(DONE)) + int(r.zcard("dead")) >= total
+    done = smembers(r, DONE)
+    dead = dead_jids(r)
+    if any(jid not in done and jid not in dead for jid in tally.enqueued):
+        return False
+    outcomes = account_plants(r, tally.planted, done)
+    return not any(outcome.startswith("FAIL: still in") for outcome in outcomes.values())
+
+
+def beating(r: redis.Redis, cluster: Cluster) -> list[str]:
+    """Live workers (older than BEAT_GRACE) whose heartbeat is missing or stale."""
+    beats: dict[int, float | None] = {}
+    for identity in smembers(r, "processes"):
+        raw = cast("bytes | None", r.hget(identity, "beat"))
+        with contextlib.suppress(ValueError, IndexError):
+            beats[int(identity.split(":")[-2])] = float(raw) if raw else None
+    now, wall = time.monotonic(), time.time()
+    stale: list[str] = []
+    for proc in cluster.alive():
+        if now - cluster.started_at[proc.pid] < BEAT_GRACE:
+            continue
+        beat = beats.get(proc.pid, 0.0)
+        if proc.pid not in beats:
+            stale.append(f"{proc.pid}: alive, not in processes")
+        elif beat is None:
+            stale.append(f"{proc.pid}: alive, in processes, its heartbeat hash expired")
+        elif wall - beat > BEAT_FRESH:
+            stale.append(f"{proc.pid}: alive, last beat {wall - beat:.1f}s ago")
+    return stale
 
 
 @dataclass
@@ -304,6 +444,7 @@ class Report:
     enqueued: int
     completed: int
     lost: int
+    stranded: int  # of the lost: in an in-progress list no sweep finds (not in kiq|fetchers)
     unfinished: int
     more_than_once: int
     finished_twice: int
@@ -319,38 +460,63 @@ class Report:
     fsync: str
     restart: str
     lost_jids: list[str]
+    hostile: bool
+    planted: int
+    plants: dict[str, str]  # plant -> what became of it ("FAIL: ..." if unaccounted)
+    plants_unaccounted: list[str]
+    plants_dead: int
+    plants_done: int
+    oom_s: float
+    wrongtype_lines: int
+    thread_deaths: list[str]
+    part_crashes: list[str]
+    tracebacks: int
+    unexpected_exits: list[str]
+    not_beating: list[str]
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.unfinished or self.dead_unexpected)
+        if self.lost or self.unfinished or self.dead_unexpected:
+            return False
+        hostile_ok = not (
+            self.plants_unaccounted
+            or self.unexpected_exits
+            or self.not_beating
+            or self.part_crashes
+        ) and bool(self.wrongtype_lines)
+        return not self.thread_deaths and (hostile_ok or not self.hostile)
 
 
-def account(r: redis.Redis, tally: Tally, cluster: Cluster, plan: Plan, elapsed: float) -> Report:
+def account(
+    r: redis.Redis, tally: Tally, cluster: Cluster, plan: Plan, elapsed: float, alive: list[str]
+) -> Report:
     """Compare what was pushed with what the jobs recorded and what Redis still holds.
 
-    ``r`` decodes replies (``decode_responses=True``).
+    ``r`` does not decode replies (garbage plants are not UTF-8); ``alive`` is what
+    ``beating`` and ``Cluster.stop`` found wrong with the live workers at the end.
     """
-    reply: Any = r.smembers(DONE)
-    done: set[str] = set(reply)
-    reply = r.hgetall(RUNS)
-    runs = {jid: int(n) for jid, n in reply.items()}
-    reply = r.hgetall(FINISHES)
-    finishes = {jid: int(n) for jid, n in reply.items()}
-    reply = r.zrange("dead", 0, -1)
-    dead: dict[str, dict[str, Any]] = {p["jid"]: p for p in map(json.loads, reply)}
+    done = smembers(r, DONE)
+    runs = counts(r, RUNS)
+    finishes = counts(r, FINISHES)
+    dead: dict[str, dict[str, Any]] = {}
+    for raw in zmembers(r, "dead"):
+        member = decode(raw)
+        if isinstance(member, dict) and member.get("jid") in tally.enqueued:
+            dead[member["jid"]] = member
     pending: set[str] = set()  # still somewhere in Redis: queued, in progress, retry or schedule
-    for key in [*r.scan_iter(match="*queue*"), "retry", "schedule"]:
-        kind = r.type(key)
-        reply = (
-            r.lrange(key, 0, -1)
-            if kind == "list"
-            else r.zrange(key, 0, -1)
-            if kind == "zset"
-            else []
-        )
-        pending.update(json.loads(raw)["jid"] for raw in reply)
+    orphaned: set[str] = set()  # only in the in-progress list of a process no sweep can find
+    registered = {f"kiq|inprogress|{ident}|" for ident in hkeys(r, "kiq|fetchers")}
+    for key, raws in holdings(r):
+        unfindable = key.startswith("kiq|inprogress|") and not key.startswith(tuple(registered))
+        for raw in raws:
+            member = decode(raw)
+            if isinstance(member, dict) and isinstance(member.get("jid"), str):
+                (orphaned if unfindable else pending).add(member["jid"])
     missing = [jid for jid in tally.enqueued if jid not in done and jid not in dead]
+    # Workers are stopped (TERM requeues what they hold), so an in-progress list whose
+    # process is not in kiq|fetchers is never swept again: its jobs are lost too.
     lost = [jid for jid in missing if jid not in pending]
+    stranded = sum(1 for jid in lost if jid in orphaned)
     expected_runs = {"work": 1, "flaky": 2, "poison": 0}
     again = [
         jid
@@ -362,10 +528,13 @@ def account(r: redis.Redis, tally: Tally, cluster: Cluster, plan: Plan, elapsed:
         for jid, p in dead.items()
         if tally.enqueued.get(jid) != "poison" or p.get("error_class") != "kiq.PoisonJob"
     ]
+    plants = account_plants(r, tally.planted, done)
+    logs = scan_logs(cluster.folder)
     return Report(
         enqueued=len(tally.enqueued),
         completed=len(done & tally.enqueued.keys()),
         lost=len(lost),
+        stranded=stranded,
         unfinished=len(missing) - len(lost),
         more_than_once=len(again),
         finished_twice=sum(1 for jid in again if finishes.get(jid, 0) > 1),
@@ -381,6 +550,19 @@ def account(r: redis.Redis, tally: Tally, cluster: Cluster, plan: Plan, elapsed:
         fsync=cluster.fsync,
         restart=plan.restart,
         lost_jids=lost[:20],
+        hostile=plan.hostile,
+        planted=len(tally.planted),
+        plants=plants,
+        plants_unaccounted=[f"{n}: {o}" for n, o in plants.items() if o.startswith("FAIL")],
+        plants_dead=sum(1 for o in plants.values() if o.startswith("dead")),
+        plants_done=sum(1 for o in plants.values() if o == "done"),
+        oom_s=tally.oom_s,
+        wrongtype_lines=logs.wrongtype_lines,
+        thread_deaths=logs.thread_deaths,
+        part_crashes=logs.part_crashes,
+        tracebacks=logs.tracebacks,
+        unexpected_exits=tally.unexpected_exits,
+        not_beating=alive,
     )
 
 
@@ -390,7 +572,16 @@ def print_report(report: Report, plan: Plan) -> None:
           f"seed {plan.seed}")  # fmt: skip
     print(f"  enqueued            {report.enqueued:,}")
     print(f"  completed           {report.completed:,}")
-    print(f"  lost                {report.lost}" + ("" if not report.lost else "   <-- FAIL"))
+    print(
+        f"  lost                {report.lost}"
+        + ("" if not report.lost else "   <-- FAIL")
+        + (
+            f" ({report.stranded} stranded in the in-progress list of a dead process that "
+            f"is not in kiq|fetchers, so no sweep recovers them)"
+            if report.stranded
+            else ""
+        )
+    )
     if report.unfinished:
         print(
             f"  unfinished          {report.unfinished}   <-- FAIL (still queued at the deadline)"
@@ -420,9 +611,45 @@ def print_report(report: Report, plan: Plan) -> None:
         f"(appendfsync {report.fsync}), down {report.redis_down_s:.2f} s, "
         f"{report.push_retries} pushes retried"
     )
+    if report.hostile:
+        print_hostile(report)
+    if report.thread_deaths:
+        print(f"  thread deaths       {len(report.thread_deaths)}   <-- FAIL")
+        for line in report.thread_deaths[:10]:
+            print(f"      {line}")
     if report.lost_jids:
         print(f"  lost jids (first 20): {' '.join(report.lost_jids)}")
     print("RESULT " + json.dumps({k: v for k, v in vars(report).items() if k != "lost_jids"}))
+
+
+def print_hostile(report: Report) -> None:
+    fail = "   <-- FAIL"
+    print(
+        f"  planted             {report.planted} hostile writes: {report.plants_dead} dead, "
+        f"{report.plants_done} done (bad field ignored), {len(report.plants_unaccounted)} "
+        f"unaccounted" + (fail if report.plants_unaccounted else "")
+    )
+    for line in report.plants_unaccounted[:40]:
+        print(f"      {line}")
+    print(
+        f"  WRONGTYPE queue     {report.wrongtype_lines} log lines about queue:{WRONGTYPE_QUEUE}"
+        + ("" if report.wrongtype_lines else f"{fail} (it must be skipped loudly)")
+    )
+    print(f"  OOM window          {report.oom_s:.1f} s of maxmemory 1")
+    print(
+        f"  workers             {len(report.unexpected_exits)} exited unexpectedly, "
+        f"{len(report.not_beating)} live ones not beating at the end, {report.tracebacks} "
+        f"tracebacks logged" + (fail if report.unexpected_exits or report.not_beating else "")
+    )
+    for line in [*report.unexpected_exits, *report.not_beating][:10]:
+        print(f"      {line}")
+    print(
+        f"  engine threads      {len(report.part_crashes)} crashes reported by their "
+        f"supervisor (a transient error, WRONGTYPE or bad payload must not crash one)"
+        + (fail if report.part_crashes else "")
+    )
+    for line in report.part_crashes[:10]:
+        print(f"      {line}")
 
 
 def run(plan: Plan, keep: bool) -> int:
@@ -434,36 +661,48 @@ def run(plan: Plan, keep: bool) -> int:
     stop = threading.Event()
     started = time.monotonic()
     try:
+        items = make_jobs(plan, rng)
+        if plan.hostile:
+            setup = cluster.redis()
+            plant_wrong_type(setup)
+            # One ghost in-progress list before any worker starts: the start-up sweep
+            # reads it (issue 12: a fresh worker exited 1 on a bad kiq_recoveries).
+            first = next(i for i in items if isinstance(i, Plant) and i.where == "inprogress")
+            items.remove(first)
+            plant(setup, first)
+            tally.planted.append(first)
+            setup.close()
         for _ in range(plan.workers):
             cluster.start_worker()
-        items = make_jobs(plan, rng)
         pusher = threading.Thread(
             target=enqueue, args=(cluster, plan, items, tally, stop), daemon=True
         )
         killer = threading.Thread(target=chaos, args=(cluster, plan, tally, rng, stop), daemon=True)
         pusher.start()
         killer.start()
-        r = redis.Redis(host="127.0.0.1", port=cluster.server.port, socket_timeout=5)
+        r = cluster.redis()
+        total = len(items) + len(tally.planted)
         deadline = started + plan.seconds + plan.drain_timeout
         last = 0.0
         while time.monotonic() < deadline:
             try:
-                if time.monotonic() - started > plan.seconds and finished(r, tally, len(items)):
+                if time.monotonic() - started > plan.seconds and finished(r, tally, total):
                     break
                 if time.monotonic() - last > 5:
                     last = time.monotonic()
                     print(progress(r, tally, started), flush=True)
             except redis.ConnectionError:
                 pass  # Redis is restarting
-            time.sleep(0.2)
+            time.sleep(0.5)
         stop.set()
         killer.join(30)
         pusher.join(10)
         elapsed = time.monotonic() - started
-        cluster.stop()  # workers first (TERM), then Redis; restart it to read the results
+        alive = beating(r, cluster)
+        alive += cluster.stop()  # workers first (TERM), then Redis; restart it to read results
         cluster.server.start()
-        r = redis.Redis(port=cluster.server.port, socket_timeout=5, decode_responses=True)
-        report = account(r, tally, cluster, plan, elapsed)
+        r = cluster.redis()
+        report = account(r, tally, cluster, plan, elapsed, alive)
     finally:
         stop.set()
         cluster.stop()
@@ -493,6 +732,14 @@ def parse(argv: Sequence[str] | None) -> tuple[Plan, bool]:
         help="kill: SIGKILL + AOF recovery (appendfsync always); shutdown: clean SHUTDOWN "
         "(appendfsync everysec)",
     )
+    parser.add_argument(
+        "--no-hostile",
+        action="store_true",
+        help="no hostile plants, WRONGTYPE queue or OOM window (bench/chaos_hostile.py)",
+    )
+    parser.add_argument(
+        "--oom-seconds", type=float, help="length of the OOM window (default 8; short 4; 0: none)"
+    )
     parser.add_argument("--seed", type=int, help="random seed (printed; replays the same plan)")
     parser.add_argument("--keep", action="store_true", help="keep logs and the AOF")
     args = parser.parse_args(argv)
@@ -503,6 +750,10 @@ def parse(argv: Sequence[str] | None) -> tuple[Plan, bool]:
         poison=args.poison if args.poison is not None else (2 if args.short else 3),
         drain_timeout=60.0 if args.short else 120.0,
         restart=args.redis_restart,
+        hostile=not args.no_hostile,
+        oom_seconds=args.oom_seconds
+        if args.oom_seconds is not None
+        else (4.0 if args.short else 8.0),
     )
     if args.seed is not None:
         plan.seed = args.seed
@@ -515,4 +766,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))  # tests/support/servers.py: the private-server helper
     sys.exit(main())

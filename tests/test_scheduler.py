@@ -105,14 +105,22 @@ def test_retries_are_pushed_before_scheduled_jobs(config, r):
 )
 def test_a_job_that_cannot_be_pushed_goes_to_the_dead_set(config, r, member):
     """A due entry that is not a pushable job is moved to the dead set, not lost, and the
-    poller goes on with the next entry."""
+    poller goes on with the next entry. Not JSON: buried as written (Sidekiq); a job kiq
+    refuses at the door: buried with the reason as its error, as a worker's fetch does
+    (issue 12)."""
     r.zadd("schedule", {member: NOW - 1})
     ok = schedule(r, NOW)
 
     poller(config).enqueue_due(now=NOW)
 
-    assert r.zrange("dead", 0, -1) == [member]
+    (buried,) = r.zrange("dead", 0, -1)
     assert [p["jid"] for p in queued(r)] == [ok["jid"]]
+    if member == "{not json":
+        assert buried == member
+    else:
+        job = orjson.loads(buried)
+        assert (job["error_class"], job["queue"], job["jid"]) == ("kiq.PayloadError", 5, "q5")
+        assert "queue=5 must be a non-empty string" in job["error_message"]
 
 
 def test_a_job_whose_queue_key_is_not_a_list_goes_to_the_dead_set(config, r):

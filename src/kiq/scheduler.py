@@ -23,7 +23,9 @@ from typing import Final
 from kiq import payload as wire
 from kiq.client import Client
 from kiq.config import Config
+from kiq.errors import PayloadError
 from kiq.outage import Outage
+from kiq.retry import RetryHandler
 from kiq.store import TRANSIENT_ERRORS, is_transient, is_wrong_type
 from kiq.supervise import Health, spawn
 
@@ -36,6 +38,7 @@ class Poller:
     def __init__(self, config: Config, outage: Outage, rng: random.Random | None = None) -> None:
         self.config = config
         self.client = Client(config)
+        self.retry = RetryHandler(config)
         self.outage = outage
         self.rng = rng or random.Random()
         self._stop = threading.Event()
@@ -59,6 +62,12 @@ class Poller:
                     job = self.client.prepare(wire.loads(raw))
                 except TRANSIENT_ERRORS:
                     raise  # Redis is away: the loop backs off; the job stays in `key`
+                except PayloadError as exc:
+                    # Refused at the door (kiq.payload): dead with the reason as its error
+                    # (kiq.PayloadError), as a worker's fetch buries it, so the dead set
+                    # says why (issue 12; found by bench/chaos.py). Then removed, below.
+                    self.retry.bury(raw, key, exc)
+                    job = None
                 except Exception as exc:
                     # A job that cannot be pushed (not JSON, a bad field, a client
                     # middleware raising) would block the set: keep it where the UI shows

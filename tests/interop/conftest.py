@@ -5,9 +5,9 @@ flushes it, ``start_worker`` runs ``kiq worker`` and ``start_sidekiq`` runs ``si
 with the job classes of ``ruby/worker_app.rb``. ``ruby.push`` / ``ruby.api`` drive
 ``push.rb`` / ``api.rb`` (Sidekiq's own client and data API) and return their JSON.
 
-Without Ruby or Sidekiq the tests skip, saying what to install; with ``CI`` set they
-fail instead, because CI installs both (.ci/run) and a silent skip would hide a broken
-image (issue 3).
+Without Ruby, Sidekiq or a gem a test needs, the test skips, saying what to install; with
+``KIQ_REQUIRE_SYSTEM`` set (.ci/run) it fails instead, because CI installs them all and a
+silent skip would hide a broken image (issues 3 and 12; tests/support/needs.py).
 
 Sidekiq's production timings (poller first wait 10-15 s, heartbeat every 5 s) are
 shortened through worker_app.rb's test knobs, so no test waits on a production timer.
@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import pytest
 
+from tests.support.needs import needs_binary, needs_ruby_gem
 from tests.support.servers import ChildProcess, free_port
 from tests.support.wait import wait_until
 
@@ -37,7 +37,6 @@ StrRedis: TypeAlias = Any
 
 RUBY_DIR = Path(__file__).parent / "ruby"
 WORKER_APP = RUBY_DIR / "worker_app.rb"
-SIDEKIQ = "/usr/bin/sidekiq"
 # Ruby's side of every test, fast: the poller polls about every 0.5 s from the start and
 # the heartbeat (stats flush, busy jobs, remote signals) beats every second.
 FAST_SIDEKIQ_ENV = {
@@ -104,49 +103,21 @@ def wait_records(r: StrRedis, key: str, count: int, timeout: float = 20.0) -> li
     return read_records(r, key)
 
 
-def interop_available() -> str | None:
-    """Why Ruby Sidekiq cannot run here, or None when it can."""
-    missing = [] if shutil.which("ruby") else ["ruby"]
-    if not os.access(SIDEKIQ, os.X_OK):
-        missing.append(SIDEKIQ)
-    if missing:
-        return f"{', '.join(missing)} not found"
-    probe = subprocess.run(
-        [
-            "ruby",
-            "-e",
-            'require "sidekiq"; require "sidekiq/api"; '
-            'exit(Sidekiq::VERSION.start_with?("6.") ? 0 : 3)',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=RUBY_TIMEOUT,
-    )
-    if probe.returncode == 3:
-        return "the installed Sidekiq is not 6.x (these tests drive Debian's 6.4.1)"
-    if probe.returncode != 0:
-        return f"ruby cannot load sidekiq: {probe.stderr.strip()[:300]}"
-    return None
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip locally, fail in CI (which installs everything: a skip there hides a broken image)."""
-    message = (
-        f"interop tests need Ruby Sidekiq 6.4: {reason}. Install them with "
-        f"`apt-get install ruby ruby-sidekiq ruby-sidekiq-cron ruby-rack puma "
-        f"ruby-redis-namespace` (Debian 12), as .ci/run does."
-    )
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
-def ruby_sidekiq() -> None:
-    """Skip (locally) or fail (CI) unless Ruby and Sidekiq 6.x are installed."""
-    reason = interop_available()
-    if reason is not None:
-        unavailable(reason)
+def ruby_sidekiq() -> str:
+    """The ``sidekiq`` program, once Ruby and Sidekiq 6.x are known to be installed.
+
+    Skips (or fails under KIQ_REQUIRE_SYSTEM, as in CI) through tests/support/needs.py.
+    """
+    needs_binary("ruby")
+    sidekiq = needs_binary("sidekiq", package="ruby-sidekiq")
+    needs_ruby_gem("sidekiq", require="sidekiq/api", version=("Sidekiq::VERSION", "6."))
+    return sidekiq
+
+
+def needs_namespace() -> None:
+    """A Sidekiq configured with ``namespace:`` needs the redis-namespace gem."""
+    needs_ruby_gem("redis-namespace", require="redis/namespace")
 
 
 @dataclass
@@ -164,6 +135,7 @@ class Ruby:
         return env
 
     def namespaced(self, namespace: str) -> Ruby:
+        needs_namespace()
         return Ruby(self.redis_url, namespace)
 
     def run(self, script: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -195,7 +167,7 @@ class Ruby:
 
 
 @pytest.fixture
-def ruby(ruby_sidekiq: None, redis_url: str) -> Ruby:
+def ruby(ruby_sidekiq: str, redis_url: str) -> Ruby:
     """Sidekiq's client and data API, as Ruby subprocesses on the test database."""
     return Ruby(redis_url)
 
@@ -222,7 +194,7 @@ def identity_of(r: StrRedis, pid: int, prefix: str = "") -> str | None:
 
 @pytest.fixture
 def start_sidekiq(
-    ruby_sidekiq: None, redis_url: str, r: StrRedis, tmp_path: Path
+    ruby_sidekiq: str, redis_url: str, r: StrRedis, tmp_path: Path
 ) -> Iterator[Callable[..., SidekiqProcess]]:
     """Factory: ``start_sidekiq("ruby", concurrency=5)`` -> a Sidekiq that has beaten once.
 
@@ -240,9 +212,10 @@ def start_sidekiq(
         full_env = dict(os.environ, REDIS_URL=redis_url, **FAST_SIDEKIQ_ENV)
         full_env.pop("SIDEKIQ_NAMESPACE", None)
         if namespace:
+            needs_namespace()
             full_env["SIDEKIQ_NAMESPACE"] = namespace
         full_env.update(env or {})
-        cmd = [SIDEKIQ, "-r", str(WORKER_APP.resolve()), "-c", str(concurrency)]
+        cmd = [ruby_sidekiq, "-r", str(WORKER_APP.resolve()), "-c", str(concurrency)]
         for queue in queues or ("default",):
             cmd += ["-q", queue]
         workdir = tmp_path / f"sidekiq-{len(started)}"
@@ -287,18 +260,18 @@ class WebUI:
 
 @pytest.fixture(scope="module")
 def sidekiq_web(
-    ruby_sidekiq: None, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    ruby_sidekiq: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WebUI]:
     """Sidekiq 6.4's Web UI (web.ru) under puma on a free loopback port, for one module."""
-    if shutil.which("puma") is None:
-        unavailable("puma not found")
+    puma = needs_binary("puma")
+    needs_ruby_gem("rack", require="rack/session/cookie")
     port = free_port()
     workdir = tmp_path_factory.mktemp("puma")
     log = workdir / "puma.log"
     env = dict(os.environ, REDIS_URL=redis_url)
     env.pop("SIDEKIQ_NAMESPACE", None)
     cmd = [
-        "puma",
+        puma,
         "--bind",
         f"tcp://127.0.0.1:{port}",
         "--threads",

@@ -3,8 +3,8 @@ served by uvicorn and a live ``kiq worker``. The tests also save the README's
 screenshots: to docs/screenshots/ when KIQ_SCREENSHOTS=1 (refreshing the README's), else
 to a temporary folder, so an ordinary test run leaves the work tree clean.
 
-Skipped (with the reason) when Playwright or /usr/bin/chromium is missing, except
-under CI, where that is a failure: ``.ci/run`` installs both.
+Skipped (with the reason) when Playwright or Debian's chromium is missing, except under
+KIQ_REQUIRE_SYSTEM (.ci/run), where that is a failure (tests/support/needs.py).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from kiq.client import Client
 from kiq.config import Config
 from kiq.payload import encode_backtrace
 from kiq.web import create_app
+from tests.support.needs import needs_binary, needs_module
 from tests.support.wait import wait_until
 from tests.web.browser_jobs import RELEASE
 from tests.web.conftest import add_process, failed
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = (
     Path(__file__).parents[2] / "docs" / "screenshots"
     if os.environ.get("KIQ_SCREENSHOTS")
@@ -51,25 +51,14 @@ else:
     expect.set_options(timeout=TIMEOUT_MS)
 
 
-def _missing() -> str | None:
-    if sync_playwright is None:
-        return "the playwright package is not installed (pip install playwright)"
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (apt-get install -y chromium)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's chromium, headless; never a browser downloaded by Playwright."""
-    reason = _missing()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser tests cannot run in CI: {reason}")
-        pytest.skip(f"browser tests need Playwright and chromium: {reason}")
+    needs_module("playwright", install='`pip install -e ".[test]"`')
+    chromium_path = needs_binary("chromium")
     with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        chromium = playwright.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
         yield chromium
         chromium.close()
 
