@@ -49,6 +49,7 @@ CORE: tuple[str, ...] = (
     "config",
     "peers",  # the Sidekiq versions sharing the Redis: which formats to write (issue 15)
     # 3 client side: everything ``import kiq`` loads
+    "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
     "client",
     "job",
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
@@ -80,11 +81,24 @@ CORE: tuple[str, ...] = (
 # Side branches: what each may import. No core module imports them, except that the
 # entry point (cli) may start the web UI.
 CLIENT_SIDE = frozenset(
-    {"errors", "keys", "payload", "middleware", "config", "peers", "client", "job", "activejob"}
+    {
+        "errors",
+        "keys",
+        "payload",
+        "middleware",
+        "config",
+        "peers",
+        "unique",
+        "client",
+        "job",
+        "activejob",
+    }
 )
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
-    "api": frozenset({"config", "keys", "payload", "client", "errors", "crontab", "handlers"}),
+    "api": frozenset(
+        {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
+    ),
     "testing": CLIENT_SIDE | {"__init__"},
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),
     # web serves the Prometheus scrape at /metrics when a scraper asks (issue 8)

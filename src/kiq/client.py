@@ -6,6 +6,8 @@ Tasks:
   2. run the client middleware chain, which may change or stop each push.
   3. write: ``SADD queues`` + ``LPUSH queue:<q>`` (one pipeline), or ``ZADD schedule``
      when the item has a future ``at``; a bulk push is one pipeline per 1,000 jobs.
+     A job with ``unique_for`` instead takes its lock in the same Lua step as its push
+     and is refused (``None`` instead of its jid) while the lock is held (kiq.unique).
 
 Example::
 
@@ -24,13 +26,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from kiq import payload as wire
-from kiq import peers
+from kiq import peers, unique
 from kiq.config import Config, get_default
 from kiq.errors import JobArgumentError
 from kiq.payload import Payload
 
 if TYPE_CHECKING:
     from kiq.job import Job
+    from kiq.store.queues import UniquePush
 
 BULK_BATCH: Final = 1000  # jobs per pipeline in push_bulk (Sidekiq 7: batch_size)
 _ABSOLUTE: Final = 1_000_000_000  # perform_in/at: numbers below are relative seconds
@@ -92,7 +95,8 @@ class Client:
         final = self._through_middleware(payload)
         if final is None:
             return None
-        self._write([final])
+        if self._write([final]):
+            return None  # its unique lock is held
         jid: str = final["jid"]
         return jid
 
@@ -116,9 +120,10 @@ class Client:
         (Sidekiq 7.1+). ``at`` may be one time or a list with one time per job.
         """
         jids, payloads = self._prepare_bulk(item)
+        refused: set[str] = set()
         for start in range(0, len(payloads), BULK_BATCH):
-            self._write(payloads[start : start + BULK_BATCH])
-        return jids
+            refused |= self._write(payloads[start : start + BULK_BATCH])
+        return _without(jids, refused)
 
     def _prepare_bulk(self, item: Mapping[str, Any]) -> tuple[list[str | None], list[Payload]]:
         # Every job is checked before any is written: a bad argument list in the middle
@@ -199,17 +204,43 @@ class Client:
             wire.check_args(result["class"], result.get("args"))
         return result or None
 
-    def _write(self, payloads: Sequence[Payload]) -> None:
+    def _write(self, payloads: Sequence[Payload]) -> set[str]:
+        """Write these jobs; return the jids refused because their unique lock is held."""
         if not payloads:
-            return
+            return _NONE_REFUSED
         if _test_hook is not None and _test_hook(list(payloads), self.config):
-            return
-        immediate, scheduled = self._encode(payloads)
-        store = self.config.store
-        if immediate:
-            store.push(immediate)
-        if scheduled:
-            store.schedule(scheduled)
+            return _NONE_REFUSED
+        plain, locked = _split_unique(payloads)
+        refused = _NONE_REFUSED
+        if locked:
+            refused = _refused(locked, self.config.store.push_unique(self._encode_unique(locked)))
+        if plain:
+            immediate, scheduled = self._encode(plain)
+            store = self.config.store
+            if immediate:
+                store.push(immediate)
+            if scheduled:
+                store.schedule(scheduled)
+        return refused
+
+    def _encode_unique(self, payloads: Sequence[Payload]) -> list[UniquePush]:
+        """(lock, jid, TTL ms, queue, at, raw) per job, for ``Store.push_unique``; the
+        payloads are encoded as ``_encode`` does (``at`` out, ``enqueued_at`` if now)."""
+        jobs: list[UniquePush] = []
+        now = wire.now()
+        enqueued_at = timestamp(self.config, now)
+        keys = self.config.store.keys
+        for payload in payloads:
+            lock = keys.unique(unique.digest(payload))
+            ttl = unique.ttl_ms(payload, now)  # before "at" leaves the payload
+            at = payload.pop("at", None)
+            if at is None:
+                payload["enqueued_at"] = enqueued_at
+            else:
+                payload.pop("enqueued_at", None)
+                at = float(at)
+            jobs.append((lock, payload["jid"], ttl, payload["queue"], at, wire.dumps(payload)))
+        return jobs
 
     def _encode(
         self, payloads: Sequence[Payload]
@@ -247,23 +278,58 @@ class AsyncClient(Client):
         final = self._through_middleware(payload)
         if final is None:
             return None
-        await self._awrite([final])
+        if await self._awrite([final]):
+            return None  # its unique lock is held
         jid: str = final["jid"]
         return jid
 
     async def push_bulk(self, item: Mapping[str, Any]) -> list[str | None]:  # type: ignore[override]
         jids, payloads = self._prepare_bulk(item)
+        refused: set[str] = set()
         for start in range(0, len(payloads), BULK_BATCH):
-            await self._awrite(payloads[start : start + BULK_BATCH])
-        return jids
+            refused |= await self._awrite(payloads[start : start + BULK_BATCH])
+        return _without(jids, refused)
 
-    async def _awrite(self, payloads: Sequence[Payload]) -> None:
+    async def _awrite(self, payloads: Sequence[Payload]) -> set[str]:
         if not payloads:
-            return
+            return _NONE_REFUSED
         if _test_hook is not None and _test_hook(list(payloads), self.config):
-            return
-        immediate, scheduled = self._encode(payloads)
-        await self.config.store.apush(immediate, scheduled)
+            return _NONE_REFUSED
+        plain, locked = _split_unique(payloads)
+        refused = _NONE_REFUSED
+        if locked:
+            pushed = await self.config.store.apush_unique(self._encode_unique(locked))
+            refused = _refused(locked, pushed)
+        if plain:
+            immediate, scheduled = self._encode(plain)
+            await self.config.store.apush(immediate, scheduled)
+        return refused
+
+
+_NONE_REFUSED: Final[set[str]] = set()  # never mutated: callers only read it or |= into theirs
+
+
+def _split_unique(payloads: Sequence[Payload]) -> tuple[Sequence[Payload], list[Payload]]:
+    """(plain jobs, jobs that take a unique lock); the common case costs one pass of
+    dict lookups and hands the input back as it was."""
+    for payload in payloads:
+        if payload.get("unique_for"):
+            break
+    else:
+        return payloads, []
+    plain = [p for p in payloads if not unique.is_unique(p)]
+    return plain, [p for p in payloads if unique.is_unique(p)]
+
+
+def _refused(locked: Sequence[Payload], pushed: Sequence[bool]) -> set[str]:
+    return {payload["jid"] for payload, ok in zip(locked, pushed, strict=True) if not ok}
+
+
+def _without(jids: list[str | None], refused: set[str]) -> list[str | None]:
+    """``jids`` with None in place of every refused one (a bulk push's return value)."""
+    if not refused:
+        return jids
+    return [None if jid in refused else jid for jid in jids]
 
 
 def _bulk_parts(item: Mapping[str, Any]) -> tuple[list[list[Any]], Any]:

@@ -47,6 +47,7 @@ from typing import (
 )
 
 from kiq import payload as wire
+from kiq import unique
 from kiq.client import AsyncClient, Client, resolve_at
 from kiq.config import Config, get_default
 from kiq.errors import ConfigError, JobArgumentError
@@ -69,6 +70,8 @@ PAYLOAD_OPTIONS: Final = (
     "tags",
     "log_level",
     "timeout",
+    "unique_for",  # kiq.unique: Sidekiq Enterprise's unique jobs (docs/unique.md)
+    "unique_until",
 )
 CLASS_OPTIONS: Final = ("discard_on",)
 
@@ -169,6 +172,9 @@ class Job:
                 )
             cls.activejob_name = activejob
             _activejob[activejob] = cls
+        # A ``unique_args(args) -> list`` classmethod/staticmethod narrows what makes a
+        # unique job's lock (docs/unique.md); the client and the worker read it there.
+        unique.register_hook(cls.wire_name, getattr(cls, "unique_args", None))
 
     def perform(self, *args: Any) -> Any:
         raise NotImplementedError(f"{type(self).__qualname__} must define perform(self, ...)")

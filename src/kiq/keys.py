@@ -25,6 +25,8 @@ and are never in the ``queues`` set:
   * ``kiq|paused``: SET of queue names kiq workers do not fetch from.
   * ``kiq|progress|<jid>``: HASH, progress reported by a running job.
   * ``kiq|totals`` / ``kiq|totals|<Class>``: cumulative per-class counters (Prometheus).
+
+Unique jobs use Sidekiq Enterprise's ``unique:<digest>`` (``Keys.unique``).
 """
 
 from __future__ import annotations
@@ -178,6 +180,16 @@ class Keys:
     def totals(self, klass: str) -> str:
         """HASH: the cumulative totals of ``klass`` (kiq.metrics, for Prometheus)."""
         return f"{self.prefix}kiq|totals|{klass}"
+
+    # Unique jobs (Sidekiq Enterprise's names; docs/unique.md) --------------------------
+    def unique(self, digest: str) -> str:
+        """A unique job's lock: STRING holding the jid of the job that took it, with a TTL.
+
+        ``unique:<40 hex digits>``, the shape of Sidekiq Enterprise's lock keys; the digest
+        is ``kiq.unique.digest`` (SHA-1 of class, queue and arguments). Limiters, when they
+        come, sit beside it under their own prefix and never share a key with a lock.
+        """
+        return f"{self.prefix}unique:{digest}"
 
 
 # TTLs, in seconds, of the keys that expire (the heartbeat's is ``Config.process_ttl``).

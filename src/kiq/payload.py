@@ -369,6 +369,15 @@ def _retry_for(value: object) -> bool:
     return (kind is float or kind is int) and 0 <= value < MAX_RETRY_FOR  # type: ignore[operator]
 
 
+def _unique_for(value: object) -> bool:
+    kind = type(value)
+    return (kind is float or kind is int) and 0 < value < MAX_RETRY_FOR  # type: ignore[operator]
+
+
+def _unique_until(value: object) -> bool:
+    return value == "success" or value == "start"
+
+
 def _backtrace(value: object) -> bool:
     kind = type(value)
     return kind is str or kind is list  # a list: very old Sidekiq (api.JobRecord reads both)
@@ -419,6 +428,8 @@ _FIELDS: Final[dict[str, tuple[bool, Callable[[object], bool]]]] = {
     "kiq_recoveries": (True, _count),
     "retry_for": (True, _retry_for),
     "timeout": (True, _timeout),
+    "unique_for": (False, _unique_for),
+    "unique_until": (False, _unique_until),
     "at": (True, _number),
     "created_at": (False, _number),
     "enqueued_at": (False, _number),
@@ -474,6 +485,8 @@ _ALLOWED: Final[dict[str, str]] = {
     "kiq_recoveries": f"must be an integer from 0 to {MAX_COUNT - 1}",
     "retry_for": f"must be seconds from 0 to {MAX_RETRY_FOR} (relative, e.g. 172800 for 48h)",
     "timeout": f"must be seconds > 0 and at most {MAX_TIMEOUT} (one day); omit it for none",
+    "unique_for": f"must be seconds > 0 and below {MAX_RETRY_FOR} (the lock's lifetime)",
+    "unique_until": 'must be "success" (the default) or "start"',
     "at": "must be epoch seconds",
     "created_at": _WHEN,
     "enqueued_at": _WHEN,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from kiq import log as kiq_log
 from kiq import payload as wire
+from kiq import unique
 from kiq.config import Config
 from kiq.errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
 from kiq.fetch import UnitOfWork
@@ -186,7 +187,9 @@ class Executor:
                 f"no kiq Job is registered as {payload['class']!r}: import the module that "
                 f"defines it with -r, or give a Job name={payload['class']!r}"
             )
-        return instantiate(job_class, payload)
+        job = instantiate(job_class, payload)
+        unique.release_at_start(self.config, payload)  # unique_until="start" (kiq.unique)
+        return job
 
     def finish(
         self,
@@ -206,6 +209,7 @@ class Executor:
         if exc is None:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "done")
+            unique.release_on_success(self.config, unit.payload)  # before the ack (kiq.unique)
         else:
             # One record with the traceback (Sidekiq logs the backtrace): handlers get exc_info.
             job_log.warning("fail: %s: %s", error_class(exc), error_message(exc), exc_info=exc)

@@ -23,6 +23,7 @@ import logging
 from typing import Final
 
 from kiq import payload as wire
+from kiq import unique
 from kiq.client import timestamp
 from kiq.config import Config
 from kiq.errors import PayloadError
@@ -71,6 +72,8 @@ class Recoverer:
             log.error(
                 "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
             )
+            if unique.is_unique(payload):
+                unique.release(self.config, payload)  # dead: its unique lock is freed
         moved = sum(len(requeued) + len(buried) for _, requeued, buried in moves)
         if moved:
             log.warning("recovered %d jobs from processes that died", moved)
@@ -145,6 +148,8 @@ class Recoverer:
             log.error(
                 "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
             )
+            if unique.is_unique(payload):
+                unique.release(self.config, payload)  # dead: its unique lock is freed
         moved = sum(len(requeued) + len(buried) for _, requeued, buried in moves)
         if moved:
             log.warning("recovered %d jobs of %s, which died", moved, ident)

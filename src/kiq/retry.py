@@ -34,6 +34,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from kiq import payload as wire
+from kiq import unique
 from kiq.client import timestamp
 from kiq.config import Config
 from kiq.errors import Discard, PayloadError
@@ -97,8 +98,13 @@ class RetryHandler:
         fields), as Sidekiq's do after its retry bookkeeping.
         """
         payload = wire.loads(raw)  # the original, not what middleware may have changed
+        locked = unique.is_unique(payload)
+        original = dict(payload) if locked else payload  # _decide stamps the payload
         try:
-            return self._decide(payload, queue, exc, job_class, now)
+            outcome = self._decide(payload, queue, exc, job_class, now)
+            if locked and outcome != "retry":  # the job has ended: free its unique lock
+                unique.release(self.config, original)
+            return outcome
         finally:
             self._notify_error(exc, payload, queue)
 
@@ -221,6 +227,8 @@ class RetryHandler:
         self.config.store.add_dead(
             member, wire.now(), self.config.dead_max_jobs, self.config.dead_timeout
         )
+        if exc.job is not None and unique.is_unique(exc.job) and "queue" in exc.job:
+            unique.release(self.config, exc.job)  # it will never run: free its unique lock
         _log_dead(job, queue, REFUSED, str(exc))
         context = {"context": "Invalid JSON for job", "jobstr": raw, "queue": queue}
         call_each(self.config.error_handlers, "error handler", exc, context)

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any, Final
 
 from kiq import payload as wire
+from kiq import unique
 from kiq.api.base import (
     PAGE_SIZE,
     config_or_default,
@@ -115,8 +116,12 @@ class Queue:
         return None
 
     def clear(self) -> None:
-        """Drop every job and the name from ``queues`` (MULTI UNLINK + SREM)."""
+        """Drop every job and the name from ``queues`` (MULTI UNLINK + SREM), then free
+        the unique locks the dropped jobs held (read page by page first: a big queue
+        costs one read of its jobs; jobs pushed in between keep their locks)."""
+        locked = [raw for raws in self._raw_pages() for raw in raws if b'"unique_for"' in raw]
         self.config.store.queue_clear(self.name)
+        unique.release_raws(self.config, locked)
 
     def paused(self) -> bool:
         """Is the queue in kiq's paused set? (kiq workers honour it; Sidekiq OSS does not.)"""
@@ -246,7 +251,10 @@ class JobRecord:
         """Remove this exact job from its queue (LREM needs the stored bytes)."""
         if self.queue is None:
             return False
-        return self.config.store.queue_remove(self.queue, self.raw)
+        removed = self.config.store.queue_remove(self.queue, self.raw)
+        if removed:
+            unique.release_raws(self.config, [self.raw])  # deleted: its unique lock is freed
+        return removed
 
 
 def _active_job_args(wrapped: object, args: list[Any]) -> list[Any]:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from kiq import payload as wire
+from kiq import unique
 from kiq.api.base import PAGE_SIZE, config_or_default, parse_job, to_epoch
 from kiq.api.queue import JobRecord
 from kiq.client import Client
@@ -87,6 +88,7 @@ class SortedEntry(JobRecord):
             if config.store.set_kill(
                 self.parent.name, member, now, config.dead_max_jobs, config.dead_timeout
             ):
+                unique.release_raws(config, [member])  # dead: its unique lock is freed
                 DeadSet(config).notify([member])
                 return
         raise self.parent._gone(self.score, self.jid)
@@ -198,15 +200,19 @@ class JobSet:
         self.config.store.set_add(self.name, {wire.dumps(payload): to_epoch(at)})
 
     def delete_by_value(self, raw: bytes | str) -> bool:
-        """ZREM this exact member; False if it was not there."""
-        return self.config.store.set_remove(self.name, raw)
+        """ZREM this exact member (and free its unique lock); False if it was not there."""
+        removed = self.config.store.set_remove(self.name, raw)
+        if removed:
+            unique.release_raws(self.config, [raw])
+        return removed
 
     def delete_by_jid(self, score: float, jid: str) -> bool:
         """Remove the job with this jid at this score (the Web UI's ``<score>-<jid>`` key)."""
         try:
-            self.remove(score, jid)
+            member = self.remove(score, jid)
         except JobNotFound:
             return False
+        unique.release_raws(self.config, [member])  # deleted: its unique lock is freed
         return True
 
     def remove(self, score: float, jid: str | None, prefer: bytes | None = None) -> bytes:
@@ -243,8 +249,15 @@ class JobSet:
         )
 
     def clear(self) -> None:
-        """Drop every entry (UNLINK)."""
+        """Drop every entry (UNLINK), then free the unique locks of those that held one.
+
+        The unique ones are found first by a server-side match (ZSCAN MATCH), so a set of
+        plain jobs costs no more than before. A lock is freed only if the deleted job
+        still holds it (compare-and-delete on its jid).
+        """
+        locked = [entry.raw for entry in self.scan('"unique_for"')]
         self.config.store.set_clear(self.name)
+        unique.release_raws(self.config, locked)
 
     def delete_all(self) -> None:
         """The Web UI's "Delete All": the same as ``clear()``."""
@@ -308,6 +321,7 @@ class _PendingSet(JobSet):
                     break
                 remaining -= len(batch)
                 moved += len(batch)
+                unique.release_raws(config, batch)  # dead: their unique locks are freed
                 if notify:
                     dead.notify(batch)
         finally:
