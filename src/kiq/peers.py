@@ -261,6 +261,10 @@ def formats(config: Config) -> Formats:
     within ``RETRY_AFTER_ERROR``); a stale choice is re-read in the background (see
     the module docstring).
     """
+    if config.redis_url is None:
+        # No Redis to read (inline and fake test modes, perform_inline): nothing shares
+        # it, so the configured format, or float seconds for auto.
+        return choose([], config.timestamp_format)
     state = _state(config.store)
     current = state.formats
     if current is None or state.configured != config.timestamp_format:
