@@ -403,12 +403,16 @@ def test_a_failure_recorded_while_redis_refuses_writes_is_kept(tmp_path):
     the retry set, nothing crashed (the retry write's error must not shadow the job's)."""
     with RedisServer(tmp_path, name="oom") as server:
         admin = server.client()
-        payload = {"class": "Boom", "args": [1], "jid": "boom1", "queue": "default", "retry": 3}
-        admin.lpush("queue:default", orjson.dumps(payload))
-        admin.sadd("queues", "default")
-        admin.config_set("maxmemory", 1)
         worker = Worker(tmp_path, server.url(), "-c", "2", name="oom-fail")
         try:
+            # Registered first: a worker takes no job before its first heartbeat, which
+            # an OOM window refuses. The job fails 3 s after it starts, inside the window.
+            wait_until(lambda: admin.hlen("kiq|fetchers") == 1, timeout=15)
+            payload = {"class": "NapBoom", "args": [3.0], "jid": "boom1", "queue": "default"}
+            admin.lpush("queue:default", orjson.dumps(payload))
+            admin.sadd("queues", "default")
+            wait_until(lambda: "start" in worker.output() and "boom1" in worker.output())
+            admin.config_set("maxmemory", 1)
             wait_until(lambda: "cannot record the failure" in worker.output(), timeout=15)
             admin.config_set("maxmemory", 0)
 

@@ -85,6 +85,14 @@ class Boom(kiq.Job, name="Boom", retry=3, backtrace=True):
         raise ValueError(f"boom {args}")
 
 
+class NapBoom(kiq.Job, name="NapBoom", retry=3):
+    """Sleep ``seconds``, then fail: a failure that lands when the test wants it to."""
+
+    def perform(self, seconds: float) -> None:
+        time.sleep(seconds)
+        raise ValueError(f"boom after {seconds}s")
+
+
 class Suicide(kiq.Job, name="Suicide"):
     """Kill the process running it: a poison job."""
 
