@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # one WATCHed transaction), so short: it bounds the pause when a process dies mid-sweep.
 LOCK_TTL: Final = 5
 POISON: Final = "kiq.PoisonJob"
+Moves = list[tuple[str, list[bytes], list[bytes]]]  # (queue, requeued, buried) per list
 
 
 class Recoverer:
@@ -68,13 +69,7 @@ class Recoverer:
             store.recover_unlock(self.identity)
         if moves is None:
             return 0  # aborted: a "dead" process beat or fetched, so it was not dead
-        for payload in poison:
-            log.error(
-                "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
-            )
-            if unique.is_unique(payload):
-                unique.release(self.config, payload)  # dead: its unique lock is freed
-        moved = sum(len(requeued) + len(buried) for _, requeued, buried in moves)
+        moved = self._settle(poison, moves)
         if moved:
             log.warning("recovered %d jobs from processes that died", moved)
         return moved
@@ -119,6 +114,17 @@ class Recoverer:
                 requeued.append(wire.dumps(payload))
         return requeued, buried
 
+    def _settle(self, poison: list[Payload], moves: Moves) -> int:
+        """After the moves were written: log each poison job and free its unique lock;
+        return how many jobs were moved."""
+        for payload in poison:
+            log.error(
+                "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
+            )
+            if unique.is_unique(payload):
+                unique.release(self.config, payload)  # dead: its unique lock is freed
+        return sum(len(requeued) + len(buried) for _, requeued, buried in moves)
+
     def recover(self, ident: str) -> int:
         """Requeue (or bury) the jobs of ``ident``, a process known to be dead; return how many.
 
@@ -144,13 +150,7 @@ class Recoverer:
                 break
         else:
             return 0
-        for payload in poison:
-            log.error(
-                "poison job %s (%s) sent to the dead set", payload.get("jid"), payload["class"]
-            )
-            if unique.is_unique(payload):
-                unique.release(self.config, payload)  # dead: its unique lock is freed
-        moved = sum(len(requeued) + len(buried) for _, requeued, buried in moves)
+        moved = self._settle(poison, moves)
         if moved:
             log.warning("recovered %d jobs of %s, which died", moved, ident)
         return moved

@@ -121,25 +121,40 @@ class Processes(Connection):
                     for queue in queues
                 ]
                 pipe.multi()
-                moves: list[tuple[str, list[bytes], list[bytes]]] = []
-                for ident, queue, raws in taken:
-                    if not raws:
-                        continue
-                    requeued, buried = plan(queue, raws)
-                    if requeued:
-                        pipe.rpush(keys.queue(queue), *requeued)
-                    if buried:
-                        pipe.zadd(keys.dead, dict.fromkeys(buried, now))
-                    pipe.sadd(keys.queues, queue)
-                    pipe.delete(keys.inprogress(ident, queue))
-                    moves.append((queue, requeued, buried))
-                if any(buried for _, _, buried in moves):  # every add to dead trims it
-                    trim_dead_commands(pipe, keys.dead, now, dead_max_jobs, dead_timeout)
+                moves = self._queue_moves(pipe, taken, plan, now, dead_max_jobs, dead_timeout)
                 pipe.hdel(keys.fetchers, *(ident for ident, _ in dead))
                 pipe.delete(keys.recover_lock)
                 pipe.execute()
             except WatchError:
                 return None  # a "dead" process beat or fetched: not dead after all
+        return moves
+
+    def _queue_moves(
+        self,
+        pipe: Any,
+        taken: list[tuple[str, str, list[bytes]]],
+        plan: Plan,
+        now: float,
+        dead_max_jobs: int,
+        dead_timeout: float,
+    ) -> list[tuple[str, list[bytes], list[bytes]]]:
+        """Queue, inside a recovery's MULTI, the moves ``plan`` decides for each
+        (identity, queue, in-progress jobs); the dead set is trimmed if it grew."""
+        keys = self.keys
+        moves: list[tuple[str, list[bytes], list[bytes]]] = []
+        for ident, queue, raws in taken:
+            if not raws:
+                continue
+            requeued, buried = plan(queue, raws)
+            if requeued:
+                pipe.rpush(keys.queue(queue), *requeued)
+            if buried:
+                pipe.zadd(keys.dead, dict.fromkeys(buried, now))
+            pipe.sadd(keys.queues, queue)
+            pipe.delete(keys.inprogress(ident, queue))
+            moves.append((queue, requeued, buried))
+        if any(buried for _, _, buried in moves):  # every add to dead trims it
+            trim_dead_commands(pipe, keys.dead, now, dead_max_jobs, dead_timeout)
         return moves
 
     def recover_process(
@@ -161,22 +176,11 @@ class Processes(Connection):
         with r.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(*(keys.inprogress(ident, q) for q in queues))
-                taken = [(q, list(pipe.lrange(keys.inprogress(ident, q), 0, -1))) for q in queues]
+                taken = [
+                    (ident, q, list(pipe.lrange(keys.inprogress(ident, q), 0, -1))) for q in queues
+                ]
                 pipe.multi()
-                moves: list[tuple[str, list[bytes], list[bytes]]] = []
-                for queue, raws in taken:
-                    if not raws:
-                        continue
-                    requeued, buried = plan(queue, raws)
-                    if requeued:
-                        pipe.rpush(keys.queue(queue), *requeued)
-                    if buried:
-                        pipe.zadd(keys.dead, dict.fromkeys(buried, now))
-                    pipe.sadd(keys.queues, queue)
-                    pipe.delete(keys.inprogress(ident, queue))
-                    moves.append((queue, requeued, buried))
-                if any(buried for _, _, buried in moves):  # every add to dead trims it
-                    trim_dead_commands(pipe, keys.dead, now, dead_max_jobs, dead_timeout)
+                moves = self._queue_moves(pipe, taken, plan, now, dead_max_jobs, dead_timeout)
                 pipe.execute()
             except WatchError:
                 return None
