@@ -11,11 +11,13 @@ client-only process at its first push and then in the background.
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 import pytest
 
 from kiq import peers
+from kiq.client import Client
 from kiq.config import Config
 from kiq.launcher import Launcher
 from tests.support import jobs
@@ -177,3 +179,17 @@ def test_parse_peer_reads_every_versions_info():
     assert peers.parse_peer("h:1:n", b'{"version":"kiq 1.0"}').kind == "kiq"
     assert peers.parse_peer("h:1:n", None) is None
     assert peers.parse_peer("h:1:n", b"[]").kind == "unknown"
+
+
+def test_one_payload_never_mixes_milliseconds_and_seconds(config, r):
+    """enqueued_at follows the payload's created_at even when the choice is another one
+    by the time the job is written (a background refresh between the two stamps: the
+    CI saw a created_at in ms beside an enqueued_at in seconds)."""
+    config.timestamp_format = "float"
+    jid = Client(config).push({"class": "Mixed", "args": [], "created_at": 1796419011775})
+
+    (raw,) = r.lrange("queue:default", 0, -1)
+    payload = orjson.loads(raw)
+    assert payload["jid"] == jid
+    assert type(payload["enqueued_at"]) is int
+    assert abs(payload["enqueued_at"] / 1000 - time.time()) < 60

@@ -67,6 +67,18 @@ def timestamp(config: Config, now: float | None = None) -> float | int:
     return int(value * 1000) if peers.formats(config).ms else float(value)
 
 
+def _as_created(enqueued_at: float | int, payload: Payload, now: float) -> float | int:
+    """``enqueued_at`` in the format of the payload's ``created_at``: kiq.peers may change
+    its choice (a background refresh) between the two stamps, and one payload must not
+    mix milliseconds and seconds."""
+    created = type(payload.get("created_at"))
+    if created is int and type(enqueued_at) is not int:
+        return int(now * 1000)
+    if created is float and type(enqueued_at) is not float:
+        return float(now)
+    return enqueued_at
+
+
 def resolve_at(value: float, now: float) -> float | None:
     """Sidekiq's perform_in/perform_at rule: < 1e9 is relative; a time not after now runs now."""
     at = now + value if value < _ABSOLUTE else value
@@ -235,7 +247,7 @@ class Client:
             ttl = unique.ttl_ms(payload, now)  # before "at" leaves the payload
             at = payload.pop("at", None)
             if at is None:
-                payload["enqueued_at"] = enqueued_at
+                payload["enqueued_at"] = _as_created(enqueued_at, payload, now)
             else:
                 payload.pop("enqueued_at", None)
                 at = float(at)
@@ -247,11 +259,12 @@ class Client:
     ) -> tuple[list[tuple[str, bytes]], list[tuple[float, bytes]]]:
         immediate: list[tuple[str, bytes]] = []
         scheduled: list[tuple[float, bytes]] = []
-        enqueued_at = timestamp(self.config)
+        now = wire.now()
+        enqueued_at = timestamp(self.config, now)
         for payload in payloads:
             at = payload.pop("at", None)
             if at is None:
-                payload["enqueued_at"] = enqueued_at
+                payload["enqueued_at"] = _as_created(enqueued_at, payload, now)
                 immediate.append((payload["queue"], wire.dumps(payload)))
             else:
                 payload.pop("enqueued_at", None)  # Sidekiq 7.1.2+: not in schedule members
