@@ -20,6 +20,7 @@ process every time it ran: it goes to the dead set with ``error_class``
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from kiq import payload as wire
@@ -55,11 +56,7 @@ class Recoverer:
             return 0
         now = wire.now()
         poison: list[Payload] = []
-
-        def plan(queue: str, raws: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-            requeued, buried = self._plan(raws, now)
-            poison.extend(payload for payload, _ in buried)
-            return requeued, [raw for _, raw in buried]
+        plan = self._planner(now, poison)
 
         try:
             moves = store.recover_orphans(
@@ -73,6 +70,19 @@ class Recoverer:
         if moved:
             log.warning("recovered %d jobs from processes that died", moved)
         return moved
+
+    def _planner(
+        self, now: float, poison: list[Payload]
+    ) -> Callable[[str, list[bytes]], tuple[list[bytes], list[bytes]]]:
+        """The ``plan`` callback the store's recovery calls per list; collects the
+        buried payloads in ``poison`` for ``_settle``."""
+
+        def plan(queue: str, raws: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+            requeued, buried = self._plan(raws, now)
+            poison.extend(payload for payload, _ in buried)
+            return requeued, [raw for _, raw in buried]
+
+        return plan
 
     def _plan(
         self, raws: list[bytes], now: float
@@ -135,11 +145,7 @@ class Recoverer:
         store = self.config.store
         now = wire.now()
         poison: list[Payload] = []
-
-        def plan(queue: str, raws: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-            requeued, buried = self._plan(raws, now)
-            poison.extend(payload for payload, _ in buried)
-            return requeued, [raw for _, raw in buried]
+        plan = self._planner(now, poison)
 
         for _ in range(3):  # only a concurrent sweep writes those lists, and it empties them
             poison.clear()
