@@ -42,6 +42,7 @@ CORE: tuple[str, ...] = (
     "outage",
     "sdnotify",  # systemd's notify protocol over a datagram socket (issue 8)
     "cron",
+    "capsule",  # capsules' settings and their three spellings (issue 14); errors only
     # 1 Redis and chains
     "store",  # the package that alone talks to Redis through redis-py (see below)
     "middleware",
@@ -141,7 +142,7 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
 }
 
 # What ``import kiq`` may load: the client side, the leaves it needs and the store.
-IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store"}
+IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store", "capsule"}
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
 """Run ``async def perform`` jobs as tasks on one event loop thread.
 
 An async job holds a slot only while its task runs, so I/O-bound async jobs use the
-process's ``concurrency`` fully without a thread each. ``timeout`` is enforced with
-``asyncio.timeout`` (the task is cancelled and fails with JobTimeout); at the hard
-shutdown deadline every task is cancelled and, like a thread job, not retried: the
-manager has already put it back in its queue.
+capsule's ``concurrency`` fully without a thread each: an async capsule
+(kiq.capsule) of thousands of slots is thousands of tasks on this one loop.
+``timeout`` is enforced with ``asyncio.timeout`` (the task is cancelled and fails
+with JobTimeout, so it is retried); at the hard shutdown deadline every task is
+cancelled and, like a thread job, not retried: the manager has already put it back
+in its queue. ``cancel(jid)`` cancels one running job (acknowledged, not retried).
+
+Units arrive in batches (``submit_many``: one wakeup of the loop per fetch, not one
+per job); a unit dispatched from the loop itself (a finished job freeing its slot)
+starts without a wakeup at all.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kiq import log as kiq_log
@@ -21,23 +28,29 @@ from kiq.processor import Executor, timed_out, timeout_seconds
 from kiq.supervise import Health, spawn
 
 log = logging.getLogger(__name__)
+job_log = kiq_log.job_logger("kiq.job")
 
 
 class AsyncRunner:
     """An event loop in a named thread, fed with units from the fetcher's thread."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, name: str = "asyncio") -> None:
         self.executor = executor
+        self.name = name
         self.loop = asyncio.new_event_loop()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.by_jid: dict[str, asyncio.Task[None]] = {}  # running jobs, for cancel(jid)
+        self._cancelled: set[str] = set()  # jids cancel() asked for, until their task ends
         self._ids = itertools.count(1)
+        self._ident: int | None = None  # the loop thread's
 
     def start(self, health: Health | None = None) -> None:
         # Not restarted: the loop holds every running task; if it ends unasked the
         # process cannot go on and says so (kiq.supervise).
-        spawn("asyncio", self._run, restart=False, health=health)
+        spawn(self.name, self._run, restart=False, health=health)
 
     def _run(self) -> None:
+        self._ident = threading.get_ident()
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
@@ -49,17 +62,56 @@ class AsyncRunner:
             self.loop.close()
 
     def submit(self, unit: UnitOfWork) -> None:
-        self.loop.call_soon_threadsafe(self._spawn, unit)
+        self.submit_many((unit,))
+
+    def submit_many(self, units: Sequence[UnitOfWork]) -> None:
+        """Start these units as tasks: at once on the loop thread, else in one wakeup."""
+        if threading.get_ident() == self._ident:
+            self._spawn_all(units)
+        else:
+            self.loop.call_soon_threadsafe(self._spawn_all, units)
 
     def busy(self) -> int:
         return len(self.tasks)
 
-    def _spawn(self, unit: UnitOfWork) -> None:
-        task = self.loop.create_task(self._execute(unit))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def _spawn_all(self, units: Sequence[UnitOfWork]) -> None:
+        for unit in units:
+            task = self.loop.create_task(self._execute(unit))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            jid = unit.payload.get("jid") if unit.payload else None
+            if isinstance(jid, str):
+                self.by_jid[jid] = task  # popped when _execute ends
+
+    def cancel(self, jid: str) -> bool:
+        """Cancel the running job ``jid`` (from any thread); False if it runs not here.
+
+        The job's coroutine gets CancelledError at its next await (its ``finally``
+        blocks and ``async with`` exits run); it is then acknowledged, logged
+        ``cancelled`` and not retried. The hook for cancel-by-jid (docs/capsules.md).
+        """
+        if jid not in self.by_jid:
+            return False
+
+        def cancel() -> None:
+            task = self.by_jid.get(jid)
+            if task is not None:
+                self._cancelled.add(jid)
+                task.cancel()
+
+        self._on_loop(cancel)
+        return True
 
     async def _execute(self, unit: UnitOfWork) -> None:
+        jid = unit.payload.get("jid") if unit.payload else None
+        try:
+            await self._run_unit(unit, jid)
+        finally:
+            if isinstance(jid, str):
+                self.by_jid.pop(jid, None)
+                self._cancelled.discard(jid)
+
+    async def _run_unit(self, unit: UnitOfWork, jid: object) -> None:
         ex = self.executor
         slot = f"{kiq_log.tid()}-{next(self._ids)}"
         job_class, ctx = ex.begin(unit, slot)
@@ -67,7 +119,7 @@ class AsyncRunner:
         kiq_log.set_level(ex.log_level(unit, job_class))
         exc: BaseException | None = None
         if ex.log_jobs:
-            kiq_log.job_line(kiq_log.job_logger("kiq.job"), logging.INFO, "start")
+            kiq_log.job_line(job_log, logging.INFO, "start")
         try:
             job = ex.instantiate(unit, job_class)
             payload: dict[str, Any] = unit.payload or {}
@@ -87,10 +139,22 @@ class AsyncRunner:
                 with ex.state.lock:
                     ex.state.work.pop(slot, None)
                 return  # hard shutdown: already requeued
+            if jid in self._cancelled:
+                self._finish_cancelled(unit, slot)
+                return
             exc = error  # cancelled by the job's own code: a failure like any other
         except BaseException as error:  # a failing job, whatever it raised
             exc = error
         ex.finish(unit, job_class, ctx, exc, slot)
+
+    def _finish_cancelled(self, unit: UnitOfWork, slot: str) -> None:
+        ex = self.executor
+        with ex.state.lock:
+            ex.state.work.pop(slot, None)
+            ex.state.processed += 1
+        if ex.log_jobs:
+            kiq_log.job_line(job_log, logging.INFO, "cancelled")
+        ex.finished(unit)  # acknowledged: a cancelled job is not retried
 
     def cancel_all(self) -> None:
         def cancel() -> None:

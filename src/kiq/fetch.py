@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from kiq import payload as wire
+from kiq.capsule import Capsule
 from kiq.config import Config, Queue
 from kiq.errors import PayloadError
 from kiq.outage import Outage
@@ -165,18 +166,25 @@ class Fetcher:
         hand: Hand,
         outage: Outage,
         health: Health | None = None,
+        capsule: Capsule | None = None,
     ) -> None:
         self.config = config
         self.store = config.store
         self.identity = identity
-        self.order = QueueOrder(config.queues)
+        # One fetcher per capsule (kiq.capsule): its own queues, slots and acks.
+        self.capsule = capsule or config.all_capsules()[0]
+        self.order = QueueOrder(self.capsule.queues)
         self.hand = hand
         self.outage = outage
         self.health = health
         self.cond = threading.Condition()
         self._acks: list[tuple[str, bytes]] = []
-        self._free = config.concurrency + config.prefetch
-        self._batch = max(1, config.prefetch // 2)  # refill when this many slots are free
+        self._free = self.capsule.concurrency + config.prefetch
+        # Refill when this many slots are free; a capsule of thousands of coroutines
+        # refills per 1% of its slots, not per prefetch/2, so that a batch is one round
+        # trip for many jobs (an ack still triggers a fetch at once: acks never wait).
+        self._floor = max(1, self.capsule.concurrency // 100)
+        self._batch = max(self._floor, config.prefetch // 2)
         self._extra = 0  # fetch-ahead added for the round trip (see tune)
         self.idle = threading.Event()  # every queue was empty: the waiters watch them
         self.stopping = threading.Event()
@@ -236,7 +244,7 @@ class Fetcher:
         with self.cond:
             self._free += extra - self._extra
             self._extra = extra
-            self._batch = max(1, (self.config.prefetch + extra) // 2)
+            self._batch = max(self._floor, (self.config.prefetch + extra) // 2)
             self.cond.notify()
 
     # -- called by kiq.idle's waiters, under ``cond`` where it says so ---------------
@@ -260,7 +268,8 @@ class Fetcher:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = spawn("fetcher", self._run, stop=self.stopping, health=self.health)
+        name = "fetcher" if self.capsule.is_default else f"fetcher.{self.capsule.name}"
+        self._thread = spawn(name, self._run, stop=self.stopping, health=self.health)
 
     def stop(self) -> None:
         """Stop taking work (kiq.idle's waiters are stopped with it, by the manager)."""

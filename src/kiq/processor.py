@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from kiq import log as kiq_log
 from kiq import payload as wire
 from kiq import unique
+from kiq.capsule import Capsule
 from kiq.config import Config
-from kiq.errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
+from kiq.errors import ConfigError, JobTimeout, PayloadError, Shutdown, UnknownJobError
 from kiq.fetch import UnitOfWork
 from kiq.job import Job, instantiate, lookup, perform
 from kiq.retry import RetryHandler, error_class, error_message
@@ -147,11 +148,18 @@ class Executor:
         state: State,
         pool: Pool,
         stopping: threading.Event,
+        capsule: Capsule | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.finished = pool.finished  # bound once: called for every job
         self.stopping = stopping
+        self.capsule = capsule or config.all_capsules()[0]
+        # The one kind of job this capsule runs (True: async def), None for both kinds
+        # (the default thread capsule): checked per job as one identity test.
+        self._only: bool | None = None
+        if not self.capsule.runs(True) or not self.capsule.runs(False):
+            self._only = self.capsule.mode == "async"
         self.retry = RetryHandler(config)
         self.reaper = Reaper()
         self.log_jobs = not config.skip_default_job_logging
@@ -187,6 +195,10 @@ class Executor:
                 f"no kiq Job is registered as {payload['class']!r}: import the module that "
                 f"defines it with -r, or give a Job name={payload['class']!r}"
             )
+        if self._only is not None and job_class.is_async is not self._only:
+            # Pushed at run time to a queue of the wrong capsule (the start-up check
+            # sees only each class's default queue): this job fails, nothing else.
+            raise ConfigError(self.capsule.mismatch(payload["class"], job_class.is_async))
         job = instantiate(job_class, payload)
         unique.release_at_start(self.config, payload)  # unique_until="start" (kiq.unique)
         return job
@@ -316,7 +328,9 @@ class Processor:
         executor: Executor,
         inbox: Any,
         on_death: Callable[[Processor, BaseException], None],
+        prefix: str = "",
     ) -> None:
+        self.prefix = prefix  # "io." for capsule io's threads; "" for the default capsule
         self.index = index
         self.executor = executor
         self.inbox = inbox
@@ -327,7 +341,8 @@ class Processor:
     def start(self, health: Health | None = None) -> None:
         # Not restarted in place: a processor that died is replaced (on_death) by a
         # fresh one, so no state of a failed job leaks into the next (Sidekiq).
-        self.thread = spawn(f"processor-{self.index}", self._run, restart=False, health=health)
+        name = f"{self.prefix}processor-{self.index}"
+        self.thread = spawn(name, self._run, restart=False, health=health)
 
     def interrupt(self) -> None:
         """Raise Shutdown in this thread (hard shutdown)."""

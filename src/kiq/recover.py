@@ -96,7 +96,8 @@ class Recoverer:
         # busy worker (issue 12, found by the hostile chaos run). The window is this
         # config's slots + prefetch, plus the finished-but-unacked jobs of one refill
         # (at most prefetch); processes sharing a Redis normally share a config.
-        window = self.config.concurrency + 2 * self.config.prefetch
+        # (every capsule's slots: a list is one capsule's, but which is not recorded)
+        window = self.config.total_concurrency + 2 * self.config.prefetch
         first_blamed = max(0, len(raws) - window)
         # LRANGE gives newest first (fetch LPUSHes); RPUSHing in that order leaves the
         # oldest at the tail, fetched next, as requeue_all does.
