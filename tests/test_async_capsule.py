@@ -132,6 +132,7 @@ def test_cancel_one_running_coroutine_by_jid(config) -> None:
     jid = Waits.perform_async()
     with running(config) as launcher:
         runner = launcher.managers[1].aio
+        assert runner is not None
         assert STARTED.wait(10.0)
         wait_until(lambda: jid in runner.by_jid)
 

@@ -99,7 +99,10 @@ class Manager:
         self.waiters = Waiters(self.fetcher, runner=self if cap.mode == "thread" else None)
         self.executor = Executor(config, state, self, self.stopping, cap)
         self._prefix = "" if cap.is_default else f"{cap.name}."
-        self.aio = AsyncRunner(self.executor, f"{self._prefix}asyncio")
+        # A named thread capsule runs no coroutine: no loop thread for it.
+        self.aio: AsyncRunner | None = None
+        if self._route is not False:
+            self.aio = AsyncRunner(self.executor, f"{self._prefix}asyncio")
         threads = self.concurrency if cap.mode == "thread" else 0
         self.processors = [self._processor(i) for i in range(threads)]
 
@@ -107,7 +110,8 @@ class Manager:
         return Processor(index, self.executor, self.inbox, self._processor_died, self._prefix)
 
     def start(self) -> None:
-        self.aio.start(self.health)
+        if self.aio is not None:
+            self.aio.start(self.health)
         for processor in self.processors:
             processor.start(self.health)
         self.fetcher.start()
@@ -170,14 +174,15 @@ class Manager:
                 self._running_count += 1
         if not ready:
             return
-        if self._route is True:
-            self.aio.submit_many(ready)
+        aio = self.aio
+        if self._route is True and aio is not None:
+            aio.submit_many(ready)
             return
         for unit in ready:
-            if self._route is None:
+            if aio is not None:  # the default capsule: each unit by its kind
                 job_class = lookup(unit.payload["class"]) if unit.payload else None
                 if job_class is not None and job_class.is_async:
-                    self.aio.submit(unit)
+                    aio.submit(unit)
                     continue
             self.inbox.put(unit)
 
@@ -262,13 +267,15 @@ class Manager:
                     processor.interrupt()
             for ident in self.waiters.running_here():
                 interrupt(ident)
-            self.aio.cancel_all()
+            if self.aio is not None:
+                self.aio.cancel_all()
         return busy
 
     def _end(self) -> None:
         for _ in self.processors:
             self.inbox.put(None)
-        self.aio.stop()
+        if self.aio is not None:
+            self.aio.stop()
         self.executor.reaper.stop()
 
     def _in_flight(self) -> int:
