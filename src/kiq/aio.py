@@ -103,16 +103,9 @@ class AsyncRunner:
         return True
 
     async def _execute(self, unit: UnitOfWork) -> None:
-        jid = unit.payload.get("jid") if unit.payload else None
-        try:
-            await self._run_unit(unit, jid)
-        finally:
-            if isinstance(jid, str):
-                self.by_jid.pop(jid, None)
-                self._cancelled.discard(jid)
-
-    async def _run_unit(self, unit: UnitOfWork, jid: object) -> None:
         ex = self.executor
+        payload: dict[str, Any] = unit.payload or {}
+        jid = payload.get("jid")
         slot = f"{kiq_log.tid()}-{next(self._ids)}"
         job_class, ctx = ex.begin(unit, slot)
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
@@ -122,18 +115,22 @@ class AsyncRunner:
             kiq_log.job_line(job_log, logging.INFO, "start")
         try:
             job = ex.instantiate(unit, job_class)
-            payload: dict[str, Any] = unit.payload or {}
             timeout = payload.get("timeout")
-            deadline = asyncio.timeout(timeout_seconds(timeout))
-            try:
-                async with deadline:
-                    await ex.config.server_middleware.ainvoke(
-                        job, payload, unit.queue, lambda: job.perform(*payload["args"])
-                    )
-            except TimeoutError as error:
-                if not deadline.expired():
-                    raise  # the job's own TimeoutError (a network call...), not its timeout
-                raise timed_out(timeout) from error
+            seconds = timeout_seconds(timeout)
+            chain = ex.config.server_middleware
+            if seconds is None:  # no deadline: no Timeout object per job
+                await chain.ainvoke(job, payload, unit.queue, lambda: job.perform(*payload["args"]))
+            else:
+                deadline = asyncio.timeout(seconds)
+                try:
+                    async with deadline:
+                        await chain.ainvoke(
+                            job, payload, unit.queue, lambda: job.perform(*payload["args"])
+                        )
+                except TimeoutError as error:
+                    if not deadline.expired():
+                        raise  # the job's own TimeoutError (a network call...), not its timeout
+                    raise timed_out(timeout) from error
         except asyncio.CancelledError as error:
             if ex.stopping.is_set():
                 with ex.state.lock:
@@ -145,6 +142,10 @@ class AsyncRunner:
             exc = error  # cancelled by the job's own code: a failure like any other
         except BaseException as error:  # a failing job, whatever it raised
             exc = error
+        finally:
+            if jid is not None:
+                self.by_jid.pop(jid, None)
+                self._cancelled.discard(jid)
         ex.finish(unit, job_class, ctx, exc, slot)
 
     def _finish_cancelled(self, unit: UnitOfWork, slot: str) -> None:
