@@ -204,6 +204,18 @@ class Fetcher:
                 return
         self._ack_now([(unit.queue, unit.raw)])
 
+    def ack_many(self, units: list[UnitOfWork]) -> None:
+        """``ack`` for a batch: one lock and one wakeup (an async capsule's loop)."""
+        acks = [(unit.queue, unit.raw) for unit in units]
+        with self.cond:
+            self._free += len(units)
+            self._suspects -= sum(unit.suspect for unit in units)
+            if not self.idle.is_set():
+                self._acks.extend(acks)
+                self.cond.notify()
+                return
+        self._ack_now(acks)
+
     def release(self, unit: UnitOfWork | None = None) -> None:
         """A unit was put back without an ack (shutdown); just free its slot."""
         with self.cond:

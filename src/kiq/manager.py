@@ -51,7 +51,7 @@ from kiq.fetch import TIMEOUT, Fetcher, UnitOfWork, by_queue
 from kiq.idle import Waiters
 from kiq.job import lookup, registered
 from kiq.outage import Outage
-from kiq.processor import Executor, Processor, State, interrupt
+from kiq.processor import Executor, Pool, Processor, State, interrupt
 from kiq.supervise import Health
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,10 @@ class Manager:
         self.fetcher = Fetcher(config, identity, self, outage, health, cap)
         # An async capsule's waiters never run a job themselves (no idle fast path).
         self.waiters = Waiters(self.fetcher, runner=self if cap.mode == "thread" else None)
-        self.executor = Executor(config, state, self, self.stopping, cap)
+        # An async capsule's jobs all finish on its loop thread: their acks are handed
+        # back once per loop iteration (one lock and one fetcher wakeup for the batch).
+        pool: Pool = _LoopAcks(self) if self._route is True else self
+        self.executor = Executor(config, state, pool, self.stopping, cap)
         self._prefix = "" if cap.is_default else f"{cap.name}."
         # A named thread capsule runs no coroutine: no loop thread for it.
         self.aio: AsyncRunner | None = None
@@ -164,6 +167,13 @@ class Manager:
     def _free_slot(self) -> None:
         with self._slots:
             self._running_count -= 1
+        self._dispatch()
+
+    def finished_many(self, units: list[UnitOfWork]) -> None:
+        """``finished`` for a batch (an async capsule's, from its loop thread)."""
+        self.fetcher.ack_many(units)
+        with self._slots:
+            self._running_count -= len(units)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -282,6 +292,29 @@ class Manager:
         """Jobs handed to a thread or the loop whose outcome is not yet acknowledged."""
         with self._slots:
             return self._running_count
+
+
+class _LoopAcks:
+    """The Pool of an async capsule's Executor: collects the units finished during one
+    iteration of the event loop and hands them to ``Manager.finished_many`` at its end
+    (``call_soon`` runs after the callbacks already due). Used on the loop thread only.
+    Until the batch is handed back the slots count as running, so ``stop`` waits for it.
+    """
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.units: list[UnitOfWork] = []
+
+    def finished(self, unit: UnitOfWork) -> None:
+        self.units.append(unit)
+        if len(self.units) == 1:
+            aio = self.manager.aio
+            assert aio is not None  # an async capsule always has its loop
+            aio.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        units, self.units = self.units, []
+        self.manager.finished_many(units)
 
 
 def stop_all(
