@@ -43,6 +43,7 @@ class AsyncRunner:
         self._cancelled: set[str] = set()  # jids cancel() asked for, until their task ends
         self._ids = itertools.count(1)
         self._ident: int | None = None  # the loop thread's
+        self._tid = ""
 
     def start(self, health: Health | None = None) -> None:
         # Not restarted: the loop holds every running task; if it ends unasked the
@@ -51,6 +52,7 @@ class AsyncRunner:
 
     def _run(self) -> None:
         self._ident = threading.get_ident()
+        self._tid = kiq_log.tid()  # busy-jobs slots are "<loop tid>-<n>"
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
@@ -106,7 +108,7 @@ class AsyncRunner:
         ex = self.executor
         payload: dict[str, Any] = unit.payload or {}
         jid = payload.get("jid")
-        slot = f"{kiq_log.tid()}-{next(self._ids)}"
+        slot = f"{self._tid}-{next(self._ids)}"
         job_class, ctx = ex.begin(unit, slot)
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
         kiq_log.set_level(ex.log_level(unit, job_class))
