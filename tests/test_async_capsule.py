@@ -53,6 +53,24 @@ def test_term_mid_flight_loses_no_coroutine(config, r, start_worker) -> None:
     assert r.zcard("retry") == 0
 
 
+@pytest.mark.timeout(90)
+def test_sigkilled_async_capsule_jobs_are_recovered(config, r, start_worker) -> None:
+    """SIGKILL a worker while 200 coroutines of its async capsule await: they stay in its
+    in-progress list of queue io, and a survivor recovers and runs every one."""
+    jids = set(capsule_jobs.IoWait.perform_bulk([[]] * 200))
+    expiry = ":process_ttl: 1\n"
+    victim = start_worker(*IO_CAPSULE, config_text=expiry)
+    wait_until(lambda: int(r.get("cap:io:started") or 0) >= 200, timeout=30.0)
+
+    victim.kill()
+
+    assert r.llen("cap:io:done") == 0
+    assert sum(r.llen(key) for key in r.keys("kiq|inprogress|*|io")) == 200
+    r.set("cap:release", 1)
+    start_worker(*IO_CAPSULE, config_text=expiry)
+    wait_until(lambda: set(r.lrange("cap:io:done", 0, -1)) == jids, timeout=45.0)
+
+
 def test_timed_out_coroutine_is_retried(config, r, start_worker) -> None:
     """A coroutine past its ``timeout`` is cancelled and fails with JobTimeout into the
     retry set; run again, it finishes."""

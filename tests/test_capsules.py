@@ -48,6 +48,20 @@ def test_yaml_capsules_read_with_or_without_leading_colons(tmp_path: Path, colon
     assert config.total_concurrency == 1006
 
 
+def test_default_in_the_capsules_mapping_is_the_top_level_capsule(tmp_path: Path) -> None:
+    """A capsule named ``default`` (file or ``-g``) sets the top-level queues, concurrency
+    and mode: ``-g default:default:500:async`` makes the whole process an async one."""
+    file = tmp_path / "kiq.yml"
+    file.write_text("capsules:\n  default:\n    queues: [a]\n    concurrency: 3\n    mode: async\n")
+
+    config = Config.load(file, env={})
+    flagged = Config(capsules=[parse_flag("default:default:500:async")])
+
+    assert (config.queues, config.concurrency, config.default_mode) == ([("a", 0)], 3, "async")
+    assert config.capsules == []
+    assert flagged.all_capsules() == [Capsule("default", (("default", 0),), 500, "async")]
+
+
 def test_capsule_in_code_returns_it_and_validates() -> None:
     """``config.capsule(name, queues=, concurrency=, mode=)`` adds or changes a capsule."""
     config = Config()

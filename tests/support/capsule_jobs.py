@@ -68,6 +68,18 @@ class IoProgress(kiq.Job, name="CapIoProgress", queue="io"):
         _redis.rpush("cap:io:done", self.jid)
 
 
+class IoWait(kiq.Job, name="CapIoWait", queue="io"):
+    """An async job that awaits ``cap:release`` (at most 20 s), then records its jid."""
+
+    async def perform(self) -> None:
+        _redis.incr("cap:io:started")
+        for _ in range(2000):
+            if _redis.exists("cap:release"):
+                break
+            await asyncio.sleep(0.01)
+        _redis.rpush("cap:io:done", self.jid)
+
+
 class IoThread(kiq.Job, name="CapIoThread", queue="io"):
     """Records the thread its coroutine runs on (the async capsule's event loop)."""
 
