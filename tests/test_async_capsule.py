@@ -32,6 +32,7 @@ def threads_of(pid: int) -> int:
     raise AssertionError("no Threads: line")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_term_mid_flight_loses_no_coroutine(config, r, start_worker) -> None:
     """1,500 jobs into a 1,000-slot async capsule; TERM while 1,000 await: after ``-t``
@@ -53,6 +54,7 @@ def test_term_mid_flight_loses_no_coroutine(config, r, start_worker) -> None:
     assert r.zcard("retry") == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_sigkilled_async_capsule_jobs_are_recovered(config, r, start_worker) -> None:
     """SIGKILL a worker while 200 coroutines of its async capsule await: they stay in its
@@ -71,6 +73,7 @@ def test_sigkilled_async_capsule_jobs_are_recovered(config, r, start_worker) -> 
     wait_until(lambda: set(r.lrange("cap:io:done", 0, -1)) == jids, timeout=45.0)
 
 
+@pytest.mark.slow
 def test_timed_out_coroutine_is_retried(config, r, start_worker) -> None:
     """A coroutine past its ``timeout`` is cancelled and fails with JobTimeout into the
     retry set; run again, it finishes."""
@@ -86,6 +89,7 @@ def test_timed_out_coroutine_is_retried(config, r, start_worker) -> None:
     assert r.get(f"cap:runs:{jid}") == "2"
 
 
+@pytest.mark.slow
 def test_async_middleware_wraps_the_awaited_job(config, r, start_worker) -> None:
     """An ``async def __call__`` server middleware runs before the job and after its
     last await (the job's record is written between the two)."""
@@ -98,6 +102,7 @@ def test_async_middleware_wraps_the_awaited_job(config, r, start_worker) -> None
     assert r.lrange("cap:io:done", 0, -1) == [jid]
 
 
+@pytest.mark.slow
 def test_progress_from_a_coroutine_and_its_loop_thread(config, r, start_worker) -> None:
     """``self.progress`` works in an async capsule's job; every coroutine runs on the
     capsule's loop thread ``kiq.io.asyncio``."""
@@ -115,6 +120,7 @@ def test_progress_from_a_coroutine_and_its_loop_thread(config, r, start_worker) 
     wait_until(lambda: r.lrange("cap:io:done", 0, -1) == [jid], timeout=20.0)
 
 
+@pytest.mark.slow
 def test_sync_job_pushed_to_an_async_capsule_fails_alone(config, r, start_worker) -> None:
     """A ``def perform`` job pushed at run time to an async capsule's queue fails with
     an error naming the fix; the async jobs beside it run."""

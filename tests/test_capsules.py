@@ -138,6 +138,7 @@ def test_bad_yaml_capsule_names_the_file_and_key(tmp_path: Path) -> None:
         Config.load(file, env={})
 
 
+@pytest.mark.slow
 def test_cli_bad_capsule_flag_exits_2_with_one_line(tmp_path: Path) -> None:
     """``kiq worker -g io:io:many`` stops before anything starts: one line, exit 2."""
     from tests.test_cli import run_kiq
@@ -167,6 +168,7 @@ def test_cli_capsules_and_sidekiqs_tag() -> None:
 # -- two capsules in one real worker -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_blocked_capsule_never_starves_another(config, r, start_worker) -> None:
     """Capsule ``slow`` has every slot held (and more jobs waiting); capsule ``fast``
     drains 300 jobs meanwhile, on its own threads."""
@@ -211,6 +213,7 @@ def capsuled_worker(config, r, start_worker):
     worker.kill()
 
 
+@pytest.mark.slow
 def test_heartbeat_lists_every_capsule(r, capsuled_worker) -> None:
     """``info`` has Sidekiq 7's weights (one per capsule) and 8's ``capsules``; the
     concurrency (info and hash field) is the sum of every capsule's."""
@@ -231,6 +234,8 @@ def test_heartbeat_lists_every_capsule(r, capsuled_worker) -> None:
     assert (process.concurrency, process.queues) == (105, ["default", "io", "slow", "other"])
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_busy_jobs_of_every_capsule_as_ruby_reads_them(r, redis_url, capsuled_worker) -> None:
     """Ruby Sidekiq 6.4's ProcessSet sees the summed concurrency and every queue, and its
     Workers (the Busy page) lists the jobs running in both capsules."""
@@ -249,6 +254,7 @@ def test_busy_jobs_of_every_capsule_as_ruby_reads_them(r, redis_url, capsuled_wo
     assert running == {("slow", slow, "CapHold"), ("io", io, "CapIoProgress")}
 
 
+@pytest.mark.slow
 def test_capsule_defined_in_code_runs(config, r, start_worker) -> None:
     """``kiq.get_default().capsule(...)`` in a module the worker imports (-r) starts the
     capsule, as Sidekiq's initializer does."""
@@ -266,6 +272,7 @@ def test_capsule_defined_in_code_runs(config, r, start_worker) -> None:
 # -- the start-up check ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sync_job_routed_to_an_async_capsule_stops_start_up(config, r, start_worker) -> None:
     """A ``def perform`` job whose queue an async capsule serves: exit 2 before the
     first heartbeat, one line naming the job, the capsule and the fix."""
