@@ -188,13 +188,16 @@ class Manager:
         if self._route is True and aio is not None:
             aio.submit_many(ready)
             return
+        coroutines: list[UnitOfWork] = []
         for unit in ready:
             if aio is not None:  # the default capsule: each unit by its kind
                 job_class = lookup(unit.payload["class"]) if unit.payload else None
                 if job_class is not None and job_class.is_async:
-                    aio.submit(unit)
+                    coroutines.append(unit)
                     continue
             self.inbox.put(unit)
+        if coroutines and aio is not None:
+            aio.submit_many(coroutines)  # one wakeup of the loop for the batch
 
     def _put_back(self, units: list[UnitOfWork]) -> None:
         try:
