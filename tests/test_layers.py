@@ -50,6 +50,7 @@ CORE: tuple[str, ...] = (
     "peers",  # the Sidekiq versions sharing the Redis: which formats to write (issue 15)
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
+    "results",  # kiq.Result and the records the worker stores (issue 17 point 3)
     "client",
     "job",
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
@@ -92,6 +93,7 @@ CLIENT_SIDE = frozenset(
         "client",
         "job",
         "activejob",
+        "results",
     }
 )
 SIDE: dict[str, frozenset[str]] = {

@@ -66,6 +66,7 @@ class AsyncRunner:
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
         kiq_log.set_level(ex.log_level(unit, job_class))
         exc: BaseException | None = None
+        value: Any = None
         if ex.log_jobs:
             kiq_log.job_line(kiq_log.job_logger("kiq.job"), logging.INFO, "start")
         try:
@@ -73,11 +74,15 @@ class AsyncRunner:
             payload: dict[str, Any] = unit.payload or {}
             timeout = payload.get("timeout")
             deadline = asyncio.timeout(timeout_seconds(timeout))
+
+            async def run() -> Any:
+                nonlocal value  # kept here: a middleware need not return call_next()'s value
+                value = await job.perform(*payload["args"])
+                return value
+
             try:
                 async with deadline:
-                    await ex.config.server_middleware.ainvoke(
-                        job, payload, unit.queue, lambda: job.perform(*payload["args"])
-                    )
+                    await ex.config.server_middleware.ainvoke(job, payload, unit.queue, run)
             except TimeoutError as error:
                 if not deadline.expired():
                     raise  # the job's own TimeoutError (a network call...), not its timeout
@@ -90,7 +95,7 @@ class AsyncRunner:
             exc = error  # cancelled by the job's own code: a failure like any other
         except BaseException as error:  # a failing job, whatever it raised
             exc = error
-        ex.finish(unit, job_class, ctx, exc, slot)
+        ex.finish(unit, job_class, ctx, exc, slot, value)
 
     def cancel_all(self) -> None:
         def cancel() -> None:
