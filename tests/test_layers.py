@@ -100,6 +100,7 @@ SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
     "api": frozenset(
         {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
+        | {"results"}  # api.result reads kiq.results' records (issue 17)
     ),
     "testing": CLIENT_SIDE | {"__init__"},
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),

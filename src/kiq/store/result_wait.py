@@ -15,11 +15,13 @@ one subscribed connection and multiplexes every waiter of the process onto it:
   4. Otherwise the worker's ``result_store.lua`` stores the record and PUBLISHes it on
      the channel in the same step: the message carries the record, so waking a waiter
      costs no command at all.
-  5. Once a jid has no waiter left (resolved, timed out, cancelled) one
-     ``UNSUBSCRIBE`` per pass ends the subscriptions of the batch.
+  5. Once a jid has no waiter left (resolved, timed out, cancelled) its subscription
+     ends with the next ``UNSUBSCRIBE``, sent for ``UNSUBSCRIBE_BATCH`` such jids at
+     once or ``UNSUBSCRIBE_AFTER`` seconds after the first (a lingering subscription
+     costs nothing: a finished job publishes no more).
 
 So a wait costs at most one SUBSCRIBE, one MGET and one UNSUBSCRIBE, each shared by
-all the waiters filed in the same pass, and nothing while it waits: the connection
+all the waiters filed (or finished) in the same pass, and nothing while it waits: the connection
 is idle apart from a PING every ``PING_EVERY`` seconds to notice a dead link. After a
 lost connection (Redis restarted, failover) the dispatcher reconnects with a backoff,
 subscribes to every jid still awaited and reads them again (steps 2-3), so no
@@ -41,6 +43,7 @@ import select
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -55,7 +58,10 @@ log = logging.getLogger(__name__)
 
 PING_EVERY: Final = 30.0  # seconds of silence on the connection before a PING
 BATCH: Final = 1000  # channels per SUBSCRIBE / UNSUBSCRIBE, keys per MGET
+UNSUBSCRIBE_BATCH: Final = 200  # finished jids that make an UNSUBSCRIBE worth sending now
+UNSUBSCRIBE_AFTER: Final = 1.0  # seconds a finished jid's subscription may linger
 BACKOFF: Final = (0.1, 0.5, 1.0, 2.0, 5.0)  # seconds between reconnect attempts
+CLOSE_WAIT: Final = 2.0  # seconds close() waits for the dispatcher to let go of Redis
 SOCK: Final = "_sock"  # the private redis-py attribute read (see the module docstring)
 # Records whose first bytes name a final status (kiq.results writes "status" first).
 FINAL_PREFIXES: Final = (b'{"status":"succeeded"', b'{"status":"failed"', b'{"status":"dead"')
@@ -105,7 +111,8 @@ class Listener:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._poked = False
-        self.commands = 0  # SUBSCRIBE/UNSUBSCRIBE/MGET/PING sent: what the docs state
+        self._gone_since: float | None = None  # when the oldest unsent UNSUBSCRIBE was due
+        self.sent: Counter[str] = Counter()  # commands sent by verb: what the docs state
         _listeners.add(self)
 
     # -- called by waiters (any thread, any event loop) ---------------------------------
@@ -150,6 +157,13 @@ class Listener:
             for future in futures:
                 _settle(future, error=ListenerClosed("the Store was closed while waiting"))
         self._poke()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(CLOSE_WAIT)  # its connection goes back before the pools close
+        if thread is None or not thread.is_alive():
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _poke(self) -> None:
         if self._poked:
@@ -200,6 +214,8 @@ class Listener:
             self._flush(sock)
             self._read_checks()
             wait = max(0.0, heard + PING_EVERY - time.monotonic())
+            if self._gone_since is not None:
+                wait = min(wait, max(0.0, self._gone_since + UNSUBSCRIBE_AFTER - time.monotonic()))
             ready, _, _ = select.select([sock, self._wake_r], [], [], wait)
             if self._wake_r in ready:
                 self._poked = False  # before draining: a poke after this is not lost
@@ -214,7 +230,7 @@ class Listener:
                 heard, pinged = time.monotonic(), False
                 while (reply := reader.gets()) is not False:
                     self._handle(reply)
-            elif not ready:  # silent for PING_EVERY: is the link alive?
+            elif not ready and time.monotonic() >= heard + PING_EVERY:  # is the link alive?
                 if pinged:
                     raise ConnectionError(f"no answer to a PING within {PING_EVERY:g}s")
                 self._send(sock, [("PING",)])
@@ -222,14 +238,27 @@ class Listener:
 
     def _send(self, sock: Any, commands: list[tuple[str, ...]]) -> None:
         sock.sendall(b"".join(pack(command) for command in commands))  # type: ignore[arg-type]
-        self.commands += len(commands)
+        self.sent.update(command[0] for command in commands)
 
     def _flush(self, sock: Any) -> None:
         """SUBSCRIBE the jids newly awaited, UNSUBSCRIBE those no longer awaited."""
+        now = time.monotonic()
         with self._lock:
             wanted = self._waiters.keys()
             new = [jid for jid in wanted if jid not in self._sent]
             gone = [jid for jid in self._sent if jid not in wanted]
+            if not gone:
+                self._gone_since = None
+            elif self._gone_since is None:
+                self._gone_since = now
+            if (
+                gone
+                and len(gone) < UNSUBSCRIBE_BATCH
+                and now < self._gone_since + UNSUBSCRIBE_AFTER
+            ):
+                gone = []  # not yet: more will join this UNSUBSCRIBE
+            elif gone:
+                self._gone_since = None
             self._sent.update(new)
             self._sent.difference_update(gone)
             self._confirmed.difference_update(gone)
@@ -263,7 +292,7 @@ class Listener:
             jids, self._check = sorted(self._check), set()
         for start in range(0, len(jids), BATCH):
             batch = jids[start : start + BATCH]
-            self.commands += 1
+            self.sent["MGET"] += 1
             for jid, record in zip(batch, self._fetch(batch), strict=True):
                 if is_final(record):
                     assert record is not None
