@@ -57,7 +57,8 @@ def test_get_returns_the_value_a_worker_process_returned(config, r, start_worker
     handle = ResultAdd.enqueue(2, 3)
     assert isinstance(handle, kiq.Result)
     assert handle.get(timeout=20) == {"sum": 5, "jid": handle.jid}
-    assert handle.status == "succeeded" and handle.ready()
+    assert handle.status == "succeeded"
+    assert handle.ready()
     assert kiq.Result(handle.jid).get(timeout=1) == {"sum": 5, "jid": handle.jid}  # again
 
 
@@ -71,11 +72,13 @@ def test_await_and_aget_return_an_async_jobs_value(config, start_worker):
         finally:
             await config.store.aclose()  # the asyncio push's connection, on this loop
         second = ResultAdd.enqueue(4, 4)
-        assert first is not None and second is not None
+        assert first is not None
+        assert second is not None
         return await first, await second.aget(timeout=20)
 
     value, other = asyncio.run(main())
-    assert value == 3 and other["sum"] == 8
+    assert value == 3
+    assert other["sum"] == 8
 
 
 @pytest.mark.slow
@@ -91,7 +94,8 @@ def test_job_failed_carries_the_remote_class_message_and_traceback(config, start
         "ValueError",
         "boom here",
     )
-    assert failed.job_class == "ResultBoom" and failed.jid == handle.jid
+    assert failed.job_class == "ResultBoom"
+    assert failed.jid == handle.jid
     assert 'raise ValueError(f"boom {word}")' in failed.traceback
     assert "in explode" in failed.traceback  # the remote frames, innermost included
     assert any("Remote traceback" in note for note in failed.__notes__)
@@ -145,21 +149,25 @@ def test_a_result_over_result_max_bytes_fails_with_an_error_naming_the_job_and_b
     assert failed.error_class == "kiq.ResultTooLarge"
     assert f"ResultBig jid={handle.jid} ran" in failed.error_message
     assert "over result_max_bytes=1000" in failed.error_message
-    assert api.RetrySet(config).size() == 0 and api.DeadSet(config).size() == 0  # not retried
+    assert api.RetrySet(config).size() == 0
+    assert api.DeadSet(config).size() == 0
     small = ResultBig.enqueue(10)
-    assert small is not None and small.get(timeout=20) == "x" * 10
+    assert small is not None
+    assert small.get(timeout=20) == "x" * 10
 
 
 @pytest.mark.slow
 def test_set_result_ttl_gives_a_result_to_a_job_that_keeps_none(config, start_worker):
     start_worker(*RESULTS)
     handle = ResultNone.set(result_ttl=30).enqueue(7)
-    assert handle is not None and handle.get(timeout=20) == 7
+    assert handle is not None
+    assert handle.get(timeout=20) == 7
 
 
 def test_perform_async_still_returns_the_jid(config):
     jid = ResultAdd.perform_async(1, 2)
-    assert isinstance(jid, str) and len(jid) == 24
+    assert isinstance(jid, str)
+    assert len(jid) == 24
     assert kiq.Result(jid).status == "pending"
 
 
@@ -178,7 +186,7 @@ def test_a_bad_result_ttl_is_refused_at_push_and_ignored_at_the_door():
 def test_get_times_out_with_the_status_and_the_likely_cause(config):
     handle = ResultAdd.enqueue(1, 2)
     assert handle is not None
-    with pytest.raises(kiq.ResultTimeout, match="status pending.*result_ttl"):
+    with pytest.raises(kiq.ResultTimeout, match=r"status pending.*result_ttl"):
         handle.get(timeout=0.05)
     assert config.store.result_listener.waiting() == 0  # the waiter left
 
@@ -314,7 +322,8 @@ def test_fake_mode_keeps_results_of_drained_jobs_in_memory(config):
     with kiq.testing.fake():
         handle = ResultAdd.enqueue(2, 2)
         boom = ResultBoom.enqueue("x")
-        assert handle is not None and boom is not None
+        assert handle is not None
+        assert boom is not None
         with pytest.raises(kiq.ResultTimeout, match="drain"):
             handle.get()
         assert handle.status == "pending"
@@ -332,14 +341,16 @@ def test_fake_mode_keeps_results_of_drained_jobs_in_memory(config):
 def test_inline_mode_stores_the_result_at_the_push(config):
     with kiq.testing.inline():
         handle = ResultAdd.enqueue(5, 5)
-        assert handle is not None and handle.ready()
+        assert handle is not None
+        assert handle.ready()
         assert handle.get(timeout=0) == {"sum": 10, "jid": handle.jid}
 
 
 def test_a_job_without_result_ttl_keeps_nothing_in_test_mode(config):
     with kiq.testing.inline():
         jid = ResultNone.perform_async(3)
-        assert jid is not None and kiq.Result(jid).status == "pending"
+        assert jid is not None
+        assert kiq.Result(jid).status == "pending"
 
 
 # -- visible: API, Web UI, Prometheus ----------------------------------------------------
@@ -379,4 +390,6 @@ def test_the_web_ui_job_page_shows_the_stored_failure(config):
     with TestClient(create_app(config)) as client:
         page = client.get(f"/morgue/{entry_key(entry)}")
     assert page.status_code == 200
-    assert 'id="result"' in page.text and "KeyError" in page.text and ">dead<" in page.text
+    assert 'id="result"' in page.text
+    assert "KeyError" in page.text
+    assert ">dead<" in page.text

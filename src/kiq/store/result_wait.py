@@ -247,18 +247,16 @@ class Listener:
             wanted = self._waiters.keys()
             new = [jid for jid in wanted if jid not in self._sent]
             gone = [jid for jid in self._sent if jid not in wanted]
-            if not gone:
-                self._gone_since = None
-            elif self._gone_since is None:
-                self._gone_since = now
+            since = (self._gone_since or now) if gone else None
             if (
-                gone
+                since is not None
                 and len(gone) < UNSUBSCRIBE_BATCH
-                and now < self._gone_since + UNSUBSCRIBE_AFTER
+                and now < since + UNSUBSCRIBE_AFTER
             ):
                 gone = []  # not yet: more will join this UNSUBSCRIBE
-            elif gone:
-                self._gone_since = None
+            else:
+                since = None
+            self._gone_since = since
             self._sent.update(new)
             self._sent.difference_update(gone)
             self._confirmed.difference_update(gone)
