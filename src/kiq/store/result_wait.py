@@ -178,6 +178,11 @@ class Listener:
         self._waiters, self._sent, self._confirmed, self._check = {}, set(), set(), set()
         self._thread = None
         self._poked = False
+        for fd in (self._wake_r, self._wake_w):  # the parent's pipe would wake the parent
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
 
     # -- the dispatcher thread ----------------------------------------------------------
     def _run(self) -> None:
