@@ -206,6 +206,55 @@ def test_storing_a_final_record_sets_publishes_and_counts_in_one_script(config, 
     assert api.result_counts(config) == {"succeeded": 2}
 
 
+class _AckProbe:
+    """The executor's Pool: at the ack, what did Redis already hold for the job?"""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.seen: list[dict[str, Any] | None] = []
+
+    def finished(self, unit: Any) -> None:
+        jid = unit.payload["jid"]
+        self.seen.append(api.result(jid, self.config))
+
+
+@pytest.mark.parametrize(
+    ("job", "args", "status"),
+    [(ResultAdd, [1, 2], "succeeded"), (ResultBoom, ["w"], "failed"), (ResultDies, [], "dead")],
+)
+def test_the_final_record_is_stored_before_the_ack(config, job, args, status):
+    from kiq.fetch import UnitOfWork
+    from kiq.processor import Executor, State
+
+    probe = _AckProbe(config)
+    executor = Executor(config, State(), probe, threading.Event())
+    try:
+        payload = kiq.Client(config).normalize({"class": job, "args": args})
+        executor.run_sync(UnitOfWork.parse("default", wire.dumps(payload)))
+    finally:
+        executor.reaper.stop()
+    (record,) = probe.seen
+    assert record is not None
+    assert record["status"] == status
+
+
+def test_a_job_without_result_ttl_stores_nothing(config, r):
+    from kiq.fetch import UnitOfWork
+    from kiq.processor import Executor, State
+
+    probe = _AckProbe(config)
+    executor = Executor(config, State(), probe, threading.Event())
+    r.config_resetstat()
+    try:
+        payload = kiq.Client(config).normalize({"class": ResultNone, "args": [1]})
+        executor.run_sync(UnitOfWork.parse("default", wire.dumps(payload)))
+    finally:
+        executor.reaper.stop()
+    assert probe.seen == [None]
+    stats = commandstats(r)
+    assert (stats.get("set", 0), stats.get("evalsha", 0)) == (0, 0)  # MGET: the probe's
+
+
 def test_a_value_json_cannot_hold_is_recorded_as_failed(config):
     payload = {"class": "ResultAdd", "jid": "obj", "result_ttl": 60}
     kiq_results.store_success(config, payload, object())
