@@ -338,6 +338,40 @@ def test_a_result_stored_before_the_wait_is_read_once_subscribed(config):
     assert kiq.Result("early").get(timeout=5) == "already"
 
 
+def test_a_cancelled_coroutine_stops_waiting(config):
+    listener = config.store.result_listener
+
+    async def main() -> None:
+        task = asyncio.ensure_future(kiq.Result("never").aget())
+        while listener.waiting() == 0:
+            await asyncio.sleep(0)  # let the task file its future (not a timed wait)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert listener.waiting() == 0
+
+
+def test_closing_the_store_fails_its_waiters_with_a_clear_error(redis_url):
+    config = Config(redis_url=redis_url)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            kiq.Result("never", config=config).get(timeout=30)
+        except kiq.KiqError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    wait_until(lambda: config.store.result_listener.waiting() == 1)
+    config.close()
+    thread.join(timeout=10)
+    assert len(errors) == 1
+    assert "closed" in str(errors[0])
+
+
 @pytest.mark.slow
 def test_waiters_survive_a_redis_restart(tmp_path: Path):
     """The listener reconnects, subscribes again and reads what it may have missed."""
