@@ -269,7 +269,10 @@ class Executor:
                 return True
             except Exception as error:
                 if not is_transient(error):
-                    raise
+                    # A result must never cost the process (nor the job a re-run): say it
+                    # once, loudly, and ack; its waiters time out.
+                    log.exception("cannot store the job's result; it is lost")
+                    return True
                 pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
                 log.warning(
                     "cannot store the job's result in Redis yet; trying again in %ss", pause
