@@ -268,7 +268,7 @@ class Result:
 
     @property
     def status(self) -> str:
-        """pending, running, retrying, succeeded, failed or dead (one GET)."""
+        """pending, running, retrying, succeeded, failed or dead (one read)."""
         record = self.record()
         return str(record.get("status", PENDING)) if record else PENDING
 
