@@ -31,6 +31,7 @@ from tests.support.result_jobs import (
     ResultBig,
     ResultBoom,
     ResultDies,
+    ResultKillsFirst,
     ResultNone,
     ResultRetries,
 )
@@ -162,6 +163,27 @@ def test_set_result_ttl_gives_a_result_to_a_job_that_keeps_none(config, start_wo
     handle = ResultNone.set(result_ttl=30).enqueue(7)
     assert handle is not None
     assert handle.get(timeout=20) == 7
+
+
+@pytest.mark.slow
+def test_a_waiter_gets_the_result_of_a_job_rerun_after_its_worker_was_sigkilled(
+    config, r, start_worker
+):
+    """The worker dies mid-job (SIGKILL); once its heartbeat expires another worker
+    recovers and re-runs the job, and the waiter, still on its one subscription, wakes."""
+    fast_expiry = ":process_ttl: 1\n:prefetch: 0\n"
+    victim = start_worker(*RESULTS, "-c", "1", config_text=fast_expiry)
+    handle = ResultKillsFirst.enqueue()
+    assert handle is not None
+    out: list[Any] = []
+    waiter = threading.Thread(target=lambda: out.append(handle.get(timeout=60)))
+    waiter.start()
+    wait_until(lambda: victim.proc.poll() is not None, timeout=30)
+    assert handle.status == "running"  # what the killed run left
+    rescuer = start_worker(*RESULTS, "-c", "1", config_text=fast_expiry)
+    waiter.join(timeout=60)
+    assert out == [f"ran in {rescuer.pid}"]
+    assert int(r.get("test:result-runs")) == 2
 
 
 def test_perform_async_still_returns_the_jid(config):

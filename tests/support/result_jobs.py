@@ -3,9 +3,15 @@ tests/test_results.py and bench/results_bench.py (loaded with ``-r result_jobs``
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
+import redis
+
 import kiq
+
+_redis = redis.Redis.from_url(os.environ.get("KIQ_REDIS_URL", "redis://127.0.0.1:6379/15"))
 
 
 class ResultAdd(kiq.Job, name="ResultAdd", result_ttl=120):
@@ -47,3 +53,12 @@ class ResultNone(kiq.Job, name="ResultNone"):
 
     def perform(self, a: int) -> int:
         return a
+
+
+class ResultKillsFirst(kiq.Job, name="ResultKillsFirst", result_ttl=120):
+    """SIGKILLs the process that runs it first; the run after its recovery returns."""
+
+    def perform(self) -> str:
+        if _redis.incr("test:result-runs") == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return f"ran in {os.getpid()}"
