@@ -51,6 +51,7 @@ CORE: tuple[str, ...] = (
     "peers",  # the Sidekiq versions sharing the Redis: which formats to write (issue 15)
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
+    "results",  # kiq.Result and the records the worker stores (issue 17 point 3)
     "client",
     "job",
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
@@ -93,12 +94,14 @@ CLIENT_SIDE = frozenset(
         "client",
         "job",
         "activejob",
+        "results",
     }
 )
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
     "api": frozenset(
         {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
+        | {"results"}  # api.result reads kiq.results' records (issue 17)
     ),
     "testing": CLIENT_SIDE | {"__init__"},
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),

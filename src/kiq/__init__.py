@@ -34,6 +34,7 @@ from kiq.errors import (
     UnknownJobError,
 )
 from kiq.job import FunctionJob, Job, Setter, job
+from kiq.results import JobFailed, Result, ResultTimeout
 
 __version__ = "0.1.0"
 
@@ -57,11 +58,14 @@ __all__ = [
     "FunctionJob",
     "Job",
     "JobArgumentError",
+    "JobFailed",
     "JobNotFound",
     "JobTimeout",
     "KiqError",
     "PayloadError",
     "RedisUnavailable",
+    "Result",
+    "ResultTimeout",
     "Setter",
     "Shutdown",
     "UnknownJobError",

@@ -113,6 +113,7 @@ class AsyncRunner:
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
         kiq_log.set_level(ex.log_level(unit, job_class))
         exc: BaseException | None = None
+        value: Any = None
         if ex.log_jobs:
             kiq_log.job_line(job_log, logging.INFO, "start")
         try:
@@ -120,15 +121,19 @@ class AsyncRunner:
             timeout = payload.get("timeout")
             seconds = timeout_seconds(timeout)
             chain = ex.config.server_middleware
+
+            async def run() -> Any:
+                nonlocal value  # kept here: a middleware need not return call_next()'s value
+                value = await job.perform(*payload["args"])
+                return value
+
             if seconds is None:  # no deadline: no Timeout object per job
-                await chain.ainvoke(job, payload, unit.queue, lambda: job.perform(*payload["args"]))
+                await chain.ainvoke(job, payload, unit.queue, run)
             else:
                 deadline = asyncio.timeout(seconds)
                 try:
                     async with deadline:
-                        await chain.ainvoke(
-                            job, payload, unit.queue, lambda: job.perform(*payload["args"])
-                        )
+                        await chain.ainvoke(job, payload, unit.queue, run)
                 except TimeoutError as error:
                     if not deadline.expired():
                         raise  # the job's own TimeoutError (a network call...), not its timeout
@@ -148,7 +153,7 @@ class AsyncRunner:
             if jid is not None:
                 self.by_jid.pop(jid, None)
                 self._cancelled.discard(jid)
-        ex.finish(unit, job_class, ctx, exc, slot)
+        ex.finish(unit, job_class, ctx, exc, slot, value)
 
     def _finish_cancelled(self, unit: UnitOfWork, slot: str) -> None:
         ex = self.executor

@@ -70,6 +70,7 @@ _FILE_KEYS: Final = {
     "verbose": "verbose",
     "redis_url": "redis_url",
     "redis_wait": "redis_wait",
+    "result_max_bytes": "result_max_bytes",
     "key_prefix": "key_prefix",
     "heartbeat_interval": "heartbeat_interval",
     "log_format": "log_format",
@@ -168,6 +169,7 @@ class Config:
     cron_poll_interval: float = 5.0  # seconds between recurring-job checks per process
     cron_grace: float = 60.0  # a tick missed by more than this is skipped (sidekiq-cron: 60)
     cron_jobs: list[CronJob] = field(default_factory=list)  # defined in code
+    result_max_bytes: int = 1_048_576  # a stored result's JSON record at most (kiq.results)
     client_middleware: Chain[ClientMiddleware] = field(default_factory=Chain)
     server_middleware: Chain[ServerMiddleware] = field(default_factory=Chain)
     error_handlers: list[ErrorHandler] = field(default_factory=list)
@@ -522,6 +524,7 @@ _WHOLE_NUMBERS: Final = (
     ("processes", 1),
     ("max_recoveries", 0),
     ("process_ttl", 1),
+    ("result_max_bytes", 64),
 )
 _SECONDS: Final = (
     "timeout",

@@ -14,6 +14,9 @@ Hierarchy (httpx style: one base a user can catch, a few leaves worth catching):
                            the password) and the timeout that expired
       JobTimeout           raised inside a job that ran past its ``timeout``
       Discard              raise it from ``perform`` to end the job without a retry
+      JobFailed            ``Result.get()``: the job failed for good (kiq.results, with
+                           the remote class, message and traceback)
+      ResultTimeout        ``Result.get(timeout=)`` passed first (also a TimeoutError)
     Shutdown (BaseException)
                            raised into processor threads at the hard-shutdown deadline;
                            user code must not catch it, so it is not an Exception

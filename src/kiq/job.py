@@ -54,6 +54,7 @@ from kiq.errors import ConfigError, JobArgumentError
 from kiq.keys import PROGRESS_TTL as PROGRESS_TTL  # re-exported: where Job.progress says it is
 from kiq.middleware import Chain, ServerMiddleware
 from kiq.payload import Payload
+from kiq.results import Result
 
 if TYPE_CHECKING:
     from kiq.activejob import ActiveJobData
@@ -72,6 +73,7 @@ PAYLOAD_OPTIONS: Final = (
     "timeout",
     "unique_for",  # kiq.unique: Sidekiq Enterprise's unique jobs (docs/unique.md)
     "unique_until",
+    "result_ttl",  # kiq.results: keep what perform returns this many seconds (docs/results.md)
 )
 CLASS_OPTIONS: Final = ("discard_on",)
 
@@ -237,6 +239,16 @@ class Job:
         return Setter(cls, {}).perform_in(interval, *args)
 
     @classmethod
+    def enqueue(cls, *args: Any) -> Result | None:
+        """``perform_async`` returning a ``kiq.Result`` (needs ``result_ttl``); None if a
+        client middleware or a unique lock stopped the push."""
+        return Setter(cls, {}).enqueue(*args)
+
+    @classmethod
+    async def aenqueue(cls, *args: Any) -> Result | None:
+        return await Setter(cls, {}).aenqueue(*args)
+
+    @classmethod
     def perform_at(cls, when: When, *args: Any) -> str | None:
         return Setter(cls, {}).perform_at(when, *args)
 
@@ -325,6 +337,26 @@ class Setter:
     def perform_in(self, interval: When, *args: Any) -> str | None:
         at = resolve_at(_seconds(interval, relative=True), wire.now())
         return self._client().push(self._item(args, at))
+
+    def enqueue(self, *args: Any) -> Result | None:
+        """Push like ``perform_async`` (``wait``/``wait_until`` too); a ``kiq.Result``."""
+        self._need_result_ttl()
+        jid = self._client().push(self._item(args))
+        return None if jid is None else Result(jid, config=self._config)
+
+    async def aenqueue(self, *args: Any) -> Result | None:
+        self._need_result_ttl()
+        jid = await self._aclient().push(self._item(args))
+        return None if jid is None else Result(jid, config=self._config)
+
+    def _need_result_ttl(self) -> None:
+        if {**self.job.options, **self.options}.get("result_ttl") is None:
+            name = self.job.__qualname__
+            raise ConfigError(
+                f"{name}.enqueue needs a result_ttl (seconds to keep the result): declare "
+                f"class {name}(kiq.Job, result_ttl=3600) or call "
+                f"{name}.set(result_ttl=3600).enqueue(...); perform_async keeps no result"
+            )
 
     def perform_at(self, when: When, *args: Any) -> str | None:
         at = resolve_at(_seconds(when, relative=False), wire.now())
@@ -473,6 +505,10 @@ class FunctionJob(Generic[P, R]):
 
     def perform_bulk(self, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
         return self.job_class.perform_bulk(args_list)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Result | None:
+        _no_kwargs(self.job_class, kwargs)
+        return self.job_class.enqueue(*args)
 
     def set(self, **options: Any) -> Setter:
         return self.job_class.set(**options)

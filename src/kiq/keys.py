@@ -25,6 +25,9 @@ and are never in the ``queues`` set:
   * ``kiq|paused``: SET of queue names kiq workers do not fetch from.
   * ``kiq|progress|<jid>``: HASH, progress reported by a running job.
   * ``kiq|totals`` / ``kiq|totals|<Class>``: cumulative per-class counters (Prometheus).
+  * ``kiq|result|<jid>``: STRING, a job's stored result or failure (docs/results.md);
+    the pub/sub channel ``kiq|result-ready|<jid>`` carries the same record to waiters,
+    and ``kiq|results`` (HASH status -> count) counts the records stored.
 
 Unique jobs use Sidekiq Enterprise's ``unique:<digest>`` (``Keys.unique``).
 """
@@ -190,6 +193,20 @@ class Keys:
         come, sit beside it under their own prefix and never share a key with a lock.
         """
         return f"{self.prefix}unique:{digest}"
+
+    # Results (kiq.results; docs/results.md) -------------------------------------------
+    def result(self, jid: str) -> str:
+        """STRING: the JSON record of a job run with ``result_ttl`` (its value or failure)."""
+        return f"{self.prefix}kiq|result|{jid}"
+
+    def result_channel(self, jid: str) -> str:
+        """Pub/sub channel (not a key): the final record, published when it is stored."""
+        return f"{self.prefix}kiq|result-ready|{jid}"
+
+    @property
+    def result_counts(self) -> str:
+        """HASH final status -> results stored (the Prometheus counter)."""
+        return f"{self.prefix}kiq|results"
 
 
 # TTLs, in seconds, of the keys that expire (the heartbeat's is ``Config.process_ttl``).

@@ -43,6 +43,7 @@ log_level           string or integer                                          i
 tags                array of strings                                           ignored
 bid, error_class,   string                                                     ignored
 error_message
+result_ttl          seconds, 1 <= n < 1e9 (kiq.results: how long a result is kept)  ignored
 error_backtrace     string (Base64 of zlib JSON), or an array (old Sidekiq)    ignored
 ==================  =========================================================  ========
 
@@ -374,6 +375,11 @@ def _unique_for(value: object) -> bool:
     return (kind is float or kind is int) and 0 < value < MAX_RETRY_FOR  # type: ignore[operator]
 
 
+def _result_ttl(value: object) -> bool:
+    kind = type(value)
+    return (kind is float or kind is int) and 1 <= value < MAX_RETRY_FOR  # type: ignore[operator]
+
+
 def _unique_until(value: object) -> bool:
     return value == "success" or value == "start"
 
@@ -445,6 +451,7 @@ _FIELDS: Final[dict[str, tuple[bool, Callable[[object], bool]]]] = {
     "error_class": (False, _string),
     "error_message": (False, _string),
     "error_backtrace": (False, _backtrace),
+    "result_ttl": (False, _result_ttl),  # ignored: the job runs, its result is not kept
 }
 
 
@@ -502,6 +509,7 @@ _ALLOWED: Final[dict[str, str]] = {
     "error_class": "must be a string",
     "error_message": "must be a string",
     "error_backtrace": "must be a string (Base64 of zlib JSON) or an array of lines",
+    "result_ttl": f"must be seconds from 1 to below {MAX_RETRY_FOR} (how long the result is kept)",
 }
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from kiq import log as kiq_log
 from kiq import payload as wire
-from kiq import unique
+from kiq import results, unique
 from kiq.capsule import Capsule
 from kiq.config import Config
 from kiq.errors import ConfigError, JobTimeout, PayloadError, Shutdown, UnknownJobError
@@ -201,6 +201,8 @@ class Executor:
             raise ConfigError(self.capsule.mismatch(payload["class"], job_class.is_async))
         job = instantiate(job_class, payload)
         unique.release_at_start(self.config, payload)  # unique_until="start" (kiq.unique)
+        if "result_ttl" in payload:
+            results.mark_running(self.config, payload)  # kiq.results: status "running"
         return job
 
     def finish(
@@ -210,8 +212,14 @@ class Executor:
         ctx: dict[str, Any],
         exc: BaseException | None,
         slot: str,
+        value: Any = None,
     ) -> None:
-        """Log, record the outcome in Redis (retrying while Redis is away), then ack."""
+        """Log, record the outcome in Redis (retrying while Redis is away), then ack.
+
+        ``value`` is what perform returned: stored before the ack for a job pushed with
+        ``result_ttl`` (kiq.results), so a crash in between re-runs the job instead of
+        leaving its waiters without a result.
+        """
         ctx["elapsed"] = round(time.monotonic() - unit.started, 3)
         with self.state.lock:
             self.state.work.pop(slot, None)
@@ -222,28 +230,65 @@ class Executor:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "done")
             unique.release_on_success(self.config, unit.payload)  # before the ack (kiq.unique)
+            payload = unit.payload
+            if (
+                payload is not None
+                and "result_ttl" in payload
+                and not self._store_value(payload, value)
+            ):
+                return  # stopping with Redis away: left in-progress, requeued at exit
         else:
             # One record with the traceback (Sidekiq logs the backtrace): handlers get exc_info.
             job_log.warning("fail: %s: %s", error_class(exc), error_message(exc), exc_info=exc)
-            if not self._record_failure(unit, job_class, exc):
+            outcome = self._record_failure(unit, job_class, exc)
+            if outcome is None:
                 return  # stopping with Redis away: left in-progress, requeued at exit
+            failed = unit.payload or (exc.job if isinstance(exc, PayloadError) else None)
+            if failed is not None and "result_ttl" in failed:
+                # The failure is already recorded (retry or dead set): if its result record
+                # cannot be written before a stop, the ack goes on and a retry rewrites it.
+                self._write_result(lambda: results.store_failure(self.config, failed, exc, outcome))
         self.finished(unit)  # Pool.finished: the one way back (ack, free the slot)
 
     def _record_failure(
         self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
-    ) -> bool:
+    ) -> str | None:
+        """The retry handler's outcome once written; None: stopping with Redis away."""
         for attempt in itertools.count():
             try:
                 if isinstance(exc, PayloadError):
                     self.retry.bury(unit.raw, unit.queue, exc)
-                else:
-                    self.retry.handle(unit.raw, unit.queue, exc, job_class)
-                return True
+                    return "dead"
+                return self.retry.handle(unit.raw, unit.queue, exc, job_class)
             except Exception as error:  # not `exc`: that name is the failure being recorded
                 if not is_transient(error):
                     raise
                 pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
                 log.warning("cannot record the failure in Redis yet; trying again in %ss", pause)
+                if self.stopping.wait(pause):
+                    return None
+        return None  # pragma: no cover
+
+    def _store_value(self, payload: Payload, value: Any) -> bool:
+        """kiq.results: store what perform returned before the ack; False: stopping."""
+        return self._write_result(lambda: results.store_success(self.config, payload, value))
+
+    def _write_result(self, write: Callable[[], None]) -> bool:
+        """Write a job's result record, retrying while Redis is away; False: stopping."""
+        for attempt in itertools.count():
+            try:
+                write()
+                return True
+            except Exception as error:
+                if not is_transient(error):
+                    # A result must never cost the process (nor the job a re-run): say it
+                    # once, loudly, and ack; its waiters time out.
+                    log.exception("cannot store the job's result; it is lost")
+                    return True
+                pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
+                log.warning(
+                    "cannot store the job's result in Redis yet; trying again in %ss", pause
+                )
                 if self.stopping.wait(pause):
                     return False
         return False  # pragma: no cover
@@ -255,6 +300,7 @@ class Executor:
         token = kiq_log.set_context(ctx)
         level_token = kiq_log.set_level(self.log_level(unit, job_class))
         exc: BaseException | None = None
+        value: Any = None
         try:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "start")
@@ -267,7 +313,7 @@ class Executor:
                 if seconds is not None:
                     timer = self.reaper.arm(seconds)
                 try:
-                    self._perform(job, unit)
+                    value = self._perform(job, unit)
                 finally:
                     if timer:
                         self.reaper.disarm(timer)
@@ -277,7 +323,7 @@ class Executor:
                 exc = error if error.args else timed_out(timeout)
             except BaseException as error:  # job code may raise SystemExit & co: a failure
                 exc = error
-            self.finish(unit, job_class, ctx, exc, slot)
+            self.finish(unit, job_class, ctx, exc, slot, value)
         except Shutdown:
             # The manager has already requeued this job; free its slot, or stop() keeps
             # counting it as running and waits HARD_SHUTDOWN_WAIT for nothing.
@@ -288,9 +334,9 @@ class Executor:
             kiq_log.reset_level(level_token)
             kiq_log.reset_context(token)
 
-    def _perform(self, job: Job, unit: UnitOfWork) -> None:
+    def _perform(self, job: Job, unit: UnitOfWork) -> Any:
         payload: Payload = unit.payload  # type: ignore[assignment]
-        perform(job, payload, unit.queue, self.config.server_middleware)
+        return perform(job, payload, unit.queue, self.config.server_middleware)
 
 
 def timeout_seconds(timeout: Any) -> float | None:

@@ -19,6 +19,8 @@ Series (names follow Sidekiq's ``Stats``; ``kiq_`` prefix):
   ``kiq_processes``, ``kiq_busy``.
 * ``kiq_process_busy``, ``kiq_process_concurrency``, ``kiq_process_rss_bytes``,
   ``kiq_process_quiet``, each ``{identity,hostname,tag}``.
+* ``kiq_results_stored_total{status}``: final job results stored (kiq.results:
+  succeeded, failed, dead), from ``kiq|results``.
 * ``kiq_redis_up``: 0 when Redis did not answer (then nothing else is reported).
 
 Example::
@@ -97,6 +99,7 @@ class KiqCollector:
         try:
             families = [*self._stats(config), *self._queues(config), *self._processes(config)]
             families += self._jobs(config)
+            families.append(self._results(config))
         except TRANSIENT_ERRORS:
             yield GaugeMetricFamily("kiq_redis_up", "1 if Redis answered this scrape", 0)
             return
@@ -185,6 +188,19 @@ class KiqCollector:
                 buckets.append((bound, cumulative))
             duration.add_metric([totals.klass], buckets, totals.total_ms / 1000)
         return [runs, failures, duration]
+
+    @staticmethod
+    def _results(config: Config) -> Metric:
+        return _results_family(api.result_counts(config))
+
+
+def _results_family(counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(
+        "kiq_results_stored", "Final job results stored (kiq.results)", labels=["status"]
+    )
+    for status, count in sorted(counts.items()):
+        family.add_metric([status], count)
+    return family
 
 
 def registry(config: Config | None = None) -> CollectorRegistry:

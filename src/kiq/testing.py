@@ -38,12 +38,14 @@ The mode and the fake queues are guarded by one lock; jobs never run under it.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from kiq import payload as wire
+from kiq import results
 from kiq.client import set_test_hook, timestamp
 from kiq.config import Config, get_default
 from kiq.errors import KiqError, UnknownJobError
@@ -93,6 +95,7 @@ class _State:
         self.blocks = 0  # `with` blocks open, all in `mode` (a different one is refused)
         self.restore: Mode = "disable"  # the mode from before the first open block
         self.jobs: list[Payload] = []  # every fake job, oldest first
+        self.results: dict[str, bytes] = {}  # kiq.results records of jobs run, by jid
 
 
 _state: Final = _State()
@@ -172,6 +175,7 @@ def _switch(mode: Mode) -> Mode:
 def _apply(mode: Mode) -> None:
     _state.mode = mode
     set_test_hook(None if mode == "disable" else _push)
+    results.use_local(None if mode == "disable" else _state.results)
 
 
 def _push(payloads: list[Payload], config: Config) -> bool:
@@ -191,7 +195,13 @@ def _push(payloads: list[Payload], config: Config) -> bool:
             job = wire.loads(wire.dumps(payload))
             job.pop("at", None)  # runs now, and looks as it would to a worker
             job["enqueued_at"] = timestamp(config)
-            run_payload(config, job_class, job, middleware=server_middleware)
+            results.run_recorded(
+                config,
+                job,
+                functools.partial(
+                    run_payload, config, job_class, job, middleware=server_middleware
+                ),
+            )
         return True
     return False
 
@@ -205,9 +215,10 @@ def jobs() -> list[Payload]:
 
 
 def clear_all() -> None:
-    """Forget every fake job (Sidekiq: ``Sidekiq::Job.clear_all``)."""
+    """Forget every fake job and every result kept (Sidekiq: ``Sidekiq::Job.clear_all``)."""
     with _state.lock:
         _state.jobs.clear()
+        _state.results.clear()
 
 
 def drain_all() -> int:
@@ -271,7 +282,10 @@ def _drain(job_class: type[Job]) -> int:
 def _run(job_class: type[Job], job: Payload) -> Any:
     # Drained jobs keep `at` (Sidekiq: drain ignores it); the Config is only the
     # default one, since the testing chain replaces its server middleware.
-    return run_payload(get_default(), job_class, job, middleware=server_middleware)
+    config = get_default()
+    return results.run_recorded(
+        config, job, lambda: run_payload(config, job_class, job, middleware=server_middleware)
+    )
 
 
 def _job_class(name: str) -> type[Job]:

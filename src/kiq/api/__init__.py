@@ -28,6 +28,7 @@ lines); import from ``kiq.api`` itself, which re-exports every name:
   ``cron_set``;
 * ``process``: ``ProcessSet``, ``Process``, ``WorkSet``, ``Work``, ``progress``;
 * ``metrics``: ``Metrics``, ``job_totals``, ``deploy_mark``, ``deploy_marks``;
+* ``results``: ``result``, ``results``, ``result_counts`` (kiq.results' records);
 * ``base``: the Config and the lenient readers they all share.
 
 Example::
@@ -69,6 +70,7 @@ from kiq.api.process import (
     progress,
 )
 from kiq.api.queue import ACTIVE_JOB_PREFIXES, MAILER_JOBS, JobRecord, Queue
+from kiq.api.results import result, result_counts, results
 from kiq.api.sets import (
     KILL_BATCH,
     SCAN_COUNT,
@@ -129,4 +131,7 @@ __all__ = [
     "progress",
     "queue_summaries",
     "redis_info",
+    "result",
+    "result_counts",
+    "results",
 ]

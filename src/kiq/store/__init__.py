@@ -15,7 +15,9 @@ It is built from a URL and knows nothing of Config; components reach it as
   * ``processes``: heartbeat, signals, the process registry, orphan recovery;
   * ``cron``: sidekiq-cron's hashes and the tick's claim + push (one Lua step);
   * ``metrics``: ``stat:*`` counters, per-class metrics, totals, deploy marks;
-  * ``progress``: ``kiq|progress|<jid>``.
+  * ``progress``: ``kiq|progress|<jid>``;
+  * ``results``: job results (``kiq|result|<jid>``), their wake-up and count, and the
+    process's one pub/sub listener for every waiter (``result_wait``).
 
 Example::
 
@@ -43,10 +45,11 @@ from kiq.store.metrics import Counters
 from kiq.store.processes import Processes
 from kiq.store.progress import Progress
 from kiq.store.queues import Queues, by_queue
+from kiq.store.results import Results
 from kiq.store.sets import Sets
 
 
-class Store(Queues, Sets, Processes, Cron, Counters, Progress):
+class Store(Queues, Sets, Processes, Cron, Counters, Progress, Results):
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 
