@@ -50,8 +50,11 @@ CORE: tuple[str, ...] = (
     "peers",  # the Sidekiq versions sharing the Redis: which formats to write (issue 15)
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
+    "cancel",  # cancel by jid, jobs' fates (issue 18); Job.cancel calls it
     "client",
     "job",
+    "iter",  # enumerators for iterable jobs (issue 18); stdlib only
+    "iterable",  # IterableJob (issue 18)
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
     "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
     "__init__",
@@ -92,12 +95,16 @@ CLIENT_SIDE = frozenset(
         "client",
         "job",
         "activejob",
+        "cancel",
+        "iter",
+        "iterable",
     }
 )
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
     "api": frozenset(
         {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
+        | {"cancel"}  # api.cancel, api.fate (issue 18)
     ),
     "testing": CLIENT_SIDE | {"__init__"},
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),

@@ -17,6 +17,8 @@ from typing import Any
 
 from kiq import log as kiq_log
 from kiq.fetch import UnitOfWork
+from kiq.iterable import IterableJob
+from kiq.job import Job
 from kiq.processor import Executor, timed_out, timeout_seconds
 from kiq.supervise import Health, spawn
 
@@ -66,10 +68,12 @@ class AsyncRunner:
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
         kiq_log.set_level(ex.log_level(unit, job_class))
         exc: BaseException | None = None
+        job: Job | None = None
         if ex.log_jobs:
             kiq_log.job_line(kiq_log.job_logger("kiq.job"), logging.INFO, "start")
         try:
             job = ex.instantiate(unit, job_class)
+            ex.track(job, self._canceller(job))
             payload: dict[str, Any] = unit.payload or {}
             timeout = payload.get("timeout")
             deadline = asyncio.timeout(timeout_seconds(timeout))
@@ -86,11 +90,26 @@ class AsyncRunner:
             if ex.stopping.is_set():
                 with ex.state.lock:
                     ex.state.work.pop(slot, None)
+                    if job is not None:
+                        ex.state.cancellers.pop(job.jid, None)
                 return  # hard shutdown: already requeued
             exc = error  # cancelled by the job's own code: a failure like any other
         except BaseException as error:  # a failing job, whatever it raised
             exc = error
-        ex.finish(unit, job_class, ctx, exc, slot)
+        ex.finish(unit, job_class, ctx, exc, slot, job)
+
+    def _canceller(self, job: Job) -> Callable[[], None]:
+        """How a cancel (kiq.cancel, from the heartbeat's thread) reaches this job: set
+        its flag and, for a plain ``async def`` job, cancel its task (CancelledError at
+        its next await); an iterable job stops at its next item instead."""
+        task = asyncio.current_task()
+
+        def cancel() -> None:
+            job._kiq_cancelled = True
+            if task is not None and not isinstance(job, IterableJob):
+                self._on_loop(task.cancel)
+
+        return cancel
 
     def cancel_all(self) -> None:
         def cancel() -> None:

@@ -79,7 +79,7 @@ class Manager:
         self._running_count = 0
         self.fetcher = Fetcher(config, identity, self, outage, health)
         self.waiters = Waiters(self.fetcher, runner=self)
-        self.executor = Executor(config, state, self, self.stopping)
+        self.executor = Executor(config, state, self, self.stopping, self.quieted)
         self.aio = AsyncRunner(self.executor)
         self.processors = [self._processor(i) for i in range(config.concurrency)]
 
@@ -139,6 +139,18 @@ class Manager:
         """A job's outcome is recorded (kiq.processor.Pool): ack it, free its slot,
         start the next one. The one way back from every runner to Redis."""
         self.fetcher.ack(unit)
+        self._free_slot()
+
+    def requeue(self, unit: UnitOfWork) -> None:
+        """An iterable job stopped early with its cursor saved (kiq.processor.Pool): move
+        the same payload from in-progress back to the tail of its queue now, so it runs
+        next (here, or elsewhere once quiet), and free its slot. On a Redis error it
+        stays in-progress: requeued at exit, or recovered if this process dies."""
+        try:
+            self.config.store.requeue(self.identity, unit.queue, [unit.raw])
+        except Exception:
+            log.warning("could not put an interrupted iterable job back yet", exc_info=True)
+        self.fetcher.release(unit)
         self._free_slot()
 
     def _free_slot(self) -> None:

@@ -14,7 +14,12 @@ Tasks, per unit of work:
   5. count processed / failed for the heartbeat's stats flush.
 
 ``Shutdown`` (raised into a thread at the hard-shutdown deadline) is never retried:
-the manager has already put the job back in its queue.
+the manager has already put the job back in its queue. Three outcomes are neither a
+success nor a failure (issue 18, docs/iterable.md): an iterable job that raised
+IterationInterrupted goes back to its queue at once (``Pool.requeue``, same payload,
+counted as a run); a job found past its ``expires_at`` is dropped unrun; a job that was
+cancelled while it ran ends recorded as cancelled. The last two are recorded in
+``kiq|fate|<jid>`` (kiq.cancel.record) and acknowledged, never retried.
 """
 
 from __future__ import annotations
@@ -29,12 +34,21 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from kiq import cancel as kiq_cancel
 from kiq import log as kiq_log
 from kiq import payload as wire
 from kiq import unique
 from kiq.config import Config
-from kiq.errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
+from kiq.errors import (
+    IterationInterrupted,
+    JobExpired,
+    JobTimeout,
+    PayloadError,
+    Shutdown,
+    UnknownJobError,
+)
 from kiq.fetch import UnitOfWork
+from kiq.iterable import IterableJob
 from kiq.job import Job, instantiate, lookup, perform
 from kiq.retry import RetryHandler, error_class, error_message
 from kiq.store import is_transient
@@ -58,6 +72,20 @@ class State:
         self.processed = 0
         self.failed = 0
         self.work: dict[str, tuple[str, bytes, int]] = {}  # tid -> (queue, raw, run_at)
+        # jid -> how to cancel the running job (kiq.cancel: the heartbeat calls it)
+        self.cancellers: dict[str, Callable[[], None]] = {}
+
+    def running_jids(self) -> list[str]:
+        """The jids of the jobs running here, for the heartbeat's cancel check."""
+        with self.lock:
+            return list(self.cancellers)
+
+    def cancel(self, jids: list[str]) -> None:
+        """Tell these running jobs they are cancelled (the heartbeat found the flags)."""
+        with self.lock:
+            found = [self.cancellers[jid] for jid in jids if jid in self.cancellers]
+        for canceller in found:
+            canceller()
 
     def take_counts(self) -> tuple[int, int]:
         with self.lock:
@@ -137,6 +165,9 @@ class Pool(Protocol):
     def finished(self, unit: UnitOfWork) -> None:
         """Acknowledge ``unit`` and free its slot."""
 
+    def requeue(self, unit: UnitOfWork) -> None:
+        """Move ``unit`` from in-progress back to its queue now, and free its slot."""
+
 
 class Executor:
     """The steps shared by thread and async jobs (decode, log, run, record, ack)."""
@@ -147,11 +178,14 @@ class Executor:
         state: State,
         pool: Pool,
         stopping: threading.Event,
+        quieted: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.finished = pool.finished  # bound once: called for every job
+        self.requeue = pool.requeue
         self.stopping = stopping
+        self.quieted = quieted or threading.Event()  # iterable jobs stop at quiet
         self.retry = RetryHandler(config)
         self.reaper = Reaper()
         self.log_jobs = not config.skip_default_job_logging
@@ -187,9 +221,24 @@ class Executor:
                 f"no kiq Job is registered as {payload['class']!r}: import the module that "
                 f"defines it with -r, or give a Job name={payload['class']!r}"
             )
+        deadline = wire.expiry(payload)
+        if deadline is not None and wire.now() > deadline:  # Sidekiq Pro: never run late
+            raise JobExpired(f"job expired at {deadline:.3f}, {wire.now() - deadline:.1f}s ago")
         job = instantiate(job_class, payload)
         unique.release_at_start(self.config, payload)  # unique_until="start" (kiq.unique)
+        if isinstance(job, IterableJob):
+            job.config = self.config
+            job._stop = self.quieted
         return job
+
+    def track(self, job: Job, canceller: Callable[[], None] | None = None) -> None:
+        """Make the running ``job`` reachable by a cancel (the heartbeat's check)."""
+
+        def flag() -> None:
+            job._kiq_cancelled = True
+
+        with self.state.lock:
+            self.state.cancellers[job.jid] = canceller or flag
 
     def finish(
         self,
@@ -198,15 +247,26 @@ class Executor:
         ctx: dict[str, Any],
         exc: BaseException | None,
         slot: str,
+        job: Job | None = None,
     ) -> None:
         """Log, record the outcome in Redis (retrying while Redis is away), then ack."""
         ctx["elapsed"] = round(time.monotonic() - unit.started, 3)
+        settled = exc is None or self._settled(unit, job, exc)
         with self.state.lock:
             self.state.work.pop(slot, None)
+            if job is not None:
+                self.state.cancellers.pop(job.jid, None)
             self.state.processed += 1
-            if exc is not None:
+            if not settled:
                 self.state.failed += 1
-        if exc is None:
+        if isinstance(exc, IterationInterrupted):
+            if self.log_jobs:
+                kiq_log.job_line(job_log, logging.INFO, "interrupted")
+            self.requeue(unit)  # Pool.requeue: same payload, back in its queue at once
+            return
+        if settled and (exc is not None or (job is not None and job.cancelled())):
+            self._end_unfinished(unit, job, exc)
+        elif exc is None:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "done")
             unique.release_on_success(self.config, unit.payload)  # before the ack (kiq.unique)
@@ -216,6 +276,26 @@ class Executor:
             if not self._record_failure(unit, job_class, exc):
                 return  # stopping with Redis away: left in-progress, requeued at exit
         self.finished(unit)  # Pool.finished: the one way back (ack, free the slot)
+
+    @staticmethod
+    def _settled(unit: UnitOfWork, job: Job | None, exc: BaseException) -> bool:
+        """Whether ``exc`` ends the job without a failure: interrupted, expired, cancelled."""
+        if isinstance(exc, IterationInterrupted | JobExpired):
+            return True
+        return job is not None and job.cancelled()
+
+    def _end_unfinished(self, unit: UnitOfWork, job: Job | None, exc: BaseException | None) -> None:
+        """An expired or cancelled job: log it, record its fate, free its lock (no retry)."""
+        payload = unit.payload or {}
+        fate = "expired" if isinstance(exc, JobExpired) else "cancelled"
+        if fate == "expired":
+            job_log.warning("expired: %s; dropped, not run", exc)
+        elif self.log_jobs:
+            kiq_log.job_line(job_log, logging.INFO, "cancelled")
+        where = "expired before it started" if fate == "expired" else "cancelled while running"
+        kiq_cancel.record(self.config, payload, fate, where, unit.raw)
+        unique.release(self.config, payload)
+        kiq_cancel.batch_membership_hook(self.config, payload)
 
     def _record_failure(
         self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
@@ -243,6 +323,7 @@ class Executor:
         token = kiq_log.set_context(ctx)
         level_token = kiq_log.set_level(self.log_level(unit, job_class))
         exc: BaseException | None = None
+        job: Job | None = None
         try:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "start")
@@ -250,6 +331,7 @@ class Executor:
             timeout = None
             try:
                 job = self.instantiate(unit, job_class)
+                self.track(job)
                 timeout = unit.payload.get("timeout") if unit.payload else None
                 seconds = timeout_seconds(timeout)
                 if seconds is not None:
@@ -265,12 +347,14 @@ class Executor:
                 exc = error if error.args else timed_out(timeout)
             except BaseException as error:  # job code may raise SystemExit & co: a failure
                 exc = error
-            self.finish(unit, job_class, ctx, exc, slot)
+            self.finish(unit, job_class, ctx, exc, slot, job)
         except Shutdown:
             # The manager has already requeued this job; free its slot, or stop() keeps
             # counting it as running and waits HARD_SHUTDOWN_WAIT for nothing.
             with self.state.lock:
                 self.state.work.pop(slot, None)
+                if job is not None:
+                    self.state.cancellers.pop(job.jid, None)
             raise
         finally:
             kiq_log.reset_level(level_token)
