@@ -49,6 +49,11 @@ def set_test_hook(hook: TestHook | None) -> None:
     _test_hook = hook
 
 
+def in_test_mode() -> bool:
+    """Whether a kiq.testing mode (fake, inline) replaces the push: no Redis is used."""
+    return _test_hook is not None
+
+
 def timestamp(config: Config, now: float | None = None) -> float | int:
     """A payload timestamp: float seconds (Sidekiq 6.4-7.x) or int ms (Sidekiq 8 mode).
 

@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from kiq.client import in_test_mode
 from kiq.config import Config, get_default
 from kiq.errors import ConfigError, IterationInterrupted
 from kiq.job import Job
@@ -126,9 +127,16 @@ class IterableJob(Job):
     def _config(self) -> Config:
         return getattr(self, "config", None) or get_default()
 
+    def _store(self) -> Any:
+        """Where the state lives: Redis (kiq.store), or memory in kiq.testing's modes
+        when no worker runs the job (Sidekiq's test modes use no Redis either)."""
+        if self.config is None and in_test_mode():
+            return MEMORY
+        return self._config().store
+
     def _load(self) -> bool:
         """Read the previous runs' state; True if the job is already cancelled."""
-        state = self._config().store.load_iteration(self.jid)
+        state = self._store().load_iteration(self.jid)
         if state.get(b"ex") is not None:
             self._executions = int(state[b"ex"])
             self._cursor = orjson.loads(state.get(b"c") or b"null")
@@ -141,7 +149,7 @@ class IterableJob(Job):
     def _flush(self, started: float) -> bool:
         """Write ``it-<jid>``; True if the job is cancelled there (Ruby's flush_state)."""
         runtime = self._runtime + (time.monotonic() - started)
-        cancelled = self._config().store.flush_iteration(
+        cancelled = self._store().flush_iteration(
             self.jid, self._executions, orjson.dumps(self._cursor), runtime
         )
         if cancelled:
@@ -237,12 +245,12 @@ class IterableJob(Job):
             log.info("job cancelled")
         self.on_stop()
         if outcome == "stop":
-            self._config().store.flush_iteration(
+            self._store().flush_iteration(
                 self.jid, self._executions, orjson.dumps(self._cursor), self._runtime
             )
             raise IterationInterrupted(f"interrupted at cursor {self._cursor!r}")
         self.on_complete()
-        self._config().store.clear_iteration(self.jid)
+        self._store().clear_iteration(self.jid)
 
 
 def _pairs(enumerator: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
@@ -266,3 +274,24 @@ def _pair(pair: Any) -> tuple[Any, Any]:
             f"sequence with kiq.iter.items(seq, cursor=cursor)"
         )
     return pair
+
+
+class MemoryState:
+    """``it-<jid>`` in a dict, for jobs performed by kiq.testing's fake and inline modes."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, dict[bytes, bytes]] = {}
+
+    def load_iteration(self, jid: str) -> dict[bytes, bytes]:
+        return dict(self.hashes.get(jid, {}))
+
+    def flush_iteration(self, jid: str, executions: int, cursor: bytes, runtime: float) -> bool:
+        state = self.hashes.setdefault(jid, {})
+        state.update({b"ex": str(executions).encode(), b"c": cursor, b"rt": repr(runtime).encode()})
+        return b"cancelled" in state
+
+    def clear_iteration(self, jid: str) -> None:
+        self.hashes.pop(jid, None)
+
+
+MEMORY = MemoryState()
