@@ -43,7 +43,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
@@ -55,6 +55,14 @@ from kiq.job import Job
 log = logging.getLogger(__name__)
 
 STATE_FLUSH_INTERVAL = 5.0  # seconds between state flushes (Sidekiq's STATE_FLUSH_INTERVAL)
+
+
+class StateStore(Protocol):
+    """Where ``it-<jid>`` is read and written: kiq.store's Store, or MemoryState."""
+
+    def load_iteration(self, jid: str) -> dict[bytes, bytes]: ...
+    def flush_iteration(self, jid: str, executions: int, cursor: bytes, runtime: float) -> bool: ...
+    def clear_iteration(self, jid: str) -> None: ...
 
 
 class IterableJob(Job):
@@ -127,7 +135,7 @@ class IterableJob(Job):
     def _config(self) -> Config:
         return getattr(self, "config", None) or get_default()
 
-    def _store(self) -> Any:
+    def _store(self) -> StateStore:
         """Where the state lives: Redis (kiq.store), or memory in kiq.testing's modes
         when no worker runs the job (Sidekiq's test modes use no Redis either)."""
         if self.config is None and in_test_mode():
