@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,3 +132,17 @@ def test_a_running_iterable_job_stops_at_its_next_item_on_a_kiq_cancel(
 def busy(r: redis.Redis) -> bool:
     """Some process's heartbeat shows a running job (a cancel finds it there)."""
     return any(r.hlen(f"{identity}:work") for identity in r.smembers("processes"))
+
+
+def test_kiqs_cancel_flag_is_rubys(config: Config, r: redis.Redis) -> None:
+    """``cancelled`` an epoch integer set once (HSETNX), the TTL 30 days set with NX: what
+    Ruby's ``is_cancelled?`` and ``flush_state`` read; a second cancel changes nothing."""
+    kiq.api.cancel("9" * 24)
+    first = r.hget("it-" + "9" * 24, "cancelled") or ""
+    assert first.isdigit()
+    assert abs(int(first) - time.time()) < 5
+    assert 30 * 86400 - 5 <= r.ttl("it-" + "9" * 24) <= 30 * 86400
+    r.expire("it-" + "9" * 24, 100)
+    kiq.api.cancel("9" * 24)
+    assert r.hget("it-" + "9" * 24, "cancelled") == first
+    assert r.ttl("it-" + "9" * 24) <= 100

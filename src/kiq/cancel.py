@@ -120,9 +120,9 @@ def batch_membership_hook(config: Config, payload: Payload) -> None:
 
     kiq has no batches yet (another change is building them): their code settles the
     member here (Sidekiq Pro counts an expired job as a success for its batch). It is
-    called for every job removed by ``cancel`` and every job dropped as expired.
+    called for every job removed by ``cancel`` and every job dropped as expired, and
+    does nothing until batches exist.
     """
-    _ = config, payload.get("bid")
 
 
 def record(
