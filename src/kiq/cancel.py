@@ -25,12 +25,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from kiq import payload as wire
 from kiq import unique
 from kiq.config import Config
+from kiq.errors import IterationInterrupted, JobExpired
 from kiq.payload import Payload
+
+if TYPE_CHECKING:
+    from kiq.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +153,30 @@ def record(
 def fate(config: Config, jid: str) -> dict[str, str]:
     """How the job ``jid`` ended if it was cancelled or expired ({} otherwise)."""
     return config.store.read_fate(jid)
+
+
+def not_a_failure(job: Job | None, exc: BaseException) -> bool:
+    """Whether a run that raised ``exc`` ended without failing (kiq.processor): an
+    iterable job interrupted, a job expired before it started, a cancelled job."""
+    if isinstance(exc, IterationInterrupted | JobExpired):
+        return True
+    return job is not None and job.cancelled()
+
+
+def settle(
+    config: Config, payload: Payload, raw: bytes, exc: BaseException | None, log_jobs: bool
+) -> None:
+    """The end of an expired or a cancelled job in the worker: its log line, its fate, its
+    unique lock and batch freed. The worker acknowledges it next: never retried."""
+    from kiq import log as kiq_log  # the worker's; ``import kiq`` does not load it
+
+    job_log = kiq_log.job_logger("kiq.job")
+    fate = "expired" if isinstance(exc, JobExpired) else "cancelled"
+    if fate == "expired":
+        job_log.warning("expired: %s; dropped, not run", exc)
+    elif log_jobs:
+        kiq_log.job_line(job_log, logging.INFO, "cancelled")
+    where = "expired before it started" if fate == "expired" else "cancelled while running"
+    record(config, payload, fate, where, raw)
+    unique.release(config, payload)
+    batch_membership_hook(config, payload)

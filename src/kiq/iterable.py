@@ -193,7 +193,7 @@ class IterableJob(Job):
             log.info("build_enumerator returned None, skipping the job")
             return
         pairs = _pairs(enumerator)
-        self.on_resume() if self._executions > 1 else self.on_start()
+        self._begin()
         outcome = "cancel" if cancelled else None
         flushed = [time.monotonic()]
         try:
@@ -217,7 +217,7 @@ class IterableJob(Job):
         if enumerator is None:
             log.info("build_enumerator returned None, skipping the job")
             return
-        self.on_resume() if self._executions > 1 else self.on_start()
+        self._begin()
         outcome = "cancel" if cancelled else None
         flushed = [time.monotonic()]
         try:
@@ -241,6 +241,12 @@ class IterableJob(Job):
         finally:
             self._runtime += time.monotonic() - started
         await asyncio.to_thread(self._finish, outcome)
+
+    def _begin(self) -> None:
+        if self._executions > 1:
+            self.on_resume()
+        else:
+            self.on_start()
 
     def _due(self, started: float, flushed: float) -> bool:
         """Whether the next item needs the (blocking) ``_step``: a flush or a stop is due."""

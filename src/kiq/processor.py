@@ -251,7 +251,7 @@ class Executor:
     ) -> None:
         """Log, record the outcome in Redis (retrying while Redis is away), then ack."""
         ctx["elapsed"] = round(time.monotonic() - unit.started, 3)
-        settled = exc is None or self._settled(unit, job, exc)
+        settled = exc is None or kiq_cancel.not_a_failure(job, exc)
         with self.state.lock:
             self.state.work.pop(slot, None)
             if job is not None:
@@ -265,7 +265,7 @@ class Executor:
             self.requeue(unit)  # Pool.requeue: same payload, back in its queue at once
             return
         if settled and (exc is not None or (job is not None and job.cancelled())):
-            self._end_unfinished(unit, job, exc)
+            kiq_cancel.settle(self.config, unit.payload or {}, unit.raw, exc, self.log_jobs)
         elif exc is None:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "done")
@@ -276,26 +276,6 @@ class Executor:
             if not self._record_failure(unit, job_class, exc):
                 return  # stopping with Redis away: left in-progress, requeued at exit
         self.finished(unit)  # Pool.finished: the one way back (ack, free the slot)
-
-    @staticmethod
-    def _settled(unit: UnitOfWork, job: Job | None, exc: BaseException) -> bool:
-        """Whether ``exc`` ends the job without a failure: interrupted, expired, cancelled."""
-        if isinstance(exc, IterationInterrupted | JobExpired):
-            return True
-        return job is not None and job.cancelled()
-
-    def _end_unfinished(self, unit: UnitOfWork, job: Job | None, exc: BaseException | None) -> None:
-        """An expired or cancelled job: log it, record its fate, free its lock (no retry)."""
-        payload = unit.payload or {}
-        fate = "expired" if isinstance(exc, JobExpired) else "cancelled"
-        if fate == "expired":
-            job_log.warning("expired: %s; dropped, not run", exc)
-        elif self.log_jobs:
-            kiq_log.job_line(job_log, logging.INFO, "cancelled")
-        where = "expired before it started" if fate == "expired" else "cancelled while running"
-        kiq_cancel.record(self.config, payload, fate, where, unit.raw)
-        unique.release(self.config, payload)
-        kiq_cancel.batch_membership_hook(self.config, payload)
 
     def _record_failure(
         self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
