@@ -106,17 +106,17 @@ def test_export_survives_term_sigkill_and_max_iteration_runtime(
 
 
 def test_ruby_flush_state_is_resumed_by_kiq(
-    config: Config, r: redis.Redis, tmp_path: Path, start_worker: Callable[..., Worker]
+    config: Config,
+    r: redis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    start_worker: Callable[..., Worker],
 ) -> None:
     """State written as Ruby's ``flush_state`` writes it: HSET ex/c/rt, EXPIRE NX."""
     db = str(tmp_path / "rows.db")
     iter_jobs.make_table(db, 500)
     jid = "0123456789abcdef01234567"
-    with r.pipeline(transaction=True) as pipe:  # Sidekiq::Job::Iterable#flush_state
-        pipe.hset(f"it-{jid}", mapping={"ex": 3, "c": json.dumps(250), "rt": 12.5})
-        pipe.execute_command("EXPIRE", f"it-{jid}", ITERATION_TTL, "NX")
-        pipe.hget(f"it-{jid}", "cancelled")
-        pipe.execute()
+    ruby(RUBY_FLUSH, redis_url, jid)  # Sidekiq::Job::Iterable#flush_state, from Ruby
     payload = {"class": "iter_jobs.ExportRowsJob", "args": [db], "jid": jid, "queue": "iter"}
     kiq.Client(config).push(payload)
     worker = start_worker("-r", "iter_jobs", "-q", "iter", env={"KIQ_TEST_BATCH_COST": "0"})
@@ -151,6 +151,19 @@ state = r.hgetall("it-#{ARGV[1]}")
 # what Sidekiq::Job::Iterable#fetch_previous_iteration_state does with it
 puts JSON.generate({"ex" => state["ex"].to_i, "c" => JSON.parse(state["c"]),
                     "rt" => state["rt"].to_f, "ttl" => r.ttl("it-#{ARGV[1]}")})
+"""
+
+RUBY_FLUSH = """
+require "redis"
+require "json"
+r = Redis.new(url: ARGV[0])
+key = "it-#{ARGV[1]}"
+# Sidekiq::Job::Iterable#flush_state after three executions, cursor 250, 12.5 s
+r.multi do |pipe|
+  pipe.hset(key, {"ex" => 3, "c" => JSON.generate(250), "rt" => 12.5})
+  pipe.expire(key, 30 * 24 * 60 * 60, nx: true)
+  pipe.hget(key, "cancelled")
+end
 """
 
 RUBY_CANCEL = """
