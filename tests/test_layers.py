@@ -52,8 +52,11 @@ CORE: tuple[str, ...] = (
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
     "results",  # kiq.Result and the records the worker stores (issue 17 point 3)
+    "cancel",  # cancel by jid, jobs' fates (issue 18); Job.cancel calls it
     "client",
     "job",
+    "iter",  # enumerators for iterable jobs (issue 18); stdlib only
+    "iterable",  # IterableJob (issue 18)
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
     "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
     "__init__",
@@ -95,6 +98,9 @@ CLIENT_SIDE = frozenset(
         "job",
         "activejob",
         "results",
+        "cancel",
+        "iter",
+        "iterable",
     }
 )
 SIDE: dict[str, frozenset[str]] = {
@@ -102,6 +108,7 @@ SIDE: dict[str, frozenset[str]] = {
     "api": frozenset(
         {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
         | {"results"}  # api.result reads kiq.results' records (issue 17)
+        | {"cancel"}  # api.cancel, api.fate (issue 18)
     ),
     "testing": CLIENT_SIDE | {"__init__"},
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),

@@ -19,12 +19,16 @@ from collections.abc import Callable
 
 # kiq.activejob registers the Job that runs ActiveJob's wrapper class names.
 from kiq import activejob
+from kiq import iter as iter  # enumerators for IterableJob: kiq.iter.items(...)
 from kiq.client import AsyncClient, Client
 from kiq.config import Config, configure, connect, get_default
 from kiq.errors import (
     ConfigError,
     Discard,
+    IterationInterrupted,
     JobArgumentError,
+    JobCancelled,
+    JobExpired,
     JobNotFound,
     JobTimeout,
     KiqError,
@@ -33,6 +37,7 @@ from kiq.errors import (
     Shutdown,
     UnknownJobError,
 )
+from kiq.iterable import IterableJob
 from kiq.job import FunctionJob, Job, Setter, job
 from kiq.results import JobFailed, Result, ResultTimeout
 
@@ -56,8 +61,12 @@ __all__ = [
     "ConfigError",
     "Discard",
     "FunctionJob",
+    "IterableJob",
+    "IterationInterrupted",
     "Job",
     "JobArgumentError",
+    "JobCancelled",
+    "JobExpired",
     "JobFailed",
     "JobNotFound",
     "JobTimeout",
@@ -74,6 +83,7 @@ __all__ = [
     "configure",
     "connect",
     "get_default",
+    "iter",
     "job",
     "on",
 ]

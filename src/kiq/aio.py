@@ -24,6 +24,8 @@ from typing import Any
 
 from kiq import log as kiq_log
 from kiq.fetch import UnitOfWork
+from kiq.iterable import IterableJob
+from kiq.job import Job
 from kiq.processor import Executor, timed_out, timeout_seconds
 from kiq.supervise import Health, spawn
 
@@ -39,8 +41,6 @@ class AsyncRunner:
         self.name = name
         self.loop = asyncio.new_event_loop()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.by_jid: dict[str, asyncio.Task[None]] = {}  # running jobs, for cancel(jid)
-        self._cancelled: set[str] = set()  # jids cancel() asked for, until their task ends
         self._ids = itertools.count(1)
         self._ident: int | None = None  # the loop thread's
         self._tid = ""
@@ -81,43 +81,38 @@ class AsyncRunner:
             task = self.loop.create_task(self._execute(unit))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-            jid = unit.payload.get("jid") if unit.payload else None
-            if isinstance(jid, str):
-                self.by_jid[jid] = task  # popped when _execute ends
 
     def cancel(self, jid: str) -> bool:
         """Cancel the running job ``jid`` (from any thread); False if it runs not here.
 
         The job's coroutine gets CancelledError at its next await (its ``finally``
-        blocks and ``async with`` exits run); it is then acknowledged, logged
-        ``cancelled`` and not retried. The hook for cancel-by-jid (docs/capsules.md).
+        blocks and ``async with`` exits run); it is then recorded as cancelled
+        (kiq.cancel), acknowledged and not retried. ``kiq.api.cancel`` reaches it the
+        same way, through the heartbeat's check of the ``it-<jid>`` flags.
         """
-        if jid not in self.by_jid:
+        ex = self.executor
+        with ex.state.lock:
+            canceller = ex.state.cancellers.get(jid)
+        if canceller is None:
             return False
-
-        def cancel() -> None:
-            task = self.by_jid.get(jid)
-            if task is not None:
-                self._cancelled.add(jid)
-                task.cancel()
-
-        self._on_loop(cancel)
+        canceller()
         return True
 
     async def _execute(self, unit: UnitOfWork) -> None:
         ex = self.executor
         payload: dict[str, Any] = unit.payload or {}
-        jid = payload.get("jid")
         slot = f"{self._tid}-{next(self._ids)}"
         job_class, ctx = ex.begin(unit, slot)
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
         kiq_log.set_level(ex.log_level(unit, job_class))
         exc: BaseException | None = None
         value: Any = None
+        job: Job | None = None
         if ex.log_jobs:
             kiq_log.job_line(job_log, logging.INFO, "start")
         try:
             job = ex.instantiate(unit, job_class)
+            ex.track(job, self._canceller(job))
             timeout = payload.get("timeout")
             seconds = timeout_seconds(timeout)
             chain = ex.config.server_middleware
@@ -142,27 +137,26 @@ class AsyncRunner:
             if ex.stopping.is_set():
                 with ex.state.lock:
                     ex.state.work.pop(slot, None)
+                    if job is not None:
+                        ex.state.cancellers.pop(job.jid, None)
                 return  # hard shutdown: already requeued
-            if jid in self._cancelled:
-                self._finish_cancelled(unit, slot)
-                return
             exc = error  # cancelled by the job's own code: a failure like any other
         except BaseException as error:  # a failing job, whatever it raised
             exc = error
-        finally:
-            if jid is not None:
-                self.by_jid.pop(jid, None)
-                self._cancelled.discard(jid)
-        ex.finish(unit, job_class, ctx, exc, slot, value)
+        ex.finish(unit, job_class, ctx, exc, slot, value, job)
 
-    def _finish_cancelled(self, unit: UnitOfWork, slot: str) -> None:
-        ex = self.executor
-        with ex.state.lock:
-            ex.state.work.pop(slot, None)
-            ex.state.processed += 1
-        if ex.log_jobs:
-            kiq_log.job_line(job_log, logging.INFO, "cancelled")
-        ex.finished(unit)  # acknowledged: a cancelled job is not retried
+    def _canceller(self, job: Job) -> Callable[[], None]:
+        """How a cancel (kiq.cancel, from the heartbeat's thread) reaches this job: set
+        its flag and, for a plain ``async def`` job, cancel its task (CancelledError at
+        its next await); an iterable job stops at its next item instead."""
+        task = asyncio.current_task()
+
+        def cancel() -> None:
+            job._kiq_cancelled = True
+            if task is not None and not isinstance(job, IterableJob):
+                self._on_loop(task.cancel)
+
+        return cancel
 
     def cancel_all(self) -> None:
         def cancel() -> None:

@@ -113,7 +113,11 @@ def add_ops_commands(sub: Any) -> None:
         cmd.add_argument("--wait", type=float, metavar="SECONDS", help="wait until they have acted")
     mark = sub.add_parser("mark", help="record a deploy mark on the Web UI's metrics graphs")
     mark.add_argument("label", help="what was deployed, e.g. v1.2 or a git sha")
-    for cmd in (status, ping, *(sub.choices[n] for n in ("quiet", "stop")), mark):
+    cancel = sub.add_parser(
+        "cancel", help="cancel jobs by jid: removed if waiting, stopped if running"
+    )
+    cancel.add_argument("jid", nargs="+", help="the jids (kiq exits 1 if one is not found)")
+    for cmd in (status, ping, *(sub.choices[n] for n in ("quiet", "stop")), mark, cancel):
         cmd.add_argument("-C", "--config", help="YAML config (Redis URL, key prefix)")
         cmd.add_argument("-e", "--environment", help="section of the config file to apply")
         cmd.add_argument(
@@ -140,6 +144,8 @@ def run_ops(args: argparse.Namespace) -> int:
             )
         if args.command == "mark":
             return status.mark(config, args.label)
+        if args.command == "cancel":
+            return status.cancel(config, args.jid)
         if not (args.identity or args.all or args.local):
             raise ConfigError(f"kiq {args.command}: name processes, or use --all or --local")
         return status.signal(
@@ -368,7 +374,7 @@ def run_command(args: argparse.Namespace) -> int:
                 f"pip install 'kiq[web]' (in a checkout: pip install -e \".[web]\")"
             ) from exc
         return run_web(args)
-    if args.command in ("status", "ping", "quiet", "stop", "mark"):
+    if args.command in ("status", "ping", "quiet", "stop", "mark", "cancel"):
         return run_ops(args)
     return 1
 

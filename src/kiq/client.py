@@ -49,6 +49,11 @@ def set_test_hook(hook: TestHook | None) -> None:
     _test_hook = hook
 
 
+def in_test_mode() -> bool:
+    """Whether a kiq.testing mode (fake, inline) replaces the push: no Redis is used."""
+    return _test_hook is not None
+
+
 def timestamp(config: Config, now: float | None = None) -> float | int:
     """A payload timestamp: float seconds (Sidekiq 6.4-7.x) or int ms (Sidekiq 8 mode).
 
@@ -201,6 +206,9 @@ class Client:
             payload["jid"] = wire.new_jid()
         if "created_at" not in payload:
             payload["created_at"] = timestamp(self.config)
+        if "expires_in" in payload and "expires_at" not in payload:
+            # Sidekiq Pro's rule: the expiry counts from when the job is due (its ``at``)
+            _stamp_expiry(payload)
         return payload
 
     def _through_middleware(self, payload: Payload) -> Payload | None:
@@ -382,3 +390,14 @@ def _check_at(name: str, at: object) -> None:
 
 
 _DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {"retry": True, "queue": "default"}
+
+
+def _stamp_expiry(payload: Payload) -> None:
+    """Turn ``expires_in`` (relative seconds) into ``expires_at`` (float epoch seconds),
+    counted from the job's ``at`` or now: a retry or a late move never extends it."""
+    seconds = payload.get("expires_in")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return  # _check_fields refuses it with the rule
+    at = payload.get("at")
+    start = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else wire.now()
+    payload["expires_at"] = start + float(seconds)

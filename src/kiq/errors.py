@@ -17,9 +17,16 @@ Hierarchy (httpx style: one base a user can catch, a few leaves worth catching):
       JobFailed            ``Result.get()``: the job failed for good (kiq.results, with
                            the remote class, message and traceback)
       ResultTimeout        ``Result.get(timeout=)`` passed first (also a TimeoutError)
+      JobExpired           a job that reached a worker after its ``expires_at``: dropped
+      JobCancelled         raise it from a job that saw ``self.cancelled()``: recorded as
+                           cancelled, never retried (docs/iterable.md)
     Shutdown (BaseException)
                            raised into processor threads at the hard-shutdown deadline;
                            user code must not catch it, so it is not an Exception
+    IterationInterrupted (BaseException)
+                           an iterable job saved its cursor and stops early (quiet, TERM,
+                           ``max_iteration_runtime``); the worker puts it back in its
+                           queue at once, not as a failure (Sidekiq's ``Interrupted``)
 """
 
 from __future__ import annotations
@@ -86,4 +93,31 @@ class Shutdown(BaseException):
     The job it interrupts has already been pushed back to its queue, so it is
     never retried; deriving from BaseException keeps ``except Exception`` in
     user code from swallowing it.
+    """
+
+
+class JobCancelled(KiqError):
+    """Raise from ``perform`` once ``self.cancelled()`` is true (``kiq.api.cancel``).
+
+    The job ends recorded as cancelled (``kiq|fate|<jid>``), neither failed nor retried;
+    returning normally after seeing ``cancelled()`` is recorded the same way.
+    """
+
+
+class IterationInterrupted(BaseException):
+    """An iterable job flushed its cursor and stops before its end (Sidekiq: Interrupted).
+
+    Raised by ``kiq.IterableJob`` when the process quiets or stops, or when the job
+    has run ``max_iteration_runtime`` seconds; the worker moves the same payload (same
+    jid) back to its queue at once, counts a run but not a failure, and the next run
+    resumes from the cursor. A BaseException so that ``except Exception`` in a
+    middleware or a hook does not turn it into a failure.
+    """
+
+
+class JobExpired(KiqError):
+    """A job reached a worker after its ``expires_at`` (Sidekiq Pro's ``expires_in``).
+
+    Never raised into job code: the worker drops the job unrun, logs it, counts it in
+    ``kiq|stat|expired`` and records it in ``kiq|fate|<jid>`` (docs/iterable.md).
     """

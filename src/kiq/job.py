@@ -48,6 +48,8 @@ from typing import (
 
 from kiq import payload as wire
 from kiq import unique
+from kiq.cancel import CancelResult
+from kiq.cancel import cancel as cancel_jid
 from kiq.client import AsyncClient, Client, resolve_at
 from kiq.config import Config, get_default
 from kiq.errors import ConfigError, JobArgumentError
@@ -74,6 +76,7 @@ PAYLOAD_OPTIONS: Final = (
     "unique_for",  # kiq.unique: Sidekiq Enterprise's unique jobs (docs/unique.md)
     "unique_until",
     "result_ttl",  # kiq.results: keep what perform returns this many seconds (docs/results.md)
+    "expires_in",  # Sidekiq Pro's expiring jobs: dropped unrun once late (docs/iterable.md)
 )
 CLASS_OPTIONS: Final = ("discard_on",)
 
@@ -208,6 +211,23 @@ class Job:
             "at": repr(wire.now()),
         }
         config.store.write_progress(getattr(self, "jid", "") or "", fields)
+
+    # -- cancel (kiq.cancel; docs/iterable.md) -----------------------------------------
+    _kiq_cancelled: bool = False  # set by the worker's heartbeat when the jid is cancelled
+
+    def cancelled(self) -> bool:
+        """True once this job was cancelled (``kiq.api.cancel``, Ruby's ``cancel!``).
+
+        A running job learns it within one heartbeat (5 s); a long loop should check
+        it and return (or raise ``kiq.JobCancelled``): the job is then recorded as
+        cancelled, neither failed nor retried.
+        """
+        return self._kiq_cancelled
+
+    @classmethod
+    def cancel(cls, jid: str, config: Config | None = None) -> CancelResult:
+        """Cancel the job ``jid`` wherever it is (kiq.cancel.cancel)."""
+        return cancel_jid(config or get_default(), jid)
 
     # -- hooks (override as classmethods) ----------------------------------------------
     @classmethod

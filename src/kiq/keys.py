@@ -28,6 +28,8 @@ and are never in the ``queues`` set:
   * ``kiq|result|<jid>``: STRING, a job's stored result or failure (docs/results.md);
     the pub/sub channel ``kiq|result-ready|<jid>`` carries the same record to waiters,
     and ``kiq|results`` (HASH status -> count) counts the records stored.
+  * ``kiq|fate|<jid>``: HASH, how a cancelled or expired job ended; ``kiq|stat|<fate>``
+    counts them.
 
 Unique jobs use Sidekiq Enterprise's ``unique:<digest>`` (``Keys.unique``).
 """
@@ -208,6 +210,16 @@ class Keys:
         """HASH final status -> results stored (the Prometheus counter)."""
         return f"{self.prefix}kiq|results"
 
+    # Cancelled and expired jobs (issue 18; docs/iterable.md) ---------------------------
+    def fate(self, jid: str) -> str:
+        """HASH: how a job that never finished ended (``fate`` cancelled or expired, ``at``,
+        ``class``, ``queue``, ``where``, ``job``), for the API and the job detail page."""
+        return f"{self.prefix}kiq|fate|{jid}"
+
+    def fate_count(self, fate: str) -> str:
+        """STRING int: how many jobs ended ``cancelled`` or ``expired`` (never expires)."""
+        return f"{self.prefix}kiq|stat|{fate}"
+
 
 # TTLs, in seconds, of the keys that expire (the heartbeat's is ``Config.process_ttl``).
 STAT_TTL: Final = 157_680_000  # 5 years, as Sidekiq's daily stat keys
@@ -218,6 +230,8 @@ METRICS_MID_TTL: Final = 3 * 86400  # Sidekiq 8's 10-minute hashes (MID_TERM)
 TOTALS_TTL: Final = 30 * 86400  # a class's cumulative totals outlive its last run
 DEPLOY_MARK_TTL: Final = 90 * 86400  # a day's deploy marks (Sidekiq: MARK_TTL)
 DEPLOY_LOCK_TTL: Final = 60  # a label is marked at most once this long
+ITERATION_TTL: Final = 30 * 86400  # it-<jid> (Sidekiq's Iterable::STATE_TTL), set with EXPIRE NX
+FATE_TTL: Final = 30 * 86400  # a cancelled or expired job's record (kiq|fate|<jid>)
 
 # The histogram key's layout (Sidekiq 7's metrics): one u16 counter per bucket, in
 # BITFIELD order. # Upper bounds (ms, exclusive) of the histogram buckets; the last one is "Slow".

@@ -264,9 +264,16 @@ class Launcher:
             # The in-progress registration is rewritten every beat, not once: a partition
             # longer than process_ttl lets another process sweep us and drop the entry,
             # and the jobs we fetch after it would be unrecoverable if we died.
-            existed, signal, paused = store.beat(
-                self.identity, fields, work, self.config.process_ttl, self._fetcher_queues
+            existed, signal, paused, cancelled = store.beat(
+                self.identity,
+                fields,
+                work,
+                self.config.process_ttl,
+                self._fetcher_queues,
+                watch=self.state.running_jids(),  # kiq.cancel: the running jobs' flags
             )
+            if cancelled:
+                self.state.cancel(cancelled)
             for manager in self.managers:
                 manager.fetcher.order.paused = paused
             self.outage.ok(sent)

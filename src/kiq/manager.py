@@ -100,7 +100,7 @@ class Manager:
         # An async capsule's jobs all finish on its loop thread: their acks are handed
         # back once per loop iteration (one lock and one fetcher wakeup for the batch).
         pool: Pool = _LoopAcks(self) if self._route is True else self
-        self.executor = Executor(config, state, pool, self.stopping, cap)
+        self.executor = Executor(config, state, pool, self.stopping, cap, self.quieted)
         self._prefix = "" if cap.is_default else f"{cap.name}."
         # A named thread capsule runs no coroutine: no loop thread for it.
         self.aio: AsyncRunner | None = None
@@ -162,6 +162,18 @@ class Manager:
         """A job's outcome is recorded (kiq.processor.Pool): ack it, free its slot,
         start the next one. The one way back from every runner to Redis."""
         self.fetcher.ack(unit)
+        self._free_slot()
+
+    def requeue(self, unit: UnitOfWork) -> None:
+        """An iterable job stopped early with its cursor saved (kiq.processor.Pool): move
+        the same payload from in-progress back to the tail of its queue now, so it runs
+        next (here, or elsewhere once quiet), and free its slot. On a Redis error it
+        stays in-progress: requeued at exit, or recovered if this process dies."""
+        try:
+            self.config.store.requeue(self.identity, unit.queue, [unit.raw])
+        except Exception:
+            log.warning("could not put an interrupted iterable job back yet", exc_info=True)
+        self.fetcher.release(unit)
         self._free_slot()
 
     def _free_slot(self) -> None:
@@ -318,6 +330,10 @@ class _LoopAcks:
     def _flush(self) -> None:
         units, self.units = self.units, []
         self.manager.finished_many(units)
+
+    def requeue(self, unit: UnitOfWork) -> None:
+        """An interrupted iterable job goes back at once: not batched, it is rare."""
+        self.manager.requeue(unit)
 
 
 def stop_all(

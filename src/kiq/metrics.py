@@ -57,6 +57,7 @@ from typing import Any, Final
 
 from kiq import peers
 from kiq.config import Config
+from kiq.errors import IterationInterrupted
 
 # The histogram's bucket bounds and labels are the histogram key's layout (kiq.keys).
 from kiq.keys import BUCKETS as BUCKETS
@@ -110,8 +111,8 @@ class Metrics:
         started = time.monotonic()
         try:
             call_next()
-        except BaseException:
-            self.record(klass, None, queue)
+        except BaseException as exc:
+            self.record(klass, _not_failed(job, exc, started), queue)
             raise
         self.record(klass, (time.monotonic() - started) * 1000, queue)
 
@@ -142,8 +143,8 @@ class Metrics:
             started = time.monotonic()
             try:
                 result = await perform(*args)
-            except BaseException:
-                self.record(klass, None, queue)
+            except BaseException as exc:
+                self.record(klass, _not_failed(perform, exc, started), queue)
                 raise
             self.record(klass, (time.monotonic() - started) * 1000, queue)
             return result
@@ -222,6 +223,16 @@ class Metrics:
             for klass, gram in grams.items():
                 mine = self._grams.setdefault(klass, [0] * len(gram))
                 self._grams[klass] = [a + b for a, b in zip(mine, gram, strict=True)]
+
+
+def _not_failed(job: Any, exc: BaseException, started: float) -> float | None:
+    """The time of a run that ended early but did not fail (Sidekiq 7.3.1+ counts an
+    interrupted iterable job's time and run, not a failure; kiq a cancelled job too),
+    None for a failure. ``job`` is the job or its bound ``perform``."""
+    owner = getattr(job, "__self__", job)
+    if isinstance(exc, IterationInterrupted) or getattr(owner, "_kiq_cancelled", False):
+        return (time.monotonic() - started) * 1000
+    return None
 
 
 def install(config: Config) -> Metrics:

@@ -384,6 +384,15 @@ def _unique_until(value: object) -> bool:
     return value == "success" or value == "start"
 
 
+def _expires_in(value: object) -> bool:
+    kind = type(value)
+    return (kind is float or kind is int) and 0 < value < MAX_RETRY_FOR  # type: ignore[operator]
+
+
+def _expires_at(value: object) -> bool:
+    return _number(value) and value > 0  # type: ignore[operator]
+
+
 def _backtrace(value: object) -> bool:
     kind = type(value)
     return kind is str or kind is list  # a list: very old Sidekiq (api.JobRecord reads both)
@@ -436,6 +445,8 @@ _FIELDS: Final[dict[str, tuple[bool, Callable[[object], bool]]]] = {
     "timeout": (True, _timeout),
     "unique_for": (False, _unique_for),
     "unique_until": (False, _unique_until),
+    "expires_in": (True, _expires_in),  # Sidekiq Pro's expiring jobs (docs/iterable.md)
+    "expires_at": (True, _expires_at),
     "at": (True, _number),
     "created_at": (False, _number),
     "enqueued_at": (False, _number),
@@ -494,6 +505,8 @@ _ALLOWED: Final[dict[str, str]] = {
     "timeout": f"must be seconds > 0 and at most {MAX_TIMEOUT} (one day); omit it for none",
     "unique_for": f"must be seconds > 0 and below {MAX_RETRY_FOR} (the lock's lifetime)",
     "unique_until": 'must be "success" (the default) or "start"',
+    "expires_in": f"must be seconds > 0 and below {MAX_RETRY_FOR} (relative, e.g. 3600)",
+    "expires_at": _WHEN + ", after which the job is dropped unrun",
     "at": "must be epoch seconds",
     "created_at": _WHEN,
     "enqueued_at": _WHEN,
@@ -556,6 +569,24 @@ def to_seconds(value: object) -> float | None:
     if isinstance(value, int) and value > _MS_THRESHOLD:
         return value / 1000.0
     return float(value)
+
+
+def expiry(job: Payload) -> float | None:
+    """When a job that has not started by then must be dropped (epoch seconds), or None.
+
+    ``expires_at`` (absolute, written by kiq's client, float seconds or Sidekiq 8's
+    integer milliseconds) wins; a bare ``expires_in`` (relative seconds: a Ruby push
+    without Sidekiq Pro's client middleware) counts from ``enqueued_at``, the time the
+    job became due, else from ``created_at`` (docs/iterable.md).
+    """
+    at = to_seconds(job.get("expires_at"))
+    if at is not None:
+        return at
+    seconds = job.get("expires_in")
+    if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    base = to_seconds(job.get("enqueued_at")) or to_seconds(job.get("created_at"))
+    return None if base is None else base + float(seconds)
 
 
 def encode_backtrace(lines: list[str]) -> str:

@@ -14,7 +14,12 @@ Tasks, per unit of work:
   5. count processed / failed for the heartbeat's stats flush.
 
 ``Shutdown`` (raised into a thread at the hard-shutdown deadline) is never retried:
-the manager has already put the job back in its queue.
+the manager has already put the job back in its queue. Three outcomes are neither a
+success nor a failure (issue 18, docs/iterable.md): an iterable job that raised
+IterationInterrupted goes back to its queue at once (``Pool.requeue``, same payload,
+counted as a run); a job found past its ``expires_at`` is dropped unrun; a job that was
+cancelled while it ran ends recorded as cancelled. The last two are recorded in
+``kiq|fate|<jid>`` (kiq.cancel.record) and acknowledged, never retried.
 """
 
 from __future__ import annotations
@@ -29,13 +34,23 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from kiq import cancel as kiq_cancel
 from kiq import log as kiq_log
 from kiq import payload as wire
 from kiq import results, unique
 from kiq.capsule import Capsule
 from kiq.config import Config
-from kiq.errors import ConfigError, JobTimeout, PayloadError, Shutdown, UnknownJobError
+from kiq.errors import (
+    ConfigError,
+    IterationInterrupted,
+    JobExpired,
+    JobTimeout,
+    PayloadError,
+    Shutdown,
+    UnknownJobError,
+)
 from kiq.fetch import UnitOfWork
+from kiq.iterable import IterableJob
 from kiq.job import Job, instantiate, lookup, perform
 from kiq.retry import RetryHandler, error_class, error_message
 from kiq.store import is_transient
@@ -59,6 +74,20 @@ class State:
         self.processed = 0
         self.failed = 0
         self.work: dict[str, tuple[str, bytes, int]] = {}  # tid -> (queue, raw, run_at)
+        # jid -> how to cancel the running job (kiq.cancel: the heartbeat calls it)
+        self.cancellers: dict[str, Callable[[], None]] = {}
+
+    def running_jids(self) -> list[str]:
+        """The jids of the jobs running here, for the heartbeat's cancel check."""
+        with self.lock:
+            return list(self.cancellers)
+
+    def cancel(self, jids: list[str]) -> None:
+        """Tell these running jobs they are cancelled (the heartbeat found the flags)."""
+        with self.lock:
+            found = [self.cancellers[jid] for jid in jids if jid in self.cancellers]
+        for canceller in found:
+            canceller()
 
     def take_counts(self) -> tuple[int, int]:
         with self.lock:
@@ -138,6 +167,9 @@ class Pool(Protocol):
     def finished(self, unit: UnitOfWork) -> None:
         """Acknowledge ``unit`` and free its slot."""
 
+    def requeue(self, unit: UnitOfWork) -> None:
+        """Move ``unit`` from in-progress back to its queue now, and free its slot."""
+
 
 class Executor:
     """The steps shared by thread and async jobs (decode, log, run, record, ack)."""
@@ -149,10 +181,12 @@ class Executor:
         pool: Pool,
         stopping: threading.Event,
         capsule: Capsule | None = None,
+        quieted: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.finished = pool.finished  # bound once: called for every job
+        self.requeue = pool.requeue
         self.stopping = stopping
         self.capsule = capsule or config.all_capsules()[0]
         # The one kind of job this capsule runs (True: async def), None for both kinds
@@ -160,6 +194,7 @@ class Executor:
         self._only: bool | None = None
         if not self.capsule.runs(True) or not self.capsule.runs(False):
             self._only = self.capsule.mode == "async"
+        self.quieted = quieted or threading.Event()  # iterable jobs stop at quiet
         self.retry = RetryHandler(config)
         self.reaper = Reaper()
         self.log_jobs = not config.skip_default_job_logging
@@ -199,11 +234,26 @@ class Executor:
             # Pushed at run time to a queue of the wrong capsule (the start-up check
             # sees only each class's default queue): this job fails, nothing else.
             raise ConfigError(self.capsule.mismatch(payload["class"], job_class.is_async))
+        deadline = wire.expiry(payload)
+        if deadline is not None and wire.now() > deadline:  # Sidekiq Pro: never run late
+            raise JobExpired(f"job expired at {deadline:.3f}, {wire.now() - deadline:.1f}s ago")
         job = instantiate(job_class, payload)
         unique.release_at_start(self.config, payload)  # unique_until="start" (kiq.unique)
+        if isinstance(job, IterableJob):
+            job.config = self.config
+            job._stop = self.quieted
         if "result_ttl" in payload:
             results.mark_running(self.config, payload)  # kiq.results: status "running"
         return job
+
+    def track(self, job: Job, canceller: Callable[[], None] | None = None) -> None:
+        """Make the running ``job`` reachable by a cancel (the heartbeat's check)."""
+
+        def flag() -> None:
+            job._kiq_cancelled = True
+
+        with self.state.lock:
+            self.state.cancellers[job.jid] = canceller or flag
 
     def finish(
         self,
@@ -213,6 +263,7 @@ class Executor:
         exc: BaseException | None,
         slot: str,
         value: Any = None,
+        job: Job | None = None,
     ) -> None:
         """Log, record the outcome in Redis (retrying while Redis is away), then ack.
 
@@ -221,12 +272,22 @@ class Executor:
         leaving its waiters without a result.
         """
         ctx["elapsed"] = round(time.monotonic() - unit.started, 3)
+        settled = exc is None or kiq_cancel.not_a_failure(job, exc)
         with self.state.lock:
             self.state.work.pop(slot, None)
+            if job is not None:
+                self.state.cancellers.pop(job.jid, None)
             self.state.processed += 1
-            if exc is not None:
+            if not settled:
                 self.state.failed += 1
-        if exc is None:
+        if isinstance(exc, IterationInterrupted):
+            if self.log_jobs:
+                kiq_log.job_line(job_log, logging.INFO, "interrupted")
+            self.requeue(unit)  # Pool.requeue: same payload, back in its queue at once
+            return
+        if settled and (exc is not None or (job is not None and job.cancelled())):
+            kiq_cancel.settle(self.config, unit.payload or {}, unit.raw, exc, self.log_jobs)
+        elif exc is None:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "done")
             unique.release_on_success(self.config, unit.payload)  # before the ack (kiq.unique)
@@ -301,6 +362,7 @@ class Executor:
         level_token = kiq_log.set_level(self.log_level(unit, job_class))
         exc: BaseException | None = None
         value: Any = None
+        job: Job | None = None
         try:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "start")
@@ -308,6 +370,7 @@ class Executor:
             timeout = None
             try:
                 job = self.instantiate(unit, job_class)
+                self.track(job)
                 timeout = unit.payload.get("timeout") if unit.payload else None
                 seconds = timeout_seconds(timeout)
                 if seconds is not None:
@@ -323,12 +386,14 @@ class Executor:
                 exc = error if error.args else timed_out(timeout)
             except BaseException as error:  # job code may raise SystemExit & co: a failure
                 exc = error
-            self.finish(unit, job_class, ctx, exc, slot, value)
+            self.finish(unit, job_class, ctx, exc, slot, value, job)
         except Shutdown:
             # The manager has already requeued this job; free its slot, or stop() keeps
             # counting it as running and waits HARD_SHUTDOWN_WAIT for nothing.
             with self.state.lock:
                 self.state.work.pop(slot, None)
+                if job is not None:
+                    self.state.cancellers.pop(job.jid, None)
             raise
         finally:
             kiq_log.reset_level(level_token)

@@ -11,6 +11,8 @@ process adds at its heartbeat (``kiq.metrics``), so they are at most one
 Series (names follow Sidekiq's ``Stats``; ``kiq_`` prefix):
 
 * ``kiq_processed_total``, ``kiq_failed_total``: ``stat:processed`` / ``stat:failed``.
+* ``kiq_jobs_cancelled_total``, ``kiq_jobs_expired_total``: jobs cancelled, and jobs
+  dropped unrun past their expiry (``kiq|stat|<fate>``, issue 18).
 * ``kiq_job_executions_total{class,queue}``, ``kiq_job_failures_total{class,queue}``:
   runs (failures included, as Sidekiq's metrics count them) and failures, kiq jobs only.
 * ``kiq_job_duration_seconds{class}``: histogram of successful runs, Sidekiq's buckets.
@@ -119,6 +121,10 @@ class KiqCollector:
             ),
             GaugeMetricFamily("kiq_retry_size", "Jobs in the retry set", stats.retry_size),
             GaugeMetricFamily("kiq_dead_size", "Jobs in the dead set", stats.dead_size),
+            *(
+                CounterMetricFamily(f"kiq_jobs_{fate}", f"Jobs {fate} (kiq|stat|{fate})", n)
+                for fate, n in api.fate_counts(config).items()
+            ),
         ]
 
     @staticmethod

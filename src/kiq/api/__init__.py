@@ -29,6 +29,7 @@ lines); import from ``kiq.api`` itself, which re-exports every name:
 * ``process``: ``ProcessSet``, ``Process``, ``WorkSet``, ``Work``, ``progress``;
 * ``metrics``: ``Metrics``, ``job_totals``, ``deploy_mark``, ``deploy_marks``;
 * ``results``: ``result``, ``results``, ``result_counts`` (kiq.results' records);
+* ``cancel``: ``cancel`` (by jid), ``fate``, ``fate_counts`` (issue 18);
 * ``base``: the Config and the lenient readers they all share.
 
 Example::
@@ -46,6 +47,7 @@ Example::
 from __future__ import annotations
 
 from kiq.api.base import PAGE_SIZE
+from kiq.api.cancel import FATES, cancel, fate, fate_counts
 from kiq.api.metrics import (
     DEPLOY_LOCK_TTL,
     DEPLOY_MARK_TTL,
@@ -90,17 +92,20 @@ from kiq.api.stats import (
     queue_summaries,
     redis_info,
 )
+from kiq.cancel import CancelResult
 
 __all__ = [
     "ACTIVE_JOB_PREFIXES",
     "DEPLOY_LOCK_TTL",
     "DEPLOY_MARK_TTL",
+    "FATES",
     "HISTORY_MAX_DAYS",
     "KILL_BATCH",
     "MAILER_JOBS",
     "PAGE_SIZE",
     "PROCESS_FIELDS",
     "SCAN_COUNT",
+    "CancelResult",
     "DeadSet",
     "DeployMark",
     "History",
@@ -123,9 +128,12 @@ __all__ = [
     "Stats",
     "Work",
     "WorkSet",
+    "cancel",
     "cron_set",
     "deploy_mark",
     "deploy_marks",
+    "fate",
+    "fate_counts",
     "iterations",
     "job_totals",
     "progress",

@@ -18,6 +18,8 @@ It is built from a URL and knows nothing of Config; components reach it as
   * ``progress``: ``kiq|progress|<jid>``;
   * ``results``: job results (``kiq|result|<jid>``), their wake-up and count, and the
     process's one pub/sub listener for every waiter (``result_wait``).
+  * ``iteration``: Sidekiq's ``it-<jid>`` (iterable jobs, cancel flags) and
+    ``kiq|fate|<jid>`` (cancelled and expired jobs).
 
 Example::
 
@@ -41,6 +43,7 @@ from kiq.store.connection import (
     redact,
 )
 from kiq.store.cron import Cron
+from kiq.store.iteration import Iterations
 from kiq.store.metrics import Counters
 from kiq.store.processes import Processes
 from kiq.store.progress import Progress
@@ -49,7 +52,7 @@ from kiq.store.results import Results
 from kiq.store.sets import Sets
 
 
-class Store(Queues, Sets, Processes, Cron, Counters, Progress, Results):
+class Store(Queues, Sets, Processes, Cron, Counters, Progress, Results, Iterations):
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 

@@ -33,11 +33,15 @@ class Processes(Connection):
         work: dict[str, bytes],
         ttl: int,
         fetcher_queues: bytes | None = None,
-    ) -> tuple[bool, bytes | None, frozenset[str]]:
+        watch: Sequence[str] = (),
+    ) -> tuple[bool, bytes | None, frozenset[str], list[str]]:
         """One heartbeat round trip: the process and busy-jobs hashes, this process's
         in-progress registration, one remote signal and the paused queues.
 
-        Returns (the process hash existed before, the signal or None, paused queues).
+        Returns (the process hash existed before, the signal or None, paused queues,
+        the cancelled jids). ``watch``: the jids running here; their ``it-<jid>``
+        ``cancelled`` flags are read in the same round trip (one HGET each), so a
+        cancel reaches a running job within one beat (kiq.cancel).
         """
         k = self.keys
         pipe = self._pipeline(transaction=True)
@@ -54,10 +58,17 @@ class Processes(Connection):
             pipe.hset(k.fetchers, identity, fetcher_queues)
         pipe.rpop(k.signals(identity))
         pipe.smembers(k.paused)
+        for jid in watch:
+            pipe.hget(k.iteration(jid), "cancelled")
         replies = pipe.execute()
+        cancelled: list[str] = []
+        if watch:
+            flags = replies[-len(watch) :]
+            del replies[-len(watch) :]
+            cancelled = [jid for jid, f in zip(watch, flags, strict=True) if f is not None]
         exists_at = -6 if fetcher_queues is not None else -5
         paused = frozenset(p.decode() if isinstance(p, bytes) else p for p in replies[-1])
-        return bool(replies[exists_at]), replies[-2], paused
+        return bool(replies[exists_at]), replies[-2], paused, cancelled
 
     def clear_process(self, identity: str) -> None:
         """At exit: SREM processes, drop busy hashes; the hash itself is left to expire."""

@@ -29,8 +29,10 @@ from kiq.web.failsafe import Failsafe
 from kiq.web.pages import (
     busy,
     busy_action,
+    cancel_action,
     dashboard,
     health,
+    job_fate,
     metrics,
     metrics_job,
     queue_page,
@@ -126,6 +128,8 @@ ROUTES: Final[list[BaseRoute]] = [
     Route("/stats/queues", stats_queues),
     Route("/busy", busy),
     Route("/busy", action(busy_action), methods=["POST"]),
+    Route("/cancel", action(cancel_action), methods=["POST"]),  # issue 18
+    Route("/jobs/{jid}", job_fate),
     Route("/queues", queues),
     # {name:path}: a queue, class or recurring job name may hold "/" (url_part encodes
     # it as %2F, which the server decodes before routing). A POST to a queue is its
