@@ -158,11 +158,14 @@ def test_cancel_one_running_coroutine_by_jid(config) -> None:
         runner = launcher.managers[1].aio
         assert runner is not None
         assert STARTED.wait(10.0)
-        wait_until(lambda: jid in runner.by_jid)
+        wait_until(lambda: jid in launcher.state.cancellers)
 
         assert runner.cancel(jid) is True
 
-        wait_until(lambda: not runner.by_jid and launcher.managers[1]._in_flight() == 0)
+        wait_until(
+            lambda: not launcher.state.cancellers and launcher.managers[1]._in_flight() == 0
+        )
         assert config.store.in_progress_sizes(launcher.identity, ["cancel"]) == [0]
         assert runner.cancel(jid) is False
     assert kiq.api.RetrySet(config).size() == 0
+    assert kiq.api.fate(jid, config=config)["fate"] == "cancelled"
