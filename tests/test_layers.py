@@ -50,6 +50,7 @@ CORE: tuple[str, ...] = (
     "peers",  # the Sidekiq versions sharing the Redis: which formats to write (issue 15)
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
+    "limiter",  # limiters shared by every process (issue 16): kiq.Limiter, kiq.OverLimit
     "client",
     "job",
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
@@ -89,6 +90,7 @@ CLIENT_SIDE = frozenset(
         "config",
         "peers",
         "unique",
+        "limiter",
         "client",
         "job",
         "activejob",

@@ -28,12 +28,14 @@ from kiq.errors import (
     JobNotFound,
     JobTimeout,
     KiqError,
+    OverLimit,
     PayloadError,
     RedisUnavailable,
     Shutdown,
     UnknownJobError,
 )
 from kiq.job import FunctionJob, Job, Setter, job
+from kiq.limiter import Limiter
 
 __version__ = "0.1.0"
 
@@ -60,6 +62,8 @@ __all__ = [
     "JobNotFound",
     "JobTimeout",
     "KiqError",
+    "Limiter",
+    "OverLimit",
     "PayloadError",
     "RedisUnavailable",
     "Setter",

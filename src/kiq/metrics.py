@@ -57,6 +57,7 @@ from typing import Any, Final
 
 from kiq import peers
 from kiq.config import Config
+from kiq.errors import OverLimit
 
 # The histogram's bucket bounds and labels are the histogram key's layout (kiq.keys).
 from kiq.keys import BUCKETS as BUCKETS
@@ -110,6 +111,8 @@ class Metrics:
         started = time.monotonic()
         try:
             call_next()
+        except OverLimit:
+            raise  # rescheduled by the limiter, not a run (kiq.retry); counted when it runs
         except BaseException:
             self.record(klass, None, queue)
             raise
@@ -123,6 +126,8 @@ class Metrics:
             started = time.monotonic()
             try:
                 result = await perform(*args)
+            except OverLimit:
+                raise
             except BaseException:
                 self.record(klass, None, queue)
                 raise

@@ -44,6 +44,7 @@ tags                array of strings                                           i
 bid, error_class,   string                                                     ignored
 error_message
 error_backtrace     string (Base64 of zlib JSON), or an array (old Sidekiq)    ignored
+overrated           integer 0 .. 2**31-1 (times a limiter rescheduled the job)  ignored
 ==================  =========================================================  ========
 
 The client pushes with the same rules (``field_problem``): a bad value is refused at
@@ -445,6 +446,7 @@ _FIELDS: Final[dict[str, tuple[bool, Callable[[object], bool]]]] = {
     "error_class": (False, _string),
     "error_message": (False, _string),
     "error_backtrace": (False, _backtrace),
+    "overrated": (False, _count),
 }
 
 
@@ -483,6 +485,7 @@ _ALLOWED: Final[dict[str, str]] = {
     "retry": f"must be true, false or a retry count from 0 to {MAX_COUNT - 1}",
     "retry_count": f"must be an integer from {1 - MAX_COUNT} to {MAX_COUNT - 1}",
     "kiq_recoveries": f"must be an integer from 0 to {MAX_COUNT - 1}",
+    "overrated": f"must be an integer from 0 to {MAX_COUNT - 1} (kiq.Limiter's reschedules)",
     "retry_for": f"must be seconds from 0 to {MAX_RETRY_FOR} (relative, e.g. 172800 for 48h)",
     "timeout": f"must be seconds > 0 and at most {MAX_TIMEOUT} (one day); omit it for none",
     "unique_for": f"must be seconds > 0 and below {MAX_RETRY_FOR} (the lock's lifetime)",

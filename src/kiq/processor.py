@@ -33,7 +33,7 @@ from kiq import log as kiq_log
 from kiq import payload as wire
 from kiq import unique
 from kiq.config import Config
-from kiq.errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
+from kiq.errors import JobTimeout, OverLimit, PayloadError, Shutdown, UnknownJobError
 from kiq.fetch import UnitOfWork
 from kiq.job import Job, instantiate, lookup, perform
 from kiq.retry import RetryHandler, error_class, error_message
@@ -201,12 +201,16 @@ class Executor:
     ) -> None:
         """Log, record the outcome in Redis (retrying while Redis is away), then ack."""
         ctx["elapsed"] = round(time.monotonic() - unit.started, 3)
+        limited = exc is not None and self.retry.is_limited(unit.payload, exc)
         with self.state.lock:
             self.state.work.pop(slot, None)
             self.state.processed += 1
-            if exc is not None:
+            if exc is not None and not limited:
                 self.state.failed += 1
-        if exc is None:
+        if exc is not None and limited:  # a limiter was full: rescheduled, not a failure
+            if not self._record_failure(unit, job_class, exc):  # kiq.retry.reschedule_limited
+                return
+        elif exc is None:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "done")
             unique.release_on_success(self.config, unit.payload)  # before the ack (kiq.unique)
@@ -224,6 +228,10 @@ class Executor:
             try:
                 if isinstance(exc, PayloadError):
                     self.retry.bury(unit.raw, unit.queue, exc)
+                elif isinstance(exc, OverLimit) and self.retry.is_limited(unit.payload, exc):
+                    delay = self.retry.reschedule_limited(unit.raw, exc)
+                    if self.log_jobs:
+                        kiq_log.job_line(job_log, logging.INFO, f"limited: again in {delay:.1f}s")
                 else:
                     self.retry.handle(unit.raw, unit.queue, exc, job_class)
                 return True

@@ -15,7 +15,9 @@ It is built from a URL and knows nothing of Config; components reach it as
   * ``processes``: heartbeat, signals, the process registry, orphan recovery;
   * ``cron``: sidekiq-cron's hashes and the tick's claim + push (one Lua step);
   * ``metrics``: ``stat:*`` counters, per-class metrics, totals, deploy marks;
-  * ``progress``: ``kiq|progress|<jid>``.
+  * ``progress``: ``kiq|progress|<jid>``;
+  * ``limits``: limiter tries and releases (Lua), their admin reads, a limited job's
+    reschedule, the unique locks' admin reads.
 
 Example::
 
@@ -39,6 +41,7 @@ from kiq.store.connection import (
     redact,
 )
 from kiq.store.cron import Cron
+from kiq.store.limits import Limits
 from kiq.store.metrics import Counters
 from kiq.store.processes import Processes
 from kiq.store.progress import Progress
@@ -46,7 +49,7 @@ from kiq.store.queues import Queues, by_queue
 from kiq.store.sets import Sets
 
 
-class Store(Queues, Sets, Processes, Cron, Counters, Progress):
+class Store(Queues, Sets, Processes, Cron, Counters, Progress, Limits):
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 
