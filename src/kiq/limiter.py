@@ -236,15 +236,18 @@ class Limiter:
 
         Prefer ``within_limit``; this is for code that cannot use a ``with`` block.
         """
+        return self._take(points)[0]
+
+    def _take(self, points: int) -> tuple[str, float]:
         store = self.config.store
         token = secrets.token_hex(8)
         started = time.monotonic()
         while True:
             waited = time.monotonic() - started
             left = self.wait_timeout - waited
-            ok, ms = store.limit_try(*self._args(points, token, waited, left))
+            ok, ms, at = store.limit_try(*self._args(points, token, waited, left))
             if ok:
-                return token
+                return token, at / 1000
             pause = self._refused(ms / 1000, left)
             if pause is None:
                 raise self._over(ms / 1000)
@@ -263,15 +266,18 @@ class Limiter:
 
     async def aacquire(self, points: int = 1) -> str:
         """The asyncio form of ``acquire``."""
+        return (await self._atake(points))[0]
+
+    async def _atake(self, points: int) -> tuple[str, float]:
         store = self.config.store
         token = secrets.token_hex(8)
         started = time.monotonic()
         while True:
             waited = time.monotonic() - started
             left = self.wait_timeout - waited
-            ok, ms = await store.alimit_try(*self._args(points, token, waited, left))
+            ok, ms, at = await store.alimit_try(*self._args(points, token, waited, left))
             if ok:
-                return token
+                return token, at / 1000
             pause = self._refused(ms / 1000, left)
             if pause is None:
                 raise self._over(ms / 1000)
@@ -301,6 +307,7 @@ class Within:
         self.limiter = limiter
         self.points = points
         self.used: int | None = None
+        self.granted_at = 0.0  # epoch s on Redis's clock when the call was let in
         self._token: str | None = None
 
     def points_used(self, points: int) -> None:
@@ -311,7 +318,7 @@ class Within:
         self.used = points
 
     def __enter__(self) -> Within:
-        self._token = self.limiter.acquire(self.points)
+        self._token, self.granted_at = self.limiter._take(self.points)
         return self
 
     def __exit__(
@@ -325,7 +332,7 @@ class Within:
             self.limiter.release(token, self.points, self.used)
 
     async def __aenter__(self) -> Within:
-        self._token = await self.limiter.aacquire(self.points)
+        self._token, self.granted_at = await self.limiter._atake(self.points)
         return self
 
     async def __aexit__(

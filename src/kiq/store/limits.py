@@ -20,6 +20,10 @@ from kiq.keys import LIMITER_STATS_TTL, LIMITERS_MAX
 from kiq.store.connection import UNREACHABLE, Connection, lua
 
 
+def _granted(reply: list[Any]) -> tuple[bool, int, int]:
+    return bool(int(reply[0])), int(reply[1]), int(reply[2]) if len(reply) > 2 else 0
+
+
 class Limits(Connection):
     """The limiter half of ``Store`` (see the module docstring)."""
 
@@ -56,8 +60,9 @@ class Limits(Connection):
         waited_ms: int,
         left_ms: int,
         at: datetime,
-    ) -> tuple[bool, int]:
-        """One try (``limit.lua``): (True, 0) to go ahead, or (False, ms until it may)."""
+    ) -> tuple[bool, int, int]:
+        """One try (``limit.lua``): (True, 0, server epoch ms of the grant) to go ahead,
+        or (False, ms until it may, 0)."""
         keys, args = self._limit_args(
             kind, name, limit, interval_ms, cost, token, ttl_ms, waited_ms, left_ms, at
         )
@@ -71,7 +76,7 @@ class Limits(Connection):
                 reply = script(keys=keys, args=args)
         except UNREACHABLE as exc:
             raise self.unavailable(exc) from exc
-        return bool(int(reply[0])), int(reply[1])
+        return _granted(reply)
 
     def limit_release(
         self, kind: str, name: str, value: str | int, limit: int, ttl_ms: int
@@ -113,13 +118,12 @@ class Limits(Connection):
         waited_ms: int,
         left_ms: int,
         at: datetime,
-    ) -> tuple[bool, int]:
+    ) -> tuple[bool, int, int]:
         """The asyncio form of ``limit_try`` (one round trip on the loop's client)."""
         keys, args = self._limit_args(
             kind, name, limit, interval_ms, cost, token, ttl_ms, waited_ms, left_ms, at
         )
-        reply = await self._arun("limit", keys, args)
-        return bool(int(reply[0])), int(reply[1])
+        return _granted(await self._arun("limit", keys, args))
 
     async def alimit_release(
         self, kind: str, name: str, value: str | int, limit: int, ttl_ms: int

@@ -15,7 +15,8 @@
 -- may still wait (a refusal it will not wait out counts as over limit: none left, or a
 -- rate limit's wait longer than that); ARGV[10]: the minute hash's
 -- TTL s; ARGV[11]: most names kept in the index
--- Returns {1, 0} when the call may go ahead, {0, ms} when refused: ms until it may.
+-- Returns {1, 0, now ms} when the call may go ahead, {0, ms} when refused: ms until it
+-- may.
 -- Types are checked before the first write (a script's writes are not rolled back).
 local hash, aux, index, minute = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local kind, name = ARGV[1], ARGV[2]
@@ -97,7 +98,8 @@ end
 redis.call('PEXPIRE', hash, math.max(ttl, interval))
 redis.call('EXPIRE', minute, tonumber(ARGV[10]))
 redis.call('ZADD', index, now, name)
+if redis.call('PTTL', index) < ttl then redis.call('PEXPIRE', index, ttl) end
 local extra = redis.call('ZCARD', index) - tonumber(ARGV[11])
 if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
-if ok then return {1, 0} end
+if ok then return {1, 0, now} end
 return {0, math.max(1, wait)}
