@@ -42,6 +42,7 @@ CORE: tuple[str, ...] = (
     "outage",
     "sdnotify",  # systemd's notify protocol over a datagram socket (issue 8)
     "cron",
+    "queue_limits",  # a queue's concurrency and rate across processes (issue 16 point 3)
     # 1 Redis and chains
     "store",  # the package that alone talks to Redis through redis-py (see below)
     "middleware",
@@ -143,7 +144,7 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
 }
 
 # What ``import kiq`` may load: the client side, the leaves it needs and the store.
-IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store"}
+IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store", "queue_limits"}
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from kiq.cron import CronJob
 from kiq.errors import ConfigError, RedisUnavailable
 from kiq.keys import Keys
 from kiq.middleware import Chain, ClientMiddleware, ServerMiddleware
+from kiq.queue_limits import QueueLimit, parse_limits
 from kiq.store import SentinelURL, Store, redact
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ _FILE_KEYS: Final = {
     "activejob_rails": "activejob_rails",
     "cron_poll_interval": "cron_poll_interval",
     "cron_grace": "cron_grace",
+    "limits": "limits",  # queue limits (sidekiq-limit_fetch's key; kiq.queue_limits)
 }
 # Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
 _IGNORED_FILE_KEYS: Final = frozenset(
@@ -166,6 +168,9 @@ class Config:
     cron_poll_interval: float = 5.0  # seconds between recurring-job checks per process
     cron_grace: float = 60.0  # a tick missed by more than this is skipped (sidekiq-cron: 60)
     cron_jobs: list[CronJob] = field(default_factory=list)  # defined in code
+    # queue -> its limits across every process: {"stripe": 5} or {"stripe": {"concurrency":
+    # 5, "rate": "100/minute"}} (kiq.queue_limits; normalized to QueueLimit values)
+    limits: dict[str, QueueLimit] = field(default_factory=dict)
     client_middleware: Chain[ClientMiddleware] = field(default_factory=Chain)
     server_middleware: Chain[ServerMiddleware] = field(default_factory=Chain)
     error_handlers: list[ErrorHandler] = field(default_factory=list)
@@ -202,6 +207,7 @@ class Config:
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
         _check_queues(self.queues)
+        self.limits = parse_limits(self.limits)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"log_format: {self.log_format!r} is not allowed; use plain or json")
         if self.timestamp_format not in ("auto", "float", "ms"):

@@ -124,7 +124,7 @@ class Limiter:
         self.limit = limit
         self.interval = interval  # seconds; the lock timeout for a concurrent limiter
         self.wait_timeout = float(wait_timeout)
-        self.ttl = seconds_of(ttl, "ttl")
+        self.lifetime = seconds_of(ttl, "ttl")  # of its keys after the last use
         self.reschedule = reschedule
         self.backoff = backoff or default_backoff
         self._config = config
@@ -212,7 +212,7 @@ class Limiter:
             max(1, round(self.interval * 1000)),
             cost,
             token,
-            max(1, round(self.ttl * 1000)),
+            max(1, round(self.lifetime * 1000)),
             round(waited * 1000),
             round(left * 1000),
             datetime.now(UTC),

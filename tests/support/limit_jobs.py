@@ -43,3 +43,23 @@ class HoldForever(kiq.Job, name="HoldForever"):
         with MUTEX.within_limit():
             _redis.rpush("test:holding", str(os.getpid()))
             time.sleep(3600)
+
+
+class QueueSpan(kiq.Job, name="QueueSpan"):
+    """Sleeps ``seconds`` and records its span in ``test:qspans:<queue>``."""
+
+    def perform(self, seconds: float) -> None:
+        started = time.time()
+        time.sleep(seconds)
+        queue = self.payload["queue"]
+        _redis.rpush(f"test:qspans:{queue}", f"{started} {time.time()} {os.getpid()}")
+
+
+class QueueHold(kiq.Job, name="QueueHold"):
+    """Says which process runs it, then never ends (the SIGKILL test kills it); run again
+    after its process died (recovered: ``kiq_recoveries``), it ends at once."""
+
+    def perform(self) -> None:
+        _redis.rpush("test:qhold", str(os.getpid()))
+        if not self.payload.get("kiq_recoveries"):
+            time.sleep(3600)
