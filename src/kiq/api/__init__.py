@@ -28,6 +28,8 @@ lines); import from ``kiq.api`` itself, which re-exports every name:
   ``cron_set``;
 * ``process``: ``ProcessSet``, ``Process``, ``WorkSet``, ``Work``, ``progress``;
 * ``metrics``: ``Metrics``, ``job_totals``, ``deploy_mark``, ``deploy_marks``;
+* ``limits``: ``limiters``, ``limited_jobs``, ``queue_limits``, ``unique_locks``,
+  ``unique_lock`` (issue 16: limiters, queue limits, unique locks);
 * ``base``: the Config and the lenient readers they all share.
 
 Example::
@@ -45,6 +47,18 @@ Example::
 from __future__ import annotations
 
 from kiq.api.base import PAGE_SIZE
+from kiq.api.limits import (
+    LimiterInfo,
+    MinuteCounts,
+    QueueLimitInfo,
+    UniqueLock,
+    UniqueLocks,
+    limited_jobs,
+    limiters,
+    queue_limits,
+    unique_lock,
+    unique_locks,
+)
 from kiq.api.metrics import (
     DEPLOY_LOCK_TTL,
     DEPLOY_MARK_TTL,
@@ -108,17 +122,22 @@ __all__ = [
     "JobRecord",
     "JobSet",
     "JobTotals",
+    "LimiterInfo",
     "Metrics",
     "MetricsResult",
+    "MinuteCounts",
     "Process",
     "ProcessSet",
     "Queue",
+    "QueueLimitInfo",
     "QueueSummary",
     "RedisInfo",
     "RetrySet",
     "ScheduledSet",
     "SortedEntry",
     "Stats",
+    "UniqueLock",
+    "UniqueLocks",
     "Work",
     "WorkSet",
     "cron_set",
@@ -126,7 +145,12 @@ __all__ = [
     "deploy_marks",
     "iterations",
     "job_totals",
+    "limited_jobs",
+    "limiters",
     "progress",
+    "queue_limits",
     "queue_summaries",
     "redis_info",
+    "unique_lock",
+    "unique_locks",
 ]
