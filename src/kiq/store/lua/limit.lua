@@ -34,14 +34,15 @@ local ok, wait = false, 0
 
 if kind == 'concurrent' then
   redis.call('ZREMRANGEBYSCORE', aux, '-inf', now)  -- expired locks: their holders died
-  if redis.call('ZCARD', aux) < limit then
+  local held = redis.call('ZCARD', aux)
+  if held < limit then
     redis.call('ZADD', aux, now + interval, ARGV[6])
+    if held == 0 then redis.call('PEXPIRE', aux, math.max(ttl, interval)) end  -- a new key
     ok = true
   else
     local first = redis.call('ZRANGE', aux, 0, 0, 'WITHSCORES')
     wait = tonumber(first[2]) - now
   end
-  redis.call('PEXPIRE', aux, math.max(ttl, interval))
 elseif kind == 'bucket' then
   local w = math.floor(now / interval)
   local state = redis.call('HMGET', hash, 'w', 'n')
@@ -55,15 +56,16 @@ elseif kind == 'bucket' then
   end
 elseif kind == 'window' then
   redis.call('ZREMRANGEBYSCORE', aux, '-inf', now - interval)
-  if redis.call('ZCARD', aux) < limit then
+  local calls = redis.call('ZCARD', aux)
+  if calls < limit then
     local seq = redis.call('HINCRBY', hash, 'seq', 1)
     redis.call('ZADD', aux, now, now .. '-' .. seq)
+    if calls == 0 then redis.call('PEXPIRE', aux, math.max(ttl, interval)) end  -- a new key
     ok = true
   else
     local first = redis.call('ZRANGE', aux, 0, 0, 'WITHSCORES')
     wait = tonumber(first[2]) + interval - now
   end
-  redis.call('PEXPIRE', aux, math.max(ttl, interval))
 else  -- leaky, points: a bucket of `limit` that drains `limit` per interval
   local state = redis.call('HMGET', hash, 'level', 'at')
   local rate = limit / interval
@@ -79,10 +81,15 @@ else  -- leaky, points: a bucket of `limit` that drains `limit` per interval
   redis.call('HSET', hash, 'level', string.format('%.6f', level), 'at', now)
 end
 
-redis.call('HSET', hash, 'kind', kind, 'limit', ARGV[3], 'interval', ARGV[4])
+-- Housekeeping (the definition, the TTLs, the index) at most once a second (or half
+-- the TTL), not on every call: it is most of a call's commands and changes nothing
+-- between two calls a millisecond apart.
+local seen = tonumber(redis.call('HGET', hash, 'seen') or '0') or 0
+local fresh = now - seen < math.min(1000, ttl / 2)
+local counted
 if ok then
   redis.call('HINCRBY', hash, 'held', 1)
-  redis.call('HINCRBY', minute, name .. '|held', 1)
+  counted = redis.call('HINCRBY', minute, name .. '|held', 1)
   local waited = tonumber(ARGV[8])
   if waited > 0 then
     redis.call('HINCRBY', hash, 'waited', 1)
@@ -93,13 +100,19 @@ if ok then
   end
 elseif tonumber(ARGV[9]) <= 0 or (kind ~= 'concurrent' and wait > tonumber(ARGV[9])) then
   redis.call('HINCRBY', hash, 'overlimit', 1)
-  redis.call('HINCRBY', minute, name .. '|overlimit', 1)
+  counted = redis.call('HINCRBY', minute, name .. '|overlimit', 1)
 end
-redis.call('PEXPIRE', hash, math.max(ttl, interval))
-redis.call('EXPIRE', minute, tonumber(ARGV[10]))
-redis.call('ZADD', index, now, name)
-if redis.call('PTTL', index) < ttl then redis.call('PEXPIRE', index, ttl) end
-local extra = redis.call('ZCARD', index) - tonumber(ARGV[11])
-if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
+if counted == 1 or not fresh then redis.call('EXPIRE', minute, tonumber(ARGV[10])) end
+if not fresh then
+  redis.call('HSET', hash, 'kind', kind, 'limit', ARGV[3], 'interval', ARGV[4], 'seen', now)
+  redis.call('PEXPIRE', hash, math.max(ttl, interval))
+  if kind == 'concurrent' or kind == 'window' then
+    redis.call('PEXPIRE', aux, math.max(ttl, interval))
+  end
+  redis.call('ZADD', index, now, name)
+  if redis.call('PTTL', index) < ttl then redis.call('PEXPIRE', index, ttl) end
+  local extra = redis.call('ZCARD', index) - tonumber(ARGV[11])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', index, 0, extra - 1) end
+end
 if ok then return {1, 0, now} end
 return {0, math.max(1, wait)}
