@@ -218,15 +218,19 @@ class Limiter:
             datetime.now(UTC),
         )
 
-    def _refused(self, retry_in: float, left: float) -> float | None:
+    def _refused(self, retry_in: float, left: float, refusals: int) -> float | None:
         """Seconds to wait before the next try, or None to give up (raise OverLimit)."""
         if left <= 0 or (self.kind != "concurrent" and retry_in > left):
             return None
         if self.kind == "concurrent":
             return min(left, max(0.001, retry_in), SLICE)  # BLPOP: a release wakes it sooner
-        # The limiter says when a call fits; come back just after, spread a little so the
-        # waiters of one window do not all come at its first millisecond.
-        return min(left, retry_in * random.uniform(1.0, 1.05) + random.uniform(0.0, 0.002), SLICE)
+        # The limiter says when the next call fits. Every waiter hears the same moment, and
+        # a window or leaky bucket frees one call at a time there: a waiter refused again
+        # and again spreads its return over more of the next calls' slots (a randomised
+        # backoff), so W waiters cost about one try per freed call, not W.
+        slot = self.interval / self.limit
+        spread = slot * 2 ** min(refusals, 12)
+        return min(left, retry_in + random.uniform(0.0, min(spread, SLICE)), SLICE)
 
     def _over(self, retry_in: float) -> OverLimit:
         return OverLimit(self.name, retry_in, reschedule=self.reschedule, backoff=self.backoff)
@@ -242,13 +246,15 @@ class Limiter:
         store = self.config.store
         token = secrets.token_hex(8)
         started = time.monotonic()
+        refusals = 0
         while True:
             waited = time.monotonic() - started
             left = self.wait_timeout - waited
             ok, ms, at = store.limit_try(*self._args(points, token, waited, left))
             if ok:
                 return token, at / 1000
-            pause = self._refused(ms / 1000, left)
+            pause = self._refused(ms / 1000, left, refusals)
+            refusals += 1
             if pause is None:
                 raise self._over(ms / 1000)
             if self.kind == "concurrent":
@@ -272,13 +278,15 @@ class Limiter:
         store = self.config.store
         token = secrets.token_hex(8)
         started = time.monotonic()
+        refusals = 0
         while True:
             waited = time.monotonic() - started
             left = self.wait_timeout - waited
             ok, ms, at = await store.alimit_try(*self._args(points, token, waited, left))
             if ok:
                 return token, at / 1000
-            pause = self._refused(ms / 1000, left)
+            pause = self._refused(ms / 1000, left, refusals)
+            refusals += 1
             if pause is None:
                 raise self._over(ms / 1000)
             if self.kind == "concurrent":
