@@ -234,6 +234,36 @@ def test_a_job_refused_by_a_full_limiter_is_rescheduled_and_not_counted_as_a_fai
     assert r.zcard("retry") == 0
 
 
+class AsyncLimited(kiq.Job, name="test_limits.AsyncLimited"):
+    async def perform(self) -> None:
+        async with FULL.within_limit():
+            pass
+
+
+def test_an_async_job_refused_by_a_full_limiter_is_rescheduled_too(config, r):
+    """``async with`` in an ``async def perform``: the same reschedule, no failure."""
+    from kiq.aio import AsyncRunner
+
+    done: list[UnitOfWork] = []
+    pool = type("P", (), {"finished": lambda self, unit: done.append(unit)})()
+    state = State()
+    executor = Executor(config, state, pool, threading.Event())
+    runner = AsyncRunner(executor)
+    runner.start()
+    payload = {"class": "test_limits.AsyncLimited", "args": [], "queue": "default", "jid": "j3"}
+    try:
+        with FULL.within_limit():
+            runner.submit(UnitOfWork.parse("default", wire.dumps(payload)))
+            wait_until(lambda: done)
+    finally:
+        executor.stopping.set()
+        runner.stop()
+        executor.reaper.stop()
+
+    ((raw, _),) = r.zrange("schedule", 0, -1, withscores=True)
+    assert (json.loads(raw)["overrated"], state.failed) == (1, 0)
+
+
 def test_past_its_reschedule_bound_a_limited_job_fails_normally(config, r):
     """overrated at the limiter's ``reschedule`` (3): OverLimit is a failure like any."""
     errors: list[BaseException] = []
