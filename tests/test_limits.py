@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 import kiq
 from kiq import payload as wire
@@ -173,6 +174,22 @@ def test_the_counts_say_immediate_waited_and_over_limit(config, r):
         "1",
         "1",
     )
+
+
+def test_a_limiter_key_of_another_type_is_an_error_and_nothing_is_written(config, r):
+    """A key in the limiter's place that is not its type: WRONGTYPE naming the key, and
+    no other key of the limiter (holders, index, minute counts) is written."""
+    r.set("kiq|limiter|clash", "someone else's")
+
+    limiter = kiq.Limiter.concurrent("clash", 1)
+    with (
+        pytest.raises(ResponseError, match=r"WRONGTYPE kiq\|limiter\|clash"),
+        limiter.within_limit(),
+    ):
+        pass
+
+    assert r.get("kiq|limiter|clash") == "someone else's"
+    assert sorted(r.scan_iter("kiq|limiter*")) == ["kiq|limiter|clash"]
 
 
 @pytest.mark.parametrize(
