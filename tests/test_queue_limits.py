@@ -41,6 +41,16 @@ def test_the_file_takes_a_count_or_concurrency_and_rate(tmp_path, redis_url):
     }
 
 
+def test_a_section_named_after_a_listed_queue_is_its_limit(tmp_path, redis_url):
+    """``stripe: {concurrency: 5, rate: "100/minute"}`` at the top level, for a queue in
+    ``:queues:``; a mapping named after no queue (an environment section) is not."""
+    text = ':queues:\n  - stripe\n  - default\nstripe:\n  concurrency: 5\n  rate: "100/minute"\n'
+    text += "staging:\n  concurrency: 3\n"
+    config = Config.load(write(tmp_path, text), env={}, redis_url=redis_url)
+
+    assert config.limits == {"stripe": QueueLimit(concurrency=5, rate=100, per=60.0)}
+
+
 @pytest.mark.parametrize(
     ("limits", "message"),
     [

@@ -43,7 +43,7 @@ from kiq.cron import CronJob
 from kiq.errors import ConfigError, RedisUnavailable
 from kiq.keys import Keys
 from kiq.middleware import Chain, ClientMiddleware, ServerMiddleware
-from kiq.queue_limits import QueueLimit, parse_limits
+from kiq.queue_limits import QueueLimit, parse_limits, queue_sections
 from kiq.store import SentinelURL, Store, redact
 
 log = logging.getLogger(__name__)
@@ -352,6 +352,7 @@ def read_file(path: str | os.PathLike[str], environment: str) -> dict[str, Any]:
             values[_FILE_KEYS[key]] = _file_value(file, key, value)
         elif key not in _IGNORED_FILE_KEYS and not isinstance(value, dict):
             log.warning("config file %s: key %r is not a kiq setting and is ignored", file, key)
+    values.update(queue_sections(data, values))
     return values
 
 

@@ -10,6 +10,9 @@ Forms (docs/limits.md)::
       stripe: 5                                   # at most 5 stripe jobs at once
       mailer: {concurrency: 10, rate: 100/minute} # and at most 100 fetched a minute
 
+    stripe: {concurrency: 5, rate: 100/minute}    # the same, as a section named after
+                                                  # a queue listed in :queues:
+
 A process never fetches more from a limited queue than its permits allow, so there is
 no fetch-then-reschedule churn, and the other queues keep flowing. The count is the
 jobs every process holds from the queue (its in-progress list, fetched and not yet
@@ -89,6 +92,23 @@ def parse_limits(value: object) -> dict[str, QueueLimit]:
                 f"{{concurrency: N, rate: COUNT/PERIOD}}"
             )
     return limits
+
+
+def queue_sections(data: dict[str, object], values: dict[str, object]) -> dict[str, object]:
+    """Top-level ``<queue>: {concurrency: .., rate: ..}`` sections of a config file, for
+    queues listed in its ``queues``, merged into its ``limits`` (``:limits:`` wins for a
+    queue named in both); {} when there are none."""
+    queues = values.get("queues")
+    names = {entry[0] for entry in queues} if isinstance(queues, list) else set()
+    found: dict[object, object] = {}
+    for key, value in data.items():
+        limit_keys = {str(k).lstrip(":") for k in value} if isinstance(value, dict) else set()
+        if key in names and limit_keys and limit_keys <= {"concurrency", "rate"}:
+            found[key] = value
+    if not found:
+        return {}
+    limits = values.get("limits")
+    return {"limits": {**found, **(limits if isinstance(limits, dict) else {})}}
 
 
 def _from_mapping(name: str, spec: dict[object, object]) -> QueueLimit:
