@@ -162,9 +162,7 @@ def test_cancel_one_running_coroutine_by_jid(config) -> None:
 
         assert runner.cancel(jid) is True
 
-        wait_until(
-            lambda: not launcher.state.cancellers and launcher.managers[1]._in_flight() == 0
-        )
+        wait_until(lambda: not launcher.state.cancellers and launcher.managers[1]._in_flight() == 0)
         assert config.store.in_progress_sizes(launcher.identity, ["cancel"]) == [0]
         assert runner.cancel(jid) is False
     assert kiq.api.RetrySet(config).size() == 0

@@ -43,6 +43,7 @@ CORE: tuple[str, ...] = (
     "sdnotify",  # systemd's notify protocol over a datagram socket (issue 8)
     "cron",
     "capsule",  # capsules' settings and their three spellings (issue 14); errors only
+    "queue_limits",  # a queue's concurrency and rate across processes (issue 16 point 3)
     # 1 Redis and chains
     "store",  # the package that alone talks to Redis through redis-py (see below)
     "middleware",
@@ -53,6 +54,7 @@ CORE: tuple[str, ...] = (
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
     "results",  # kiq.Result and the records the worker stores (issue 17 point 3)
     "cancel",  # cancel by jid, jobs' fates (issue 18); Job.cancel calls it
+    "limiter",  # limiters shared by every process (issue 16): kiq.Limiter, kiq.OverLimit
     "client",
     "job",
     "iter",  # enumerators for iterable jobs (issue 18); stdlib only
@@ -94,6 +96,7 @@ CLIENT_SIDE = frozenset(
         "config",
         "peers",
         "unique",
+        "limiter",
         "client",
         "job",
         "activejob",
@@ -152,7 +155,7 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
 }
 
 # What ``import kiq`` may load: the client side, the leaves it needs and the store.
-IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store", "capsule"}
+IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store", "capsule", "queue_limits"}
 
 
 @dataclass(frozen=True)

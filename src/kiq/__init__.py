@@ -32,6 +32,7 @@ from kiq.errors import (
     JobNotFound,
     JobTimeout,
     KiqError,
+    OverLimit,
     PayloadError,
     RedisUnavailable,
     Shutdown,
@@ -39,6 +40,7 @@ from kiq.errors import (
 )
 from kiq.iterable import IterableJob
 from kiq.job import FunctionJob, Job, Setter, job
+from kiq.limiter import Limiter
 from kiq.results import JobFailed, Result, ResultTimeout
 
 __version__ = "0.1.0"
@@ -71,6 +73,8 @@ __all__ = [
     "JobNotFound",
     "JobTimeout",
     "KiqError",
+    "Limiter",
+    "OverLimit",
     "PayloadError",
     "RedisUnavailable",
     "Result",

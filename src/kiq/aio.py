@@ -166,7 +166,19 @@ class AsyncRunner:
         self._on_loop(cancel)
 
     def stop(self) -> None:
-        self._on_loop(self.loop.stop)
+        self._on_loop(self._close_then_stop)
+
+    def _close_then_stop(self) -> None:
+        # Async jobs may have opened the store's asyncio client on this loop (a limiter's
+        # ``async with``, kiq.limiter): close it before the loop ends, or its socket is
+        # reported unclosed (ResourceWarning) when the loop is closed.
+        task = self.loop.create_task(self.executor.config.store.aclose())
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("closing the asyncio Redis client failed: %s", task.exception())
+        self.loop.stop()
 
     def _on_loop(self, fn: Callable[[], object]) -> None:
         if not self.loop.is_closed():  # closed: the loop died (kiq.supervise said so)

@@ -45,6 +45,7 @@ from kiq.cron import CronJob
 from kiq.errors import ConfigError, RedisUnavailable
 from kiq.keys import Keys
 from kiq.middleware import Chain, ClientMiddleware, ServerMiddleware
+from kiq.queue_limits import QueueLimit, parse_limits, queue_sections
 from kiq.store import SentinelURL, Store, redact
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ _FILE_KEYS: Final = {
     "cron_poll_interval": "cron_poll_interval",
     "cron_grace": "cron_grace",
     "capsules": "capsules",
+    "limits": "limits",  # queue limits (sidekiq-limit_fetch's key; kiq.queue_limits)
 }
 # Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
 _IGNORED_FILE_KEYS: Final = frozenset(
@@ -170,6 +172,9 @@ class Config:
     cron_grace: float = 60.0  # a tick missed by more than this is skipped (sidekiq-cron: 60)
     cron_jobs: list[CronJob] = field(default_factory=list)  # defined in code
     result_max_bytes: int = 1_048_576  # a stored result's JSON record at most (kiq.results)
+    # queue -> its limits across every process: {"stripe": 5} or {"stripe": {"concurrency":
+    # 5, "rate": "100/minute"}} (kiq.queue_limits; normalized to QueueLimit values)
+    limits: dict[str, QueueLimit] = field(default_factory=dict)
     client_middleware: Chain[ClientMiddleware] = field(default_factory=Chain)
     server_middleware: Chain[ServerMiddleware] = field(default_factory=Chain)
     error_handlers: list[ErrorHandler] = field(default_factory=list)
@@ -272,6 +277,7 @@ class Config:
             check_redis_url(self.redis_url)
         _check_queues(self.queues)
         self._check_capsules()
+        self.limits = parse_limits(self.limits)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"log_format: {self.log_format!r} is not allowed; use plain or json")
         if self.timestamp_format not in ("auto", "float", "ms"):
@@ -431,6 +437,7 @@ def read_file(path: str | os.PathLike[str], environment: str) -> dict[str, Any]:
             values[_FILE_KEYS[key]] = _file_value(file, key, value)
         elif key not in _IGNORED_FILE_KEYS and not isinstance(value, dict):
             log.warning("config file %s: key %r is not a kiq setting and is ignored", file, key)
+    values.update(queue_sections(data, values))
     return values
 
 

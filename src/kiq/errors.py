@@ -20,6 +20,8 @@ Hierarchy (httpx style: one base a user can catch, a few leaves worth catching):
       JobExpired           a job that reached a worker after its ``expires_at``: dropped
       JobCancelled         raise it from a job that saw ``self.cancelled()``: recorded as
                            cancelled, never retried (docs/iterable.md)
+      OverLimit            a limiter (kiq.Limiter) refused the call; ``retry_in`` says
+                           when to try again; inside a job it reschedules the job
     Shutdown (BaseException)
                            raised into processor threads at the hard-shutdown deadline;
                            user code must not catch it, so it is not an Exception
@@ -31,6 +33,7 @@ Hierarchy (httpx style: one base a user can catch, a few leaves worth catching):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -85,6 +88,35 @@ class Discard(KiqError):
             if not (user := User.get(user_id)):
                 raise kiq.Discard(f"user {user_id} is gone")
     """
+
+
+class OverLimit(KiqError):
+    """A limiter (``kiq.Limiter``) is at its limit and ``wait_timeout`` passed.
+
+    ``limiter`` is the limiter's name, ``retry_in`` the seconds until the limit is
+    likely to allow a call again (the limiter's own estimate: when the oldest holder's
+    lock or the window ends). Raised out of ``within_limit``; inside a job the worker
+    catches it and reschedules the job instead of counting a failure (docs/limits.md).
+    """
+
+    def __init__(
+        self,
+        limiter: str,
+        retry_in: float,
+        message: str | None = None,
+        *,
+        reschedule: int = 20,
+        backoff: Callable[[int, float], float] | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self.retry_in = max(0.0, float(retry_in))
+        self.reschedule = reschedule  # reschedules of a job before it fails normally
+        self.backoff = backoff  # (times rescheduled so far, retry_in) -> delay in seconds
+        super().__init__(
+            message
+            or f"limiter {limiter!r} is over its limit; try again in {self.retry_in:.3f}s "
+            f"(raise wait_timeout to wait longer inside the call)"
+        )
 
 
 class Shutdown(BaseException):

@@ -50,6 +50,8 @@ MAX_EXTRA: Final = 200  # most jobs ever fetched ahead for the round trip
 HOLD: Final = 0.2  # seconds before fetching again after putting back a crash survivor
 SKIP_BROKEN: Final = 10.0  # seconds a queue whose key has the wrong type is left out
 REPORT_BROKEN: Final = 60.0  # seconds between two error lines about the same broken queue
+LIMIT_POLL: Final = 0.5  # seconds between fetches while queues have limits (kiq.queue_limits):
+# a permit freed by another process is seen this soon, and this process's lease is renewed
 
 
 @dataclass(slots=True)
@@ -191,6 +193,14 @@ class Fetcher:
         self._thread: threading.Thread | None = None
         self._suspects = 0  # crash survivors taken and not yet done (at most 1, see _isolate)
         self._hold_until = 0.0  # monotonic; fetch no sooner after putting one back
+        # Queue limits (kiq.queue_limits): fetch.lua's permits step; waiters skip these
+        # queues (a BLMOVE takes no permit) and the loop fetches every LIMIT_POLL instead.
+        self.limits = {
+            q: (limit.concurrency, limit.rate, limit.per)
+            for q, limit in config.limits.items()
+            if q in self.order.names
+        }
+        self._poll_at = 0.0  # monotonic; the next fetch a limited queue needs
 
     # -- called by the manager --------------------------------------------------------
     def ack(self, unit: UnitOfWork) -> None:
@@ -302,6 +312,7 @@ class Fetcher:
                 while (
                     not self.stopping.is_set()
                     and not self._acks
+                    and not self._poll_due()
                     and (
                         self.idle.is_set()
                         or self._free < self._batch
@@ -312,11 +323,17 @@ class Fetcher:
                 if self.stopping.is_set():
                     return
                 acks, self._acks = self._acks, []
-                want = 0 if self.idle.is_set() else self._free
+                polling = self._poll_due()
+                if polling:
+                    self._poll_at = time.monotonic() + LIMIT_POLL
+                want = 0 if self.idle.is_set() and not polling else max(0, self._free)
             units = self._fetch(want, acks)
             if units is None:
                 continue
             if units:
+                if self.idle.is_set():  # a limited queue's poll found work: fetch in batches
+                    with self.cond:
+                        self.idle.clear()
                 if self.take(units):
                     with self.cond:
                         self._hold_until = time.monotonic() + HOLD
@@ -327,7 +344,15 @@ class Fetcher:
     def _fetch(self, want: int, acks: list[tuple[str, bytes]]) -> list[UnitOfWork] | None:
         try:
             skipped: list[tuple[str, str]] = []
-            pairs = self.store.fetch(self.identity, self.order.next(), want, acks, skipped)
+            pairs = self.store.fetch(
+                self.identity,
+                self.order.next(),
+                want,
+                acks,
+                skipped,
+                self.limits,
+                float(self.config.process_ttl),
+            )
         except BaseException as exc:
             with self.cond:
                 self._acks[:0] = acks  # not written, or written twice (LREM: harmless)
@@ -343,8 +368,14 @@ class Fetcher:
         return [UnitOfWork.parse(queue, raw) for queue, raw in pairs]
 
     def _pause(self) -> float:
-        hold = self._hold_until - time.monotonic()
-        return min(TIMEOUT, hold) if hold > 0 else TIMEOUT
+        now = time.monotonic()
+        hold = self._hold_until - now
+        pause = min(TIMEOUT, hold) if hold > 0 else TIMEOUT
+        return max(0.0, min(pause, self._poll_at - now)) if self.limits else pause
+
+    def _poll_due(self) -> bool:
+        """Is a fetch for the limited queues due (their permits, this process's lease)?"""
+        return bool(self.limits) and time.monotonic() >= self._poll_at
 
     def take(self, units: list[UnitOfWork]) -> bool:
         """Deliver the units, minus crash survivors put back; True if any was put back."""

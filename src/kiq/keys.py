@@ -31,7 +31,10 @@ and are never in the ``queues`` set:
   * ``kiq|fate|<jid>``: HASH, how a cancelled or expired job ended; ``kiq|stat|<fate>``
     counts them.
 
-Unique jobs use Sidekiq Enterprise's ``unique:<digest>`` (``Keys.unique``).
+Unique jobs use Sidekiq Enterprise's ``unique:<digest>`` (``Keys.unique``); limiters
+``kiq|limiter|<name>`` (and ``|holders``, ``|log``, ``|free``), ``kiq|limiters``,
+``kiq|limiter-stats|<minute>``, ``kiq|limited``; queue limits ``kiq|qlimit|<queue>``
+(and ``|rate``).
 """
 
 from __future__ import annotations
@@ -220,6 +223,56 @@ class Keys:
         """STRING int: how many jobs ended ``cancelled`` or ``expired`` (never expires)."""
         return f"{self.prefix}kiq|stat|{fate}"
 
+    def unique_pattern(self) -> str:
+        """SCAN MATCH pattern of every unique lock (the admin API counts and lists them)."""
+        return f"{self.prefix}unique:*"
+
+    # Limiters and queue limits (kiq's own keys; docs/limits.md) -------------------------
+    def limiter(self, name: str) -> str:
+        """HASH: one limiter's definition, counters and window/bucket state (with a TTL)."""
+        return f"{self.prefix}kiq|limiter|{name}"
+
+    def limiter_holders(self, name: str) -> str:
+        """ZSET: a concurrent limiter's holders, token -> lock expiry (epoch ms)."""
+        return f"{self.prefix}kiq|limiter|{name}|holders"
+
+    def limiter_log(self, name: str) -> str:
+        """ZSET: a sliding-window limiter's calls in the window, member -> epoch ms."""
+        return f"{self.prefix}kiq|limiter|{name}|log"
+
+    def limiter_free(self, name: str) -> str:
+        """LIST: one element per slot a concurrent limiter freed; waiters BLPOP it."""
+        return f"{self.prefix}kiq|limiter|{name}|free"
+
+    @property
+    def limiters(self) -> str:
+        """ZSET: limiter name -> epoch ms of its last use (the Web UI's list)."""
+        return f"{self.prefix}kiq|limiters"
+
+    def limiter_minute(self, at: datetime) -> str:
+        """HASH of one UTC minute: ``<name>|held``, ``|waited``, ``|overlimit`` counts."""
+        at = at.astimezone(UTC)
+        return f"{self.prefix}kiq|limiter-stats|{at:%Y%m%d}|{at.hour}:{at.minute}"
+
+    @property
+    def limited(self) -> str:
+        """HASH: job class -> jobs rescheduled because a limiter was full (and ``total``)."""
+        return f"{self.prefix}kiq|limited"
+
+    def queue_limit(self, queue: str) -> str:
+        """ZSET: processes holding a queue-limit permit, identity -> lease expiry (ms)."""
+        return f"{self.prefix}kiq|qlimit|{queue}"
+
+    def queue_rate(self, queue: str) -> str:
+        """HASH: a queue's fetch-rate leaky bucket (``level``, ``at``)."""
+        return f"{self.prefix}kiq|qlimit|{queue}|rate"
+
+    def inprogress_parts(self, queue: str) -> tuple[str, str]:
+        """``inprogress(identity, queue)`` split around the identity, for fetch.lua, which
+        counts the in-progress jobs of every process that holds a queue's permits."""
+        head, _, tail = self.inprogress("\0", queue).partition("\0")
+        return head, tail
+
 
 # TTLs, in seconds, of the keys that expire (the heartbeat's is ``Config.process_ttl``).
 STAT_TTL: Final = 157_680_000  # 5 years, as Sidekiq's daily stat keys
@@ -232,6 +285,9 @@ DEPLOY_MARK_TTL: Final = 90 * 86400  # a day's deploy marks (Sidekiq: MARK_TTL)
 DEPLOY_LOCK_TTL: Final = 60  # a label is marked at most once this long
 ITERATION_TTL: Final = 30 * 86400  # it-<jid> (Sidekiq's Iterable::STATE_TTL), set with EXPIRE NX
 FATE_TTL: Final = 30 * 86400  # a cancelled or expired job's record (kiq|fate|<jid>)
+LIMITER_TTL: Final = 90 * 86400  # a limiter unused this long is forgotten (Enterprise's default)
+LIMITER_STATS_TTL: Final = 8 * 3600  # a minute's limiter counts (as the metrics keys)
+LIMITERS_MAX: Final = 10_000  # names kept in the kiq|limiters index (most recently used)
 
 # The histogram key's layout (Sidekiq 7's metrics): one u16 counter per bucket, in
 # BITFIELD order. # Upper bounds (ms, exclusive) of the histogram buckets; the last one is "Slow".

@@ -57,7 +57,7 @@ from typing import Any, Final
 
 from kiq import peers
 from kiq.config import Config
-from kiq.errors import IterationInterrupted
+from kiq.errors import IterationInterrupted, OverLimit
 
 # The histogram's bucket bounds and labels are the histogram key's layout (kiq.keys).
 from kiq.keys import BUCKETS as BUCKETS
@@ -111,6 +111,8 @@ class Metrics:
         started = time.monotonic()
         try:
             call_next()
+        except OverLimit:
+            raise  # rescheduled by the limiter, not a run (kiq.retry); counted when it runs
         except BaseException as exc:
             self.record(klass, _not_failed(job, exc, started), queue)
             raise
@@ -129,8 +131,10 @@ class Metrics:
         started = time.monotonic()
         try:
             result = await call_next()
-        except BaseException:
-            self.record(klass, None, queue)
+        except OverLimit:
+            raise  # rescheduled by the limiter, not a run
+        except BaseException as exc:
+            self.record(klass, _not_failed(job, exc, started), queue)
             raise
         self.record(klass, (time.monotonic() - started) * 1000, queue)
         return result
@@ -143,6 +147,8 @@ class Metrics:
             started = time.monotonic()
             try:
                 result = await perform(*args)
+            except OverLimit:
+                raise
             except BaseException as exc:
                 self.record(klass, _not_failed(perform, exc, started), queue)
                 raise

@@ -45,6 +45,7 @@ bid, error_class,   string                                                     i
 error_message
 result_ttl          seconds, 1 <= n < 1e9 (kiq.results: how long a result is kept)  ignored
 error_backtrace     string (Base64 of zlib JSON), or an array (old Sidekiq)    ignored
+overrated           integer 0 .. 2**31-1 (times a limiter rescheduled the job)  ignored
 ==================  =========================================================  ========
 
 The client pushes with the same rules (``field_problem``): a bad value is refused at
@@ -463,6 +464,7 @@ _FIELDS: Final[dict[str, tuple[bool, Callable[[object], bool]]]] = {
     "error_message": (False, _string),
     "error_backtrace": (False, _backtrace),
     "result_ttl": (False, _result_ttl),  # ignored: the job runs, its result is not kept
+    "overrated": (False, _count),
 }
 
 
@@ -501,6 +503,7 @@ _ALLOWED: Final[dict[str, str]] = {
     "retry": f"must be true, false or a retry count from 0 to {MAX_COUNT - 1}",
     "retry_count": f"must be an integer from {1 - MAX_COUNT} to {MAX_COUNT - 1}",
     "kiq_recoveries": f"must be an integer from 0 to {MAX_COUNT - 1}",
+    "overrated": f"must be an integer from 0 to {MAX_COUNT - 1} (kiq.Limiter's reschedules)",
     "retry_for": f"must be seconds from 0 to {MAX_RETRY_FOR} (relative, e.g. 172800 for 48h)",
     "timeout": f"must be seconds > 0 and at most {MAX_TIMEOUT} (one day); omit it for none",
     "unique_for": f"must be seconds > 0 and below {MAX_RETRY_FOR} (the lock's lifetime)",

@@ -45,6 +45,7 @@ from kiq.errors import (
     IterationInterrupted,
     JobExpired,
     JobTimeout,
+    OverLimit,
     PayloadError,
     Shutdown,
     UnknownJobError,
@@ -272,7 +273,8 @@ class Executor:
         leaving its waiters without a result.
         """
         ctx["elapsed"] = round(time.monotonic() - unit.started, 3)
-        settled = exc is None or kiq_cancel.not_a_failure(job, exc)
+        limited = exc is not None and self.retry.is_limited(unit.payload, exc)
+        settled = exc is None or limited or kiq_cancel.not_a_failure(job, exc)
         with self.state.lock:
             self.state.work.pop(slot, None)
             if job is not None:
@@ -285,31 +287,40 @@ class Executor:
                 kiq_log.job_line(job_log, logging.INFO, "interrupted")
             self.requeue(unit)  # Pool.requeue: same payload, back in its queue at once
             return
-        if settled and (exc is not None or (job is not None and job.cancelled())):
+        if exc is not None and limited:  # a limiter was full: rescheduled, not a failure
+            if self._record_failure(unit, job_class, exc) is None:  # retry.reschedule_limited
+                return
+        elif settled and (exc is not None or (job is not None and job.cancelled())):
             kiq_cancel.settle(self.config, unit.payload or {}, unit.raw, exc, self.log_jobs)
         elif exc is None:
-            if self.log_jobs:
-                kiq_log.job_line(job_log, logging.INFO, "done")
-            unique.release_on_success(self.config, unit.payload)  # before the ack (kiq.unique)
-            payload = unit.payload
-            if (
-                payload is not None
-                and "result_ttl" in payload
-                and not self._store_value(payload, value)
-            ):
+            if not self._succeeded(unit, value):
                 return  # stopping with Redis away: left in-progress, requeued at exit
-        else:
-            # One record with the traceback (Sidekiq logs the backtrace): handlers get exc_info.
-            job_log.warning("fail: %s: %s", error_class(exc), error_message(exc), exc_info=exc)
-            outcome = self._record_failure(unit, job_class, exc)
-            if outcome is None:
-                return  # stopping with Redis away: left in-progress, requeued at exit
-            failed = unit.payload or (exc.job if isinstance(exc, PayloadError) else None)
-            if failed is not None and "result_ttl" in failed:
-                # The failure is already recorded (retry or dead set): if its result record
-                # cannot be written before a stop, the ack goes on and a retry rewrites it.
-                self._write_result(lambda: results.store_failure(self.config, failed, exc, outcome))
+        elif not self._failed(unit, job_class, exc):
+            return  # stopping with Redis away: left in-progress, requeued at exit
         self.finished(unit)  # Pool.finished: the one way back (ack, free the slot)
+
+    def _succeeded(self, unit: UnitOfWork, value: Any) -> bool:
+        """The ``done`` line, the unique release, the result; False: stopping, Redis away."""
+        if self.log_jobs:
+            kiq_log.job_line(job_log, logging.INFO, "done")
+        unique.release_on_success(self.config, unit.payload)  # before the ack (kiq.unique)
+        payload = unit.payload
+        return payload is None or "result_ttl" not in payload or self._store_value(payload, value)
+
+    def _failed(self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException) -> bool:
+        """Log and record a failure (retry or dead set, then its result record); False:
+        stopping with Redis away."""
+        # One record with the traceback (Sidekiq logs the backtrace): handlers get exc_info.
+        job_log.warning("fail: %s: %s", error_class(exc), error_message(exc), exc_info=exc)
+        outcome = self._record_failure(unit, job_class, exc)
+        if outcome is None:
+            return False
+        failed = unit.payload or (exc.job if isinstance(exc, PayloadError) else None)
+        if failed is not None and "result_ttl" in failed:
+            # The failure is already recorded (retry or dead set): if its result record
+            # cannot be written before a stop, the ack goes on and a retry rewrites it.
+            self._write_result(lambda: results.store_failure(self.config, failed, exc, outcome))
+        return True
 
     def _record_failure(
         self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
@@ -320,6 +331,11 @@ class Executor:
                 if isinstance(exc, PayloadError):
                     self.retry.bury(unit.raw, unit.queue, exc)
                     return "dead"
+                if isinstance(exc, OverLimit) and self.retry.is_limited(unit.payload, exc):
+                    delay = self.retry.reschedule_limited(unit.raw, exc)
+                    if self.log_jobs:
+                        kiq_log.job_line(job_log, logging.INFO, f"limited: again in {delay:.1f}s")
+                    return "limited"
                 return self.retry.handle(unit.raw, unit.queue, exc, job_class)
             except Exception as error:  # not `exc`: that name is the failure being recorded
                 if not is_transient(error):

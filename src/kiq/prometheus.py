@@ -23,6 +23,11 @@ Series (names follow Sidekiq's ``Stats``; ``kiq_`` prefix):
   ``kiq_process_quiet``, each ``{identity,hostname,tag}``.
 * ``kiq_results_stored_total{status}``: final job results stored (kiq.results:
   succeeded, failed, dead), from ``kiq|results``.
+* ``kiq_limiter_limit{name,kind}``, ``kiq_limiter_in_use{name,kind}``,
+  ``kiq_limiter_held_total``, ``kiq_limiter_waited_total``,
+  ``kiq_limiter_overlimit_total`` (each ``{name,kind}``; the 200 most recently used
+  limiters), ``kiq_jobs_limited_total{class}`` (jobs rescheduled by a full limiter),
+  ``kiq_unique_locks`` (issue 16).
 * ``kiq_redis_up``: 0 when Redis did not answer (then nothing else is reported).
 
 Example::
@@ -102,6 +107,7 @@ class KiqCollector:
             families = [*self._stats(config), *self._queues(config), *self._processes(config)]
             families += self._jobs(config)
             families.append(self._results(config))
+            families += self._limits(config)
         except TRANSIENT_ERRORS:
             yield GaugeMetricFamily("kiq_redis_up", "1 if Redis answered this scrape", 0)
             return
@@ -173,6 +179,10 @@ class KiqCollector:
         ]
 
     @staticmethod
+    def _limits(config: Config) -> list[Metric]:
+        return _limiter_families(config)
+
+    @staticmethod
     def _jobs(config: Config) -> list[Metric]:
         labels = ["class", "queue"]
         runs = CounterMetricFamily(
@@ -207,6 +217,35 @@ def _results_family(counts: dict[str, int]) -> Metric:
     for status, count in sorted(counts.items()):
         family.add_metric([status], count)
     return family
+
+
+def _limiter_families(config: Config) -> list[Metric]:
+    """The limiters' series (issue 16): definition, use now, counts; unique locks."""
+    labels = ["name", "kind"]
+    limit = GaugeMetricFamily("kiq_limiter_limit", "The limiter's limit", labels=labels)
+    in_use = GaugeMetricFamily(
+        "kiq_limiter_in_use", "Holders, or calls in this window/bucket", labels=labels
+    )
+    held = CounterMetricFamily("kiq_limiter_held", "Calls the limiter let in", labels=labels)
+    waited = CounterMetricFamily("kiq_limiter_waited", "Calls let in after waiting", labels=labels)
+    over = CounterMetricFamily("kiq_limiter_overlimit", "Calls refused (OverLimit)", labels=labels)
+    for info in api.limiters(config, minutes=0):
+        values = [info.name, info.kind]
+        limit.add_metric(values, info.limit)
+        in_use.add_metric(values, info.in_use)
+        held.add_metric(values, info.held)
+        waited.add_metric(values, info.waited)
+        over.add_metric(values, info.overlimit)
+    limited = CounterMetricFamily(
+        "kiq_jobs_limited", "Jobs rescheduled because a limiter was full", labels=["class"]
+    )
+    for klass, count in sorted(api.limited_jobs(config).items()):
+        if klass != "total":
+            limited.add_metric([klass], count)
+    locks = GaugeMetricFamily(
+        "kiq_unique_locks", "Unique-job locks held", api.unique_locks(config, count=0).total
+    )
+    return [limit, in_use, held, waited, over, limited, locks]
 
 
 def registry(config: Config | None = None) -> CollectorRegistry:

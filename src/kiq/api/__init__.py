@@ -30,6 +30,8 @@ lines); import from ``kiq.api`` itself, which re-exports every name:
 * ``metrics``: ``Metrics``, ``job_totals``, ``deploy_mark``, ``deploy_marks``;
 * ``results``: ``result``, ``results``, ``result_counts`` (kiq.results' records);
 * ``cancel``: ``cancel`` (by jid), ``fate``, ``fate_counts`` (issue 18);
+* ``limits``: ``limiters``, ``limited_jobs``, ``queue_limits``, ``unique_locks``,
+  ``unique_lock`` (issue 16: limiters, queue limits, unique locks);
 * ``base``: the Config and the lenient readers they all share.
 
 Example::
@@ -48,6 +50,18 @@ from __future__ import annotations
 
 from kiq.api.base import PAGE_SIZE
 from kiq.api.cancel import FATES, cancel, fate, fate_counts
+from kiq.api.limits import (
+    LimiterInfo,
+    MinuteCounts,
+    QueueLimitInfo,
+    UniqueLock,
+    UniqueLocks,
+    limited_jobs,
+    limiters,
+    queue_limits,
+    unique_lock,
+    unique_locks,
+)
 from kiq.api.metrics import (
     DEPLOY_LOCK_TTL,
     DEPLOY_MARK_TTL,
@@ -115,17 +129,22 @@ __all__ = [
     "JobRecord",
     "JobSet",
     "JobTotals",
+    "LimiterInfo",
     "Metrics",
     "MetricsResult",
+    "MinuteCounts",
     "Process",
     "ProcessSet",
     "Queue",
+    "QueueLimitInfo",
     "QueueSummary",
     "RedisInfo",
     "RetrySet",
     "ScheduledSet",
     "SortedEntry",
     "Stats",
+    "UniqueLock",
+    "UniqueLocks",
     "Work",
     "WorkSet",
     "cancel",
@@ -136,10 +155,15 @@ __all__ = [
     "fate_counts",
     "iterations",
     "job_totals",
+    "limited_jobs",
+    "limiters",
     "progress",
+    "queue_limits",
     "queue_summaries",
     "redis_info",
     "result",
     "result_counts",
     "results",
+    "unique_lock",
+    "unique_locks",
 ]

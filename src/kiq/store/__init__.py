@@ -20,6 +20,8 @@ It is built from a URL and knows nothing of Config; components reach it as
     process's one pub/sub listener for every waiter (``result_wait``).
   * ``iteration``: Sidekiq's ``it-<jid>`` (iterable jobs, cancel flags) and
     ``kiq|fate|<jid>`` (cancelled and expired jobs).
+  * ``limits``: limiter tries and releases (Lua), their admin reads, a limited job's
+    reschedule, the unique locks' admin reads.
 
 Example::
 
@@ -44,6 +46,7 @@ from kiq.store.connection import (
 )
 from kiq.store.cron import Cron
 from kiq.store.iteration import Iterations
+from kiq.store.limits import Limits
 from kiq.store.metrics import Counters
 from kiq.store.processes import Processes
 from kiq.store.progress import Progress
@@ -52,7 +55,7 @@ from kiq.store.results import Results
 from kiq.store.sets import Sets
 
 
-class Store(Queues, Sets, Processes, Cron, Counters, Progress, Results, Iterations):
+class Store(Queues, Sets, Processes, Cron, Counters, Progress, Results, Iterations, Limits):
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -214,11 +214,16 @@ class Queues(Connection):
         count: int,
         acks: Sequence[tuple[str, bytes]] = (),
         skipped: list[tuple[str, str]] | None = None,
+        limits: Mapping[str, tuple[int, int, float]] | None = None,
+        lease: float = 60.0,
     ) -> list[tuple[str, bytes]]:
         """Acknowledge ``acks`` (queue, raw) and take up to ``count`` jobs, in queue order.
 
         A queue whose key (or in-progress key) holds another type is left out and, if
         ``skipped`` is given, added to it as (queue, "<key>: <Redis's error>").
+        ``limits``: queue -> (concurrency, rate count, rate period s), 0 for none: such a
+        queue gives only what its permits allow across every process (fetch.lua's queue
+        permits; this identity's lease on them lasts ``lease`` s from this call).
         """
         keys: list[str] = []
         for queue in queues:
@@ -228,6 +233,8 @@ class Queues(Connection):
         for queue, raw in acks:
             args.append(self.keys.inprogress(identity, queue))
             args.append(raw)
+        if limits:
+            self._permit_args(identity, queues, limits, lease, keys, args)
         reply = self._script("fetch")(keys=keys, args=args)
         if reply and reply[0] == 0:  # rare: queues left out (see fetch.lua)
             end = 2 + 2 * int(reply[1])
@@ -236,6 +243,23 @@ class Queues(Connection):
                     skipped.append((queues[int(reply[i]) - 1], bytes(reply[i + 1]).decode()))
             reply = reply[end:]
         return [(queues[int(reply[i]) - 1], reply[i + 1]) for i in range(0, len(reply), 2)]
+
+    def _permit_args(
+        self,
+        identity: str,
+        queues: Sequence[str],
+        limits: Mapping[str, tuple[int, int, float]],
+        lease: float,
+        keys: list[str],
+        args: list[Any],
+    ) -> None:
+        limited = [(i, q) for i, q in enumerate(queues, 1) if q in limits]
+        args += [len(limited), identity, max(1, round(lease * 1000))]
+        for index, queue in limited:
+            concurrency, rate, per = limits[queue]
+            keys += (self.keys.queue_limit(queue), self.keys.queue_rate(queue))
+            args += (index, concurrency, rate, max(1, round(per * 1000)))
+            args += self.keys.inprogress_parts(queue)
 
     def wait(self, identity: str, queue: str) -> bytes | None:
         """Block up to ``block_timeout`` for one job, moved straight into in-progress."""

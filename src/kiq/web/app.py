@@ -26,6 +26,7 @@ from kiq.config import Config
 from kiq.web import display
 from kiq.web.base import HERE, action, config_of, http_error
 from kiq.web.failsafe import Failsafe
+from kiq.web.limits import limits, release_lock
 from kiq.web.pages import (
     busy,
     busy_action,
@@ -143,5 +144,7 @@ ROUTES: Final[list[BaseRoute]] = [
     Route("/metrics/{name:path}", metrics_job),
     Route("/recurring", recurring),
     Route("/recurring/{name:path}", action(recurring_action), methods=["POST"]),
+    Route("/limits", limits),
+    Route("/limits/unique", action(release_lock), methods=["POST"]),
     Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
 ]
