@@ -37,6 +37,7 @@ CORE: tuple[str, ...] = (
     "handlers",  # calls the user's error/death handlers, logging one that raises
     "embedded",  # side branch too: imports errors only; config starts it lazily
     "keys",
+    "batch_context",  # the open Batch.jobs() block (a ContextVar), read by the client
     "payload",
     "log",
     "outage",
@@ -51,7 +52,9 @@ CORE: tuple[str, ...] = (
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
     "client",
+    "batch",  # batches (issue 17): Batch, BatchStatus, the worker's admit/record
     "job",
+    "workflow",  # chain, group, chord, DAG on top of batches (issue 17)
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
     "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
     "__init__",
@@ -90,7 +93,10 @@ CLIENT_SIDE = frozenset(
         "peers",
         "unique",
         "client",
+        "batch_context",
+        "batch",
         "job",
+        "workflow",
         "activejob",
     }
 )

@@ -19,9 +19,11 @@ from collections.abc import Callable
 
 # kiq.activejob registers the Job that runs ActiveJob's wrapper class names.
 from kiq import activejob
+from kiq.batch import Batch, BatchStatus
 from kiq.client import AsyncClient, Client
 from kiq.config import Config, configure, connect, get_default
 from kiq.errors import (
+    BatchError,
     ConfigError,
     Discard,
     JobArgumentError,
@@ -50,6 +52,9 @@ def on(event: str) -> Callable[[Callable[[Config], None]], Callable[[Config], No
 
 __all__ = [
     "AsyncClient",
+    "Batch",
+    "BatchError",
+    "BatchStatus",
     "Client",
     "Config",
     "ConfigError",

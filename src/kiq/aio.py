@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from kiq import batch
 from kiq import log as kiq_log
 from kiq.fetch import UnitOfWork
 from kiq.processor import Executor, timed_out, timeout_seconds
@@ -75,9 +76,10 @@ class AsyncRunner:
             deadline = asyncio.timeout(timeout_seconds(timeout))
             try:
                 async with deadline:
-                    await ex.config.server_middleware.ainvoke(
-                        job, payload, unit.queue, lambda: job.perform(*payload["args"])
-                    )
+                    if "bid" not in payload or batch.admit(ex.config, payload):
+                        unit.result = await ex.config.server_middleware.ainvoke(
+                            job, payload, unit.queue, lambda: job.perform(*payload["args"])
+                        )
             except TimeoutError as error:
                 if not deadline.expired():
                     raise  # the job's own TimeoutError (a network call...), not its timeout

@@ -166,6 +166,7 @@ class Config:
     cron_poll_interval: float = 5.0  # seconds between recurring-job checks per process
     cron_grace: float = 60.0  # a tick missed by more than this is skipped (sidekiq-cron: 60)
     cron_jobs: list[CronJob] = field(default_factory=list)  # defined in code
+    batch_ttl: float = 30 * 86400.0  # seconds a batch's keys live (Sidekiq Pro: 30 days)
     client_middleware: Chain[ClientMiddleware] = field(default_factory=Chain)
     server_middleware: Chain[ServerMiddleware] = field(default_factory=Chain)
     error_handlers: list[ErrorHandler] = field(default_factory=list)
@@ -447,6 +448,7 @@ _SECONDS: Final = (
     "orphan_check_interval",
     "cron_poll_interval",
     "cron_grace",
+    "batch_ttl",
 )
 _OPTIONAL_SECONDS: Final = ("poll_interval_average", "poll_initial_wait")
 _TYPED: Final[tuple[tuple[str, type | tuple[type, ...], str], ...]] = (

@@ -84,3 +84,7 @@ class Shutdown(BaseException):
     never retried; deriving from BaseException keeps ``except Exception`` in
     user code from swallowing it.
     """
+
+
+class BatchError(KiqError):
+    """A batch cannot take this: it expired, was invalidated, or never existed."""

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from kiq import payload as wire
 from kiq.config import Config, Queue
@@ -60,6 +60,7 @@ class UnitOfWork:
     payload: Payload | None = None
     error: PayloadError | None = None
     started: float = field(default=0.0)
+    result: Any = None  # what perform returned (a batch/workflow step's result)
 
     @property
     def suspect(self) -> bool:

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from kiq import batch, unique
 from kiq import log as kiq_log
 from kiq import payload as wire
-from kiq import unique
 from kiq.config import Config
 from kiq.errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
 from kiq.fetch import UnitOfWork
@@ -210,31 +210,60 @@ class Executor:
             if self.log_jobs:
                 kiq_log.job_line(job_log, logging.INFO, "done")
             unique.release_on_success(self.config, unit.payload)  # before the ack (kiq.unique)
+            outcome = "success"
         else:
             # One record with the traceback (Sidekiq logs the backtrace): handlers get exc_info.
             job_log.warning("fail: %s: %s", error_class(exc), error_message(exc), exc_info=exc)
-            if not self._record_failure(unit, job_class, exc):
+            recorded = self._record_failure(unit, job_class, exc)
+            if recorded is None:
                 return  # stopping with Redis away: left in-progress, requeued at exit
+            outcome = recorded
+        payload = unit.payload
+        if payload is not None and "bid" in payload and not self._record_batch(unit, outcome, exc):
+            return  # the same: the job re-runs, and its outcome is recorded then
         self.finished(unit)  # Pool.finished: the one way back (ack, free the slot)
+
+    def _record_batch(self, unit: UnitOfWork, outcome: str, exc: BaseException | None) -> bool:
+        """The outcome in the job's batch (kiq.batch), before the ack, retried while Redis
+        is away: a crash in between re-runs the job, and the update is idempotent."""
+        payload: Payload = unit.payload  # type: ignore[assignment]
+        if exc is None:
+            op, info = "success", batch.result_json(unit.result)
+        else:
+            op, info = ("failure" if outcome == "retry" else "death"), batch.error_json(exc)
+        for attempt in itertools.count():
+            try:
+                batch.record(self.config, payload, op, info)
+                return True
+            except Exception as error:
+                if not is_transient(error):
+                    log.exception("cannot record the job's outcome in batch %s", payload["bid"])
+                    return True  # a broken batch must not hold the job forever
+                pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
+                log.warning("cannot record the batch outcome yet; trying again in %ss", pause)
+                if self.stopping.wait(pause):
+                    return False
+        return False  # pragma: no cover
 
     def _record_failure(
         self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
-    ) -> bool:
+    ) -> str | None:
+        """What became of the failed job (kiq.retry's Outcome), or None when stopping
+        with Redis away (the failure is not recorded: the job stays in-progress)."""
         for attempt in itertools.count():
             try:
                 if isinstance(exc, PayloadError):
                     self.retry.bury(unit.raw, unit.queue, exc)
-                else:
-                    self.retry.handle(unit.raw, unit.queue, exc, job_class)
-                return True
+                    return "dead"
+                return self.retry.handle(unit.raw, unit.queue, exc, job_class)
             except Exception as error:  # not `exc`: that name is the failure being recorded
                 if not is_transient(error):
                     raise
                 pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
                 log.warning("cannot record the failure in Redis yet; trying again in %ss", pause)
                 if self.stopping.wait(pause):
-                    return False
-        return False  # pragma: no cover
+                    return None
+        return None  # pragma: no cover
 
     def run_sync(self, unit: UnitOfWork) -> None:
         """Run one unit on the calling thread."""
@@ -278,7 +307,9 @@ class Executor:
 
     def _perform(self, job: Job, unit: UnitOfWork) -> None:
         payload: Payload = unit.payload  # type: ignore[assignment]
-        perform(job, payload, unit.queue, self.config.server_middleware)
+        if "bid" in payload and not batch.admit(self.config, payload):
+            return  # invalidated batch, or its success already recorded (kiq.batch)
+        unit.result = perform(job, payload, unit.queue, self.config.server_middleware)
 
 
 def timeout_seconds(timeout: Any) -> float | None:

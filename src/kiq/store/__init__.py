@@ -15,7 +15,8 @@ It is built from a URL and knows nothing of Config; components reach it as
   * ``processes``: heartbeat, signals, the process registry, orphan recovery;
   * ``cron``: sidekiq-cron's hashes and the tick's claim + push (one Lua step);
   * ``metrics``: ``stat:*`` counters, per-class metrics, totals, deploy marks;
-  * ``progress``: ``kiq|progress|<jid>``.
+  * ``progress``: ``kiq|progress|<jid>``;
+  * ``batches``: Sidekiq Pro's ``b-<bid>`` keys (push, outcome, open: Lua) and reads.
 
 Example::
 
@@ -25,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+from kiq.store.batches import Batches
 from kiq.store.connection import (
     BLOCK_SLACK,
     CONNECT_TIMEOUT,
@@ -46,7 +48,7 @@ from kiq.store.queues import Queues, by_queue
 from kiq.store.sets import Sets
 
 
-class Store(Queues, Sets, Processes, Cron, Counters, Progress):
+class Store(Queues, Sets, Processes, Cron, Counters, Progress, Batches):
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 

@@ -1,0 +1,420 @@
+"""Batches: a group of jobs tracked as one, with callbacks (Sidekiq Pro's API and keys).
+
+Example::
+
+    batch = kiq.Batch(description="Import 2026-12",
+                      on_success=(NotifyImportDone, {"import_id": 7}))
+    with batch.jobs():                       # every push inside joins (payload "bid")
+        for row_id in ids:
+            ProcessRowJob.perform_async(row_id)
+    kiq.BatchStatus(batch.bid).pending
+
+Events, as Sidekiq Pro's: ``complete`` when every job ran once (failures included),
+``success`` when every job succeeded (retries included), ``death`` when a job died.
+A callback is a job pushed once per event with the arguments ``[bid, options]``.
+Child batches opened inside a ``jobs()`` block (or inside a running batch job's
+``self.batch.jobs()``) are waited for by their parent.
+
+The state lives in Redis (kiq.store.batches: Lua for every write that must not be
+split); in kiq.testing's fake and inline modes it lives in memory instead (the
+``Backend`` below, which the testing module replaces), so callbacks run in ``drain``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from kiq import batch_context
+from kiq import payload as wire
+from kiq.client import Client
+from kiq.config import Config, get_default
+from kiq.errors import BatchError, JobArgumentError
+
+if TYPE_CHECKING:
+    from kiq.payload import Payload
+
+log = logging.getLogger(__name__)
+
+EVENTS: Final = ("complete", "success", "death")
+MAX_RESULT: Final = 512 * 1024  # bytes of a step's JSON result kept for the next step
+
+
+def new_bid() -> str:
+    """14 URL-safe Base64 characters, as Sidekiq Pro 2+'s bids (SecureRandom 10 bytes)."""
+    return base64.urlsafe_b64encode(os.urandom(10)).decode().rstrip("=")
+
+
+class Backend(Protocol):
+    """Where batch state lives: Redis (``RedisBackend``) or memory (kiq.testing)."""
+
+    def open(
+        self, config: Config, bid: str, token: str, parent: str, fields: Mapping[str, str]
+    ) -> bool: ...
+    def update(self, config: Config, bid: str, op: str, member: str, info: str) -> list[str]: ...
+    def read(self, config: Config, bid: str) -> tuple[dict[str, str], dict[str, int]] | None: ...
+    def members(self, config: Config, bid: str, part: str) -> list[str]: ...
+    def hash(self, config: Config, bid: str, part: str) -> dict[str, str]: ...
+    def invalidate(self, config: Config, bid: str) -> bool: ...
+    def gate(self, config: Config, bid: str, jid: str) -> tuple[bool, bool, bool]: ...
+
+
+class RedisBackend:
+    """The real one: every call is one ``Store`` method (kiq.store.batches)."""
+
+    def open(
+        self, config: Config, bid: str, token: str, parent: str, fields: Mapping[str, str]
+    ) -> bool:
+        ttl = int(config.batch_ttl)
+        return config.store.batch_open(bid, token, ttl, wire.now(), parent, fields)
+
+    def update(self, config: Config, bid: str, op: str, member: str, info: str) -> list[str]:
+        return config.store.batch_update(bid, op, member, info)
+
+    def read(self, config: Config, bid: str) -> tuple[dict[str, str], dict[str, int]] | None:
+        return config.store.batch_read(bid)
+
+    def members(self, config: Config, bid: str, part: str) -> list[str]:
+        return config.store.batch_members(bid, part)
+
+    def hash(self, config: Config, bid: str, part: str) -> dict[str, str]:
+        return config.store.batch_hash(bid, part)
+
+    def invalidate(self, config: Config, bid: str) -> bool:
+        return config.store.batch_invalidate(bid)
+
+    def gate(self, config: Config, bid: str, jid: str) -> tuple[bool, bool, bool]:
+        return config.store.batch_gate(bid, jid)
+
+
+_redis: Final = RedisBackend()
+_backend: Backend = _redis
+
+
+def set_backend(backend: Backend | None) -> None:
+    """kiq.testing puts its memory backend here in fake/inline mode (None: Redis)."""
+    global _backend
+    _backend = _redis if backend is None else backend
+
+
+def backend() -> Backend:
+    return _backend
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A job and its arguments as data (``MyJob.s(1, 2)``): a step of a workflow."""
+
+    job: str  # the wire name
+    args: tuple[Any, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def item(self, extra_args: Sequence[Any] = ()) -> dict[str, Any]:
+        """The push item (``Client.push``) for this step."""
+        return {**self.options, "class": self.job, "args": [*self.args, *extra_args]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.job, "args": list(self.args), "options": dict(self.options)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Signature:
+        return cls(
+            str(data["class"]), tuple(data.get("args") or ()), dict(data.get("options") or {})
+        )
+
+
+class Batch:
+    """A batch of jobs; ``Batch()`` is new, ``Batch(bid)`` re-opens an existing one."""
+
+    def __init__(
+        self,
+        bid: str | None = None,
+        *,
+        description: str = "",
+        on_success: Any = None,
+        on_complete: Any = None,
+        on_death: Any = None,
+        callback_queue: str | None = None,
+        config: Config | None = None,
+        token: str | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config or get_default()
+        self._bid = bid
+        self._parent = ""
+        self._token = token
+        self._created = bid is not None  # an existing batch is never created again
+        self.description = description
+        self.callback_queue = callback_queue
+        self.callbacks = {"success": on_success, "complete": on_complete, "death": on_death}
+        self.extra = dict(extra or {})  # workflow steps: keep_results, wf, step
+
+    @property
+    def bid(self) -> str:
+        """The batch id; a new batch made inside an open ``jobs()`` block is its child."""
+        if self._bid is None:
+            outer = batch_context.current()
+            if outer is not None:
+                self._bid, self._token = outer.child_ids()
+                self._parent = outer.bid
+            else:
+                self._bid = new_bid()
+        return self._bid
+
+    @property
+    def parent_bid(self) -> str | None:
+        return self._parent or None
+
+    def on(self, event: str, callback: Any, options: Mapping[str, Any] | None = None) -> None:
+        """Sidekiq Pro's ``batch.on(:success, Klass, opts)``, before the first ``jobs()``."""
+        if event not in EVENTS:
+            raise BatchError(f"unknown batch event {event!r}; use one of {', '.join(EVENTS)}")
+        self.callbacks[event] = (callback, dict(options or {}))
+
+    @contextmanager
+    def jobs(self) -> Iterator[Batch]:
+        """Every push inside joins this batch; no callback fires before the block ends.
+
+        A block that raises leaves the batch open, so a half-built batch never fires its
+        callbacks (it expires with its TTL); a job re-run after a crash re-opens its
+        block with the same token (its jid) and closes it this time.
+        """
+        bid = self.bid
+        token = self._token or os.urandom(12).hex()
+        fields = {} if self._created else self._fields(bid)
+        _backend.open(self.config, bid, token, self._parent if fields else "", fields)
+        self._created = True
+        entered = batch_context.enter(batch_context.OpenBlock(bid, token))
+        try:
+            yield self
+        except BaseException:
+            batch_context.leave(entered)
+            raise
+        batch_context.leave(entered)
+        _backend.update(self.config, bid, "close", token, "")
+
+    def invalidate_all(self) -> bool:
+        """Invalidate the batch: its jobs not yet run are skipped, no callback fires."""
+        return _backend.invalidate(self.config, self.bid)
+
+    @property
+    def status(self) -> BatchStatus:
+        return BatchStatus(self.bid, config=self.config)
+
+    def _fields(self, bid: str) -> dict[str, str]:
+        fields = {"description": self.description, "cbfmt": "float"}
+        client = Client(self.config)
+        for event, spec in self.callbacks.items():
+            if spec is None:
+                continue
+            payload = _callback_payload(client, spec, bid, self.callback_queue)
+            if type(payload.get("created_at")) is int:
+                fields["cbfmt"] = "ms"
+            fields[f"cb_{event}"] = wire.dumps(payload).decode()
+            fields[f"cbq_{event}"] = payload["queue"]
+        fields.update(self.extra)
+        return fields
+
+
+def _callback_payload(client: Client, spec: Any, bid: str, queue: str | None) -> Payload:
+    """The callback job's payload, without ``enqueued_at`` (the Lua adds it when fired)."""
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or not isinstance(spec[1], Mapping):
+            raise JobArgumentError(
+                f"a batch callback is a Job class or (JobClass, {{options}}), got {spec!r}"
+            )
+        target, options = spec[0], dict(spec[1])
+    else:
+        target, options = spec, {}
+    item: dict[str, Any] = {"class": target, "args": [bid, options]}
+    if queue:
+        item["queue"] = queue
+    payload = client.normalize(item)
+    payload.pop("enqueued_at", None)
+    payload.pop("bid", None)  # a callback is not a member of any batch
+    return payload
+
+
+def _int(fields: Mapping[str, str], name: str) -> int:
+    try:
+        return int(fields.get(name) or 0)
+    except ValueError:
+        return 0
+
+
+def _float(fields: Mapping[str, str], name: str) -> float | None:
+    try:
+        return float(fields[name])
+    except (KeyError, ValueError):
+        return None
+
+
+class BatchStatus:
+    """A snapshot of one batch (Sidekiq Pro's ``Sidekiq::Batch::Status``), read at once."""
+
+    def __init__(self, bid: str, *, config: Config | None = None) -> None:
+        self.bid = bid
+        self.config = config or get_default()
+        found = _backend.read(self.config, bid)
+        self.exists = found is not None
+        fields, sizes = found if found is not None else ({}, {})
+        self._fields = fields
+        self.description = fields.get("description", "")
+        self.created_at = _float(fields, "created_at")
+        self.parent_bid = fields.get("parent") or None
+        self.total = _int(fields, "total")
+        self.pending = _int(fields, "pending")
+        self.failures = _int(fields, "failures")
+        self.dead = _int(fields, "dead")
+        self.child_count = _int(fields, "kids")
+        self.kids_pending = _int(fields, "kids_pending")
+        self.open_blocks = sizes.get("open", 0)
+        self.invalidated = "invalidated" in fields
+        self.fired = {e: at for e in EVENTS if (at := _float(fields, f"{e}_at")) is not None}
+        self.callbacks = {
+            e: _callback_class(fields[f"cb_{e}"]) for e in EVENTS if f"cb_{e}" in fields
+        }
+        self.workflow = fields.get("wf") or None
+
+    @property
+    def complete(self) -> bool:
+        """Every job ran once and every child batch is complete (the event fired)."""
+        return "complete" in self.fired
+
+    @property
+    def success(self) -> bool:
+        return "success" in self.fired
+
+    @property
+    def death(self) -> bool:
+        return "death" in self.fired
+
+    @property
+    def done(self) -> int:
+        """Jobs that succeeded: ``total - pending``."""
+        return self.total - self.pending
+
+    @property
+    def percent(self) -> float:
+        return 100.0 if not self.total else round(100.0 * self.done / self.total, 1)
+
+    def pending_jids(self) -> list[str]:
+        return sorted(_backend.members(self.config, self.bid, "jids"))
+
+    def dead_jids(self) -> list[str]:
+        return sorted(_backend.members(self.config, self.bid, "died"))
+
+    def child_bids(self) -> list[str]:
+        return sorted(_backend.members(self.config, self.bid, "kids"))
+
+    def failure_info(self) -> list[dict[str, Any]]:
+        """One entry per failing jid: ``jid``, ``error_class``, ``error_message``."""
+        rows = []
+        for jid, raw in sorted(_backend.hash(self.config, self.bid, "failinfo").items()):
+            try:
+                info = json.loads(raw)
+            except ValueError:
+                info = {}
+            rows.append({"jid": jid, **(info if isinstance(info, dict) else {})})
+        return rows
+
+    def results(self) -> dict[str, Any]:
+        """jid -> the JSON result of each succeeded job (workflow steps only)."""
+        out: dict[str, Any] = {}
+        for jid, raw in _backend.hash(self.config, self.bid, "results").items():
+            try:
+                out[jid] = json.loads(raw)
+            except ValueError:
+                continue
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """What kiq.api and the Web UI show."""
+        return {
+            "bid": self.bid,
+            "description": self.description,
+            "created_at": self.created_at,
+            "parent_bid": self.parent_bid,
+            "total": self.total,
+            "pending": self.pending,
+            "failures": self.failures,
+            "dead": self.dead,
+            "children": self.child_count,
+            "complete": self.complete,
+            "success": self.success,
+            "death": self.death,
+            "invalidated": self.invalidated,
+            "fired": dict(self.fired),
+            "callbacks": dict(self.callbacks),
+            "percent": self.percent,
+            "workflow": self.workflow,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchStatus {self.bid} total={self.total} pending={self.pending} "
+            f"failures={self.failures} fired={sorted(self.fired)}>"
+        )
+
+
+def _callback_class(raw: str) -> str:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return "?"
+    return str(data.get("class", "?")) if isinstance(data, dict) else "?"
+
+
+# -- the worker's side: called by kiq.processor's Executor around a batch job ----------
+
+
+def admit(config: Config, payload: Payload) -> bool:
+    """Run this batch job? False for an invalidated batch's job, and for one whose
+    success is already recorded (re-run after a crash between its outcome and its ack).
+    A job whose batch expired runs as a plain job."""
+    bid, jid = str(payload["bid"]), str(payload.get("jid", ""))
+    exists, invalidated, pending = _backend.gate(config, bid, jid)
+    if not exists:
+        return True
+    if invalidated:
+        log.info("skipped: batch %s was invalidated", bid)
+        return False
+    if not pending:
+        log.info("skipped: its success in batch %s is already recorded", bid)
+        return False
+    return True
+
+
+def result_json(value: Any) -> str:
+    """A step's result as JSON for ``pass_result``; "" if not JSON or over MAX_RESULT."""
+    if value is None:
+        return "null"
+    try:
+        raw = wire.dumps(value)
+    except (TypeError, ValueError):
+        log.warning("the job's result is not JSON; the next workflow step gets null")
+        return ""
+    if len(raw) > MAX_RESULT:
+        log.warning("the job's result is over %d bytes; the next step gets null", MAX_RESULT)
+        return ""
+    return raw.decode()
+
+
+def error_json(exc: BaseException) -> str:
+    """The failure info kept per failing jid (Sidekiq Pro's failure_info)."""
+    message = str(exc)[:1000]
+    return wire.dumps({"error_class": type(exc).__qualname__, "error_message": message}).decode()
+
+
+def record(config: Config, payload: Payload, op: str, info: str) -> list[str]:
+    """Record one outcome (success, failure, death) of a batch job; the events fired."""
+    fired = _backend.update(config, str(payload["bid"]), op, str(payload.get("jid", "")), info)
+    for event in fired:
+        log.info("batch %s fired", event)
+    return fired

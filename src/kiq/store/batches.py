@@ -1,0 +1,140 @@
+"""Batches: Sidekiq Pro's ``b-<bid>`` keys, written by three Lua scripts.
+
+Why its own file and why scripts: a batch's counts must move with its jobs. A push
+into a batch registers the jids and pushes the jobs in one step (``batch_push.lua``),
+so no job is counted without being pushed; a job's outcome updates the counts and
+pushes the callbacks it makes due in one step (``batch_update.lua``), so each callback
+is pushed exactly once whatever crashes where; a ``jobs()`` block opens and creates
+the batch (and links it to its parent) in one step (``batch_open.lua``). Reads are
+plain pipelines: a status is a snapshot, not a transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from kiq.errors import BatchError
+from kiq.store.connection import UNREACHABLE, Connection
+
+# One job of a batch push: (jid, queue, at or None, encoded payload)
+BatchJob = tuple[str, str, float | None, bytes]
+_PARTS = ("jids", "failinfo", "died", "kids", "open", "results")
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class Batches(Connection):
+    """The batch half of ``Store`` (see the module docstring)."""
+
+    def _run_batch_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self._retry_once_on_failover(self._script(name), keys, args)
+        except UNREACHABLE as exc:
+            raise self.unavailable(exc) from exc
+        except ResponseError as exc:
+            text = str(exc)
+            if text.startswith("KIQBATCH "):
+                raise BatchError(text.removeprefix("KIQBATCH ")) from None
+            raise
+
+    def batch_open(
+        self, bid: str, token: str, ttl: int, now: float, parent: str, fields: Mapping[str, str]
+    ) -> bool:
+        """Open a ``jobs()`` block on ``bid`` (creating it with ``fields`` if new); True if
+        it was created. ``fields`` empty: the batch must exist (re-opened by bid)."""
+        b = self.keys.batch
+        keys = [b(bid), b(bid, "open"), self.keys.batches]
+        keys += [b(parent), b(parent, "kids")] if parent else [b(bid), b(bid, "kids")]
+        args: list[Any] = [bid, token, ttl, repr(now), parent]
+        for name, value in fields.items():
+            args += (name, value)
+        return bool(self._run_batch_script("batch_open", keys, args))
+
+    def batch_push(self, bid: str, ttl: int, jobs: Sequence[BatchJob]) -> int:
+        """Push ``jobs`` as members of ``bid`` (one script); how many were newly counted."""
+        keys = [self.keys.batch(bid), self.keys.batch(bid, "jids")]
+        keys += [self.keys.queues, self.keys.schedule]
+        args: list[Any] = [ttl]
+        for jid, queue, at, raw in jobs:
+            keys.append(self.keys.queue(queue))
+            args += (jid, queue, "" if at is None else repr(float(at)), raw)
+        return int(self._run_batch_script("batch_push", keys, args))
+
+    def batch_update(self, bid: str, op: str, member: str, info: str | bytes = "") -> list[str]:
+        """Record ``op`` (success, failure, death, close) for ``member`` of ``bid`` and fire
+        what is due; the events fired, as ``"<bid>:<event>"``."""
+        args = [self.keys.prefix, op, bid, member, info]
+        fired = self._run_batch_script("batch_update", [self.keys.batch(bid)], args)
+        return [_text(event) for event in fired]
+
+    def batch_gate(self, bid: str, jid: str) -> tuple[bool, bool, bool]:
+        """(exists, invalidated, jid still pending) in one round trip: the worker skips a
+        job of an invalidated batch, and one whose success is already recorded."""
+        pipe = self._pipeline()
+        pipe.hmget(self.keys.batch(bid), ["created_at", "invalidated"])
+        pipe.sismember(self.keys.batch(bid, "jids"), jid)
+        (created, invalidated), pending = pipe.execute()
+        return created is not None, invalidated is not None, bool(pending)
+
+    def batch_invalidate(self, bid: str) -> bool:
+        """Mark ``bid`` invalidated (its jobs are skipped, no callback fires); False if gone.
+
+        HSET only if the hash exists (a check then a write: a batch that expires between
+        the two gets a one-field hash that expires with the TTL below, which is harmless).
+        """
+        key = self.keys.batch(bid)
+        if not self._r.exists(key):
+            return False
+        pipe = self._pipeline(transaction=True)
+        pipe.hset(key, "invalidated", "1")
+        pipe.expire(key, 86400, nx=True)
+        pipe.execute()
+        return True
+
+    def batch_read(self, bid: str) -> tuple[dict[str, str], dict[str, int]] | None:
+        """The batch hash (decoded) and the sizes of its parts, or None if it expired."""
+        pipe = self._pipeline()
+        pipe.hgetall(self.keys.batch(bid))
+        for part in _PARTS:
+            if part in ("failinfo", "results"):
+                pipe.hlen(self.keys.batch(bid, part))
+            else:
+                pipe.scard(self.keys.batch(bid, part))
+        raw, *sizes = pipe.execute()
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return fields, {part: int(n) for part, n in zip(_PARTS, sizes, strict=True)}
+
+    def batch_members(self, bid: str, part: str, count: int = 1000) -> list[str]:
+        """Up to ``count`` members of a set part (``jids``, ``died``, ``kids``, ``open``)."""
+        key = self.keys.batch(bid, part)
+        found: list[str] = []
+        for member in self._r.sscan_iter(key, count=min(count, 1000)):
+            found.append(_text(member))
+            if len(found) >= count:
+                break
+        return found
+
+    def batch_hash(self, bid: str, part: str) -> dict[str, str]:
+        """A hash part (``failinfo``: jid -> error JSON, ``results``: jid -> JSON)."""
+        raw = self._r.hgetall(self.keys.batch(bid, part))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def batch_index(self, start: int, stop: int, expired_before: float) -> list[tuple[str, float]]:
+        """(bid, created_at) from ``batches``, newest first; entries older than
+        ``expired_before`` (their keys have expired) are dropped first."""
+        pipe = self._pipeline()
+        pipe.zremrangebyscore(self.keys.batches, "-inf", f"({expired_before!r}")
+        pipe.zrange(self.keys.batches, start, stop, desc=True, withscores=True)
+        pipe.zcard(self.keys.batches)
+        _, rows, _ = pipe.execute()
+        return [(_text(bid), float(score)) for bid, score in rows]
+
+    def batch_count(self) -> int:
+        return int(self._r.zcard(self.keys.batches))
