@@ -84,6 +84,7 @@ _FILE_KEYS: Final = {
     "activejob_rails": "activejob_rails",
     "cron_poll_interval": "cron_poll_interval",
     "cron_grace": "cron_grace",
+    "batch_ttl": "batch_ttl",
 }
 # Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
 _IGNORED_FILE_KEYS: Final = frozenset(

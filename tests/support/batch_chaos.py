@@ -1,0 +1,160 @@
+"""The batch proof's harness, shared by tests/test_batch_chaos.py (CI sizes) and
+bench/batch_stress.py (the issue's sizes).
+
+A private redis-server (AOF, ``appendfsync always``: every acknowledged write survives
+a SIGKILL of Redis), one batch of ``rows`` BRow jobs with callbacks on all three
+events, ``workers`` ``kiq worker`` processes, and, while they work: a SIGKILL of a
+random worker (and a replacement) every ``kill_every`` seconds, ``kills`` times, and
+one SIGKILL + restart of Redis once about half the rows are done. It ends when the
+expected callbacks have run and no job is left anywhere (queues, retry, schedule,
+in-progress lists), or at ``deadline``; then every worker gets TERM.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+import kiq
+from kiq.config import Config
+from tests.support.batch_jobs import DONE, RUNS, BCallback, BRow, callbacks, runs
+from tests.support.servers import RedisServer, Worker
+
+WORKER_CONFIG = ":process_ttl: 3\n:concurrency: 5\n"
+
+
+@dataclass
+class Report:
+    rows: int
+    status: dict[str, Any]
+    events: Counter[str]  # event -> distinct pushes of its callback (by enqueued_at)
+    callback_runs: Counter[str]
+    ran: int  # rows that started at least once
+    finished: int  # rows that finished at least once
+    reruns: int  # extra starts (a killed worker's jobs, re-run: at-least-once)
+    kills: int
+    redis_restarted: bool
+    seconds: float
+    leftovers: int
+    at_fire: dict[str, dict[str, Any]] = field(default_factory=dict)  # counts seen by callbacks
+
+
+def _leftovers(r: redis.Redis) -> int:
+    total = int(r.zcard("retry")) + int(r.zcard("schedule"))
+    for key in r.scan_iter("queue:*"):
+        total += int(r.llen(key))
+    for key in r.scan_iter("kiq|inprogress|*"):
+        total += int(r.llen(key))
+    return total
+
+
+def run(
+    folder: Path,
+    *,
+    rows: int,
+    workers: int = 4,
+    kills: int = 4,
+    kill_every: float = 0.7,
+    restart_redis: bool = True,
+    flaky: float = 0.0,
+    die: int = 0,
+    deadline: float = 120.0,
+    seed: int = 7,
+) -> Report:
+    rng = random.Random(seed)
+    server = RedisServer(folder, ["appendonly yes", "appendfsync always"], name="batch-redis")
+    server.start()
+    started = time.monotonic()
+    procs: list[Worker] = []
+    try:
+        url = server.url(0)
+        r = redis.Redis.from_url(url)
+        config = Config(redis_url=url)
+        modes = ["ok"] * rows
+        for index in rng.sample(range(rows), int(rows * flaky)):
+            modes[index] = "flaky"
+        dying = set(rng.sample([i for i, m in enumerate(modes) if m == "ok"], die))
+        batch = kiq.Batch(
+            description="chaos",
+            on_success=(BCallback, {"event": "success"}),
+            on_complete=(BCallback, {"event": "complete"}),
+            on_death=(BCallback, {"event": "death"}),
+            config=config,
+        )
+        client = kiq.Client(config)
+        with batch.jobs():
+            plain = [[i, modes[i], 0.002] for i in range(rows) if i not in dying]
+            for start in range(0, len(plain), 1000):
+                client.push_bulk({"class": BRow, "args": plain[start : start + 1000]})
+            for i in sorted(dying):
+                client.push({"class": BRow, "args": [i, "die"], "retry": 0})
+        expected = {"complete", "death"} if die else {"complete", "success"}
+
+        def spawn() -> Worker:
+            worker = Worker(
+                folder, url, "-r", "batch_jobs", config_text=WORKER_CONFIG, name=f"w{len(procs)}"
+            )
+            procs.append(worker)
+            return worker
+
+        live = [spawn() for _ in range(workers)]
+        killed = 0
+        restarted = False
+        next_kill = time.monotonic() + kill_every
+        end = started + deadline
+        while time.monotonic() < end:
+            try:
+                fired = {c["event"] for c in callbacks(r)}
+                if expected <= fired and _leftovers(r) == 0:
+                    break
+                finished = len(runs(r, DONE))
+            except redis.ConnectionError:
+                time.sleep(0.05)
+                continue
+            now = time.monotonic()
+            if killed < kills and now >= next_kill:
+                victim = live.pop(rng.randrange(len(live)))
+                victim.kill()
+                live.append(spawn())
+                killed += 1
+                next_kill = now + kill_every
+            if restart_redis and not restarted and finished >= rows // 2:
+                r.close()
+                server.restart(crash=True)
+                restarted = True
+            time.sleep(0.05)
+        for worker in live:
+            worker.stop(30)
+        status = kiq.BatchStatus(batch.bid, config=config)
+        entries = callbacks(r)
+        pushes = Counter(
+            e["event"] for e in {(c["event"], c["enqueued_at"]): c for c in entries}.values()
+        )
+        started_rows = runs(r, RUNS)
+        report = Report(
+            rows=rows,
+            status=status.to_dict(),
+            events=pushes,
+            callback_runs=Counter(c["event"] for c in entries),
+            ran=len(started_rows),
+            finished=len(runs(r, DONE)),
+            reruns=sum(started_rows.values()) - len(started_rows),
+            kills=killed,
+            redis_restarted=restarted,
+            seconds=round(time.monotonic() - started, 1),
+            leftovers=_leftovers(r),
+            at_fire={c["event"]: c for c in entries},
+        )
+        config.close()
+        r.close()
+        return report
+    finally:
+        for worker in procs:
+            worker.kill()
+        server.kill()
