@@ -9,7 +9,6 @@ before the ack, nesting, invalidation, a job adding to its own batch).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from tests.support.wait import wait_until
 def recorded(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
     """The support jobs record into this test's database."""
     monkeypatch.setattr(batch_jobs, "_redis", r)
-    yield r
+    return r
 
 
 def callback_queue(r: redis.Redis) -> list[dict[str, Any]]:
@@ -51,14 +50,17 @@ def test_pushes_inside_jobs_join_the_batch_and_are_counted(config: Config, r: re
         BRow.perform_in(60, 5)
     outside = BRow.perform_async(6)
     members = set(r.smembers(f"b-{batch.bid}-jids"))
-    assert len(members) == 6 and set(jids) <= members and outside not in members
+    assert len(members) == 6
+    assert set(jids) <= members
+    assert outside not in members
     queued = [wire.loads(raw) for raw in r.lrange("queue:default", 0, -1)]
     assert {job["bid"] for job in queued if job["jid"] != outside} == {batch.bid}
     assert "bid" not in next(job for job in queued if job["jid"] == outside)
     assert wire.loads(r.zrange("schedule", 0, -1)[0])["bid"] == batch.bid
     status = kiq.BatchStatus(batch.bid)
     assert (status.total, status.pending, status.failures) == (6, 6, 0)
-    assert status.description == "t" and not status.complete
+    assert status.description == "t"
+    assert not status.complete
     assert r.zscore("batches", batch.bid) is not None
     assert 0 < r.ttl(f"b-{batch.bid}") <= config.batch_ttl
 
@@ -70,7 +72,8 @@ def test_a_push_into_a_missing_batch_writes_nothing(config: Config, r: redis.Red
     batch = new_batch(config)
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"), batch.jobs():
         BRow.set(queue="broken").perform_async(1)
-    assert r.llen("queue:default") == 0 and r.scard(f"b-{batch.bid}-jids") == 0
+    assert r.llen("queue:default") == 0
+    assert r.scard(f"b-{batch.bid}-jids") == 0
     assert kiq.BatchStatus(batch.bid).total == 0
 
 
@@ -137,9 +140,16 @@ def test_no_callback_fires_while_the_jobs_block_is_open(config: Config) -> None:
 
 def test_a_block_that_raises_leaves_the_batch_open(config: Config) -> None:
     batch = new_batch(config)
-    with pytest.raises(ValueError), batch.jobs():
-        jid = BRow.perform_async(1) or ""
-        raise ValueError("half built")
+    jid = ""
+
+    def build() -> None:
+        nonlocal jid
+        with batch.jobs():
+            jid = BRow.perform_async(1) or ""
+            raise ValueError("half built")
+
+    with pytest.raises(ValueError, match="half built"):
+        build()
     assert config.store.batch_update(batch.bid, "success", jid, "") == []
     assert kiq.BatchStatus(batch.bid).open_blocks == 1
 
@@ -166,7 +176,8 @@ def test_the_worker_records_outcomes_and_runs_callbacks(
     with running(config):
         wait_until(lambda: len(batch_jobs.callbacks(recorded)) == 2, timeout=20)
     events = {c["event"]: c for c in batch_jobs.callbacks(recorded)}
-    assert events["complete"]["failures"] >= 0 and events["success"]["pending"] == 0
+    assert events["complete"]["failures"] >= 0
+    assert events["success"]["pending"] == 0
     assert batch_jobs.runs(recorded)["2"] == 2
     status = kiq.BatchStatus(batch.bid)
     assert (status.total, status.pending, status.failures) == (5, 0, 0)
@@ -196,9 +207,11 @@ def test_invalidated_batch_skips_its_jobs_and_fires_nothing(
     assert batch.invalidate_all()
     with running(config):
         wait_until(lambda: kiq.BatchStatus(batch.bid).pending == 0, timeout=20)
-    assert batch_jobs.runs(recorded) == {} and batch_jobs.callbacks(recorded) == []
+    assert batch_jobs.runs(recorded) == {}
+    assert batch_jobs.callbacks(recorded) == []
     status = kiq.BatchStatus(batch.bid)
-    assert status.invalidated and status.fired == {}
+    assert status.invalidated
+    assert status.fired == {}
     with pytest.raises(BatchError, match="invalidated"), batch.jobs():
         pass
 
@@ -227,4 +240,5 @@ def test_expiry_is_the_configured_ttl(config: Config, r: redis.Redis) -> None:
     batch = new_batch(config)
     with batch.jobs():
         BRow.perform_async(1)
-    assert 0 < r.ttl(f"b-{batch.bid}") <= 120 and 0 < r.ttl(f"b-{batch.bid}-jids") <= 120
+    assert 0 < r.ttl(f"b-{batch.bid}") <= 120
+    assert 0 < r.ttl(f"b-{batch.bid}-jids") <= 120

@@ -12,11 +12,13 @@ from tests.support.batch_chaos import run
 
 def test_success_fires_once_through_kills_a_redis_restart_and_retries(tmp_path: Path) -> None:
     report = run(tmp_path, rows=240, workers=4, kills=4, flaky=0.05, deadline=90)
-    assert report.redis_restarted and report.kills == 4
+    assert report.redis_restarted
+    assert report.kills == 4
     assert report.events == {"complete": 1, "success": 1}, report
     status = report.status
     assert (status["total"], status["pending"], status["failures"]) == (240, 0, 0)
-    assert report.finished == 240 and report.leftovers == 0
+    assert report.finished == 240
+    assert report.leftovers == 0
     # success ran after the last retry: nothing pending or failing when it fired
     assert report.at_fire["success"]["pending"] == 0
     assert report.at_fire["success"]["failures"] == 0
@@ -32,4 +34,5 @@ def test_one_dying_job_fires_death_and_complete_once_and_no_success(tmp_path: Pa
         1,
         1,
     )
-    assert not status["success"] and report.finished == 149
+    assert not status["success"]
+    assert report.finished == 149
