@@ -25,7 +25,7 @@ from tests.support.wait import wait_until
 
 
 @pytest.fixture
-def recorded(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+def recorded(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> redis.Redis:
     """The support jobs record into this test's database."""
     monkeypatch.setattr(batch_jobs, "_redis", r)
     return r
