@@ -36,6 +36,7 @@ from kiq.errors import (
     UnknownJobError,
 )
 from kiq.job import FunctionJob, Job, Setter, job
+from kiq.workflow import Workflow, WorkflowStatus, chain, chord, dag, group
 
 __version__ = "0.1.0"
 
@@ -70,11 +71,17 @@ __all__ = [
     "Setter",
     "Shutdown",
     "UnknownJobError",
+    "Workflow",
+    "WorkflowStatus",
     "__version__",
     "activejob",
+    "chain",
+    "chord",
     "configure",
     "connect",
+    "dag",
     "get_default",
+    "group",
     "job",
     "on",
 ]

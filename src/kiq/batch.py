@@ -63,6 +63,11 @@ class Backend(Protocol):
     def hash(self, config: Config, bid: str, part: str) -> dict[str, str]: ...
     def invalidate(self, config: Config, bid: str) -> bool: ...
     def gate(self, config: Config, bid: str, jid: str) -> tuple[bool, bool, bool]: ...
+    def launch(
+        self, config: Config, bid: str, fields: Mapping[str, str], jobs: list[Payload]
+    ) -> bool: ...
+    def save_workflow(self, config: Config, wid: str, fields: Mapping[str, str]) -> None: ...
+    def load_workflow(self, config: Config, wid: str) -> dict[str, str] | None: ...
 
 
 class RedisBackend:
@@ -91,6 +96,18 @@ class RedisBackend:
 
     def gate(self, config: Config, bid: str, jid: str) -> tuple[bool, bool, bool]:
         return config.store.batch_gate(bid, jid)
+
+    def launch(
+        self, config: Config, bid: str, fields: Mapping[str, str], jobs: list[Payload]
+    ) -> bool:
+        members = Client(config).encode_members(jobs)
+        return config.store.batch_launch(bid, int(config.batch_ttl), wire.now(), fields, members)
+
+    def save_workflow(self, config: Config, wid: str, fields: Mapping[str, str]) -> None:
+        config.store.workflow_save(wid, fields, int(config.batch_ttl), wire.now())
+
+    def load_workflow(self, config: Config, wid: str) -> dict[str, str] | None:
+        return config.store.workflow_load(wid)
 
 
 _redis: Final = RedisBackend()
@@ -208,18 +225,33 @@ class Batch:
         return BatchStatus(self.bid, config=self.config)
 
     def _fields(self, bid: str) -> dict[str, str]:
-        fields = {"description": self.description, "cbfmt": "float"}
-        client = Client(self.config)
-        for event, spec in self.callbacks.items():
-            if spec is None:
-                continue
-            payload = _callback_payload(client, spec, bid, self.callback_queue)
-            if type(payload.get("created_at")) is int:
-                fields["cbfmt"] = "ms"
-            fields[f"cb_{event}"] = wire.dumps(payload).decode()
-            fields[f"cbq_{event}"] = payload["queue"]
-        fields.update(self.extra)
-        return fields
+        return batch_fields(
+            self.config, bid, self.description, self.callbacks, self.callback_queue, self.extra
+        )
+
+
+def batch_fields(
+    config: Config,
+    bid: str,
+    description: str,
+    callbacks: Mapping[str, Any],
+    queue: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """A new batch's hash fields: its description and each callback's payload (stored
+    whole, pushed by batch_update.lua when its event fires)."""
+    fields = {"description": description, "cbfmt": "float"}
+    client = Client(config)
+    for event, spec in callbacks.items():
+        if spec is None:
+            continue
+        payload = _callback_payload(client, spec, bid, queue)
+        if type(payload.get("created_at")) is int:
+            fields["cbfmt"] = "ms"
+        fields[f"cb_{event}"] = wire.dumps(payload).decode()
+        fields[f"cbq_{event}"] = payload["queue"]
+    fields.update(extra or {})
+    return fields
 
 
 def _callback_payload(client: Client, spec: Any, bid: str, queue: str | None) -> Payload:

@@ -266,10 +266,10 @@ class Client:
             grouped.setdefault(str(bid), []).append(payload)
         ttl = int(self.config.batch_ttl)
         for bid, members in grouped.items():
-            self.config.store.batch_push(bid, ttl, self._encode_batched(members))
+            self.config.store.batch_push(bid, ttl, self.encode_members(members))
         return rest
 
-    def _encode_batched(self, payloads: Sequence[Payload]) -> list[BatchJob]:
+    def encode_members(self, payloads: Sequence[Payload]) -> list[BatchJob]:
         """(jid, queue, at, raw) per job, for ``Store.batch_push``; encoded as ``_encode``."""
         jobs: list[BatchJob] = []
         now = wire.now()

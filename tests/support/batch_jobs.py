@@ -78,15 +78,27 @@ class BParent(kiq.Job, name="BParent"):
 
 
 class Step(kiq.Job, name="Step"):
-    """A workflow step: counts its runs under ``name``, returns ``value`` (+ the input)."""
+    """A workflow step: counts its runs under ``name``, returns ``value`` plus the
+    integers passed from the step before (``pass_result``). Sleeps ``bt:pause`` seconds
+    when that key is set, so a test can stop the workers mid-way."""
 
-    def perform(self, name: str, value: int = 0, pause: float = 0.0, *passed: Any) -> int:
+    def perform(self, name: str, value: int = 0, *passed: Any) -> int:
         _redis.hincrby(RUNS, name, 1)
+        pause = _redis.get("bt:pause")
         if pause:
-            time.sleep(pause)
-        total = value + sum(p for p in passed if isinstance(p, int))
+            time.sleep(float(pause))
+        total = value + sum(_ints(passed))
+        _redis.hset("bt:out", name, json.dumps([value, *passed]))
         _redis.hincrby(DONE, name, 1)
         return total
+
+
+def _ints(values: Any) -> list[int]:
+    if isinstance(values, int):
+        return [values]
+    if isinstance(values, list | tuple):
+        return [n for v in values for n in _ints(v)]
+    return []
 
 
 def runs(r: redis.Redis, key: str = RUNS) -> dict[str, int]:

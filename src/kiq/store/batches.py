@@ -65,6 +65,21 @@ class Batches(Connection):
             args += (jid, queue, "" if at is None else repr(float(at)), raw)
         return int(self._run_batch_script("batch_push", keys, args))
 
+    def batch_launch(
+        self, bid: str, ttl: int, now: float, fields: Mapping[str, str], jobs: Sequence[BatchJob]
+    ) -> bool:
+        """Create ``bid`` with all of ``jobs`` in one script, unless it exists (then write
+        nothing); True if launched. A workflow step (kiq.workflow)."""
+        keys = [self.keys.batch(bid), self.keys.batch(bid, "jids"), self.keys.batches]
+        keys += [self.keys.queues, self.keys.schedule]
+        args: list[Any] = [bid, ttl, repr(now), len(fields)]
+        for name, value in fields.items():
+            args += (name, value)
+        for jid, queue, at, raw in jobs:
+            keys.append(self.keys.queue(queue))
+            args += (jid, queue, "" if at is None else repr(float(at)), raw)
+        return bool(self._run_batch_script("batch_launch", keys, args))
+
     def batch_update(self, bid: str, op: str, member: str, info: str | bytes = "") -> list[str]:
         """Record ``op`` (success, failure, death, close) for ``member`` of ``bid`` and fire
         what is due; the events fired, as ``"<bid>:<event>"``."""
@@ -132,9 +147,34 @@ class Batches(Connection):
         pipe = self._pipeline()
         pipe.zremrangebyscore(self.keys.batches, "-inf", f"({expired_before!r}")
         pipe.zrange(self.keys.batches, start, stop, desc=True, withscores=True)
-        pipe.zcard(self.keys.batches)
-        _, rows, _ = pipe.execute()
+        _, rows = pipe.execute()
         return [(_text(bid), float(score)) for bid, score in rows]
 
     def batch_count(self) -> int:
         return int(self._r.zcard(self.keys.batches))
+
+    # -- workflows (kiq.workflow): a spec written once, then read -------------------------
+    def workflow_save(self, wid: str, fields: Mapping[str, str], ttl: int, now: float) -> None:
+        """HSET the workflow's hash, ZADD it to ``kiq|workflows``, one MULTI."""
+        pipe = self._pipeline(transaction=True)
+        pipe.hset(self.keys.workflow(wid), mapping=dict(fields))
+        pipe.expire(self.keys.workflow(wid), ttl)
+        pipe.zadd(self.keys.workflows, {wid: now})
+        pipe.execute()
+
+    def workflow_load(self, wid: str) -> dict[str, str] | None:
+        raw = self._r.hgetall(self.keys.workflow(wid))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    def workflow_index(
+        self, start: int, stop: int, expired_before: float
+    ) -> list[tuple[str, float]]:
+        """(wid, created_at), newest first, dropping the entries past their TTL."""
+        pipe = self._pipeline()
+        pipe.zremrangebyscore(self.keys.workflows, "-inf", f"({expired_before!r}")
+        pipe.zrange(self.keys.workflows, start, stop, desc=True, withscores=True)
+        _, rows = pipe.execute()
+        return [(_text(wid), float(score)) for wid, score in rows]
+
+    def workflow_count(self) -> int:
+        return int(self._r.zcard(self.keys.workflows))
