@@ -105,7 +105,8 @@ SIDE: dict[str, frozenset[str]] = {
     "api": frozenset(
         {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
     ),
-    "testing": CLIENT_SIDE | {"__init__"},
+    "testing": CLIENT_SIDE | {"__init__", "testing_batches"},
+    "testing_batches": CLIENT_SIDE,  # batches in memory for the test modes (issue 17)
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),
     # web serves the Prometheus scrape at /metrics when a scraper asks (issue 8)
     # and asks store.is_transient whether an error means "Redis is away" (its 503 page)

@@ -43,6 +43,7 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+from kiq import batch as kiq_batch
 from kiq import payload as wire
 from kiq.client import set_test_hook, timestamp
 from kiq.config import Config, get_default
@@ -50,6 +51,7 @@ from kiq.errors import KiqError, UnknownJobError
 from kiq.job import FunctionJob, Job, lookup, run_payload
 from kiq.middleware import Chain, ServerMiddleware
 from kiq.payload import Payload
+from kiq.testing_batches import MemoryBackend, run_member
 
 __all__ = [
     "EmptyQueueError",
@@ -172,6 +174,7 @@ def _switch(mode: Mode) -> Mode:
 def _apply(mode: Mode) -> None:
     _state.mode = mode
     set_test_hook(None if mode == "disable" else _push)
+    kiq_batch.set_backend(None if mode == "disable" else _batches)  # batches in memory
 
 
 def _push(payloads: list[Payload], config: Config) -> bool:
@@ -179,6 +182,8 @@ def _push(payloads: list[Payload], config: Config) -> bool:
     current = mode()
     if current == "fake":
         for payload in payloads:
+            if "bid" in payload:
+                _batches.register(payload)  # a batch member, counted as Redis would
             job = wire.loads(wire.dumps(payload))
             if "at" not in job:
                 job["enqueued_at"] = timestamp(config)
@@ -191,9 +196,22 @@ def _push(payloads: list[Payload], config: Config) -> bool:
             job = wire.loads(wire.dumps(payload))
             job.pop("at", None)  # runs now, and looks as it would to a worker
             job["enqueued_at"] = timestamp(config)
-            run_payload(config, job_class, job, middleware=server_middleware)
+            if "bid" in job:
+                _batches.register(job)
+                run_member(config, job, lambda: _inline(config, job_class, job))
+            else:
+                run_payload(config, job_class, job, middleware=server_middleware)
         return True
     return False
+
+
+def _inline(config: Config, job_class: type[Job], job: Payload) -> Any:
+    return run_payload(config, job_class, job, middleware=server_middleware)
+
+
+# Batches and workflows in fake and inline mode (kiq.testing_batches); callbacks are
+# pushed through _push, so drain runs them.
+_batches: Final = MemoryBackend(_push)
 
 
 # -- fake queues -----------------------------------------------------------------------
@@ -205,9 +223,10 @@ def jobs() -> list[Payload]:
 
 
 def clear_all() -> None:
-    """Forget every fake job (Sidekiq: ``Sidekiq::Job.clear_all``)."""
+    """Forget every fake job (Sidekiq: ``Sidekiq::Job.clear_all``), and fake batches."""
     with _state.lock:
         _state.jobs.clear()
+    _batches.clear()
 
 
 def drain_all() -> int:
@@ -271,7 +290,10 @@ def _drain(job_class: type[Job]) -> int:
 def _run(job_class: type[Job], job: Payload) -> Any:
     # Drained jobs keep `at` (Sidekiq: drain ignores it); the Config is only the
     # default one, since the testing chain replaces its server middleware.
-    return run_payload(get_default(), job_class, job, middleware=server_middleware)
+    config = get_default()
+    if "bid" in job:  # a batch member: its outcome fires the batch's callbacks
+        return run_member(config, job, lambda: _inline(config, job_class, job))
+    return run_payload(config, job_class, job, middleware=server_middleware)
 
 
 def _job_class(name: str) -> type[Job]:
