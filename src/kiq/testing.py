@@ -38,6 +38,7 @@ The mode and the fake queues are guarded by one lock; jobs never run under it.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -198,7 +199,7 @@ def _push(payloads: list[Payload], config: Config) -> bool:
             job["enqueued_at"] = timestamp(config)
             if "bid" in job:
                 _batches.register(job)
-                run_member(config, job, lambda: _inline(config, job_class, job))
+                run_member(config, job, functools.partial(_inline, config, job_class, job))
             else:
                 run_payload(config, job_class, job, middleware=server_middleware)
         return True
@@ -292,7 +293,7 @@ def _run(job_class: type[Job], job: Payload) -> Any:
     # default one, since the testing chain replaces its server middleware.
     config = get_default()
     if "bid" in job:  # a batch member: its outcome fires the batch's callbacks
-        return run_member(config, job, lambda: _inline(config, job_class, job))
+        return run_member(config, job, functools.partial(_inline, config, job_class, job))
     return run_payload(config, job_class, job, middleware=server_middleware)
 
 
