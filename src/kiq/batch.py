@@ -147,7 +147,13 @@ class Signature:
 
 
 class Batch:
-    """A batch of jobs; ``Batch()`` is new, ``Batch(bid)`` re-opens an existing one."""
+    """A batch of jobs; ``Batch()`` is new, ``Batch(bid)`` re-opens an existing one.
+
+    ``Batch(bid, create=True, token=...)`` (kiq's own) creates the batch under a bid of
+    the caller's choosing, or re-opens it if it exists: a job that builds a batch and
+    may be re-run after a crash (``ProcessImportJob``) names it after its own work and
+    uses a fixed token, so the re-run finishes the same batch instead of a second one.
+    """
 
     def __init__(
         self,
@@ -160,13 +166,14 @@ class Batch:
         callback_queue: str | None = None,
         config: Config | None = None,
         token: str | None = None,
+        create: bool = False,
         extra: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config or get_default()
         self._bid = bid
         self._parent = ""
         self._token = token
-        self._created = bid is not None  # an existing batch is never created again
+        self._created = bid is not None and not create  # Batch(bid): it must exist
         self.description = description
         self.callback_queue = callback_queue
         self.callbacks = {"success": on_success, "complete": on_complete, "death": on_death}

@@ -224,7 +224,8 @@ class Job:
         """
         bid = self.bid
         config = getattr(self, "config", None) or get_default()
-        return None if bid is None else Batch(bid, config=config, token=f"job-{self.jid}")
+        token = f"job-{getattr(self, 'jid', '')}"
+        return None if bid is None else Batch(bid, config=config, token=token)
 
     def valid_within_batch(self) -> bool:
         """False once this job's batch was invalidated (Sidekiq Pro's valid_within_batch?)."""
