@@ -104,6 +104,7 @@ SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
     "api": frozenset(
         {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
+        | {"batch", "workflow"}  # BatchSet, WorkflowSet (issue 17)
     ),
     "testing": CLIENT_SIDE | {"__init__", "testing_batches"},
     "testing_batches": CLIENT_SIDE,  # batches in memory for the test modes (issue 17)

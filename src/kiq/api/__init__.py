@@ -28,6 +28,7 @@ lines); import from ``kiq.api`` itself, which re-exports every name:
   ``cron_set``;
 * ``process``: ``ProcessSet``, ``Process``, ``WorkSet``, ``Work``, ``progress``;
 * ``metrics``: ``Metrics``, ``job_totals``, ``deploy_mark``, ``deploy_marks``;
+* ``batches``: ``BatchSet``, ``WorkflowSet``, ``batch_counts`` (issue 17);
 * ``base``: the Config and the lenient readers they all share.
 
 Example::
@@ -45,6 +46,7 @@ Example::
 from __future__ import annotations
 
 from kiq.api.base import PAGE_SIZE
+from kiq.api.batches import BatchSet, WorkflowSet, batch_counts, batch_state
 from kiq.api.metrics import (
     DEPLOY_LOCK_TTL,
     DEPLOY_MARK_TTL,
@@ -99,6 +101,7 @@ __all__ = [
     "PAGE_SIZE",
     "PROCESS_FIELDS",
     "SCAN_COUNT",
+    "BatchSet",
     "DeadSet",
     "DeployMark",
     "History",
@@ -121,6 +124,9 @@ __all__ = [
     "Stats",
     "Work",
     "WorkSet",
+    "WorkflowSet",
+    "batch_counts",
+    "batch_state",
     "cron_set",
     "deploy_mark",
     "deploy_marks",

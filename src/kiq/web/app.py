@@ -25,6 +25,7 @@ from starlette.templating import Jinja2Templates
 from kiq.config import Config
 from kiq.web import display
 from kiq.web.base import HERE, action, config_of, http_error
+from kiq.web.batches import batch_action, batch_page, batches, workflow_page, workflows
 from kiq.web.failsafe import Failsafe
 from kiq.web.pages import (
     busy,
@@ -139,5 +140,10 @@ ROUTES: Final[list[BaseRoute]] = [
     Route("/metrics/{name:path}", metrics_job),
     Route("/recurring", recurring),
     Route("/recurring/{name:path}", action(recurring_action), methods=["POST"]),
+    Route("/batches", batches),
+    Route("/batches/{bid:path}", batch_page),
+    Route("/batches/{bid:path}", action(batch_action), methods=["POST"]),
+    Route("/workflows", workflows),
+    Route("/workflows/{wid:path}", workflow_page),
     Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
 ]
