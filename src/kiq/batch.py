@@ -431,9 +431,10 @@ def admit(config: Config, payload: Payload) -> bool:
 
 
 def result_json(value: Any) -> str:
-    """A step's result as JSON for ``pass_result``; "" if not JSON or over MAX_RESULT."""
+    """A step's result as JSON for ``pass_result``; "" for None (nothing kept: the next
+    step reads null either way), and for a value that is not JSON or over MAX_RESULT."""
     if value is None:
-        return "null"
+        return ""
     try:
         raw = wire.dumps(value)
     except (TypeError, ValueError):

@@ -3,7 +3,7 @@
 -- be split, so each event's callback is pushed exactly once however many processes
 -- finish jobs at once. Idempotent per jid: a job re-run after a crash between this
 -- script and its ack changes nothing a second time (the jid is no longer pending, or
--- its failure is already counted), and each event is claimed with HSETNX <event>_at.
+-- its failure is already counted), and each event is claimed once, by <event>_at.
 -- Events (Sidekiq Pro's): complete when every job ran once (pending == failures) and
 -- every child batch is complete; success when every job succeeded (pending == 0) and
 -- every child batch succeeded; death when a job (or one in a child batch) died. No
@@ -21,14 +21,19 @@ local function k(b, part)
   if part == nil then return prefix .. 'b-' .. b end
   return prefix .. 'b-' .. b .. '-' .. part
 end
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'none' then return {} end -- expired or never opened: nothing to count
-if kind ~= 'hash' then
-  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is a ' .. kind .. ', not a batch hash')
-end
-local clock = redis.call('TIME')
-local now = string.format('%d.%06d', tonumber(clock[1]), tonumber(clock[2]))
+-- One HMGET first: a missing batch answers nil (nothing to count), a key of another
+-- type fails here, before any write.
+local head = redis.call('HMGET', KEYS[1], 'created_at', 'ttl', 'keep_results')
+if not head[1] then return {} end -- expired or never opened: nothing to count
+local clock, now -- read once, and only when an event fires
 local fired = {}
+
+local function tick()
+  if not clock then
+    clock = redis.call('TIME')
+    now = string.format('%d.%06d', tonumber(clock[1]), tonumber(clock[2]))
+  end
+end
 
 local function stamp(fmt)
   if fmt == 'ms' then
@@ -39,7 +44,9 @@ end
 
 local function fire(b, event)
   local key = k(b)
-  if redis.call('HSETNX', key, event .. '_at', now) == 0 then return false end
+  if redis.call('HEXISTS', key, event .. '_at') == 1 then return false end
+  tick()
+  redis.call('HSET', key, event .. '_at', now)
   local cb = redis.call('HMGET', key, 'cb_' .. event, 'cbq_' .. event, 'cbfmt')
   if cb[1] and cb[2] then
     -- the payload was stored without enqueued_at and ends with '}'
@@ -76,14 +83,14 @@ local function died(b)
   end
 end
 
-local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl') or '2592000')
+local ttl = tonumber(head[2] or '2592000')
 if op == 'success' then
   if redis.call('SREM', k(bid, 'jids'), member) == 1 then
     redis.call('HINCRBY', KEYS[1], 'pending', -1)
     if redis.call('HDEL', k(bid, 'failinfo'), member) == 1 then
       redis.call('HINCRBY', KEYS[1], 'failures', -1)
     end
-    if info ~= '' and redis.call('HEXISTS', KEYS[1], 'keep_results') == 1 then
+    if info ~= '' and head[3] then
       redis.call('HSET', k(bid, 'results'), member, info)
       redis.call('EXPIRE', k(bid, 'results'), ttl)
     end
