@@ -68,6 +68,7 @@ def run(
     seed: int = 7,
 ) -> Report:
     rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
     server = RedisServer(folder, ["appendonly yes", "appendfsync always"], name="batch-redis")
     server.start()
     started = time.monotonic()
@@ -150,6 +151,129 @@ def run(
             seconds=round(time.monotonic() - started, 1),
             leftovers=_leftovers(r),
             at_fire={c["event"]: c for c in entries},
+        )
+        config.close()
+        r.close()
+        return report
+    finally:
+        for worker in procs:
+            worker.kill()
+        server.kill()
+
+
+@dataclass
+class WorkflowReport:
+    kind: str
+    steps: int
+    state: str
+    runs_once: bool  # every step ran exactly once
+    stopped_midway: bool  # the workflow was still running when every worker had exited
+    seconds: float
+
+
+def run_workflow_restart(
+    folder: Path, *, kind: str, size: int, workers: int = 2, deadline: float = 300.0
+) -> WorkflowReport:
+    """A chain of ``size`` or a chord of ``size`` started, every worker stopped (TERM to
+    all at once) a third of the way in, new workers started, run to the end."""
+    import signal
+
+    from tests.support.batch_jobs import Step
+
+    folder.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(folder, ["appendonly yes"], name=f"wf-{kind}-redis")
+    server.start()
+    started = time.monotonic()
+    procs: list[Worker] = []
+    try:
+        url = server.url(0)
+        r = redis.Redis.from_url(url)
+        config = Config(redis_url=url)
+        if kind == "chain":
+            r.set("bt:pause", "0.2")
+            flow = kiq.chain(*(Step.s(f"s{i}", 1) for i in range(size)), pass_result=True)
+        else:
+            r.set("bt:pause", "0.01")
+            header = kiq.group(Step.s(f"row{i}", 1) for i in range(size))
+            flow = kiq.chord(header, Step.s("sum", 0), pass_result=True)
+        wid = flow.start(config=config)
+        steps = size if kind == "chain" else size + 1
+
+        def spawn() -> Worker:
+            worker = Worker(folder, url, "-r", "batch_jobs", name=f"{kind}-w{len(procs)}")
+            procs.append(worker)
+            return worker
+
+        def state() -> str:
+            return kiq.WorkflowStatus(wid, config=config).state
+
+        first = [spawn() for _ in range(workers)]
+        end = started + deadline
+        while len(runs(r, DONE)) < max(1, steps // 3) and time.monotonic() < end:
+            time.sleep(0.05)
+        for worker in first:
+            worker.signal(signal.SIGTERM)
+        for worker in first:
+            worker.proc.wait(60)
+        midway = state() == "running"
+        for _ in range(workers):
+            spawn()
+        while state() != "succeeded" and time.monotonic() < end:
+            time.sleep(0.1)
+        counts = runs(r, RUNS)
+        report = WorkflowReport(
+            kind=kind,
+            steps=steps,
+            state=state(),
+            runs_once=len(counts) == steps and set(counts.values()) == {1},
+            stopped_midway=midway,
+            seconds=round(time.monotonic() - started, 1),
+        )
+        config.close()
+        r.close()
+        return report
+    finally:
+        for worker in procs:
+            worker.kill()
+        server.kill()
+
+
+@dataclass
+class NestedReport:
+    levels: int
+    order_ok: bool  # each parent's success fired after its child's
+    callbacks: Counter[str]
+    seconds: float
+
+
+def run_nested(folder: Path, *, levels: int = 3, rows: int = 100, workers: int = 4) -> NestedReport:
+    """A root batch whose job opens ``levels`` levels of child batches, ``rows`` rows each."""
+    from tests.support.batch_jobs import BParent
+
+    folder.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(folder, ["appendonly no"], name="nested-redis")
+    server.start()
+    started = time.monotonic()
+    procs: list[Worker] = []
+    try:
+        url = server.url(0)
+        r = redis.Redis.from_url(url)
+        config = Config(redis_url=url)
+        root = kiq.Batch(on_success=(BCallback, {"event": "root"}), config=config)
+        with root.jobs():
+            kiq.Client(config).push({"class": BParent, "args": [levels, rows]})
+        procs = [Worker(folder, url, "-r", "batch_jobs", name=f"n{i}") for i in range(workers)]
+        while "root" not in {c["event"] for c in callbacks(r)} and time.monotonic() < started + 300:
+            time.sleep(0.05)
+        chain = [kiq.BatchStatus(root.bid, config=config)]
+        while chain[-1].child_count:
+            chain.append(kiq.BatchStatus(chain[-1].child_bids()[0], config=config))
+        fired = [status.fired.get("success", 0.0) for status in chain]
+        report = NestedReport(
+            levels=len(chain) - 1,
+            order_ok=fired == sorted(fired, reverse=True) and all(fired),
+            callbacks=Counter(c["event"] for c in callbacks(r)),
+            seconds=round(time.monotonic() - started, 1),
         )
         config.close()
         r.close()
