@@ -90,3 +90,16 @@ def test_workflows_run_in_fake_mode(kiq_fake: ModuleType) -> None:
     kiq.testing.clear_all()
     with pytest.raises(kiq.KiqError, match="does not exist"):
         kiq.WorkflowStatus(wid)
+
+
+class Cascade(kiq.Job, name="testing_batches.Cascade"):
+    def perform(self) -> None:
+        Row.perform_async(5)  # not in the batch: only self.batch.jobs() adds to it
+
+
+def test_inline_a_members_own_pushes_do_not_join_the_batch(kiq_inline: ModuleType) -> None:
+    batch = kiq.Batch()
+    with batch.jobs():
+        Cascade.perform_async()
+    assert kiq.BatchStatus(batch.bid).total == 1
+    assert ("row", 5) in seen

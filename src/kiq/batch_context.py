@@ -52,3 +52,10 @@ def enter(block: OpenBlock) -> Token[OpenBlock | None]:
 
 def leave(token: Token[OpenBlock | None]) -> None:
     _open.reset(token)
+
+
+def outside() -> Token[OpenBlock | None]:
+    """No block open from here (``leave`` the token after): a job run inline by the
+    test modes inside a ``jobs()`` block must not have its own pushes join that batch,
+    as a worker's job would not (only ``self.batch.jobs()`` adds to a batch)."""
+    return _open.set(None)

@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from kiq import batch as kiq_batch
+from kiq import batch_context
 from kiq import payload as wire
 from kiq.client import set_test_hook, timestamp
 from kiq.config import Config, get_default
@@ -192,18 +193,26 @@ def _push(payloads: list[Payload], config: Config) -> bool:
                 _state.jobs.append(job)
         return True
     if current == "inline":
-        for payload in payloads:
-            job_class = _job_class(payload["class"])
-            job = wire.loads(wire.dumps(payload))
-            job.pop("at", None)  # runs now, and looks as it would to a worker
-            job["enqueued_at"] = timestamp(config)
-            if "bid" in job:
-                _batches.register(job)
-                run_member(config, job, functools.partial(_inline, config, job_class, job))
-            else:
-                run_payload(config, job_class, job, middleware=server_middleware)
+        token = batch_context.outside()  # a job's own pushes do not join an open batch
+        try:
+            _run_inline(payloads, config)
+        finally:
+            batch_context.leave(token)
         return True
     return False
+
+
+def _run_inline(payloads: list[Payload], config: Config) -> None:
+    for payload in payloads:
+        job_class = _job_class(payload["class"])
+        job = wire.loads(wire.dumps(payload))
+        job.pop("at", None)  # runs now, and looks as it would to a worker
+        job["enqueued_at"] = timestamp(config)
+        if "bid" in job:
+            _batches.register(job)
+            run_member(config, job, functools.partial(_inline, config, job_class, job))
+        else:
+            run_payload(config, job_class, job, middleware=server_middleware)
 
 
 def _inline(config: Config, job_class: type[Job], job: Payload) -> Any:
