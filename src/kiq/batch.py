@@ -297,10 +297,20 @@ def _float(fields: Mapping[str, str], name: str) -> float | None:
 class BatchStatus:
     """A snapshot of one batch (Sidekiq Pro's ``Sidekiq::Batch::Status``), read at once."""
 
-    def __init__(self, bid: str, *, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        bid: str,
+        *,
+        config: Config | None = None,
+        data: tuple[dict[str, str], dict[str, int]] | None | bool = False,
+    ) -> None:
+        """Read ``bid`` now; ``data``: what ``Store.batch_read`` already returned for it
+        (kiq.api reads a page of batches in one round trip)."""
         self.bid = bid
         self.config = config or get_default()
-        found = _backend.read(self.config, bid)
+        found = _backend.read(self.config, bid) if data is False else data
+        if isinstance(found, bool):
+            found = None
         self.exists = found is not None
         fields, sizes = found if found is not None else ({}, {})
         self._fields = fields

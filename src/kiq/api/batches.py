@@ -51,7 +51,11 @@ class BatchSet:
         """``count`` batches from rank ``start`` (0 = newest); expired entries are dropped."""
         expired = wire.now() - self.config.batch_ttl
         rows = self.config.store.batch_index(start, start + count - 1, expired)
-        found = [BatchStatus(bid, config=self.config) for bid, _ in rows]
+        data = self.config.store.batch_read_many([bid for bid, _ in rows])
+        found = [
+            BatchStatus(bid, config=self.config, data=read)
+            for (bid, _), read in zip(rows, data, strict=True)
+        ]
         return [status for status in found if status.exists]
 
     def __iter__(self) -> Iterator[BatchStatus]:

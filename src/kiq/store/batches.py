@@ -128,18 +128,31 @@ class Batches(Connection):
 
     def batch_read(self, bid: str) -> tuple[dict[str, str], dict[str, int]] | None:
         """The batch hash (decoded) and the sizes of its parts, or None if it expired."""
+        return self.batch_read_many([bid])[0]
+
+    def batch_read_many(
+        self, bids: Sequence[str]
+    ) -> list[tuple[dict[str, str], dict[str, int]] | None]:
+        """``batch_read`` of each bid, in one pipelined round trip (a page of the list)."""
         pipe = self._pipeline()
-        pipe.hgetall(self.keys.batch(bid))
-        for part in _PARTS:
-            if part in ("failinfo", "results"):
-                pipe.hlen(self.keys.batch(bid, part))
-            else:
-                pipe.scard(self.keys.batch(bid, part))
-        raw, *sizes = pipe.execute()
-        if not raw:
-            return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        return fields, {part: int(n) for part, n in zip(_PARTS, sizes, strict=True)}
+        for bid in bids:
+            pipe.hgetall(self.keys.batch(bid))
+            for part in _PARTS:
+                if part in ("failinfo", "results"):
+                    pipe.hlen(self.keys.batch(bid, part))
+                else:
+                    pipe.scard(self.keys.batch(bid, part))
+        replies = pipe.execute()
+        found: list[tuple[dict[str, str], dict[str, int]] | None] = []
+        step = 1 + len(_PARTS)
+        for index in range(len(bids)):
+            raw, *sizes = replies[index * step : (index + 1) * step]
+            if not raw:
+                found.append(None)
+                continue
+            fields = {_text(k): _text(v) for k, v in raw.items()}
+            found.append((fields, {part: int(n) for part, n in zip(_PARTS, sizes, strict=True)}))
+        return found
 
     def batch_members(self, bid: str, part: str, count: int = 1000) -> list[str]:
         """Up to ``count`` members of a set part (``jids``, ``died``, ``kids``, ``open``)."""
