@@ -302,7 +302,7 @@ class BatchStatus:
         bid: str,
         *,
         config: Config | None = None,
-        data: tuple[dict[str, str], dict[str, int]] | None | bool = False,
+        data: tuple[dict[str, str], dict[str, int]] | bool | None = False,
     ) -> None:
         """Read ``bid`` now; ``data``: what ``Store.batch_read`` already returned for it
         (kiq.api reads a page of batches in one round trip)."""
