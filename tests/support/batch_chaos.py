@@ -13,6 +13,7 @@ in-progress lists), or at ``deadline``; then every worker gets TERM.
 from __future__ import annotations
 
 import random
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class Report:
     redis_restarted: bool
     seconds: float
     leftovers: int
+    settles: int = 0  # stalls ended by a TERM + restart of every worker (see run)
     at_fire: dict[str, dict[str, Any]] = field(default_factory=dict)  # counts seen by callbacks
 
 
@@ -66,6 +68,7 @@ def run(
     die: int = 0,
     deadline: float = 120.0,
     seed: int = 7,
+    stall: float = 20.0,
 ) -> Report:
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,7 +109,9 @@ def run(
 
         live = [spawn() for _ in range(workers)]
         killed = 0
+        settles = 0
         restarted = False
+        last_finished, last_change = -1, time.monotonic()
         next_kill = time.monotonic() + kill_every
         end = started + deadline
         while time.monotonic() < end:
@@ -119,6 +124,19 @@ def run(
                 time.sleep(0.05)
                 continue
             now = time.monotonic()
+            if finished != last_finished:
+                last_finished, last_change = finished, now
+            elif killed >= kills and now - last_change > stall:
+                # Stalled with every kill done: jobs stranded in a live process's
+                # in-progress list (a fetch whose reply was lost when Redis died; an
+                # engine limit, not a batch one). A clean stop requeues them.
+                for worker in live:
+                    worker.signal(signal.SIGTERM)
+                for worker in live:
+                    worker.proc.wait(60)
+                live = [spawn() for _ in range(workers)]
+                settles += 1
+                last_change = now
             if killed < kills and now >= next_kill:
                 victim = live.pop(rng.randrange(len(live)))
                 victim.kill()
@@ -150,6 +168,7 @@ def run(
             redis_restarted=restarted,
             seconds=round(time.monotonic() - started, 1),
             leftovers=_leftovers(r),
+            settles=settles,
             at_fire={c["event"]: c for c in entries},
         )
         config.close()
@@ -176,8 +195,6 @@ def run_workflow_restart(
 ) -> WorkflowReport:
     """A chain of ``size`` or a chord of ``size`` started, every worker stopped (TERM to
     all at once) a third of the way in, new workers started, run to the end."""
-    import signal
-
     from tests.support.batch_jobs import Step
 
     folder.mkdir(parents=True, exist_ok=True)
