@@ -56,6 +56,72 @@ def _leftovers(r: redis.Redis) -> int:
     return total
 
 
+class _Chaos:
+    """The worker processes of one run and what is done to them."""
+
+    def __init__(self, folder: Path, server: RedisServer, workers: int, rng: random.Random) -> None:
+        self.folder, self.server, self.rng = folder, server, rng
+        self.procs: list[Worker] = []
+        self.live = [self.spawn() for _ in range(workers)]
+        self.killed = self.settles = 0
+        self.restarted = False
+
+    def spawn(self) -> Worker:
+        name = f"w{len(self.procs)}"
+        worker = Worker(
+            self.folder,
+            self.server.url(0),
+            "-r",
+            "batch_jobs",
+            config_text=WORKER_CONFIG,
+            name=name,
+        )
+        self.procs.append(worker)
+        return worker
+
+    def kill_one(self) -> None:
+        self.live.pop(self.rng.randrange(len(self.live))).kill()
+        self.live.append(self.spawn())
+        self.killed += 1
+
+    def settle(self) -> None:
+        """Stalled with every kill done: jobs stranded in a live process's in-progress
+        list (a fetch whose reply was lost when Redis died: an engine limit, not a batch
+        one). A clean stop of every worker requeues them."""
+        for worker in self.live:
+            worker.signal(signal.SIGTERM)
+        for worker in self.live:
+            worker.proc.wait(60)
+        self.live = [self.spawn() for _ in range(len(self.live))]
+        self.settles += 1
+
+    def stop(self) -> None:
+        for worker in self.live:
+            worker.stop(30)
+
+
+def _fill(config: Config, rows: int, flaky: float, die: int, rng: random.Random) -> kiq.Batch:
+    modes = ["ok"] * rows
+    for index in rng.sample(range(rows), int(rows * flaky)):
+        modes[index] = "flaky"
+    dying = set(rng.sample([i for i, m in enumerate(modes) if m == "ok"], die))
+    batch = kiq.Batch(
+        description="chaos",
+        on_success=(BCallback, {"event": "success"}),
+        on_complete=(BCallback, {"event": "complete"}),
+        on_death=(BCallback, {"event": "death"}),
+        config=config,
+    )
+    client = kiq.Client(config)
+    with batch.jobs():
+        plain = [[i, modes[i], 0.002] for i in range(rows) if i not in dying]
+        for start in range(0, len(plain), 1000):
+            client.push_bulk({"class": BRow, "args": plain[start : start + 1000]})
+        for i in sorted(dying):
+            client.push({"class": BRow, "args": [i, "die"], "retry": 0})
+    return batch
+
+
 def run(
     folder: Path,
     *,
@@ -75,49 +141,18 @@ def run(
     server = RedisServer(folder, ["appendonly yes", "appendfsync always"], name="batch-redis")
     server.start()
     started = time.monotonic()
-    procs: list[Worker] = []
+    chaos: _Chaos | None = None
     try:
-        url = server.url(0)
-        r = redis.Redis.from_url(url)
-        config = Config(redis_url=url)
-        modes = ["ok"] * rows
-        for index in rng.sample(range(rows), int(rows * flaky)):
-            modes[index] = "flaky"
-        dying = set(rng.sample([i for i, m in enumerate(modes) if m == "ok"], die))
-        batch = kiq.Batch(
-            description="chaos",
-            on_success=(BCallback, {"event": "success"}),
-            on_complete=(BCallback, {"event": "complete"}),
-            on_death=(BCallback, {"event": "death"}),
-            config=config,
-        )
-        client = kiq.Client(config)
-        with batch.jobs():
-            plain = [[i, modes[i], 0.002] for i in range(rows) if i not in dying]
-            for start in range(0, len(plain), 1000):
-                client.push_bulk({"class": BRow, "args": plain[start : start + 1000]})
-            for i in sorted(dying):
-                client.push({"class": BRow, "args": [i, "die"], "retry": 0})
+        r = redis.Redis.from_url(server.url(0))
+        config = Config(redis_url=server.url(0))
+        batch = _fill(config, rows, flaky, die, rng)
         expected = {"complete", "death"} if die else {"complete", "success"}
-
-        def spawn() -> Worker:
-            worker = Worker(
-                folder, url, "-r", "batch_jobs", config_text=WORKER_CONFIG, name=f"w{len(procs)}"
-            )
-            procs.append(worker)
-            return worker
-
-        live = [spawn() for _ in range(workers)]
-        killed = 0
-        settles = 0
-        restarted = False
+        chaos = _Chaos(folder, server, workers, rng)
         last_finished, last_change = -1, time.monotonic()
         next_kill = time.monotonic() + kill_every
-        end = started + deadline
-        while time.monotonic() < end:
+        while time.monotonic() < started + deadline:
             try:
-                fired = {c["event"] for c in callbacks(r)}
-                if expected <= fired and _leftovers(r) == 0:
+                if expected <= {c["event"] for c in callbacks(r)} and _leftovers(r) == 0:
                     break
                 finished = len(runs(r, DONE))
             except redis.ConnectionError:
@@ -126,58 +161,50 @@ def run(
             now = time.monotonic()
             if finished != last_finished:
                 last_finished, last_change = finished, now
-            elif killed >= kills and now - last_change > stall:
-                # Stalled with every kill done: jobs stranded in a live process's
-                # in-progress list (a fetch whose reply was lost when Redis died; an
-                # engine limit, not a batch one). A clean stop requeues them.
-                for worker in live:
-                    worker.signal(signal.SIGTERM)
-                for worker in live:
-                    worker.proc.wait(60)
-                live = [spawn() for _ in range(workers)]
-                settles += 1
+            elif chaos.killed >= kills and now - last_change > stall:
+                chaos.settle()
                 last_change = now
-            if killed < kills and now >= next_kill:
-                victim = live.pop(rng.randrange(len(live)))
-                victim.kill()
-                live.append(spawn())
-                killed += 1
+            if chaos.killed < kills and now >= next_kill:
+                chaos.kill_one()
                 next_kill = now + kill_every
-            if restart_redis and not restarted and finished >= rows // 2:
-                r.close()
+            if restart_redis and not chaos.restarted and finished >= rows // 2:
                 server.restart(crash=True)
-                restarted = True
+                chaos.restarted = True
             time.sleep(0.05)
-        for worker in live:
-            worker.stop(30)
-        status = kiq.BatchStatus(batch.bid, config=config)
-        entries = callbacks(r)
-        pushes = Counter(
-            e["event"] for e in {(c["event"], c["enqueued_at"]): c for c in entries}.values()
-        )
-        started_rows = runs(r, RUNS)
-        report = Report(
-            rows=rows,
-            status=status.to_dict(),
-            events=pushes,
-            callback_runs=Counter(c["event"] for c in entries),
-            ran=len(started_rows),
-            finished=len(runs(r, DONE)),
-            reruns=sum(started_rows.values()) - len(started_rows),
-            kills=killed,
-            redis_restarted=restarted,
-            seconds=round(time.monotonic() - started, 1),
-            leftovers=_leftovers(r),
-            settles=settles,
-            at_fire={c["event"]: c for c in entries},
-        )
+        chaos.stop()
+        report = _report(r, config, batch, chaos, rows, started)
         config.close()
         r.close()
         return report
     finally:
-        for worker in procs:
+        for worker in chaos.procs if chaos else []:
             worker.kill()
         server.kill()
+
+
+def _report(
+    r: redis.Redis, config: Config, batch: kiq.Batch, chaos: _Chaos, rows: int, started: float
+) -> Report:
+    entries = callbacks(r)
+    pushes = Counter(
+        e["event"] for e in {(c["event"], c["enqueued_at"]): c for c in entries}.values()
+    )
+    started_rows = runs(r, RUNS)
+    return Report(
+        rows=rows,
+        status=kiq.BatchStatus(batch.bid, config=config).to_dict(),
+        events=pushes,
+        callback_runs=Counter(c["event"] for c in entries),
+        ran=len(started_rows),
+        finished=len(runs(r, DONE)),
+        reruns=sum(started_rows.values()) - len(started_rows),
+        kills=chaos.killed,
+        redis_restarted=chaos.restarted,
+        seconds=round(time.monotonic() - started, 1),
+        leftovers=_leftovers(r),
+        settles=chaos.settles,
+        at_fire={c["event"]: c for c in entries},
+    )
 
 
 @dataclass
