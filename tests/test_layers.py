@@ -52,7 +52,8 @@ CORE: tuple[str, ...] = (
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
     "client",
-    "batch",  # batches (issue 17): Batch, BatchStatus, the worker's admit/record
+    "batch",  # batches (issue 17): Batch, the backend, the worker's admit/record
+    "batch_status",  # BatchStatus: one batch read at once
     "job",
     "workflow",  # chain, group, chord, DAG on top of batches (issue 17)
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
@@ -95,6 +96,7 @@ CLIENT_SIDE = frozenset(
         "client",
         "batch_context",
         "batch",
+        "batch_status",
         "job",
         "workflow",
         "activejob",
@@ -104,7 +106,7 @@ SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
     "api": frozenset(
         {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
-        | {"batch", "workflow"}  # BatchSet, WorkflowSet (issue 17)
+        | {"batch", "batch_status", "workflow"}  # BatchSet, WorkflowSet (issue 17)
     ),
     "testing": CLIENT_SIDE | {"__init__", "testing_batches"},
     "testing_batches": CLIENT_SIDE,  # batches in memory for the test modes (issue 17)

@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 # kiq.activejob registers the Job that runs ActiveJob's wrapper class names.
 from kiq import activejob
-from kiq.batch import Batch, BatchStatus
+from kiq.batch import Batch
+from kiq.batch_status import BatchStatus
 from kiq.client import AsyncClient, Client
 from kiq.config import Config, configure, connect, get_default
 from kiq.errors import (

@@ -49,6 +49,7 @@ from typing import (
 from kiq import payload as wire
 from kiq import unique
 from kiq.batch import Batch, Signature
+from kiq.batch_status import BatchStatus
 from kiq.client import AsyncClient, Client, resolve_at
 from kiq.config import Config, get_default
 from kiq.errors import ConfigError, JobArgumentError
@@ -229,8 +230,9 @@ class Job:
 
     def valid_within_batch(self) -> bool:
         """False once this job's batch was invalidated (Sidekiq Pro's valid_within_batch?)."""
-        batch = self.batch
-        return batch is None or not batch.status.invalidated
+        bid = self.bid
+        config = getattr(self, "config", None) or get_default()
+        return bid is None or not BatchStatus(bid, config=config).invalidated
 
     @classmethod
     def s(cls, *args: Any, **options: Any) -> Signature:

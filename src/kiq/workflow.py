@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kiq import payload as wire
-from kiq.batch import BatchStatus, Signature, backend, batch_fields
+from kiq.batch import Signature, backend, batch_fields
+from kiq.batch_status import BatchStatus
 from kiq.client import Client
 from kiq.config import Config, get_default
 from kiq.errors import JobArgumentError, KiqError

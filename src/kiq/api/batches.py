@@ -15,7 +15,7 @@ from typing import Final
 
 from kiq import payload as wire
 from kiq.api.base import PAGE_SIZE, config_or_default
-from kiq.batch import BatchStatus
+from kiq.batch_status import BatchStatus
 from kiq.config import Config
 from kiq.errors import KiqError
 from kiq.workflow import WorkflowStatus
