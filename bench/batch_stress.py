@@ -33,7 +33,12 @@ from tests.support.batch_chaos import run, run_nested, run_workflow_restart
 def emit(name: str, report: object) -> None:
     # not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs as keys
     data = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}  # type: ignore[arg-type]
-    data.pop("at_fire", None)
+    fired = data.pop("at_fire", None) or {}
+    if fired:  # what each callback saw when it ran: success after the last retry
+        data["seen_by_callbacks"] = {
+            event: {"pending": entry["pending"], "failures": entry["failures"]}
+            for event, entry in fired.items()
+        }
     print(json.dumps({"scenario": name, **data}, default=dict), flush=True)
 
 
