@@ -19,7 +19,7 @@ from kiq import payload as wire
 from kiq.config import Config
 from kiq.errors import BatchError
 from tests.support import batch_jobs
-from tests.support.batch_jobs import BCallback, BParent, BRow
+from tests.support.batch_jobs import BAdder, BCallback, BParent, BRow
 from tests.support.inprocess import running
 from tests.support.wait import wait_until
 
@@ -242,3 +242,16 @@ def test_expiry_is_the_configured_ttl(config: Config, r: redis.Redis) -> None:
         BRow.perform_async(1)
     assert 0 < r.ttl(f"b-{batch.bid}") <= 120
     assert 0 < r.ttl(f"b-{batch.bid}-jids") <= 120
+
+
+def test_a_running_job_adds_to_its_own_batch_and_success_waits(
+    config: Config, recorded: redis.Redis
+) -> None:
+    batch = new_batch(config)
+    with batch.jobs():
+        BAdder.perform_async(3)
+    with running(config):
+        wait_until(lambda: "success" in {c["event"] for c in batch_jobs.callbacks(recorded)}, 20)
+    success = next(c for c in batch_jobs.callbacks(recorded) if c["event"] == "success")
+    assert (success["total"], success["pending"]) == (4, 0)
+    assert batch_jobs.runs(recorded, batch_jobs.DONE) == {"500": 1, "501": 1, "502": 1}

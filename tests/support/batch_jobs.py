@@ -59,6 +59,18 @@ class BCallback(kiq.Job, name="BCallback"):
         _redis.rpush(CALLBACKS, json.dumps(entry))
 
 
+class BAdder(kiq.Job, name="BAdder"):
+    """Adds ``more`` rows to its own batch while it runs (``self.batch.jobs()``)."""
+
+    def perform(self, more: int) -> None:
+        _redis.hincrby(RUNS, "adder", 1)
+        batch = self.batch
+        assert batch is not None
+        with batch.jobs():
+            for i in range(more):
+                BRow.perform_async(500 + i, "ok", 0.05)
+
+
 class BParent(kiq.Job, name="BParent"):
     """Opens ``depth`` levels of child batches below its own, one row each level."""
 
