@@ -183,15 +183,23 @@ def test_the_worker_records_outcomes_and_runs_callbacks(
     assert (status.total, status.pending, status.failures) == (5, 0, 0)
 
 
-def test_a_job_whose_success_is_recorded_is_not_run_again(
+def test_a_recovered_job_whose_success_is_recorded_is_not_run_again(
     config: Config, recorded: redis.Redis
 ) -> None:
     batch = new_batch(config)
     with batch.jobs():
         jid = BRow.perform_async(1) or ""
         BRow.perform_async(2)
-    # a crash between the outcome script and the ack: the job is back in its queue
+    # a crash between the outcome script and the ack: the recovery puts the job back,
+    # marked as recovered (kiq_recoveries), as kiq.recover does
     config.store.batch_update(batch.bid, "success", jid, "")
+    raws = recorded.lrange("queue:default", 0, -1)
+    recorded.delete("queue:default")
+    for raw in reversed(raws):
+        job = wire.loads(raw)
+        if job["jid"] == jid:
+            job["kiq_recoveries"] = 1
+        recorded.lpush("queue:default", wire.dumps(job))
     with running(config):
         wait_until(lambda: len(batch_jobs.callbacks(recorded)) == 2, timeout=20)
         wait_until(lambda: recorded.llen("queue:default") == 0, timeout=5)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -278,12 +279,27 @@ def _callback_payload(client: Client, spec: Any, bid: str, queue: str | None) ->
 # -- the worker's side: called by kiq.processor's Executor around a batch job ----------
 
 
+STATE_CACHE_SECONDS: Final = 1.0  # how long a worker trusts a batch's "invalidated" flag
+_states: dict[tuple[int, str], tuple[float, bool, bool]] = {}  # (config, bid) -> state
+
+
 def admit(config: Config, payload: Payload) -> bool:
     """Run this batch job? False for an invalidated batch's job, and for one whose
-    success is already recorded (re-run after a crash between its outcome and its ack).
-    A job whose batch expired runs as a plain job."""
+    success is already recorded. A job whose batch expired runs as a plain job.
+
+    Only a job recovered from a dead process (``kiq_recoveries``) can have its success
+    recorded already (its process died between the outcome and the ack): it costs one
+    round trip (is its jid still pending?). Any other job reads only whether its batch
+    exists and is invalidated, cached per batch for ``STATE_CACHE_SECONDS``: in Redis
+    mode a batch job costs the worker one round trip (the outcome) instead of two, and
+    a job may still start up to that long after its batch was invalidated.
+    """
     bid, jid = str(payload["bid"]), str(payload.get("jid", ""))
-    exists, invalidated, pending = _backend.gate(config, bid, jid)
+    if payload.get("kiq_recoveries") or _backend is not _redis:
+        exists, invalidated, pending = _backend.gate(config, bid, jid)
+    else:
+        exists, invalidated = _state(config, bid)
+        pending = True
     if not exists:
         return True
     if invalidated:
@@ -293,6 +309,20 @@ def admit(config: Config, payload: Payload) -> bool:
         log.info("skipped: its success in batch %s is already recorded", bid)
         return False
     return True
+
+
+def _state(config: Config, bid: str) -> tuple[bool, bool]:
+    """(exists, invalidated) of ``bid``, read at most once a STATE_CACHE_SECONDS."""
+    key = (id(config), bid)
+    now = time.monotonic()
+    cached = _states.get(key)
+    if cached is not None and now - cached[0] < STATE_CACHE_SECONDS:
+        return cached[1], cached[2]
+    exists, invalidated, _ = _backend.gate(config, bid, "")
+    if len(_states) > 10_000:  # many batches at once: start over rather than grow
+        _states.clear()
+    _states[key] = (now, exists, invalidated)
+    return exists, invalidated
 
 
 def result_json(value: Any) -> str:
