@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.batch_chaos import run
 
 
+@pytest.mark.slow
 def test_success_fires_once_through_kills_a_redis_restart_and_retries(tmp_path: Path) -> None:
     report = run(tmp_path, rows=240, workers=4, kills=4, flaky=0.05, deadline=90)
     assert report.redis_restarted
@@ -24,6 +27,7 @@ def test_success_fires_once_through_kills_a_redis_restart_and_retries(tmp_path: 
     assert report.at_fire["success"]["failures"] == 0
 
 
+@pytest.mark.slow
 def test_one_dying_job_fires_death_and_complete_once_and_no_success(tmp_path: Path) -> None:
     report = run(tmp_path, rows=150, workers=4, kills=3, restart_redis=False, die=1, deadline=90)
     assert report.events == {"complete": 1, "death": 1}, report

@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 
+import pytest
 import redis
 
 import kiq
@@ -39,6 +40,7 @@ def stop_midway_then_finish(
     wait_until(lambda: kiq.WorkflowStatus(wid, config=config).state == "succeeded", timeout=90)
 
 
+@pytest.mark.slow
 def test_chain_of_five_finishes_after_every_worker_stopped(
     config: Config, r: redis.Redis, start_worker: Callable[..., Worker]
 ) -> None:
@@ -49,6 +51,7 @@ def test_chain_of_five_finishes_after_every_worker_stopped(
     assert r.hget("bt:out", "e") == "[1, 4]"
 
 
+@pytest.mark.slow
 def test_chord_finishes_after_every_worker_stopped(
     config: Config, r: redis.Redis, start_worker: Callable[..., Worker]
 ) -> None:
