@@ -29,6 +29,10 @@ is empty unless a test adds to it, never through a Config's server chain.
 ``MyJob.perform_inline(...)`` is not a push: it runs through both of the Config's
 chains whatever the mode (Sidekiq: ``perform_inline``).
 
+Batches and workflows (kiq.batch, kiq.workflow) live in memory in fake and inline
+mode (kiq.testing_batches): ``drain`` runs a batch's jobs, then the callbacks they
+fired; ``clear_all()`` forgets them too.
+
 Unlike Sidekiq, where a block mode is thread-local, the mode is process-wide: test
 clients (Starlette's TestClient, Django's live server) run the code under test in
 another thread, and its pushes must be seen by the test. A different mode inside a
