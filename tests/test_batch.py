@@ -263,3 +263,18 @@ def test_a_running_job_adds_to_its_own_batch_and_success_waits(
     success = next(c for c in batch_jobs.callbacks(recorded) if c["event"] == "success")
     assert (success["total"], success["pending"]) == (4, 0)
     assert batch_jobs.runs(recorded, batch_jobs.DONE) == {"500": 1, "501": 1, "502": 1}
+
+
+def test_a_bid_naming_a_key_of_another_type_costs_that_job_only(
+    config: Config, recorded: redis.Redis
+) -> None:
+    recorded.set("b-evil", "not a batch")
+    evil = {"class": "BRow", "args": [1], "jid": "e" * 24, "queue": "default", "retry": 0}
+    recorded.lpush("queue:default", wire.dumps({**evil, "bid": "evil"}))
+    BRow.perform_async(2)
+    with running(config):
+        wait_until(lambda: batch_jobs.runs(recorded, batch_jobs.DONE).get("2") == 1, 20)
+        wait_until(lambda: recorded.zcard("dead") == 1, timeout=10)
+    (dead,) = recorded.zrange("dead", 0, -1)
+    assert wire.loads(dead)["error_class"] == "ResponseError"
+    assert recorded.get("b-evil") == "not a batch"
