@@ -37,6 +37,7 @@ CORE: tuple[str, ...] = (
     "handlers",  # calls the user's error/death handlers, logging one that raises
     "embedded",  # side branch too: imports errors only; config starts it lazily
     "keys",
+    "batch_context",  # the open Batch.jobs() block (a ContextVar), read by the client
     "payload",
     "log",
     "outage",
@@ -56,9 +57,12 @@ CORE: tuple[str, ...] = (
     "cancel",  # cancel by jid, jobs' fates (issue 18); Job.cancel calls it
     "limiter",  # limiters shared by every process (issue 16): kiq.Limiter, kiq.OverLimit
     "client",
+    "batch",  # batches (issue 17): Batch, the backend, the worker's admit/record
+    "batch_status",  # BatchStatus: one batch read at once
     "job",
     "iter",  # enumerators for iterable jobs (issue 18); stdlib only
     "iterable",  # IterableJob (issue 18)
+    "workflow",  # chain, group, chord, DAG on top of batches (issue 17)
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
     "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
     "__init__",
@@ -98,7 +102,11 @@ CLIENT_SIDE = frozenset(
         "unique",
         "limiter",
         "client",
+        "batch_context",
+        "batch",
+        "batch_status",
         "job",
+        "workflow",
         "activejob",
         "results",
         "cancel",
@@ -112,8 +120,10 @@ SIDE: dict[str, frozenset[str]] = {
         {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
         | {"results"}  # api.result reads kiq.results' records (issue 17)
         | {"cancel"}  # api.cancel, api.fate (issue 18)
+        | {"batch", "batch_status", "workflow"}  # BatchSet, WorkflowSet (issue 17)
     ),
-    "testing": CLIENT_SIDE | {"__init__"},
+    "testing": CLIENT_SIDE | {"__init__", "testing_batches"},
+    "testing_batches": CLIENT_SIDE,  # batches in memory for the test modes (issue 17)
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),
     # web serves the Prometheus scrape at /metrics when a scraper asks (issue 8)
     # and asks store.is_transient whether an error means "Redis is away" (its 503 page)

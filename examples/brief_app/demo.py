@@ -240,7 +240,7 @@ def _enqueue(demo: Demo) -> list[str]:
         ("CalculateMetricsJob", len(entity_ids), "one for a place deleted since: returns quietly"),
         ("SendNotificationJob", 5, "an address refused, one greylisted, one user opted out"),
         ("SendWeeklyDigestJob", 1, "fans out a DigestBatchJob per 100 users (perform_bulk)"),
-        ("ProcessImportJob", 1, "cascades a GeocodingJob + CalculateMetricsJob per row"),
+        ("ProcessImportJob", 1, "a batch of row jobs, then a summary mail on success"),
         ("ExportDataJob", 1, f"{seeded.submissions:,} ratings to CSV, reporting progress"),
         ("CleanupOldDataJob", 1, "what the schedule runs at 02:00 every day"),
     ]

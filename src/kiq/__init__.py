@@ -20,9 +20,12 @@ from collections.abc import Callable
 # kiq.activejob registers the Job that runs ActiveJob's wrapper class names.
 from kiq import activejob
 from kiq import iter as iter  # enumerators for IterableJob: kiq.iter.items(...)
+from kiq.batch import Batch
+from kiq.batch_status import BatchStatus
 from kiq.client import AsyncClient, Client
 from kiq.config import Config, configure, connect, get_default
 from kiq.errors import (
+    BatchError,
     ConfigError,
     Discard,
     IterationInterrupted,
@@ -42,6 +45,7 @@ from kiq.iterable import IterableJob
 from kiq.job import FunctionJob, Job, Setter, job
 from kiq.limiter import Limiter
 from kiq.results import JobFailed, Result, ResultTimeout
+from kiq.workflow import Workflow, WorkflowStatus, chain, chord, dag, group
 
 __version__ = "0.1.0"
 
@@ -58,6 +62,9 @@ def on(event: str) -> Callable[[Callable[[Config], None]], Callable[[Config], No
 
 __all__ = [
     "AsyncClient",
+    "Batch",
+    "BatchError",
+    "BatchStatus",
     "Client",
     "Config",
     "ConfigError",
@@ -82,11 +89,17 @@ __all__ = [
     "Setter",
     "Shutdown",
     "UnknownJobError",
+    "Workflow",
+    "WorkflowStatus",
     "__version__",
     "activejob",
+    "chain",
+    "chord",
     "configure",
     "connect",
+    "dag",
     "get_default",
+    "group",
     "iter",
     "job",
     "on",

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kiq import batch
 from kiq import log as kiq_log
 from kiq.fetch import UnitOfWork
 from kiq.iterable import IterableJob
@@ -122,7 +123,9 @@ class AsyncRunner:
                 value = await job.perform(*payload["args"])
                 return value
 
-            if seconds is None:  # no deadline: no Timeout object per job
+            if "bid" in payload and not batch.admit(ex.config, payload):
+                pass  # invalidated batch, or its success already recorded (kiq.batch)
+            elif seconds is None:  # no deadline: no Timeout object per job
                 await chain.ainvoke(job, payload, unit.queue, run)
             else:
                 deadline = asyncio.timeout(seconds)

@@ -90,6 +90,7 @@ _FILE_KEYS: Final = {
     "cron_grace": "cron_grace",
     "capsules": "capsules",
     "limits": "limits",  # queue limits (sidekiq-limit_fetch's key; kiq.queue_limits)
+    "batch_ttl": "batch_ttl",
 }
 # Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
 _IGNORED_FILE_KEYS: Final = frozenset(
@@ -175,6 +176,7 @@ class Config:
     # queue -> its limits across every process: {"stripe": 5} or {"stripe": {"concurrency":
     # 5, "rate": "100/minute"}} (kiq.queue_limits; normalized to QueueLimit values)
     limits: dict[str, QueueLimit] = field(default_factory=dict)
+    batch_ttl: float = 30 * 86400.0  # seconds a batch's keys live (Sidekiq Pro: 30 days)
     client_middleware: Chain[ClientMiddleware] = field(default_factory=Chain)
     server_middleware: Chain[ServerMiddleware] = field(default_factory=Chain)
     error_handlers: list[ErrorHandler] = field(default_factory=list)
@@ -542,6 +544,7 @@ _SECONDS: Final = (
     "orphan_check_interval",
     "cron_poll_interval",
     "cron_grace",
+    "batch_ttl",
 )
 _OPTIONAL_SECONDS: Final = ("poll_interval_average", "poll_initial_wait")
 _TYPED: Final[tuple[tuple[str, type | tuple[type, ...], str], ...]] = (

@@ -153,3 +153,7 @@ class JobExpired(KiqError):
     Never raised into job code: the worker drops the job unrun, logs it, counts it in
     ``kiq|stat|expired`` and records it in ``kiq|fate|<jid>`` (docs/iterable.md).
     """
+
+
+class BatchError(KiqError):
+    """A batch cannot take this: it expired, was invalidated, or never existed."""

@@ -48,6 +48,8 @@ from typing import (
 
 from kiq import payload as wire
 from kiq import unique
+from kiq.batch import Batch, Signature
+from kiq.batch_status import BatchStatus
 from kiq.cancel import CancelResult
 from kiq.cancel import cancel as cancel_jid
 from kiq.client import AsyncClient, Client, resolve_at
@@ -228,6 +230,37 @@ class Job:
     def cancel(cls, jid: str, config: Config | None = None) -> CancelResult:
         """Cancel the job ``jid`` wherever it is (kiq.cancel.cancel)."""
         return cancel_jid(config or get_default(), jid)
+
+    # -- batches (kiq.batch; docs/workflows.md) ------------------------------------------
+    @property
+    def bid(self) -> str | None:
+        """The id of the batch this job belongs to (payload field ``bid``), or None."""
+        value = getattr(self, "payload", {}).get("bid")
+        return value if isinstance(value, str) else None
+
+    @property
+    def batch(self) -> Batch | None:
+        """This job's batch, to add jobs to it while running: ``with self.batch.jobs():``.
+
+        The block's token is this job's jid, so a re-run after a crash re-opens the same
+        block (and the same child batches) instead of leaving one open forever.
+        """
+        bid = self.bid
+        config = getattr(self, "config", None) or get_default()
+        token = f"job-{getattr(self, 'jid', '')}"
+        return None if bid is None else Batch(bid, config=config, token=token)
+
+    def valid_within_batch(self) -> bool:
+        """False once this job's batch was invalidated (Sidekiq Pro's valid_within_batch?)."""
+        bid = self.bid
+        config = getattr(self, "config", None) or get_default()
+        return bid is None or not BatchStatus(bid, config=config).invalidated
+
+    @classmethod
+    def s(cls, *args: Any, **options: Any) -> Signature:
+        """This job and its arguments as data: a step of ``kiq.chain``/``group``/``chord``."""
+        wire.check_args(cls.wire_name, list(args))
+        return Signature(cls.wire_name, args, options)
 
     # -- hooks (override as classmethods) ----------------------------------------------
     @classmethod

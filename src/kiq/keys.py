@@ -273,6 +273,31 @@ class Keys:
         head, _, tail = self.inprogress("\0", queue).partition("\0")
         return head, tail
 
+    # Batches (Sidekiq Pro's names; docs/workflows.md) ----------------------------------
+    @property
+    def batches(self) -> str:
+        """ZSET bid -> created_at of every batch not yet expired (Pro's ``batches``)."""
+        return f"{self.prefix}batches"
+
+    def batch(self, bid: str, part: str = "") -> str:
+        """``b-<bid>`` (HASH: counts, callbacks, parent, fired events) or one of its parts:
+        ``-jids`` (SET, pending jids), ``-failinfo`` (HASH jid -> error JSON), ``-died``
+        (SET), ``-kids`` (SET of child bids), ``-open`` (SET of open ``jobs()`` blocks),
+        ``-results`` (HASH jid -> JSON result, workflow steps only). batch_update.lua
+        builds the same names from ``prefix`` to walk up to a parent: keep them in step.
+        """
+        return f"{self.prefix}b-{bid}{'-' + part if part else ''}"
+
+    # Workflows (kiq's own; docs/workflows.md) -------------------------------------------
+    @property
+    def workflows(self) -> str:
+        """ZSET wid -> created_at of every workflow not yet expired."""
+        return f"{self.prefix}kiq|workflows"
+
+    def workflow(self, wid: str) -> str:
+        """HASH: ``spec`` (the steps as JSON), ``created_at``, ``description``."""
+        return f"{self.prefix}kiq|wf|{wid}"
+
 
 # TTLs, in seconds, of the keys that expire (the heartbeat's is ``Config.process_ttl``).
 STAT_TTL: Final = 157_680_000  # 5 years, as Sidekiq's daily stat keys
@@ -288,6 +313,7 @@ FATE_TTL: Final = 30 * 86400  # a cancelled or expired job's record (kiq|fate|<j
 LIMITER_TTL: Final = 90 * 86400  # a limiter unused this long is forgotten (Enterprise's default)
 LIMITER_STATS_TTL: Final = 8 * 3600  # a minute's limiter counts (as the metrics keys)
 LIMITERS_MAX: Final = 10_000  # names kept in the kiq|limiters index (most recently used)
+BATCH_TTL: Final = 30 * 86400  # a batch's keys (Sidekiq Pro: 30 days); Config.batch_ttl
 
 # The histogram key's layout (Sidekiq 7's metrics): one u16 counter per bucket, in
 # BITFIELD order. # Upper bounds (ms, exclusive) of the histogram buckets; the last one is "Slow".

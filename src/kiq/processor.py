@@ -34,10 +34,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from kiq import batch, results, unique
 from kiq import cancel as kiq_cancel
 from kiq import log as kiq_log
 from kiq import payload as wire
-from kiq import results, unique
 from kiq.capsule import Capsule
 from kiq.config import Config
 from kiq.errors import (
@@ -305,7 +305,11 @@ class Executor:
             kiq_log.job_line(job_log, logging.INFO, "done")
         unique.release_on_success(self.config, unit.payload)  # before the ack (kiq.unique)
         payload = unit.payload
-        return payload is None or "result_ttl" not in payload or self._store_value(payload, value)
+        if payload is None:
+            return True
+        if "result_ttl" in payload and not self._store_value(payload, value):
+            return False
+        return "bid" not in payload or self._record_batch(payload, "success", value, None)
 
     def _failed(self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException) -> bool:
         """Log and record a failure (retry or dead set, then its result record); False:
@@ -320,12 +324,38 @@ class Executor:
             # The failure is already recorded (retry or dead set): if its result record
             # cannot be written before a stop, the ack goes on and a retry rewrites it.
             self._write_result(lambda: results.store_failure(self.config, failed, exc, outcome))
+        if unit.payload is not None and "bid" in unit.payload:
+            op = "failure" if outcome == "retry" else "death"
+            return self._record_batch(unit.payload, op, None, exc)
         return True
+
+    def _record_batch(
+        self, payload: Payload, op: str, value: Any, exc: BaseException | None
+    ) -> bool:
+        """The outcome (``success``, ``failure``, ``death``) in the job's batch (kiq.batch),
+        after the retry write and before the ack, retried while Redis is away: a crash in
+        between re-runs the job, and the update is idempotent per jid. ``value`` is what
+        perform returned (a workflow step's result); False: stopping with Redis away."""
+        info = batch.result_json(value) if exc is None else batch.error_json(exc)
+        for attempt in itertools.count():
+            try:
+                batch.record(self.config, payload, op, info)
+                return True
+            except Exception as error:
+                if not is_transient(error):
+                    log.exception("cannot record the job's outcome in batch %s", payload["bid"])
+                    return True  # a broken batch must not hold the job forever
+                pause = RETRY_WRITE_BACKOFF[min(attempt, len(RETRY_WRITE_BACKOFF) - 1)]
+                log.warning("cannot record the batch outcome yet; trying again in %ss", pause)
+                if self.stopping.wait(pause):
+                    return False
+        return False  # pragma: no cover
 
     def _record_failure(
         self, unit: UnitOfWork, job_class: type[Job] | None, exc: BaseException
     ) -> str | None:
-        """The retry handler's outcome once written; None: stopping with Redis away."""
+        """What became of the failed job (kiq.retry's Outcome), or None when stopping
+        with Redis away (the failure is not recorded: the job stays in-progress)."""
         for attempt in itertools.count():
             try:
                 if isinstance(exc, PayloadError):
@@ -417,6 +447,8 @@ class Executor:
 
     def _perform(self, job: Job, unit: UnitOfWork) -> Any:
         payload: Payload = unit.payload  # type: ignore[assignment]
+        if "bid" in payload and not batch.admit(self.config, payload):
+            return None  # invalidated batch, or its success already recorded (kiq.batch)
         return perform(job, payload, unit.queue, self.config.server_middleware)
 
 

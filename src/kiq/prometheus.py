@@ -28,6 +28,8 @@ Series (names follow Sidekiq's ``Stats``; ``kiq_`` prefix):
   ``kiq_limiter_overlimit_total`` (each ``{name,kind}``; the 200 most recently used
   limiters), ``kiq_jobs_limited_total{class}`` (jobs rescheduled by a full limiter),
   ``kiq_unique_locks`` (issue 16).
+* ``kiq_batches{state}``, ``kiq_workflows{state}``, ``kiq_batch_jobs_pending``: the newest
+  1,000 batches and workflows by state (issue 17).
 * ``kiq_redis_up``: 0 when Redis did not answer (then nothing else is reported).
 
 Example::
@@ -108,6 +110,7 @@ class KiqCollector:
             families += self._jobs(config)
             families.append(self._results(config))
             families += self._limits(config)
+            families += self._batches(config)
         except TRANSIENT_ERRORS:
             yield GaugeMetricFamily("kiq_redis_up", "1 if Redis answered this scrape", 0)
             return
@@ -204,6 +207,26 @@ class KiqCollector:
                 buckets.append((bound, cumulative))
             duration.add_metric([totals.klass], buckets, totals.total_ms / 1000)
         return [runs, failures, duration]
+
+    @staticmethod
+    def _batches(config: Config) -> list[Metric]:
+        counts = api.batch_counts(config)
+        batches = GaugeMetricFamily(
+            "kiq_batches", "Batches by state (the newest 1,000)", labels=["state"]
+        )
+        for state in ("running", "complete", "succeeded", "dead", "invalidated"):
+            batches.add_metric([state], counts["batches"].get(state, 0))
+        workflows = GaugeMetricFamily(
+            "kiq_workflows", "Workflows by state (the newest 1,000)", labels=["state"]
+        )
+        for state in ("running", "succeeded", "dead"):
+            workflows.add_metric([state], counts["workflows"].get(state, 0))
+        pending = GaugeMetricFamily(
+            "kiq_batch_jobs_pending",
+            "Jobs not yet succeeded in those batches",
+            counts["pending"]["jobs"],
+        )
+        return [batches, workflows, pending]
 
     @staticmethod
     def _results(config: Config) -> Metric:

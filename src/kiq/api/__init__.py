@@ -32,6 +32,7 @@ lines); import from ``kiq.api`` itself, which re-exports every name:
 * ``cancel``: ``cancel`` (by jid), ``fate``, ``fate_counts`` (issue 18);
 * ``limits``: ``limiters``, ``limited_jobs``, ``queue_limits``, ``unique_locks``,
   ``unique_lock`` (issue 16: limiters, queue limits, unique locks);
+* ``batches``: ``BatchSet``, ``WorkflowSet``, ``batch_counts`` (issue 17);
 * ``base``: the Config and the lenient readers they all share.
 
 Example::
@@ -49,6 +50,7 @@ Example::
 from __future__ import annotations
 
 from kiq.api.base import PAGE_SIZE
+from kiq.api.batches import BatchSet, WorkflowSet, batch_counts, batch_state
 from kiq.api.cancel import FATES, cancel, fate, fate_counts
 from kiq.api.limits import (
     LimiterInfo,
@@ -119,6 +121,7 @@ __all__ = [
     "PAGE_SIZE",
     "PROCESS_FIELDS",
     "SCAN_COUNT",
+    "BatchSet",
     "CancelResult",
     "DeadSet",
     "DeployMark",
@@ -147,6 +150,9 @@ __all__ = [
     "UniqueLocks",
     "Work",
     "WorkSet",
+    "WorkflowSet",
+    "batch_counts",
+    "batch_state",
     "cancel",
     "cron_set",
     "deploy_mark",

@@ -22,6 +22,7 @@ It is built from a URL and knows nothing of Config; components reach it as
     ``kiq|fate|<jid>`` (cancelled and expired jobs).
   * ``limits``: limiter tries and releases (Lua), their admin reads, a limited job's
     reschedule, the unique locks' admin reads.
+  * ``batches``: Sidekiq Pro's ``b-<bid>`` keys (push, outcome, open: Lua) and reads.
 
 Example::
 
@@ -31,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+from kiq.store.batches import Batches
 from kiq.store.connection import (
     BLOCK_SLACK,
     CONNECT_TIMEOUT,
@@ -55,7 +57,9 @@ from kiq.store.results import Results
 from kiq.store.sets import Sets
 
 
-class Store(Queues, Sets, Processes, Cron, Counters, Progress, Results, Iterations, Limits):
+class Store(
+    Queues, Sets, Processes, Cron, Counters, Progress, Results, Iterations, Limits, Batches
+):
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 

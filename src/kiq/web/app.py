@@ -25,6 +25,7 @@ from starlette.templating import Jinja2Templates
 from kiq.config import Config
 from kiq.web import display
 from kiq.web.base import HERE, action, config_of, http_error
+from kiq.web.batches import batch_action, batch_page, batches, workflow_page, workflows
 from kiq.web.failsafe import Failsafe
 from kiq.web.limits import limits, release_lock
 from kiq.web.pages import (
@@ -146,5 +147,10 @@ ROUTES: Final[list[BaseRoute]] = [
     Route("/recurring/{name:path}", action(recurring_action), methods=["POST"]),
     Route("/limits", limits),
     Route("/limits/unique", action(release_lock), methods=["POST"]),
+    Route("/batches", batches),
+    Route("/batches/{bid:path}", batch_page),
+    Route("/batches/{bid:path}", action(batch_action), methods=["POST"]),
+    Route("/workflows", workflows),
+    Route("/workflows/{wid:path}", workflow_page),
     Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
 ]
