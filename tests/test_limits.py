@@ -223,7 +223,11 @@ class Limited(kiq.Job, name="test_limits.Limited"):
 def run_once(config, payload: dict[str, Any]) -> tuple[State, list[UnitOfWork]]:
     """Run one job through the worker's Executor (the real path, on this thread)."""
     done: list[UnitOfWork] = []
-    pool = type("P", (), {"finished": lambda self, unit: done.append(unit)})()
+    pool = type(
+        "P",
+        (),
+        {"finished": lambda self, unit: done.append(unit), "requeue": lambda self, unit: None},
+    )()
     state = State()
     executor = Executor(config, state, pool, threading.Event())
     try:
@@ -262,7 +266,11 @@ def test_an_async_job_refused_by_a_full_limiter_is_rescheduled_too(config, r):
     from kiq.aio import AsyncRunner
 
     done: list[UnitOfWork] = []
-    pool = type("P", (), {"finished": lambda self, unit: done.append(unit)})()
+    pool = type(
+        "P",
+        (),
+        {"finished": lambda self, unit: done.append(unit), "requeue": lambda self, unit: None},
+    )()
     state = State()
     executor = Executor(config, state, pool, threading.Event())
     runner = AsyncRunner(executor)

@@ -235,6 +235,9 @@ class _AckProbe:
         self.config = config
         self.seen: list[dict[str, Any] | None] = []
 
+    def requeue(self, unit: Any) -> None:  # an interrupted iterable job: none here
+        raise AssertionError(f"unexpected requeue of {unit.payload}")
+
     def finished(self, unit: Any) -> None:
         jid = unit.payload["jid"]
         self.seen.append(api.result(jid, self.config))
