@@ -417,6 +417,34 @@ def finished(r: redis.Redis, tally: Tally, total: int) -> bool:
     return not any(outcome.startswith("FAIL: still in") for outcome in outcomes.values())
 
 
+def locate_unfinished(r: redis.Redis, tally: Tally) -> dict[str, int]:
+    """At the deadline, before the workers are stopped: where the jobs that are neither
+    done nor dead wait (a queue, ``retry``, ``schedule``, a live or a dead process's
+    in-progress list, or nowhere), counted by place. A job in a live worker's list
+    that the worker does not know of would wait there until it exits."""
+    done = smembers(r, DONE)
+    dead = dead_jids(r)
+    missing = {jid for jid in tally.enqueued if jid not in done and jid not in dead}
+    if not missing:
+        return {}
+    live = {ident for ident in smembers(r, "processes") if r.exists(ident)}
+    found: dict[str, str] = {}
+    for key, raws in holdings(r):
+        where = key
+        if key.startswith("kiq|inprogress|"):
+            state = "live" if key.split("|")[2] in live else "dead"
+            where = f"in-progress list of a {state} worker"
+        for raw in raws:
+            member = decode(raw)
+            if isinstance(member, dict) and member.get("jid") in missing:
+                found[member["jid"]] = where
+    places: dict[str, int] = {}
+    for jid in missing:
+        place = found.get(jid, "nowhere")
+        places[place] = places.get(place, 0) + 1
+    return places
+
+
 def beating(r: redis.Redis, cluster: Cluster) -> list[str]:
     """Live workers (older than BEAT_GRACE) whose heartbeat is missing or stale."""
     beats: dict[int, float | None] = {}
@@ -446,6 +474,7 @@ class Report:
     lost: int
     stranded: int  # of the lost: in an in-progress list no sweep finds (not in kiq|fetchers)
     unfinished: int
+    unfinished_where: dict[str, int]  # at the deadline, before the final TERM
     more_than_once: int
     finished_twice: int
     dead: int
@@ -488,7 +517,13 @@ class Report:
 
 
 def account(
-    r: redis.Redis, tally: Tally, cluster: Cluster, plan: Plan, elapsed: float, alive: list[str]
+    r: redis.Redis,
+    tally: Tally,
+    cluster: Cluster,
+    plan: Plan,
+    elapsed: float,
+    alive: list[str],
+    where: dict[str, int],
 ) -> Report:
     """Compare what was pushed with what the jobs recorded and what Redis still holds.
 
@@ -536,6 +571,7 @@ def account(
         lost=len(lost),
         stranded=stranded,
         unfinished=len(missing) - len(lost),
+        unfinished_where=where,
         more_than_once=len(again),
         finished_twice=sum(1 for jid in again if finishes.get(jid, 0) > 1),
         dead=len(dead),
@@ -584,7 +620,8 @@ def print_report(report: Report, plan: Plan) -> None:
     )
     if report.unfinished:
         print(
-            f"  unfinished          {report.unfinished}   <-- FAIL (still queued at the deadline)"
+            f"  unfinished          {report.unfinished}   <-- FAIL (still queued at the deadline: "
+            f"{report.unfinished_where})"
         )
     killed = report.kills + report.poison_exits
     print(
@@ -699,10 +736,11 @@ def run(plan: Plan, keep: bool) -> int:
         pusher.join(10)
         elapsed = time.monotonic() - started
         alive = beating(r, cluster)
+        where = locate_unfinished(r, tally)
         alive += cluster.stop()  # workers first (TERM), then Redis; restart it to read results
         cluster.server.start()
         r = cluster.redis()
-        report = account(r, tally, cluster, plan, elapsed, alive)
+        report = account(r, tally, cluster, plan, elapsed, alive, where)
     finally:
         stop.set()
         cluster.stop()

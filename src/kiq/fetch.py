@@ -16,14 +16,23 @@ Tasks:
   5. isolate: at most one job that was already in a crash (``kiq_recoveries`` set by
      kiq.recover) runs in this process at a time; another one is put back at the tail
      of its queue for another process, or for later (see ``_isolate``).
+  6. mark ahead: the jobs a fetch takes beyond what can start before the next call are
+     marked in Redis (``kiq|ahead|<identity>``, in the same Lua call) and wait here in
+     ``_ahead``; a later call releases the next ones (their marks go) and only then are
+     they handed to the manager. A recovery blames a crash (``kiq_recoveries`` + 1) on
+     the unmarked jobs only, the ones that may have run (issue 12: jobs fetched ahead
+     beside many crashes were buried as poison though they never ran).
 
 ``free`` starts at ``concurrency + prefetch``: a few jobs beyond the idle slots are
 taken ahead (they sit in Redis in-progress lists, and are put back on quiet), which
-keeps slots busy while the next batch is on the wire.
+keeps slots busy while the next batch is on the wire. ``LOOKAHEAD`` released jobs
+wait in the manager beyond its free slots, so a slot that frees finds its next job
+without waiting for a round trip; those few count as started if the process dies.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import random
@@ -49,6 +58,7 @@ MAX_EXTRA: Final = 200  # most jobs ever fetched ahead for the round trip
 HOLD: Final = 0.2  # seconds before fetching again after putting back a crash survivor
 SKIP_BROKEN: Final = 10.0  # seconds a queue whose key has the wrong type is left out
 REPORT_BROKEN: Final = 60.0  # seconds between two error lines about the same broken queue
+LOOKAHEAD: Final = 2  # released jobs kept waiting beyond the free slots (see the docstring)
 
 
 @dataclass(slots=True)
@@ -60,6 +70,7 @@ class UnitOfWork:
     payload: Payload | None = None
     error: PayloadError | None = None
     started: float = field(default=0.0)
+    ahead: bool = False  # marked in kiq|ahead: may not start until a fetch releases it
 
     @property
     def suspect(self) -> bool:
@@ -148,6 +159,22 @@ class Hand(Protocol):
     def deliver(self, units: list[UnitOfWork]) -> None:
         """Run these units (their slots are taken), or put them back after quiet."""
 
+    def room(self) -> int:
+        """Free slots minus units waiting for one (negative: that many wait beyond)."""
+
+
+@dataclass(slots=True)
+class Call:
+    """One fetch call, kept until Redis answered it: a failed one is sent again as it
+    was, with its id, so fetch.lua returns the jobs it took if it did run."""
+
+    id: str
+    queues: list[str]
+    want: int
+    acks: list[tuple[str, bytes]]
+    release: list[UnitOfWork]  # marked ahead, released by this call
+    ahead_from: int | None  # the taken jobs from this index on are marked ahead
+
 
 class Fetcher:
     """Keep ``concurrency + prefetch`` jobs in flight; see the module docstring.
@@ -183,6 +210,9 @@ class Fetcher:
         self._thread: threading.Thread | None = None
         self._suspects = 0  # crash survivors taken and not yet done (at most 1, see _isolate)
         self._hold_until = 0.0  # monotonic; fetch no sooner after putting one back
+        self._ahead: collections.deque[UnitOfWork] = collections.deque()  # marked, oldest first
+        self._calls = 0  # fetch calls made (their ids)
+        self._unanswered: Call | None = None  # a call that failed: sent again as it was
 
     # -- called by the manager --------------------------------------------------------
     def ack(self, unit: UnitOfWork) -> None:
@@ -190,7 +220,7 @@ class Fetcher:
         with self.cond:
             self._free += 1
             self._suspects -= unit.suspect
-            if not self.idle.is_set():
+            if not self.idle.is_set() or self._ahead:  # the call also releases ahead jobs
                 self._acks.append((unit.queue, unit.raw))
                 self.cond.notify()
                 return
@@ -206,6 +236,8 @@ class Fetcher:
     def flush_acks(self) -> None:
         with self.cond:
             acks, self._acks = self._acks, []
+            if self._unanswered is not None:  # its acks may not be written yet
+                acks[:0] = self._unanswered.acks
         if acks:
             self._ack_now(acks)
 
@@ -277,49 +309,140 @@ class Fetcher:
     # -- the loops ---------------------------------------------------------------------
     def _run(self) -> None:
         while not self.stopping.is_set():
-            with self.cond:
-                while (
-                    not self.stopping.is_set()
-                    and not self._acks
-                    and (
-                        self.idle.is_set()
-                        or self._free < self._batch
-                        or time.monotonic() < self._hold_until
-                    )
-                ):
-                    self.cond.wait(self._pause())
-                if self.stopping.is_set():
-                    return
-                acks, self._acks = self._acks, []
-                want = 0 if self.idle.is_set() else self._free
-            units = self._fetch(want, acks)
+            call = self._next_call()
+            if call is None:
+                return
+            units = self._fetch(call)
             if units is None:
                 continue
-            if units:
-                if self.take(units):
-                    with self.cond:
-                        self._hold_until = time.monotonic() + HOLD
-            elif want > 0:
+            if self._deliver(call, units):
                 with self.cond:
-                    self.idle.set()  # from now on ack() writes at once
+                    self._hold_until = time.monotonic() + HOLD
+            elif not units and call.want > 0:
+                with self.cond:
+                    # From now on ack() writes at once, unless units still wait here for
+                    # a release: then the acks ride on the calls that release them.
+                    self.idle.set()
 
-    def _fetch(self, want: int, acks: list[tuple[str, bytes]]) -> list[UnitOfWork] | None:
+    def _next_call(self) -> Call | None:
+        """Wait until there is something to send; the call (None: stopping)."""
+        with self.cond:
+            while (
+                not self.stopping.is_set()
+                and self._unanswered is None
+                and not self._acks
+                and (
+                    self.idle.is_set()
+                    or self._free < self._batch
+                    or time.monotonic() < self._hold_until
+                )
+                and not (self._ahead and self.hand.room() > 0)
+            ):
+                self.cond.wait(self._pause())
+            if self.stopping.is_set():
+                return None
+            if self._unanswered is not None:
+                return self._unanswered
+            acks, self._acks = self._acks, []
+            want = 0 if self.idle.is_set() else self._free
+            release, starts = self._releases(self.hand.room(), len(acks))
+            self._calls += 1
+            return Call(
+                str(self._calls),
+                self.order.next(),
+                want,
+                acks,
+                release,
+                starts if want > starts else None,
+            )
+
+    def _releases(self, room: int, acks: int) -> tuple[list[UnitOfWork], int]:
+        """Under ``cond``: the ahead units the next call releases (taken off ``_ahead``),
+        and how many jobs it takes may start without a mark.
+
+        Enough to fill the free slots, oldest first, and, while jobs are finishing (this
+        call carries ``acks``), to keep up to LOOKAHEAD waiting beyond them, so a slot
+        that frees during the round trip finds its next job. A worker whose jobs are
+        slow, or that just started, keeps none waiting: a crash then blames exactly the
+        jobs it was running. A crash survivor is released only for a free slot, never
+        to wait (a crash beside it must not count against it)."""
+        slots = max(0, room)
+        look = max(0, min(LOOKAHEAD, acks) - max(0, -room))
+        release: list[UnitOfWork] = []
+        while self._ahead:
+            unit = self._ahead[0]
+            if slots > 0:
+                slots -= 1
+            elif look > 0 and not unit.suspect:
+                look -= 1
+            else:
+                return release, 0
+            release.append(self._ahead.popleft())
+        return release, slots + look
+
+    def _fetch(self, call: Call) -> list[UnitOfWork] | None:
+        """Send ``call``; the units it took, or None (it failed and is kept to resend)."""
         try:
             skipped: list[tuple[str, str]] = []
-            pairs = self.store.fetch(self.identity, self.order.next(), want, acks, skipped)
+            pairs, marked = self.store.fetch_batch(
+                self.identity,
+                call.queues,
+                call.want,
+                call.acks,
+                release=[unit.raw for unit in call.release],
+                ahead_from=call.ahead_from,
+                call=call.id,
+                skipped=skipped,
+            )
         except BaseException as exc:
             with self.cond:
-                self._acks[:0] = acks  # not written, or written twice (LREM: harmless)
+                # Sent again as it is: its acks (LREM) and releases (SREM) are harmless
+                # twice, and fetch.lua returns what it took if it ran.
+                self._unanswered = call
             if not is_transient(exc):
                 raise  # a bug: the supervisor logs it and restarts this loop
             self.outage.error(exc)
             self.stopping.wait(1.0)
             return None
+        with self.cond:
+            self._unanswered = None
         for queue, error in skipped:
             self.order.break_queue(queue, error)
         # No outage.ok() here: a fetch that wrote nothing also succeeds on a read-only
         # replica, which would log "back" between two READONLY errors (see kiq.outage).
-        return [UnitOfWork.parse(queue, raw) for queue, raw in pairs]
+        units = [UnitOfWork.parse(queue, raw) for queue, raw in pairs]
+        if marked and call.ahead_from is not None:
+            for unit in units[call.ahead_from :]:
+                unit.ahead = True
+        return units
+
+    def _deliver(self, call: Call, units: list[UnitOfWork]) -> bool:
+        """Hand the released and the unmarked units to the manager, keep the marked ones
+        in ``_ahead``; True if a crash survivor was put back (see ``take``)."""
+        units, back = self._isolate(units)
+        with self.cond:
+            self._free -= len(units)
+            if self.stopping.is_set():  # quiet took _ahead already: the manager puts back
+                ready = call.release + units
+            else:
+                ready = call.release + [unit for unit in units if not unit.ahead]
+                self._ahead.extend(unit for unit in units if unit.ahead)
+        if ready:
+            self.hand.deliver(ready)
+        return bool(back)
+
+    def nudge(self) -> None:
+        """The manager has a free slot and nothing to start: release ahead units now."""
+        with self.cond:
+            if self._ahead:
+                self.cond.notify()
+
+    def drain_ahead(self) -> list[UnitOfWork]:
+        """After ``stop``: the units waiting for a release, for the manager to put back."""
+        with self.cond:
+            units = list(self._ahead)
+            self._ahead.clear()
+        return units
 
     def _pause(self) -> float:
         hold = self._hold_until - time.monotonic()
