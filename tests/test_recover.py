@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from kiq.client import Client
+from kiq.fetch import LOOKAHEAD
 from kiq.recover import POISON, Recoverer
 from tests.support import jobs
 from tests.support.jobs import identity_of, records
@@ -324,3 +325,27 @@ def test_a_poison_job_taken_ahead_still_counts_its_crash(config, r, start_worker
     payloads = {p["jid"]: p for p in queued(r, "default")}
     assert payloads[poison]["kiq_recoveries"] == 1
     assert set(payloads) - {poison} <= set(done)
+
+
+@pytest.mark.slow
+def test_a_worker_swept_while_alive_drops_the_jobs_it_held_ahead(config, r, start_worker):
+    """A live worker taken for dead (its heartbeat hash gone, as after an outage or OOM
+    window longer than process_ttl) is swept: its jobs go back to the queue. At its next
+    beat it drops the units it held ahead that are no longer in its in-progress lists,
+    so each of them runs once (the requeued copy), not twice; only the one it was
+    running and the few released to run next (LOOKAHEAD) may run twice."""
+    naps = [jobs.Slow.perform_async(0.3, i) for i in range(12)]
+    worker = start_worker("-c", "1", config_text=":prefetch: 10\n")
+    ident = wait_until(lambda: identity_of(r, worker.pid))
+    wait_until(lambda: r.scard(f"kiq|ahead|{ident}") >= 8)
+    r.delete(ident)  # its hash expired: it looks dead
+
+    assert Recoverer(config, ME).sweep() >= 9
+
+    wait_until(lambda: {d["jid"] for d in records(r)} == set(naps), timeout=30)
+    starts: dict[str, int] = {}
+    for record in records(r, "test:started"):
+        starts[record["jid"]] = starts.get(record["jid"], 0) + 1
+    assert set(starts) == set(naps)
+    assert sum(n - 1 for n in starts.values()) <= 1 + LOOKAHEAD, starts  # not the ~9 ahead
+    assert "were dropped here" in worker.output()

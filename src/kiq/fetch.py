@@ -437,6 +437,35 @@ class Fetcher:
             if self._ahead:
                 self.cond.notify()
 
+    def resync(self) -> int:
+        """After this process was taken for dead (its heartbeat hash had expired, e.g. a
+        Redis outage or OOM window longer than ``process_ttl``): forget the units
+        waiting in ``_ahead`` that a sweep moved out of its in-progress lists, so they
+        run once, where they were requeued, and not here as well. Returns how many."""
+        held = collections.Counter(self.store.in_progress(self.identity, self.order.names))
+        with self.cond:
+            # Newest first: a copy fetched again after the sweep is the newer unit.
+            keep: list[UnitOfWork] = []
+            for unit in reversed(self._ahead):
+                if held[unit.raw] > 0:
+                    held[unit.raw] -= 1
+                    keep.append(unit)
+            dropped = len(self._ahead) - len(keep)
+            kept = {id(unit) for unit in keep}  # identity: two copies compare equal
+            for unit in self._ahead:
+                if id(unit) not in kept:
+                    self._free += 1
+                    self._suspects -= unit.suspect
+            self._ahead = collections.deque(reversed(keep))
+            self.cond.notify()
+        if dropped:
+            log.warning(
+                "this process was taken for dead (no heartbeat for process_ttl) and its "
+                "jobs were requeued: %d taken ahead were dropped here, to run once elsewhere",
+                dropped,
+            )
+        return dropped
+
     def drain_ahead(self) -> list[UnitOfWork]:
         """After ``stop``: the units waiting for a release, for the manager to put back."""
         with self.cond:

@@ -386,6 +386,13 @@ class Queues(Connection):
     def unpause(self, name: str) -> None:
         self._r.srem(self.keys.paused, name)
 
+    def in_progress(self, identity: str, names: Sequence[str]) -> list[bytes]:
+        """Every raw job in this identity's in-progress lists (one pipeline of LRANGEs)."""
+        pipe = self._pipeline()
+        for name in names:
+            pipe.lrange(self.keys.inprogress(identity, name), 0, -1)
+        return [raw for raws in pipe.execute() for raw in raws]
+
     def in_progress_sizes(self, identity: str, names: Sequence[str]) -> list[int]:
         """LLEN of this process's in-progress list of each queue (the demo's screen)."""
         pipe = self._pipeline()
