@@ -25,9 +25,10 @@ Tasks:
 
 ``free`` starts at ``concurrency + prefetch``: a few jobs beyond the idle slots are
 taken ahead (they sit in Redis in-progress lists, and are put back on quiet), which
-keeps slots busy while the next batch is on the wire. ``LOOKAHEAD`` released jobs
-wait in the manager beyond its free slots, so a slot that frees finds its next job
-without waiting for a round trip; those few count as started if the process dies.
+keeps slots busy while the next batch is on the wire. While jobs are finishing, a
+few released jobs wait in the manager beyond its free slots (as many as finished
+since the last call, at most one refill batch), so a slot that frees finds its next
+job without waiting for a round trip; those few count as started if the process dies.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ MAX_EXTRA: Final = 200  # most jobs ever fetched ahead for the round trip
 HOLD: Final = 0.2  # seconds before fetching again after putting back a crash survivor
 SKIP_BROKEN: Final = 10.0  # seconds a queue whose key has the wrong type is left out
 REPORT_BROKEN: Final = 60.0  # seconds between two error lines about the same broken queue
-LOOKAHEAD: Final = 2  # released jobs kept waiting beyond the free slots (see the docstring)
 
 
 @dataclass(slots=True)
@@ -361,13 +361,15 @@ class Fetcher:
         and how many jobs it takes may start without a mark.
 
         Enough to fill the free slots, oldest first, and, while jobs are finishing (this
-        call carries ``acks``), to keep up to LOOKAHEAD waiting beyond them, so a slot
-        that frees during the round trip finds its next job. A worker whose jobs are
+        call carries ``acks``), to keep as many waiting beyond them as finished since the
+        last call (at most one refill batch, ``_batch``), so a slot that frees during the
+        round trip finds its next job; fewer made a drain of no-op jobs fetch three times
+        as often, at ~35 % more worker CPU per job. A worker whose jobs are
         slow, or that just started, keeps none waiting: a crash then blames exactly the
         jobs it was running. A crash survivor is released only for a free slot, never
         to wait (a crash beside it must not count against it)."""
         slots = max(0, room)
-        look = max(0, min(LOOKAHEAD, acks) - max(0, -room))
+        look = max(0, min(self._batch, acks) - max(0, -room))
         release: list[UnitOfWork] = []
         while self._ahead:
             unit = self._ahead[0]

@@ -139,8 +139,8 @@ class Recoverer:
         """Requeue (or bury) the jobs of ``ident``, a process known to be dead; return how many.
 
         For kiq's supervisor, which sees its child exit and need not wait ``process_ttl``
-        for the heartbeat to expire (``Store.recover_process``). Each job counts as
-        crashed (``kiq_recoveries`` + 1), as in a sweep.
+        for the heartbeat to expire (``Store.recover_process``). Each job that may have
+        started (no ahead mark) counts as crashed (``kiq_recoveries`` + 1), as in a sweep.
         """
         store = self.config.store
         now = wire.now()
