@@ -358,7 +358,7 @@ class Fetcher:
 
     def _releases(self, room: int, acks: int) -> tuple[list[UnitOfWork], int]:
         """Under ``cond``: the ahead units the next call releases (taken off ``_ahead``),
-        and how many jobs it takes may start without a mark.
+        and how many of the jobs it takes may start without a mark (one per free slot).
 
         Enough to fill the free slots, oldest first, and, while jobs are finishing (this
         call carries ``acks``), to keep as many waiting beyond them as finished since the
@@ -380,7 +380,11 @@ class Fetcher:
             else:
                 return release, 0
             release.append(self._ahead.popleft())
-        return release, slots + look
+        # New jobs start unmarked only into free slots, never to wait: which of them are
+        # crash survivors is unknown until the reply (they come first: put back at the
+        # tail), and an unmarked survivor waiting here when the process died was counted
+        # for a crash it never saw (a good job buried so, issue 12's plain chaos run).
+        return release, slots
 
     def _fetch(self, call: Call) -> list[UnitOfWork] | None:
         """Send ``call``; the units it took, or None (it failed and is kept to resend)."""
@@ -435,8 +439,8 @@ class Fetcher:
 
     def nudge(self) -> None:
         """The manager has a free slot and nothing to start: release ahead units now."""
-        with self.cond:
-            if self._ahead:
+        if self._ahead:  # unlocked peek (called per job): the fetcher re-checks under cond
+            with self.cond:
                 self.cond.notify()
 
     def resync(self) -> int:
