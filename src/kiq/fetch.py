@@ -36,20 +36,22 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from kiq import payload as wire
-from kiq.config import Config, Queue
+from kiq.config import Config
 from kiq.errors import PayloadError
+from kiq.order import QueueOrder
 from kiq.outage import Outage
 from kiq.payload import Payload
 from kiq.store import is_transient
 from kiq.supervise import Health, spawn
+
+__all__ = ["Fetcher", "QueueOrder", "UnitOfWork", "by_queue"]  # QueueOrder: kiq.order
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,6 @@ TIMEOUT: Final = 2.0  # seconds a waiter blocks; bounds how long quiet takes to 
 RATE_FOR_PREFETCH: Final = 20_000  # jobs/s a process may run; sizes fetch-ahead to the RTT
 MAX_EXTRA: Final = 200  # most jobs ever fetched ahead for the round trip
 HOLD: Final = 0.2  # seconds before fetching again after putting back a crash survivor
-SKIP_BROKEN: Final = 10.0  # seconds a queue whose key has the wrong type is left out
-REPORT_BROKEN: Final = 60.0  # seconds between two error lines about the same broken queue
 
 
 @dataclass(slots=True)
@@ -91,66 +91,6 @@ def by_queue(units: Iterable[UnitOfWork]) -> dict[str, list[bytes]]:
     for unit in units:
         grouped.setdefault(unit.queue, []).append(unit.raw)
     return grouped
-
-
-class QueueOrder:
-    """Sidekiq's queue ordering: strict when no weights are given, else weighted-random."""
-
-    def __init__(self, queues: Sequence[Queue], rng: random.Random | None = None) -> None:
-        self.strict = all(weight == 0 for _, weight in queues)
-        self._expanded = [name for name, weight in queues for _ in range(max(weight, 1))]
-        self.names = list(dict.fromkeys(name for name, _ in queues))
-        self._rng = rng or random.Random()
-        self.paused: frozenset[str] = frozenset()
-        self.broken: dict[str, float] = {}  # queue -> monotonic time to try it again
-        self._reported: dict[str, float] = {}  # queue -> when its error was last logged
-
-    def next(self) -> list[str]:
-        if self.strict:
-            names = self.names
-        else:
-            expanded = self._expanded[:]
-            self._rng.shuffle(expanded)
-            names = list(dict.fromkeys(expanded))
-        if self.broken:
-            self._mend()
-            return [n for n in names if n not in self.paused and n not in self.broken]
-        if self.paused:
-            return [n for n in names if n not in self.paused]
-        return names
-
-    def skipped(self, queue: str) -> bool:
-        """True while ``queue`` is paused or left out for a key of the wrong type."""
-        if queue in self.broken:
-            self._mend()
-        return queue in self.paused or queue in self.broken
-
-    def _mend(self) -> None:
-        now = time.monotonic()
-        for name, until in list(self.broken.items()):
-            if now >= until:
-                self.broken.pop(name, None)
-
-    def break_queue(self, queue: str, error: str) -> None:
-        """Leave ``queue`` out for SKIP_BROKEN seconds: one of its keys has another type.
-
-        A WRONGTYPE is a bad key, not an outage: the other queues keep flowing, and the
-        error is logged loudly, at most once per REPORT_BROKEN seconds (issue 12).
-        """
-        now = time.monotonic()
-        self.broken[queue] = now + SKIP_BROKEN
-        if now - self._reported.get(queue, -REPORT_BROKEN) < REPORT_BROKEN:
-            return
-        self._reported[queue] = now
-        log.error(
-            "queue %r is skipped: a key of it is not a list (%s). Jobs in the other queues "
-            "still run; kiq tries %r again every %.0f s. Fix: see what the key holds with "
-            "`redis-cli TYPE <key>`, then RENAME it aside (or DEL it) if it is not a kiq queue",
-            queue,
-            error,
-            queue,
-            SKIP_BROKEN,
-        )
 
 
 class Hand(Protocol):
