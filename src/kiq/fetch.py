@@ -388,12 +388,18 @@ class Fetcher:
         Redis outage or OOM window longer than ``process_ttl``): forget the units
         waiting in ``_ahead`` that a sweep moved out of its in-progress lists, so they
         run once, where they were requeued, and not here as well. Returns how many."""
+        with self.cond:  # only units held before the read: a newer one is in a list
+            earlier = list(self._ahead)  # referenced, so no new unit can reuse an id
+        before = {id(unit) for unit in earlier}
         held = collections.Counter(self.store.in_progress(self.identity, self.order.names))
         with self.cond:
-            # Newest first: a copy fetched again after the sweep is the newer unit.
+            # Newest first: a copy fetched again after the sweep is the newer unit. When
+            # in doubt a unit is kept: it may run twice, but is never left unrun.
             keep: list[UnitOfWork] = []
             for unit in reversed(self._ahead):
-                if held[unit.raw] > 0:
+                if id(unit) not in before:
+                    keep.append(unit)
+                elif held[unit.raw] > 0:
                     held[unit.raw] -= 1
                     keep.append(unit)
             dropped = len(self._ahead) - len(keep)
