@@ -68,6 +68,7 @@ CORE: tuple[str, ...] = (
     "__init__",
     # 3 server parts
     "retry",
+    "order",  # a fetch's queue order, paused and broken queues (split from fetch)
     "fetch",
     "idle",  # the waiters and the idle fast path (issue 13 point 4)
     "scheduler",

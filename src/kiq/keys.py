@@ -22,6 +22,8 @@ and are never in the ``queues`` set:
   * ``kiq|fetchers``: HASH identity -> JSON list of queue names, so a survivor can
     find the in-progress lists of a process whose heartbeat expired.
   * ``kiq|recover-lock``: STRING, one orphan sweep at a time cluster-wide.
+  * ``kiq|ahead|<identity>`` / ``kiq|fetch-call|<identity>``: the jobs a process took
+    ahead and has not started, and its last fetch call (kiq/store/lua/fetch.lua).
   * ``kiq|paused``: SET of queue names kiq workers do not fetch from.
   * ``kiq|progress|<jid>``: HASH, progress reported by a running job.
   * ``kiq|totals`` / ``kiq|totals|<Class>``: cumulative per-class counters (Prometheus).
@@ -189,6 +191,14 @@ class Keys:
         """HASH: the cumulative totals of ``klass`` (kiq.metrics, for Prometheus)."""
         return f"{self.prefix}kiq|totals|{klass}"
 
+    def ahead(self, identity: str) -> str:
+        """SET of raw jobs a process took ahead of its slots and has not started (fetch.lua)."""
+        return f"{self.prefix}kiq|ahead|{identity}"
+
+    def fetch_call(self, identity: str) -> str:
+        """STRING: a process's last fetch call, so a retried call returns its jobs again."""
+        return f"{self.prefix}kiq|fetch-call|{identity}"
+
     # Unique jobs (Sidekiq Enterprise's names; docs/unique.md) --------------------------
     def unique(self, digest: str) -> str:
         """A unique job's lock: STRING holding the jid of the job that took it, with a TTL.
@@ -314,6 +324,7 @@ LIMITER_TTL: Final = 90 * 86400  # a limiter unused this long is forgotten (Ente
 LIMITER_STATS_TTL: Final = 8 * 3600  # a minute's limiter counts (as the metrics keys)
 LIMITERS_MAX: Final = 10_000  # names kept in the kiq|limiters index (most recently used)
 BATCH_TTL: Final = 30 * 86400  # a batch's keys (Sidekiq Pro: 30 days); Config.batch_ttl
+FETCH_CALL_TTL: Final = 86_400  # a process's last fetch call (a retry comes within seconds)
 
 # The histogram key's layout (Sidekiq 7's metrics): one u16 counter per bucket, in
 # BITFIELD order. # Upper bounds (ms, exclusive) of the histogram buckets; the last one is "Slow".

@@ -99,6 +99,7 @@ class Launcher:
         self.metrics = install_metrics(config)  # per-class metrics for the Web UI (issue 6)
         self.started_at = wire.now()
         self.quiet_flag = False
+        self._beaten = False  # a beat was written (later beats that find no hash: resync)
         self.stopping = False
         self.forced = threading.Event()
         self._stop_beat = threading.Event()
@@ -284,12 +285,23 @@ class Launcher:
             self.outage.error(exc)
             return False
         self._read_peers()
+        if not existed and self._beaten:
+            self._resync()
+        self._beaten = True
         if not existed:
             self.config.fire("heartbeat")
         self.config.fire("beat")
         if signal:
             self.events.put(signal.decode())
         return True
+
+    def _resync(self) -> None:
+        """Our heartbeat hash had expired: a sweep may have requeued our jobs
+        (``Fetcher.resync``). An error leaves them; they then just run twice."""
+        try:
+            self.manager.fetcher.resync()
+        except TRANSIENT_ERRORS as exc:
+            self.outage.error(exc)
 
     def _read_peers(self) -> None:
         """Re-read the live processes' versions: which formats kiq writes (kiq.peers).

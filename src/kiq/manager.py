@@ -133,6 +133,12 @@ class Manager:
             self._pending.extend(units)
         self._dispatch()
 
+    def room(self) -> int:
+        """Free slots minus the units waiting for one (kiq.fetch.Hand: how many ahead
+        units the next fetch call releases)."""
+        with self._slots:
+            return self.concurrency - self._running_count - len(self._pending)
+
     def run_here(self, unit: UnitOfWork) -> bool:
         """Run a sync job on the calling (waiter) thread if a slot is free now.
 
@@ -194,6 +200,9 @@ class Manager:
             while self._pending and self._running_count < self.concurrency:
                 ready.append(self._pending.popleft())
                 self._running_count += 1
+            starved = not self._pending and self._running_count < self.concurrency
+        if starved:
+            self.fetcher.nudge()  # units taken ahead may wait for a release
         if not ready:
             return
         aio = self.aio
@@ -246,6 +255,7 @@ class Manager:
         with self._slots:
             pending: list[UnitOfWork] = list(self._pending)
             self._pending.clear()
+        pending += self.fetcher.drain_ahead()  # taken ahead, newer than the pending ones
         while True:
             try:
                 unit = self.inbox.get_nowait()
