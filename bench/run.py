@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import io_bench
 from common import (
     BENCH_DIR,
     REPO_DIR,
@@ -56,7 +57,10 @@ from netdelay import Link, delayed_link
 from peers import PEERS, PeerSystem
 from sidekiq_bench import SidekiqSystem
 
-DEFAULT_SYSTEMS = "kiq,sidekiq,dramatiq,celery,rq,huey,floor"  # arq: --systems ...,arq
+# sidekiq-yjit(-quiet) and kiq-quiet: issue 14's YJIT rows, logging on and off on both sides
+DEFAULT_SYSTEMS = (  # arq: --systems ...,arq
+    "kiq,sidekiq,sidekiq-yjit,kiq-quiet,sidekiq-yjit-quiet,dramatiq,celery,rq,huey,floor"
+)
 DEFAULT_SECTIONS = "main,link,scale,mix"
 RESULTS = BENCH_DIR / "results" / "latest.json"
 DOC = REPO_DIR / "docs" / "benchmarks.md"
@@ -111,7 +115,7 @@ def run_main(systems: Sequence[Any], args: argparse.Namespace, errors: list[str]
     """
     runs: Runs = []
     sidekiq = [s for s in systems if s.name.startswith("sidekiq")]
-    kiq = [s for s in systems if s.name == "kiq"]
+    kiq = [s for s in systems if s.name.startswith("kiq")]
     others = [s for s in systems if s not in sidekiq and s not in kiq]
     for index in range(args.runs):
         print(f"\n== main, run {index + 1}/{args.runs}", flush=True)
@@ -394,6 +398,40 @@ def targets(doc: dict[str, Any]) -> list[str]:
         if kiq.get("idle_rss_kb") and main["median"][ref].get("idle_rss_kb"):
             mine, theirs = kiq["idle_rss_kb"] / 1024, main["median"][ref]["idle_rss_kb"] / 1024
             row("6. idle RSS ≤ Sidekiq's", f"{mine:.1f} vs {theirs:.1f} MB", mine <= theirs)
+    lines += yjit_targets(main.get("runs", []))
+    return lines
+
+
+YJIT_PAIRS = (  # issue 14: (kiq row, Sidekiq+YJIT row, what is logged per job on both)
+    ("kiq", "sidekiq-6.4-yjit", "start/done at INFO to a file"),
+    ("kiq-quiet", "sidekiq-6.4-yjit-quiet", "per-job lines off"),
+)
+
+
+def pair_ratio(runs: Runs, mine: str, theirs: str, key: str, their_key: str) -> float | None:
+    """Median over runs of mine[key] / theirs[their_key], both from the same run."""
+    values = [
+        run[mine][key] / run[theirs][their_key]
+        for run in runs
+        if run.get(mine, {}).get(key) and run.get(theirs, {}).get(their_key)
+    ]
+    return statistics.median(values) if values else None
+
+
+def yjit_targets(runs: Runs) -> list[str]:
+    """Issue 14: kiq one process ≥ 3x Sidekiq 6.4 with YJIT, per-job logging equal."""
+    lines = []
+    for mine, theirs, logging_ in YJIT_PAIRS:
+        drain = pair_ratio(runs, mine, theirs, "drain_acked_per_s", "drain_per_s")
+        if drain is not None:
+            holds = "yes" if drain >= 3 else "**no**"
+            lines.append(
+                f"| 14. drain ≥ 3x Sidekiq+YJIT, {logging_} ({mine} to last ack vs "
+                f"{theirs}) | {X}{drain:.2f} | {holds} |"
+            )
+    push = pair_ratio(runs, "kiq", "sidekiq-6.4-yjit", "enqueue_per_s", "enqueue_per_s")
+    if push is not None:
+        lines.append(f"| 14. perform_async vs Sidekiq+YJIT's (reported) | {X}{push:.2f} | {NA} |")
     return lines
 
 
@@ -445,6 +483,8 @@ def render(doc: dict[str, Any]) -> str:
     if len(checks) > 2:
         out += ["### Targets (issue 5)", "", *checks, ""]
     out += link_section(doc) + scale_section(doc) + mix_section(doc) + soak_section(doc)
+    if "io" in sections:
+        out += io_bench.render(sections["io"], table, doc["settings"]["runs"])
     out += profile_section(doc)
     if doc["errors"]:
         out += ["### Errors", "", *[f"- {e}" for e in doc["errors"]], ""]
@@ -604,7 +644,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("-n", type=int, default=10_000, help="jobs per enqueue/drain (same for every system)")
     add("--runs", type=int, default=3, help="runs per section; the table shows medians")
     add("--systems", default=DEFAULT_SYSTEMS, help=f"of kiq,sidekiq,{','.join(PEERS)}")
-    add("--sections", default=DEFAULT_SECTIONS, help="main,link,scale,mix,soak,profile")
+    add("--sections", default=DEFAULT_SECTIONS,
+        help="main,link,scale,mix,io,mixed,idle,soak,profile")  # fmt: skip
+    add("only", nargs="*", metavar="SECTION", help="sections to run (instead of --sections)")
+    add("--jobs", type=int, default=20_000, help="io and mixed: jobs per I/O drain")
+    add("--io-systems", default=io_bench.DEFAULT_SYSTEMS, help=f"of {','.join(io_bench.SPECS)}")
+    add("--io-latency-seconds", type=float, default=2.0, help="io: seconds of paced jobs")
+    add("--io-drain-timeout", type=float, default=90.0, help="io: s; slower drains cut short")
+    add("--io-port", type=int, default=8790, help="io: the delayed HTTP server's port")
     add("--latency-ms", type=float, default=1.0, help="round trip of the link section")
     add("--link", choices=["auto", "netem", "proxy"], default="auto")
     add("--link-enqueue-n", type=int, default=1_000, help="enqueue n behind the slow link")
@@ -621,6 +668,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--doc", default=str(DOC), help="markdown file to update ('' to skip)")
     add("--log-dir", default=os.path.join("/tmp", "kiq-bench"))
     args = parser.parse_args(argv)
+    if args.only:
+        args.sections = ",".join(args.only)
     if args.soak and "soak" not in args.sections.split(","):
         args.sections += ",soak"
     return args
@@ -645,6 +694,27 @@ def build_systems(server: RedisServer, args: argparse.Namespace) -> list[Any]:
             systems.append(
                 SidekiqSystem(own, log_path=logs / "sidekiq.log", drain_timeout=args.drain_timeout)
             )
+        elif name in ("sidekiq-yjit", "sidekiq-yjit-quiet"):
+            # ruby --yjit (RUBY_YJIT_ENABLE=1); -quiet: logger at ERROR, no per-job lines
+            systems.append(
+                SidekiqSystem(
+                    own,
+                    log_path=logs / f"{name}.log",
+                    drain_timeout=args.drain_timeout,
+                    yjit=True,
+                    quiet=name.endswith("-quiet"),
+                )
+            )
+        elif name == "kiq-quiet":  # --log-level error: no per-job lines, as sidekiq-yjit-quiet
+            systems.append(
+                KiqSystem(
+                    own,
+                    log_path=logs / "kiq-quiet.log",
+                    drain_timeout=args.drain_timeout,
+                    name="kiq-quiet",
+                    log_level="error",
+                )
+            )
         elif name == "floor":
             systems.append(
                 FloorSystem(own, log_path=logs / "floor.log", drain_timeout=args.drain_timeout)
@@ -660,7 +730,8 @@ def build_systems(server: RedisServer, args: argparse.Namespace) -> list[Any]:
             )
         else:
             raise SystemExit(
-                f"unknown system {name!r}; choose from kiq,sidekiq,floor,{','.join(PEERS)}"
+                f"unknown system {name!r}; choose from kiq,kiq-quiet,sidekiq,sidekiq-yjit,"
+                f"sidekiq-yjit-quiet,floor,{','.join(PEERS)}"
             )
     return systems
 
@@ -693,7 +764,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         systems = build_systems(server, args)
         for system in systems:
             doc["meta"][system.name] = system.describe()
-        by_name = {s.name.split("-")[0]: s for s in systems}
+        by_name: dict[str, Any] = {}
+        for system in systems:  # the first of each family: "sidekiq" is sidekiq-6.4 itself
+            by_name.setdefault(system.name.split("-")[0], system)
         reference = by_name["sidekiq"].name if "sidekiq" in by_name else None
         if "main" in sections:
             runs = run_main(systems, args, errors)
@@ -716,6 +789,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             sidekiq = by_name.get("sidekiq")
             runs = run_mix(kiq, sidekiq, args, errors)
             doc["sections"]["mix"] = section(runs, "sidekiq sleep 1 ms")
+        if "io" in sections:
+            doc["sections"]["io"] = io_bench.run_io(
+                server,
+                names=args.io_systems.split(","),
+                jobs=args.jobs,
+                runs=args.runs,
+                port=args.io_port,
+                log_dir=Path(args.log_dir),
+                timeout=args.io_drain_timeout,
+                latency_seconds=args.io_latency_seconds,
+                phase=phase,
+                errors=errors,
+            )
         if "soak" in sections:
             doc["sections"]["soak"] = run_soak(server, args, errors)
         if "profile" in sections:
