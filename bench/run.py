@@ -761,7 +761,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "errors": errors,
     }
     with fresh_logs(args.log_dir), RedisServer.private(port=args.port) as server:
-        systems = build_systems(server, args)
+        wanted = {"main", "link", "mix"} & set(sections)  # the sections that use --systems
+        systems = build_systems(server, args) if wanted else []
         for system in systems:
             doc["meta"][system.name] = system.describe()
         by_name: dict[str, Any] = {}
