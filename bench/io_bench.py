@@ -135,7 +135,7 @@ SPECS: dict[str, IoSpec] = {
             ("streaq==7.2.0", "redis==8.1.0"),
             "streaq run streaq_io:worker",
             # a finished task is XACKed and XDELed: XLEN = queued + running
-            lambda r: ListProbe(r, "streaq:default:queues:default", command="xlen"),
+            lambda r: ListProbe(r, "streaq:default:queues:normal", command="xlen"),
             "concurrency 1,000",
         ),
     )

@@ -123,11 +123,16 @@ def main(push_factory: Callable[[], Awaitable[Push]], argv: list[str]) -> int:
 
     async def go() -> dict[str, Any]:
         push = await push_factory()
-        if command == "fill":
-            return await fill(push, kind, int(rest[0]))
-        if command == "paced":
-            return await paced(push, kind, float(rest[0]), int(rest[1]))
-        raise SystemExit(f"unknown command {command!r}: fill or paced")
+        try:
+            if command == "fill":
+                return await fill(push, kind, int(rest[0]))
+            if command == "paced":
+                return await paced(push, kind, float(rest[0]), int(rest[1]))
+            raise SystemExit(f"unknown command {command!r}: fill or paced")
+        finally:
+            close = getattr(push, "close", None)  # a client to close in this same task
+            if close is not None:
+                await close()
 
     print(json.dumps(asyncio.run(go())))
     return 0

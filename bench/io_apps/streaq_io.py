@@ -20,11 +20,15 @@ async def io_job(kind: str, target: Any, sent: float) -> None:
 
 
 async def make_push() -> _io_common.Push:
-    await worker.__aenter__()  # the client's connection, kept for the process's life
+    await worker.__aenter__()  # the client's connection, closed by push.close
 
     async def push(jobs: list[tuple[str, Any, float]]) -> None:
         await worker.enqueue_many([io_job.enqueue(*job) for job in jobs])
 
+    async def close() -> None:
+        await worker.__aexit__(None, None, None)
+
+    push.close = close  # type: ignore[attr-defined]
     return push
 
 
