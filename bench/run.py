@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import capsule_bench
 import io_bench
 from common import (
     BENCH_DIR,
@@ -485,6 +486,8 @@ def render(doc: dict[str, Any]) -> str:
     out += link_section(doc) + scale_section(doc) + mix_section(doc) + soak_section(doc)
     if "io" in sections:
         out += io_bench.render(sections["io"], table, doc["settings"]["runs"])
+    if "mixed" in sections:
+        out += capsule_bench.render(sections["mixed"])
     out += profile_section(doc)
     if doc["errors"]:
         out += ["### Errors", "", *[f"- {e}" for e in doc["errors"]], ""]
@@ -650,7 +653,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--jobs", type=int, default=20_000, help="io and mixed: jobs per I/O drain")
     add("--io-systems", default=io_bench.DEFAULT_SYSTEMS, help=f"of {','.join(io_bench.SPECS)}")
     add("--io-latency-seconds", type=float, default=2.0, help="io: seconds of paced jobs")
-    add("--io-drain-timeout", type=float, default=90.0, help="io: s; slower drains cut short")
+    add("--io-drain-timeout", type=float, default=30.0, help="io: s; slower drains cut short")
     add("--io-port", type=int, default=8790, help="io: the delayed HTTP server's port")
     add("--latency-ms", type=float, default=1.0, help="round trip of the link section")
     add("--link", choices=["auto", "netem", "proxy"], default="auto")
@@ -800,6 +803,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_dir=Path(args.log_dir),
                 timeout=args.io_drain_timeout,
                 latency_seconds=args.io_latency_seconds,
+                phase=phase,
+                errors=errors,
+            )
+        if "mixed" in sections:
+            doc["sections"]["mixed"] = capsule_bench.run_mixed(
+                server,
+                noop=args.jobs,
+                io=args.jobs,
+                runs=args.runs,
+                log_dir=Path(args.log_dir),
                 phase=phase,
                 errors=errors,
             )
