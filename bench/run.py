@@ -6,7 +6,7 @@
     python bench/run.py --soak 1000000 --sections soak
     python bench/run.py --sections profile             # py-spy of a kiq drain
 
-Sections (``--sections``, default ``main,link,scale,mix``):
+Sections (``--sections``, default ``main,link,scale,mix,io,mixed,idle``):
   main     every system in --systems: enqueue (one call per job; perform_bulk; kiq's
            asyncio client), drain of n no-op jobs with 10 slots, idle latency, CPU, RSS,
            Redis commands per job; --runs runs, phase by phase, medians
@@ -18,6 +18,16 @@ Sections (``--sections``, default ``main,link,scale,mix``):
            jobs, Sidekiq `sleep 0.001`; jobs/s with 10 slots and the peak seen running
   soak     --soak N jobs through one kiq worker, its RSS sampled every 2 s (a curve)
   profile  py-spy on a kiq worker draining --profile-n jobs; top self-time functions
+  io       issue 14: --jobs (20,000) jobs of 50 ms I/O (loopback HTTP, asyncio.sleep)
+           through kiq's async capsule of 1,000, Sidekiq+YJIT -c 50 and the async peers
+           (--io-systems: arq, SAQ, taskiq, streaq at 1,000); bench/io_bench.py
+  mixed    issue 14: a thread capsule of 10 (no-op) beside an async capsule of 1,000
+           (50 ms sleeps) in one process, each against its solo rate; capsule_bench.py
+  idle     issue 14: idle RSS by import layer, and of started kiq / bare-loop / Sidekiq
+           workers; idle_bench.py
+
+A section can also be named alone: ``python bench/run.py io`` (``--jobs 2000`` for a
+quick look).
 
 Every ratio is against Sidekiq *in the same run* (the machine is shared and noisy);
 the table shows the median of the runs and the median of the per-run ratios. Results go
@@ -43,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import capsule_bench
+import idle_bench
 import io_bench
 from common import (
     BENCH_DIR,
@@ -62,7 +73,7 @@ from sidekiq_bench import SidekiqSystem
 DEFAULT_SYSTEMS = (  # arq: --systems ...,arq
     "kiq,sidekiq,sidekiq-yjit,kiq-quiet,sidekiq-yjit-quiet,dramatiq,celery,rq,huey,floor"
 )
-DEFAULT_SECTIONS = "main,link,scale,mix"
+DEFAULT_SECTIONS = "main,link,scale,mix,io,mixed,idle"
 RESULTS = BENCH_DIR / "results" / "latest.json"
 DOC = REPO_DIR / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -488,6 +499,8 @@ def render(doc: dict[str, Any]) -> str:
         out += io_bench.render(sections["io"], table, doc["settings"]["runs"])
     if "mixed" in sections:
         out += capsule_bench.render(sections["mixed"])
+    if "idle" in sections:
+        out += idle_bench.render(sections["idle"])
     out += profile_section(doc)
     if doc["errors"]:
         out += ["### Errors", "", *[f"- {e}" for e in doc["errors"]], ""]
@@ -793,29 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sidekiq = by_name.get("sidekiq")
             runs = run_mix(kiq, sidekiq, args, errors)
             doc["sections"]["mix"] = section(runs, "sidekiq sleep 1 ms")
-        if "io" in sections:
-            doc["sections"]["io"] = io_bench.run_io(
-                server,
-                names=args.io_systems.split(","),
-                jobs=args.jobs,
-                runs=args.runs,
-                port=args.io_port,
-                log_dir=Path(args.log_dir),
-                timeout=args.io_drain_timeout,
-                latency_seconds=args.io_latency_seconds,
-                phase=phase,
-                errors=errors,
-            )
-        if "mixed" in sections:
-            doc["sections"]["mixed"] = capsule_bench.run_mixed(
-                server,
-                noop=args.jobs,
-                io=args.jobs,
-                runs=args.runs,
-                log_dir=Path(args.log_dir),
-                phase=phase,
-                errors=errors,
-            )
+        doc["sections"].update(run_issue14(server, args, sections, errors))
         if "soak" in sections:
             doc["sections"]["soak"] = run_soak(server, args, errors)
         if "profile" in sections:
@@ -831,6 +822,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_doc(doc, Path(args.doc))
     print(f"total {doc['elapsed_s'] / 60:.1f} min")
     return 1 if errors else 0
+
+
+def run_issue14(
+    server: RedisServer, args: argparse.Namespace, sections: list[str], errors: list[str]
+) -> dict[str, Any]:
+    """Issue 14's sections: io (bench/io_bench.py), mixed (capsule_bench.py), idle."""
+    out: dict[str, Any] = {}
+    logs = Path(args.log_dir)
+    if "io" in sections:
+        out["io"] = io_bench.run_io(
+            server,
+            names=args.io_systems.split(","),
+            jobs=args.jobs,
+            runs=args.runs,
+            port=args.io_port,
+            log_dir=logs,
+            timeout=args.io_drain_timeout,
+            latency_seconds=args.io_latency_seconds,
+            phase=phase,
+            errors=errors,
+        )
+    if "mixed" in sections:
+        out["mixed"] = capsule_bench.run_mixed(
+            server, noop=args.jobs, io=args.jobs, runs=args.runs, log_dir=logs, phase=phase,
+            errors=errors,
+        )  # fmt: skip
+    if "idle" in sections:
+        out["idle"] = idle_bench.run_idle(
+            server, runs=args.runs, log_dir=logs, phase=phase, errors=errors
+        )
+    return out
 
 
 def section(runs: Runs, reference: str | None) -> dict[str, Any]:
