@@ -62,9 +62,20 @@ LATENCY_KEY = "bench:io:latency"  # io_apps/_io_common.py, sidekiq_io.rb
 KINDS = ("http", "sleep")
 X = "\N{MULTIPLICATION SIGN}"
 AIOHTTP = "aiohttp==3.14.5"
-# How kiq's worker runs the io jobs (queue "io"). The stand-in until capsules are merged:
-# every job takes one of -c slots, async jobs all run on the one event loop.
-KIQ_IO_WORKER = ["-c", "1000", "-q", "io"]
+# How kiq's worker runs the io jobs (queue "io"): an async capsule of 1,000 beside the
+# default thread capsule (empty queue "default"). A kiq without capsules (its -g is only
+# a tag) gets the stand-in: -c 1000, every job one slot, async jobs on the one loop.
+KIQ_IO_WORKER = ["-c", "10", "-q", "default", "-g", "io:io:1000:async"]
+KIQ_IO_STANDIN = ["-c", "1000", "-q", "io"]
+
+
+def kiq_has_capsules(python: Path, env: dict[str, str]) -> bool:
+    """Whether this kiq's `worker -g` takes a capsule (its --help says so)."""
+    out = subprocess.run(
+        [str(python), "-m", "kiq.cli", "worker", "--help"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return "capsule" in out.stdout
 
 
 @dataclass(frozen=True)
@@ -95,7 +106,7 @@ def _peer(
 SPECS: dict[str, IoSpec] = {
     s.name: s
     for s in (
-        IoSpec("kiq", "kiq", (), [], lambda r: KiqProbe(r, "io"), "async, 1,000"),
+        IoSpec("kiq", "kiq", (), [], lambda r: KiqProbe(r, "io"), "async capsule, 1,000"),
         IoSpec(
             "sidekiq",
             "sidekiq-6.4-yjit",
@@ -207,6 +218,10 @@ class IoSystem:
         if self.venv is not None:
             env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         self.env = env
+        if spec.name == "kiq" and kiq_worker is None:
+            assert self.venv is not None
+            capsules = kiq_has_capsules(self.venv / "bin" / "python", env)
+            self.kiq_worker = KIQ_IO_WORKER if capsules else KIQ_IO_STANDIN
 
     # -- the two measurements ------------------------------------------------------------------
 
@@ -248,7 +263,10 @@ class IoSystem:
         return metrics
 
     def describe(self) -> dict[str, str]:
-        return {"command": " ".join(self._worker_argv()), "setting": self.spec.setting}
+        setting = self.spec.setting
+        if self.kiq_worker is KIQ_IO_STANDIN:
+            setting = "no capsules in this kiq: the stand-in -c 1000"
+        return {"command": " ".join(self._worker_argv()), "setting": setting}
 
     # -- helpers -------------------------------------------------------------------------------
 
