@@ -681,6 +681,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--drain-timeout", type=float, default=20.0, help="s; slower drains are cut short")
     add("--port", type=int, default=6390, help="private redis-server (the link uses +1)")
     add("--json", default=str(RESULTS))
+    add("--merge", default="", help="a,b.json: write one doc from earlier runs' results")
     add("--doc", default=str(DOC), help="markdown file to update ('' to skip)")
     add("--log-dir", default=os.path.join("/tmp", "kiq-bench"))
     args = parser.parse_args(argv)
@@ -761,8 +762,30 @@ def fresh_logs(directory: str) -> Iterator[None]:
     yield
 
 
+def merge(paths: Sequence[str]) -> dict[str, Any]:
+    """One document from the results of several runs (each a section or a few), as if
+    run together: sections, systems and errors joined, the first run's settings."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    doc = docs[0]
+    for other in docs[1:]:
+        doc["sections"].update(other["sections"])
+        doc["meta"].update(other["meta"])
+        doc["errors"] += other["errors"]
+        doc["command"] += " && " + other["command"]
+        doc["elapsed_s"] += other["elapsed_s"]
+    doc["finished"] = docs[-1]["finished"]
+    doc["loadavg_end"] = docs[-1]["loadavg_end"]
+    return doc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        merged = merge(args.merge.split(","))
+        Path(args.json).write_text(json.dumps(merged, indent=1, default=str) + "\n")
+        if args.doc:
+            write_doc(merged, Path(args.doc))
+        return 0
     sections = args.sections.split(",")
     started = time.monotonic()
     errors: list[str] = []
