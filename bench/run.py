@@ -773,7 +773,8 @@ def merge(paths: Sequence[str]) -> dict[str, Any]:
         doc["errors"] += other["errors"]
         doc["command"] += " && " + other["command"]
         doc["elapsed_s"] += other["elapsed_s"]
-    doc["finished"] = docs[-1]["finished"]
+    doc["started"] = min(d["started"] for d in docs)
+    doc["finished"] = max(d["finished"] for d in docs)
     doc["loadavg_end"] = docs[-1]["loadavg_end"]
     return doc
 
