@@ -96,7 +96,6 @@ def test_expiry_reads_both_fields_and_both_time_units() -> None:
 
 
 def test_prometheus_counts_expired_and_cancelled_jobs(config: Config) -> None:
-    pytest.importorskip("prometheus_client")
     from kiq import cancel, prometheus
 
     cancel.record(config, {"jid": "e" * 24, "class": "X"}, "expired", "expired before it started")
