@@ -41,9 +41,17 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from kiq.cron import CronJob
 from kiq.errors import ConfigError, RedisUnavailable
-from kiq.keys import Keys
+from kiq.keys import ClusterKeys, Keys
 from kiq.middleware import Chain, ClientMiddleware, ServerMiddleware
-from kiq.store import SentinelURL, Store, redact
+from kiq.store import (
+    ClusterURL,
+    SentinelURL,
+    Store,
+    cluster_url,
+    is_cluster_url,
+    open_store,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,9 @@ _FILE_KEYS: Final = {
     "activejob_rails": "activejob_rails",
     "cron_poll_interval": "cron_poll_interval",
     "cron_grace": "cron_grace",
+    "cluster": "cluster",
+    "partitions": "partitions",
+    "wait_replicas": "wait_replicas",
 }
 # Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
 _IGNORED_FILE_KEYS: Final = frozenset(
@@ -166,6 +177,9 @@ class Config:
     cron_poll_interval: float = 5.0  # seconds between recurring-job checks per process
     cron_grace: float = 60.0  # a tick missed by more than this is skipped (sidekiq-cron: 60)
     cron_jobs: list[CronJob] = field(default_factory=list)  # defined in code
+    cluster: bool = False  # Redis Cluster (docs/cluster.md); also set by redis+cluster://
+    partitions: dict[str, int] = field(default_factory=dict)  # cluster: queue -> N shards
+    wait_replicas: int = 0  # cluster: pushes and acks WAIT for this many replicas
     client_middleware: Chain[ClientMiddleware] = field(default_factory=Chain)
     server_middleware: Chain[ServerMiddleware] = field(default_factory=Chain)
     error_handlers: list[ErrorHandler] = field(default_factory=list)
@@ -199,6 +213,7 @@ class Config:
                 isinstance(value, list) and not all(isinstance(v, str) for v in value)
             ):
                 raise ConfigError(f"{name}: {_shown(value)} is not allowed; use {allowed}")
+        self._check_cluster()
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
         _check_queues(self.queues)
@@ -216,6 +231,23 @@ class Config:
                 f"(ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper, every version) or "
                 f"sidekiq (Sidekiq::ActiveJob::Wrapper, Sidekiq 7.3+ only)"
             )
+
+    def _check_cluster(self) -> None:
+        """The cluster settings (docs/cluster.md): ``cluster: true`` turns the seed nodes
+        in ``redis_url`` into a ``redis+cluster://`` URL; queue names must keep the hash tag."""
+        if (
+            self.cluster
+            or self.partitions
+            or self.wait_replicas
+            or (self.redis_url is not None and is_cluster_url(self.redis_url))
+        ):
+            try:
+                self.redis_url = cluster_url(
+                    self.redis_url, self.cluster, self.partitions, self.wait_replicas,
+                    [name for name, _ in self.queues],
+                )  # fmt: skip
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
     # -- loading ----------------------------------------------------------------------
     @classmethod
@@ -247,12 +279,14 @@ class Config:
         if overrides.get("redis_url") is not None:
             source = "redis_url (--redis-url)"
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(values.get("redis_url"), str):
+        if isinstance(values.get("redis_url"), str) and values.get("cluster") is not True:
             check_redis_url(values["redis_url"], source)
         return cls(**values)
 
     @property
     def keys(self) -> Keys:
+        if self.redis_url is not None and is_cluster_url(self.redis_url):
+            return ClusterKeys(self.key_prefix, partitions=tuple(sorted(self.partitions.items())))
         return Keys(self.key_prefix)
 
     @property
@@ -268,8 +302,11 @@ class Config:
                             "redis://localhost:6379/0), or call kiq.connect() (or "
                             "config.ensure_redis()) first to start kiq's embedded Redis"
                         )
-                    self._store = Store(
-                        self.redis_url, keys=self.keys, pool_size=self.concurrency + 10
+                    self._store = open_store(
+                        self.redis_url,
+                        keys=self.keys,
+                        pool_size=self.concurrency + 10,
+                        **({"wait_replicas": self.wait_replicas} if self.wait_replicas else {}),
                     )
         return self._store
 
@@ -437,6 +474,7 @@ _WHOLE_NUMBERS: Final = (
     ("processes", 1),
     ("max_recoveries", 0),
     ("process_ttl", 1),
+    ("wait_replicas", 0),
 )
 _SECONDS: Final = (
     "timeout",
@@ -459,6 +497,8 @@ _TYPED: Final[tuple[tuple[str, type | tuple[type, ...], str], ...]] = (
     ("labels", list, "a list of strings"),
     ("require", list, "a list of module names or file paths"),
     ("verbose", bool, "true or false"),
+    ("cluster", bool, "true or false"),
+    ("partitions", dict, "a mapping of queue name to a partition count, e.g. {default: 8}"),
     ("skip_default_job_logging", bool, "true or false"),
 )
 
@@ -490,7 +530,7 @@ _URL_ARGUMENTS: Final = frozenset(
         "ssl_min_version",
     }
 )
-_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel")
+_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 _URL_EXAMPLE: Final = (
     "redis://host:6379/0, rediss://host:6380/0 (TLS), unix:///path/to/redis.sock "
     "or redis+sentinel://host:26379/<service>"
@@ -512,9 +552,10 @@ def check_redis_url(url: str, where: str = "redis_url") -> None:
             f"{where} {_safe_url(url)!r}: the scheme {scheme!r} is not a Redis one; use "
             f"{_URL_EXAMPLE}"
         )
-    if scheme.lower() == "redis+sentinel":
+    if scheme.lower() in ("redis+cluster", "redis+sentinel"):
+        parse = ClusterURL.parse if scheme.lower() == "redis+cluster" else SentinelURL.parse
         try:
-            SentinelURL.parse(url)
+            parse(url)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         return

@@ -25,6 +25,16 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
+from kiq.store.cluster import (
+    CLUSTER_SCHEME,
+    ClusterURL,
+    check_queue_name,
+    cluster_url,
+    is_cluster_url,
+)
+from kiq.store.cluster_procs import ClusterProcesses
 from kiq.store.connection import (
     BLOCK_SLACK,
     CONNECT_TIMEOUT,
@@ -50,18 +60,43 @@ class Store(Queues, Sets, Processes, Cron, Counters, Progress):
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 
+class ClusterStore(ClusterProcesses, Store):
+    """``Store`` on a Redis Cluster (``redis+cluster://``, docs/cluster.md): the
+    ``cluster*`` files of this package override what spans slots on a cluster; the
+    rest (heartbeat, registry, cron definitions, counters) runs unchanged on the
+    global slot."""
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """A ``ClusterStore`` for a ``redis+cluster://`` URL, else a ``Store``.
+
+    ``wait_replicas`` is taken by the cluster store only (and refused for one Redis)."""
+    if is_cluster_url(url):
+        return ClusterStore(url, **options)
+    if options.pop("wait_replicas", 0):
+        raise ValueError("wait_replicas is only supported in cluster mode (docs/cluster.md)")
+    return Store(url, **options)
+
+
 __all__ = [
     "BLOCK_SLACK",
+    "CLUSTER_SCHEME",
     "CONNECT_TIMEOUT",
     "SENTINEL_SCHEME",
     "SOCKET_TIMEOUT",
     "TRANSIENT_ERRORS",
+    "ClusterStore",
+    "ClusterURL",
     "SentinelURL",
     "Store",
     "by_queue",
+    "check_queue_name",
+    "cluster_url",
     "connect",
     "connect_async",
+    "is_cluster_url",
     "is_transient",
     "is_wrong_type",
+    "open_store",
     "redact",
 ]

@@ -1,0 +1,151 @@
+"""Redis Cluster: orphan recovery, the cron tick's claim, and the server's INFO.
+
+Why one file: these are the steps that on one Redis span a process's keys and its
+queues in one MULTI or script. On a cluster the process registry, the heartbeat and the
+cron definitions stay on the global slot (one MULTI, as before), while each queue shard's
+part is its own one-slot step: a dead process's in-progress list of a shard is moved
+back by ``cluster_recover.lua``, and a cron tick is claimed in the slot of the shard it
+pushes to (``cluster_cron_fire.lua``), so a tick is still pushed exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from kiq.store.cluster_queues import ClusterQueues
+from kiq.store.processes import Plan
+
+Moves = list[tuple[str, list[bytes], list[bytes]]]
+
+
+class ClusterProcesses(ClusterQueues):
+    """Recovery, cron and INFO of ``Store`` on a cluster (see the module docstring)."""
+
+    def _recover_ident(
+        self, ident: str, queues: list[str], plan: Plan, trim: tuple[float, int, float]
+    ) -> Moves | None:
+        """Move each shard's in-progress list of ``ident`` as ``plan`` decides.
+
+        One script per shard: it moves nothing if the list changed since it was read (a
+        process only slow to beat fetched or acked: not dead), as the WATCH does on one
+        Redis. Shard by shard is safe: each job moves once, in one step, and a sweep cut
+        short leaves the rest for the next (the fetchers entry stays until all moved).
+        Returns None if some list changed.
+        """
+        now, max_jobs, timeout = trim
+        moves: Moves = []
+        for queue in queues:
+            for shard in self.keys.shards(queue):
+                key = self.keys.inprogress(ident, shard)
+                raws = list(self._r.lrange(key, 0, -1))
+                if not raws:
+                    continue
+                requeued, buried = plan(queue, raws)
+                args: list[Any] = [len(raws), *raws, len(requeued), *requeued, *buried]
+                args += [repr(now), repr(now - timeout), max_jobs]
+                keys = [key, self.keys.queue(shard), self.keys.dead_shard(shard)]
+                if not self._script("cluster_recover")(keys=keys, args=args):
+                    return None
+                moves.append((queue, requeued, buried))
+        return moves
+
+    def recover_orphans(
+        self, identity: str, plan: Plan, now: float, dead_max_jobs: int, dead_timeout: float
+    ) -> list[tuple[str, list[bytes], list[bytes]]] | None:
+        """As on one Redis (kiq.store.processes), shard by shard (``_recover_ident``).
+
+        A fetcher is dead when its heartbeat hash is gone, checked just before its lists
+        are moved; a process that beats again between that check and a move and has not
+        fetched or acked since may run a recovered job twice (never lose it)."""
+        keys = self.keys
+        found: Moves = []
+        aborted = False
+        for raw_ident, raw_queues in self._r.hgetall(keys.fetchers).items():
+            ident = raw_ident.decode()
+            if ident == identity or self._r.exists(keys.process(ident)):
+                continue
+            queues = [str(queue) for queue in orjson.loads(raw_queues)]
+            moves = self._recover_ident(ident, queues, plan, (now, dead_max_jobs, dead_timeout))
+            if moves is None:
+                aborted = True
+                continue
+            found += moves
+            self._r.hdel(keys.fetchers, ident)  # every shard moved: unregister
+        self._r.delete(keys.recover_lock)
+        return None if aborted and not found else found
+
+    def recover_process(
+        self, ident: str, plan: Plan, now: float, dead_max_jobs: int, dead_timeout: float
+    ) -> list[tuple[str, list[bytes], list[bytes]]] | None:
+        registered = self._r.hget(self.keys.fetchers, ident)
+        if registered is None:
+            return []
+        queues = [str(queue) for queue in orjson.loads(registered)]
+        return self._recover_ident(ident, queues, plan, (now, dead_max_jobs, dead_timeout))
+
+    def cron_fire(
+        self,
+        name: str,
+        job: tuple[str, bytes],
+        *,
+        claim: tuple[str, float] | None,
+        prune_before: float,
+        last_enqueue_time: str,
+        history: bytes,
+        keep_history: int,
+    ) -> bool:
+        """Claim the tick and push the job in one step on the queue shard's slot, then
+        record ``last_enqueue_time`` and the jid history on the global slot.
+
+        The claim set is ``kiq|cron-claims|{<s>}`` (not sidekiq-cron's, which is on the
+        global slot with the definition), member ``<name>|<tick>``; for a partitioned
+        queue the shard follows the claim, not the jid, so every process racing for a
+        tick tries the same slot. The history write after it is split: safe, it is only
+        what the Web UI shows, and a crash between loses one history line, not a tick.
+        """
+        queue, raw = job
+        member, score = claim or ("", 0.0)
+        shard = (
+            self.keys.shard_of(queue, f"{name}|{member}") if member else self.shard_for(queue, raw)
+        )
+        if registering := self._register([queue]):
+            self._per_node(registering)
+        keys = [self.keys.cron_claims(shard), self.keys.queue(shard)]
+        claimed = f"{name}|{member}" if member else ""
+        args: list[str | bytes] = [claimed, repr(score), raw, repr(prune_before)]
+        if not self._script("cluster_cron_fire")(keys=keys, args=args):
+            return False
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self.keys.cron_job(name), "last_enqueue_time", last_enqueue_time)
+        pipe.lpush(self.keys.cron_history(name), history)
+        pipe.ltrim(self.keys.cron_history(name), 0, keep_history - 1)
+        pipe.execute()
+        return True
+
+    def info(self) -> dict[str, Any]:
+        """INFO of the node holding the global slot, plus ``cluster_nodes``: each
+        primary's address, its replica count and ``used_cpu_sys``/``used_cpu_user``."""
+        node = self._redis.get_node_from_key(self.keys.global_slot_key)
+        info: dict[str, Any] = self._redis.get_redis_connection(node).info()
+        nodes = []
+        for primary in self._redis.get_primaries():
+            data = self._redis.get_redis_connection(primary).info()
+            nodes.append(
+                {
+                    "address": f"{primary.host}:{primary.port}",
+                    "replicas": int(data.get("connected_slaves", 0)),
+                    "used_cpu_sys": data.get("used_cpu_sys"),
+                    "used_cpu_user": data.get("used_cpu_user"),
+                    "used_memory": data.get("used_memory"),
+                }
+            )
+        info["cluster_nodes"] = nodes
+        return info
+
+    def flushdb(self) -> None:
+        with self.translate_errors():
+            for primary in self._redis.get_primaries():
+                self._redis.get_redis_connection(primary).flushdb()
+        self._registered.clear()

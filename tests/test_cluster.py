@@ -1,0 +1,115 @@
+"""Cluster mode on a real local Redis Cluster (3 primaries + 3 replicas, started by
+tests/support/cluster.py): settings, the key layout in Redis, and worker processes
+draining queues, a partitioned queue, scheduled jobs and retries (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+import kiq
+from kiq.config import Config
+from kiq.errors import ConfigError
+from kiq.store import ClusterStore
+from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
+from tests.support.jobs import records
+from tests.support.servers import Worker
+from tests.support.wait import wait_until
+
+PARTITIONED = ":partitions:\n  hot: 4\n"
+
+
+@pytest.fixture
+def cconfig(cluster_url: str) -> Iterator[Config]:  # noqa: F811
+    cfg = Config(redis_url=cluster_url, partitions={"hot": 4}, heartbeat_interval=0.2)
+    yield cfg
+    cfg.close()
+
+
+def test_cluster_true_turns_seed_nodes_into_a_cluster_url() -> None:
+    cfg = Config(redis_url="redis://10.0.0.1:7000,10.0.0.2:7000/0", cluster=True)
+    assert cfg.redis_url == "redis+cluster://10.0.0.1:7000,10.0.0.2:7000/"
+    with pytest.raises(ConfigError, match="cluster setting"):
+        Config(redis_url="redis://localhost:6379/0", partitions={"hot": 8})
+    with pytest.raises(ConfigError, match="cannot carry"):
+        Config(redis_url="redis+cluster://h:1/", queues=[("a{b}", 0)])
+    with pytest.raises(ConfigError, match=r"1\.\.1024"):
+        Config(redis_url="redis+cluster://h:1/", partitions={"hot": 0})
+
+
+def test_push_lands_on_the_queue_shards_and_fetch_takes_them(cconfig: Config) -> None:
+    store = cconfig.store
+    assert isinstance(store, ClusterStore)
+    jobs = [("default", f'{{"jid":"d{i}","queue":"default"}}'.encode()) for i in range(5)]
+    jobs += [("hot", f'{{"jid":"h{i}","queue":"hot"}}'.encode()) for i in range(40)]
+    store.push(jobs)
+    assert store.queue_sizes(["default", "hot"]) == [5, 40]
+    assert store.queue_names() == ["default", "hot"]
+    sizes = [int(store._r.llen(store.keys.queue(s))) for s in store.keys.shards("hot")]
+    assert sum(sizes) == 40
+    assert all(sizes), sizes  # every partition got some
+    taken = store.fetch("me:1:x", ["default", "hot"], 45)
+    assert sorted(raw for _, raw in taken) == sorted(raw for _, raw in jobs)
+    assert store.in_progress_sizes("me:1:x", ["default", "hot"]) == [5, 40]
+    store.ack("me:1:x", taken)
+    assert store.in_progress_sizes("me:1:x", ["default", "hot"]) == [0, 0]
+    assert store.queue_sizes(["default", "hot"]) == [0, 0]
+
+
+def test_the_shard_slots_are_spread_over_the_primaries(cconfig: Config) -> None:
+    store = cconfig.store
+    nodes = {
+        store._redis.get_node_from_key(store.keys.queue(s)).name for s in store.keys.shards("hot")
+    }
+    assert len(nodes) >= 2  # 4 partitions of one queue are not bound to one node
+    assert key_slot(store.keys.processes.encode()) == key_slot(store.keys.fetchers.encode())
+
+
+def _workers(tmp_path: Path, url: str, record_url: str, n: int, *args: str) -> list[Worker]:
+    return [
+        Worker(tmp_path, url, *args, record_url=record_url, config_text=PARTITIONED, name=f"w{i}")
+        for i in range(n)
+    ]
+
+
+def test_workers_drain_queues_a_partitioned_queue_schedules_and_retries(
+    cconfig: Config, tmp_path: Path, redis_url: str
+) -> None:
+    record = redis.Redis.from_url(redis_url)
+    record.delete("test:done")
+    queues = ["default", "critical", "low", "hot"]
+    client = kiq.Client(cconfig)
+    expected: set[str] = set()
+    for i in range(120):
+        queue = queues[i % len(queues)]
+        expected.add(client.push({"class": "Record", "queue": queue, "args": [i]}))
+    for i in range(6):
+        expected.add(
+            client.push(
+                {"class": "Record", "queue": "hot", "args": [f"s{i}"], "at": time.time() + 1}
+            )
+        )
+        expected.add(
+            client.push({"class": "FailOnce", "queue": "critical", "args": [f"f{i}"], "retry": 3})
+        )
+    args = [a for q in queues for a in ("-q", q)]
+    workers = _workers(tmp_path, cconfig.redis_url or "", redis_url, 2, *args, "-c", "5")
+    try:
+        # A retry is due after Sidekiq's backoff (~15-30 s for the first): pull it in.
+        def done() -> bool:
+            for key in cconfig.store._shard_keys(cconfig.keys.retry):
+                for raw, _ in cconfig.store.set_range(key, 0, -1):
+                    cconfig.store.set_rescore(key, raw, time.time() - 1)
+            return {r["jid"] for r in records(record)} >= expected
+
+        wait_until(done, timeout=30)
+        assert cconfig.store.queue_sizes(queues) == [0, 0, 0, 0]
+        assert len({r["pid"] for r in records(record)}) == 2  # both workers took jobs
+    finally:
+        for worker in workers:
+            worker.stop()
