@@ -107,6 +107,8 @@ class ClusterProcesses(ClusterQueues):
         """
         queue, raw = job
         member, score = claim or ("", 0.0)
+        if member and self._r.zscore(self.keys.cron_enqueued(name), member) is not None:
+            return False  # the tick current when the job was saved (cron_save's seed)
         shard = (
             self.keys.shard_of(queue, f"{name}|{member}") if member else self.shard_for(queue, raw)
         )

@@ -108,6 +108,8 @@ class ClusterSets(ClusterBase):
         the job to another queue do the two differ: then ZREM (which only one poller
         wins) and the push are two commands, and a crash between them loses that job.
         """
+        if self._family(key) is not None:  # the API's retry_all: the member's own shard
+            return any(self.move_due(k, member, job) for k in self._member_shards(key, member))
         if job is None:
             return bool(self._r.zrem(key, member))
         queue, raw = job
