@@ -315,6 +315,11 @@ class ClusterKeys(Keys):
         pushed to this shard, beside the queue they push to (one-slot claim + push)."""
         return f"{self.prefix}kiq|cron-claims|{{{shard}}}"
 
+    def migrated(self, shard: str) -> str:
+        """SET of the digests of the jobs ``kiq cluster-migrate`` copied to this shard
+        (so a re-run copies none twice); expires a week after the last copy."""
+        return f"{self.prefix}kiq|migrated|{{{shard}}}"
+
     @property
     def known_queues(self) -> str:
         """SET: every queue that ever held a job here (``queues`` minus admin clears):

@@ -27,10 +27,10 @@ from urllib.parse import unquote
 
 import orjson
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 
 from kiq.keys import PARTITION_SEP, ClusterKeys
-from kiq.store.connection import BLOCK_SLACK, Connection, redact
+from kiq.store.connection import BLOCK_SLACK, Connection, lua, redact
 from kiq.store.lane import Lane
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,18 @@ class ClusterBase(Connection):
         for i in again:  # not run where sent: the cluster client follows the redirection
             replies[i] = self._redis.execute_command(*items[i][1])
         return replies
+
+    def _eval_waiting(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script ``name`` on its slot's primary, then WAIT (``wait_replicas``) on the
+        same connection: WAIT counts the writes of the connection it is sent on."""
+        script = self._script(name)
+        item = (keys[0], ("EVALSHA", script.sha, len(keys), *keys, *args))
+        try:
+            return self._per_node([item], wait=self.wait_replicas)[0]
+        except NoScriptError:  # a fresh or restarted node: load it there, once
+            node = self._redis.get_node_from_key(keys[0])
+            self._redis.get_redis_connection(node).script_load(lua(name))
+            return self._per_node([item], wait=self.wait_replicas)[0]
 
     def _refresh(self) -> None:
         try:

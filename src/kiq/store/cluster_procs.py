@@ -10,10 +10,12 @@ pushes to (``cluster_cron_fire.lua``), so a tick is still pushed exactly once.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
 
+from kiq.store.cluster import queue_of_payload
 from kiq.store.cluster_queues import ClusterQueues
 from kiq.store.processes import Plan
 
@@ -125,6 +127,31 @@ class ClusterProcesses(ClusterQueues):
         pipe.ltrim(self.keys.cron_history(name), 0, keep_history - 1)
         pipe.execute()
         return True
+
+    def migrate_in(
+        self, raw: bytes, family: str, score: float | None, queue: str | None = None
+    ) -> bool:
+        """Copy one job from a single Redis into its shard's list (``family`` "queue") or
+        sorted set ("schedule", "retry", "dead") once (``cluster_migrate.lua``): True if
+        copied now, False if an earlier run of the migration did. ``queue``: the list it
+        came from (a sorted set's member goes by its payload's queue)."""
+        queue = queue or queue_of_payload(raw)[0]
+        shard = self.shard_for(queue, raw)
+        target = (
+            self.keys.queue(shard)
+            if family == "queue"
+            else {
+                "schedule": self.keys.schedule_shard,
+                "retry": self.keys.retry_shard,
+                "dead": self.keys.dead_shard,
+            }[family](shard)
+        )
+        if registering := self._register([queue]):
+            self._per_node(registering)
+        digest = hashlib.sha1(raw, usedforsecurity=False).hexdigest()
+        keys = [self.keys.migrated(shard), target]
+        args = [digest, raw, "" if score is None else repr(score)]
+        return bool(self._eval_waiting("cluster_migrate", keys, args))
 
     def info(self) -> dict[str, Any]:
         """INFO of the node holding the global slot, plus ``cluster_nodes``: each
