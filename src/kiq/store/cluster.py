@@ -27,7 +27,14 @@ from urllib.parse import unquote
 
 import orjson
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 
 from kiq.keys import PARTITION_SEP, ClusterKeys
 from kiq.store.connection import BLOCK_SLACK, Connection, lua, redact
@@ -220,13 +227,11 @@ class ClusterBase(Connection):
             groups.setdefault(node.name, (node, []))[1].append(i)
         again: list[int] = []
         for node, indexes in groups.values():
-            pipe = self._redis.get_redis_connection(node).pipeline(transaction=False)
-            for i in indexes:
-                pipe.execute_command(*items[i][1])
+            commands = [items[i][1] for i in indexes]
             if wait:
-                pipe.execute_command("WAIT", wait, WAIT_TIMEOUT_MS)
+                commands.append(("WAIT", wait, WAIT_TIMEOUT_MS))
             try:
-                out = pipe.execute(raise_on_error=False)
+                out = self._exchange(node, commands)
             except Exception:
                 # The node is away (killed, failing over): learn the new topology before
                 # the caller's retry, which then reaches the promoted replica.
@@ -244,6 +249,26 @@ class ClusterBase(Connection):
         for i in again:  # not run where sent: the cluster client follows the redirection
             replies[i] = self._redis.execute_command(*items[i][1])
         return replies
+
+    def _exchange(self, node: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """One packed write and its replies on one connection to ``node`` (no Pipeline
+        object: a push's cost, as the lane on one Redis); error replies are returned."""
+        pool = self._redis.get_redis_connection(node).connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            out: list[Any] = []
+            for _ in commands:
+                try:
+                    out.append(conn.read_response())
+                except ResponseError as exc:  # this command's error reply; read on
+                    out.append(exc)
+            return out
+        except BaseException:
+            conn.disconnect()  # drop a half-read reply
+            raise
+        finally:
+            pool.release(conn)
 
     def _eval_waiting(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run script ``name`` on its slot's primary, then WAIT (``wait_replicas``) on the
