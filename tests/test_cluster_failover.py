@@ -55,9 +55,12 @@ class Pusher:
             self.stop.wait(0.005)
 
 
+@pytest.mark.parametrize("victim_of", ["queue", "global"])
 def test_sigkill_a_primary_mid_drain_loses_no_job_with_wait_replicas(
-    cluster: LocalCluster, tmp_path: Path, redis_url: str
+    cluster: LocalCluster, tmp_path: Path, redis_url: str, victim_of: str
 ) -> None:
+    """``queue``: the primary of ``queue:{default}``; ``global``: the one holding the
+    heartbeats, the registry and the stats (``{kiq}``)."""
     record = redis.Redis.from_url(redis_url)
     record.delete("test:done")
     config = Config(redis_url=cluster.url, partitions={"hot": 4}, wait_replicas=1)
@@ -81,7 +84,8 @@ def test_sigkill_a_primary_mid_drain_loses_no_job_with_wait_replicas(
         for i in range(2)
     ]
     pusher = Pusher(config)
-    victim_key = ClusterKeys(partitions=(("hot", 4),)).queue("default")
+    keys = ClusterKeys(partitions=(("hot", 4),))
+    victim_key = keys.queue("default") if victim_of == "queue" else keys.global_slot_key
     victim = cluster.primary_of(victim_key)
     try:
         wait_until(lambda: len(records(record)) >= 80, timeout=30)  # mid-drain
