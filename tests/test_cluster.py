@@ -109,7 +109,24 @@ def test_workers_drain_queues_a_partitioned_queue_schedules_and_retries(
 
         wait_until(done, timeout=30)
         assert cconfig.store.queue_sizes(queues) == [0, 0, 0, 0]
-        assert len({r["pid"] for r in records(record)}) == 2  # both workers took jobs
     finally:
         for worker in workers:
             worker.stop()
+
+
+def test_a_process_without_the_partitions_setting_still_sees_every_shard(
+    cconfig: Config,
+    cluster_url: str,  # noqa: F811
+) -> None:
+    client = kiq.Client(cconfig)
+    for i in range(12):
+        client.push({"class": "Record", "queue": "hot", "args": [i]})
+        client.push({"class": "Record", "queue": "hot", "args": [i], "at": 2e9})
+    plain = Config(redis_url=cluster_url)  # no partitions: e.g. `kiq status` without -C
+    try:
+        assert plain.store.queue_sizes(["hot"]) == [12]
+        assert plain.store.set_size(plain.keys.schedule) == 12
+        # retry and schedule of its own shard "hot" and of the 4 partitions registered
+        assert len(plain.store.due_sets()) == 2 * 5
+    finally:
+        plain.close()

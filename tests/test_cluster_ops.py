@@ -3,6 +3,9 @@ cron exactly once, unique jobs, orphan recovery, Prometheus and ``kiq status``."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -166,3 +169,42 @@ def test_prometheus_and_status_read_the_cluster(cconfig: Config) -> None:
     assert data["scheduled"] == 3
     assert {q["name"]: q["size"] for q in data["queues"]}["hot"] == 1
     assert len(cconfig.store.info()["cluster_nodes"]) == 3
+
+
+def test_the_web_ui_and_kiq_status_show_every_shard(cconfig: Config) -> None:
+    import warnings
+
+    from kiq.web import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    jids = _schedule(cconfig, 6, "hot")
+    client = kiq.Client(cconfig)
+    for i in range(5):
+        client.push({"class": "ClusterRecord", "queue": "hot", "args": [i]})
+    dead = {"class": "ClusterRecord", "queue": "low", "jid": "d" * 24, "args": [],
+            "error_class": "E", "error_message": "m", "failed_at": time.time()}  # fmt: skip
+    cconfig.store.bury([orjson.dumps(dead)], time.time(), 100, 1e9)
+    with TestClient(create_app(cconfig)) as web:
+        assert web.get("/").status_code == 200
+        queues = web.get("/queues").text
+        assert "hot" in queues
+        assert web.get("/queues/hot").text.count("ClusterRecord") >= 5
+        scheduled = web.get("/scheduled").text
+        assert all(jid in scheduled for jid in jids)  # every partition's shard
+        assert "d" * 24 in web.get("/morgue").text
+        sidekiq = web.get("/stats").json()["sidekiq"]
+        assert sidekiq["scheduled"] == 6
+        assert sidekiq["enqueued"] == 5
+    command = ["status", "--json", "--redis-url", str(cconfig.redis_url)]
+    done = subprocess.run(
+        [sys.executable, "-m", "kiq.cli", *command],
+        capture_output=True, timeout=60, check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    data = orjson.loads(done.stdout)
+    assert data["scheduled"] == 6
+    assert data["dead"] == 1
+    assert {q["name"]: q["size"] for q in data["queues"]}["hot"] == 5

@@ -178,6 +178,7 @@ class ClusterBase(Connection):
         self._warned_at = -WARN_EVERY
         self._registered: dict[str, float] = {}  # queue -> when SADDed (see _register)
         self._rotation: dict[str, int] = {}  # queue -> next shard to fetch first
+        self._registry_at: tuple[float, dict[str, set[int]]] | None = None
         super().__init__(url, **options)
 
     def _open(
@@ -306,14 +307,15 @@ class ClusterBase(Connection):
                 )
 
     def _register(self, queues: list[str]) -> list[tuple[str, tuple[Any, ...]]]:
-        """``SADD queues`` for the queues not registered by this process lately.
+        """``SADD queues`` and the queue's shard count, for the queues not registered by
+        this process lately.
 
-        Split from the LPUSH (the ``queues`` set is on the global slot, the queue on its
-        own): safe, because the set only names queues for the admin API and the poller
-        (workers fetch from their configured queues), it is written before the job, and
-        SADD is idempotent. Sent at most every REGISTER_EVERY seconds per queue per
-        process, so the global slot's node does not take a write for every push; an
-        admin ``Queue.clear`` can hide a queue from the API for that long.
+        Split from the LPUSH (the sets are on the global slot, the queue on its own):
+        safe, because the sets only name queues and shards for the admin API and the
+        poller (workers fetch from their configured queues), they are written before the
+        job, and SADD is idempotent. Sent at most every REGISTER_EVERY seconds per queue
+        per process, so the global slot's node does not take a write for every push; an
+        admin ``Queue.clear`` can hide a queue from ``queues`` for that long.
         """
         now = time.monotonic()
         fresh = [
@@ -325,20 +327,46 @@ class ClusterBase(Connection):
             return []
         for queue in fresh:
             self._registered[queue] = now
+        self._registry_at = None  # this process sees its own registration at once
+        counts = [f"{len(self.keys.shards(q))}:{q}" for q in fresh]
         return [
             (self.keys.queues, ("SADD", self.keys.queues, *fresh)),
-            (self.keys.known_queues, ("SADD", self.keys.known_queues, *fresh)),
+            (self.keys.known_queues, ("SADD", self.keys.known_queues, *counts)),
         ]
 
+    def _registry(self) -> dict[str, set[int]]:
+        """Queue -> every shard count registered for it (``kiq|cluster-queues``), and the
+        ``queues`` set's names; read at most every REGISTER_EVERY / 5 seconds."""
+        now = time.monotonic()
+        if self._registry_at is not None and now - self._registry_at[0] < REGISTER_EVERY / 5:
+            return self._registry_at[1]
+        found: dict[str, set[int]] = {}
+        for member in self._r.smembers(self.keys.known_queues):
+            count, _, queue = member.decode().partition(":")
+            if count.isdigit():
+                found.setdefault(queue, set()).add(int(count))
+        for member in self._r.smembers(self.keys.queues):
+            found.setdefault(member.decode(), set())
+        self._registry_at = (now, found)
+        return found
+
+    def shards_of(self, queue: str) -> list[str]:
+        """Every shard ``queue`` may have jobs in: the configured ones, then those of any
+        other partition count a process registered (another config, or an older one),
+        so the admin API, the poller and recovery see every job whatever their own
+        ``partitions`` say."""
+        shards = self.keys.shards(queue)
+        for count in sorted(self._registry().get(queue, ())):
+            other = ClusterKeys(self.keys.prefix, partitions=((queue, count),)).shards(queue)
+            shards += [shard for shard in other if shard not in shards]
+        return shards
+
     def known_queues(self) -> list[str]:
-        """Every queue that ever held a job in this cluster (``kiq|cluster-queues``),
-        with ``queues``: the poller's and the admin API's list of shards to visit."""
-        members = set(self._r.smembers(self.keys.known_queues))
-        members |= set(self._r.smembers(self.keys.queues))
-        return sorted(m.decode() for m in members)
+        """Every queue that ever held a job in this cluster (and the ``queues`` set's)."""
+        return sorted(self._registry())
 
     def all_shards(self) -> list[str]:
-        return [shard for queue in self.known_queues() for shard in self.keys.shards(queue)]
+        return [shard for queue in self.known_queues() for shard in self.shards_of(queue)]
 
     def rotated(self, queue: str) -> list[str]:
         """The shards of ``queue``, starting one further each call (round-robin fetch)."""

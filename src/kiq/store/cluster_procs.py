@@ -39,7 +39,7 @@ class ClusterProcesses(ClusterQueues):
         now, max_jobs, timeout = trim
         moves: Moves = []
         for queue in queues:
-            for shard in self.keys.shards(queue):
+            for shard in self.shards_of(queue):  # its config's shards, whatever ours say
                 key = self.keys.inprogress(ident, shard)
                 raws = list(self._r.lrange(key, 0, -1))
                 if not raws:
@@ -178,3 +178,4 @@ class ClusterProcesses(ClusterQueues):
             for primary in self._redis.get_primaries():
                 self._redis.get_redis_connection(primary).flushdb()
         self._registered.clear()
+        self._registry_at = None

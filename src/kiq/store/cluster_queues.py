@@ -156,8 +156,8 @@ class ClusterQueues(ClusterSets):
             items.append((key, ("LREM", key, -1, raw)))
         replies = self._per_node(items, wait=self.wait_replicas)
         for (queue, raw), (key, _), removed in zip(pairs, items, replies, strict=True):
-            if int(removed) == 0 and len(self.keys.shards(queue)) > 1:
-                for shard in self.keys.shards(queue):
+            if int(removed) == 0 and len(self.shards_of(queue)) > 1:
+                for shard in self.shards_of(queue):
                     other = self.keys.inprogress(identity, shard)
                     if other != key and self._r.lrem(other, -1, raw):
                         break
@@ -186,7 +186,7 @@ class ClusterQueues(ClusterSets):
         pipe = self._redis.pipeline(transaction=False)
         counts = []
         for name in names:
-            shards = self.keys.shards(name)
+            shards = self.shards_of(name)
             counts.append(len(shards))
             for shard in shards:
                 getattr(pipe, method)(self.keys.queue(shard), *args)
@@ -218,7 +218,7 @@ class ClusterQueues(ClusterSets):
 
     def queue_range(self, name: str, start: int, end: int) -> list[bytes]:
         """LRANGE across the shards of ``name``, as if they were one list (shard by shard)."""
-        shards = self.keys.shards(name)
+        shards = self.shards_of(name)
         if len(shards) == 1:
             return list(self._r.lrange(self.keys.queue(name), start, end))
         sizes = self._per_shard([name], "llen")[0]
@@ -238,18 +238,19 @@ class ClusterQueues(ClusterSets):
     def queue_clear(self, name: str) -> None:
         """UNLINK every shard, then SREM ``queues``: not one MULTI (other slots); a
         crash between leaves an empty queue listed, cleared again by the next call."""
-        for shard in self.keys.shards(name):
+        for shard in self.shards_of(name):
             self._r.unlink(self.keys.queue(shard))
         self._r.srem(self.keys.queues, name)
         self._registered.pop(name, None)
+        self._registry_at = None
 
     def queue_remove(self, name: str, raw: bytes) -> bool:
-        return any(self._r.lrem(self.keys.queue(s), 1, raw) for s in self.keys.shards(name))
+        return any(self._r.lrem(self.keys.queue(s), 1, raw) for s in self.shards_of(name))
 
     def in_progress_sizes(self, identity: str, names: Sequence[str]) -> list[int]:
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
-            for shard in self.keys.shards(name):
+            for shard in self.shards_of(name):
                 pipe.llen(self.keys.inprogress(identity, shard))
         replies = iter(pipe.execute() if names else [])
-        return [sum(int(next(replies)) for _ in self.keys.shards(name)) for name in names]
+        return [sum(int(next(replies)) for _ in self.shards_of(name)) for name in names]

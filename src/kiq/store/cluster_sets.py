@@ -221,7 +221,11 @@ class ClusterSets(ClusterBase):
         k = self.keys
         processed, failed = self._r.mget([k.stat("processed"), k.stat("failed")])
         oldest = next(
-            (job for shard in k.shards("default") if (job := self._r.lindex(k.queue(shard), -1))),
+            (
+                job
+                for shard in self.shards_of("default")
+                if (job := self._r.lindex(k.queue(shard), -1))
+            ),
             None,
         )
         return [
