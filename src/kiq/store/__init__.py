@@ -15,7 +15,10 @@ It is built from a URL and knows nothing of Config; components reach it as
   * ``processes``: heartbeat, signals, the process registry, orphan recovery;
   * ``cron``: sidekiq-cron's hashes and the tick's claim + push (one Lua step);
   * ``metrics``: ``stat:*`` counters, per-class metrics, totals, deploy marks;
-  * ``progress``: ``kiq|progress|<jid>``.
+  * ``progress``: ``kiq|progress|<jid>``;
+  * ``cluster``, ``cluster_sets``, ``cluster_queues``, ``cluster_procs``: Redis Cluster
+    (``redis+cluster://``, docs/cluster.md): ``ClusterStore`` overrides what spans hash
+    slots, split per slot; ``open_store`` picks the class from the URL.
 
 Example::
 

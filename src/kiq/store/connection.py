@@ -11,7 +11,8 @@ Tasks:
      timeout allows blocking pops, both RESP2 (Redis 6.2+, Valkey 7.2+), with
      timeouts so nothing hangs forever; errors name the URL without its password.
      URLs: redis://, rediss:// (TLS; ``?ssl_ca_certs=<file>`` and the other redis-py
-     ``ssl_*`` arguments in the query), unix://, and redis+sentinel:// (``connect``).
+     ``ssl_*`` arguments in the query), unix://, and redis+sentinel:// (``connect``);
+     redis+cluster:// opens its clients in kiq.store.cluster (``Connection._open``).
   2. sort errors: ``TRANSIENT_ERRORS`` / ``is_transient`` (wait and retry) versus
      ``is_wrong_type`` (a bad key: skip it loudly).
   3. one round trip of packed commands, on the lane or the pool (``_call``).
