@@ -130,3 +130,37 @@ def test_a_process_without_the_partitions_setting_still_sees_every_shard(
         assert len(plain.store.due_sets()) == 2 * 5
     finally:
         plain.close()
+
+
+def wait_calls(store: ClusterStore) -> int:
+    """WAIT commands run by every primary so far (INFO commandstats)."""
+    total = 0
+    for node in store._redis.get_primaries():
+        stats = store._redis.get_redis_connection(node).info("commandstats")
+        total += int(stats.get("cmdstat_wait", {}).get("calls", 0))
+    return total
+
+
+def test_wait_replicas_waits_on_pushes_and_acks_and_warns_when_unmet(
+    cluster_url: str,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = Config(redis_url=cluster_url, wait_replicas=1)
+    try:
+        store = cfg.store
+        assert isinstance(store, ClusterStore)
+        before = wait_calls(store)
+        store.push([("default", b'{"jid":"w1","queue":"default"}')])
+        taken = store.fetch("me:1:x", ["default"], 1)
+        store.ack("me:1:x", taken)
+        assert wait_calls(store) - before == 2  # one after the push, one after the ack
+        assert not [r for r in caplog.records if "replicas" in r.getMessage()]
+    finally:
+        cfg.close()
+    more = Config(redis_url=cluster_url, wait_replicas=2)  # each primary has one replica
+    try:
+        more.store.push([("default", b'{"jid":"w2","queue":"default"}')])  # not refused
+        assert more.store.queue_sizes(["default"]) == [1]
+        assert any("confirmed a write on 1 of 2 replicas" in r.getMessage() for r in caplog.records)
+    finally:
+        more.close()

@@ -88,13 +88,15 @@ def test_sigkill_a_primary_mid_drain_loses_no_job_with_wait_replicas(
     victim_key = keys.queue("default") if victim_of == "queue" else keys.global_slot_key
     victim = cluster.primary_of(victim_key)
     try:
+        # Both workers started (beating) before the kill: a start-up that meets the
+        # failover is another matter (the report of issue 19 says what happens then).
+        wait_until(lambda: len(config.store.process_identities()) == 2, timeout=30)
         wait_until(lambda: len(records(record)) >= 80, timeout=30)  # mid-drain
         pusher.thread.start()
         wait_until(lambda: len(pusher.pushed) >= 20, timeout=10)
-        left = config.store.queue_sizes(QUEUES)
         cluster.kill(victim)
-        assert sum(left) > 100, left  # mid-drain: most jobs still queued
         killed_at = len(records(record))
+        assert killed_at < len(expected) * 0.75  # mid-drain: most jobs not run yet
         cluster.wait_promoted(victim, victim_key)
         victim.start()  # it rejoins as a replica of the promoted one
         wait_until(lambda: len(pusher.pushed) >= 150, timeout=30)

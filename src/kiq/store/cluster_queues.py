@@ -38,9 +38,11 @@ class ClusterQueues(ClusterSets):
         Jobs of different nodes are not one atomic step: a node lost mid-call leaves the
         jobs of the other nodes pushed and raises, as a bulk push cut by an outage does.
         """
-        items = self._register([queue for queue, _ in jobs]) + self._lpushes(jobs)
+        registering = self._register([queue for queue, _ in jobs])
         with self.translate_errors():
-            self._per_node(items, wait=self.wait_replicas)
+            if registering:  # no WAIT for these: names, not jobs (at most every 10 s)
+                self._per_node(registering)
+            self._per_node(self._lpushes(jobs), wait=self.wait_replicas)
 
     async def apush(
         self, immediate: Sequence[tuple[str, bytes]], scheduled: Sequence[tuple[float, bytes]]

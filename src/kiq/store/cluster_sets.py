@@ -52,9 +52,11 @@ class ClusterSets(ClusterBase):
             queue, shard = self._payload_shard(raw)
             queues.append(queue)
             by_key.setdefault(family(shard), []).extend((repr(float(at)), raw))
-        items = self._register(queues)
-        items += [(key, ("ZADD", key, *flat)) for key, flat in by_key.items()]
+        registering = self._register(queues)
         with self.translate_errors():
+            if registering:  # no WAIT for these: names, not jobs
+                self._per_node(registering)
+            items = [(key, ("ZADD", key, *flat)) for key, flat in by_key.items()]
             self._per_node(items, wait=self.wait_replicas)
 
     # -- the client's and the engine's adds ----------------------------------------------
