@@ -121,3 +121,19 @@ def test_sigkill_a_primary_mid_drain_loses_no_job_with_wait_replicas(
         for worker in workers:
             worker.stop()
         config.close()
+
+
+def test_info_answers_with_a_primary_down(cluster: LocalCluster) -> None:
+    """A worker starting during a failover reads INFO (the server version): one dead
+    primary is shown as down, not raised."""
+    config = Config(redis_url=cluster.url)
+    try:
+        config.store.ping()
+        victim = cluster.primaries()[0]
+        cluster.kill(victim)
+        info = config.store.info()
+        assert info["redis_version"]
+        down = [n for n in info["cluster_nodes"] if "down" in n]
+        assert [n["address"] for n in down] == [f"127.0.0.1:{victim.port}"]
+    finally:
+        config.close()

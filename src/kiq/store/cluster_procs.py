@@ -14,9 +14,11 @@ import hashlib
 from typing import Any
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from kiq.store.cluster import queue_of_payload
 from kiq.store.cluster_queues import ClusterQueues
+from kiq.store.connection import TRANSIENT_ERRORS
 from kiq.store.processes import Plan
 
 Moves = list[tuple[str, list[bytes], list[bytes]]]
@@ -154,22 +156,35 @@ class ClusterProcesses(ClusterQueues):
         return bool(self._eval_waiting("cluster_migrate", keys, args))
 
     def info(self) -> dict[str, Any]:
-        """INFO of the node holding the global slot, plus ``cluster_nodes``: each
-        primary's address, its replica count and ``used_cpu_sys``/``used_cpu_user``."""
-        node = self._redis.get_node_from_key(self.keys.global_slot_key)
-        info: dict[str, Any] = self._redis.get_redis_connection(node).info()
-        nodes = []
+        """INFO of the node holding the global slot (or, while it fails over, of any
+        primary that answers), plus ``cluster_nodes``: each primary's address, its
+        replica count, CPU and memory, or ``down`` with the error for one that does not
+        answer. A dead node must not fail the caller: a worker starting during a
+        failover reads INFO for the server version (kiq.launcher)."""
+        nodes: list[dict[str, Any]] = []
+        infos: dict[str, dict[str, Any]] = {}
         for primary in self._redis.get_primaries():
-            data = self._redis.get_redis_connection(primary).info()
+            address = f"{primary.host}:{primary.port}"
+            try:
+                data = self._redis.get_redis_connection(primary).info()
+            except TRANSIENT_ERRORS as exc:
+                nodes.append({"address": address, "down": str(exc)})
+                continue
+            infos[primary.name] = data
             nodes.append(
                 {
-                    "address": f"{primary.host}:{primary.port}",
+                    "address": address,
                     "replicas": int(data.get("connected_slaves", 0)),
                     "used_cpu_sys": data.get("used_cpu_sys"),
                     "used_cpu_user": data.get("used_cpu_user"),
                     "used_memory": data.get("used_memory"),
                 }
             )
+        if not infos:
+            self._refresh()
+            raise RedisConnectionError("no primary of the cluster answers INFO")
+        node = self._redis.get_node_from_key(self.keys.global_slot_key)
+        info = dict(infos.get(node.name) or next(iter(infos.values())))
         info["cluster_nodes"] = nodes
         return info
 
