@@ -164,6 +164,8 @@ WORKER_CONFIG = """\
 REPO = Path(__file__).resolve().parent.parent
 BEAT_FRESH = 2.5  # seconds: a live worker's last beat is younger than this (beats every 0.5)
 BEAT_GRACE = 5.0  # seconds a new worker has to beat before it counts as not beating
+START_GRACE = 30.0  # seconds a worker that has not logged its start yet has to beat
+PUSH_SLACK = 60.0  # seconds the drain deadline may move out while the pusher lags behind
 
 
 @dataclass
@@ -214,6 +216,7 @@ class Cluster:
         self.queues = QUEUES + ([(WRONGTYPE_QUEUE, 1)] if plan.hostile else [])
         self.workers: list[subprocess.Popen[bytes]] = []
         self.started_at: dict[int, float] = {}  # pid -> monotonic start
+        self.logs: dict[int, Path] = {}  # pid -> its log file
         self.lock = threading.Lock()
         self.started = 0
 
@@ -238,6 +241,7 @@ class Cluster:
                 proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
             self.workers.append(proc)
             self.started_at[proc.pid] = time.monotonic()
+            self.logs[proc.pid] = log
         return proc
 
     def alive(self) -> list[subprocess.Popen[bytes]]:
@@ -246,9 +250,13 @@ class Cluster:
 
     def stop(self) -> list[str]:
         """TERM the live workers, then stop Redis; return those that exited non-zero (of
-        the ones old enough to have set up their signal handlers)."""
+        the ones that had started, so had set up their signal handlers)."""
         now = time.monotonic()
-        termed = [p for p in self.alive() if now - self.started_at[p.pid] > BEAT_GRACE]
+        termed = [
+            p
+            for p in self.alive()
+            if now - self.started_at[p.pid] > BEAT_GRACE and has_started(self.logs[p.pid])
+        ]
         for proc in self.alive():
             proc.send_signal(signal.SIGTERM)
         for proc in self.workers:
@@ -417,6 +425,41 @@ def finished(r: redis.Redis, tally: Tally, total: int) -> bool:
     return not any(outcome.startswith("FAIL: still in") for outcome in outcomes.values())
 
 
+def locate_unfinished(r: redis.Redis, tally: Tally) -> dict[str, int]:
+    """At the deadline, before the workers are stopped: where the jobs that are neither
+    done nor dead wait (a queue, ``retry``, ``schedule``, a live or a dead process's
+    in-progress list, or nowhere), counted by place. A job in a live worker's list
+    that the worker does not know of would wait there until it exits."""
+    done = smembers(r, DONE)
+    dead = dead_jids(r)
+    missing = {jid for jid in tally.enqueued if jid not in done and jid not in dead}
+    if not missing:
+        return {}
+    live = {ident for ident in smembers(r, "processes") if r.exists(ident)}
+    found: dict[str, str] = {}
+    for key, raws in holdings(r):
+        where = key
+        if key.startswith("kiq|inprogress|"):
+            state = "live" if key.split("|")[2] in live else "dead"
+            where = f"in-progress list of a {state} worker"
+        for raw in raws:
+            member = decode(raw)
+            if isinstance(member, dict) and member.get("jid") in missing:
+                found[member["jid"]] = where
+    places: dict[str, int] = {}
+    for jid in missing:
+        place = found.get(jid, "nowhere")
+        places[place] = places.get(place, 0) + 1
+    return places
+
+
+def has_started(log: Path) -> bool:
+    """Has this worker logged its ``kiq ... started`` line (it beat once before that)?"""
+    with contextlib.suppress(OSError):
+        return b" started: " in log.read_bytes()[:20_000]
+    return False
+
+
 def beating(r: redis.Redis, cluster: Cluster) -> list[str]:
     """Live workers (older than BEAT_GRACE) whose heartbeat is missing or stale."""
     beats: dict[int, float | None] = {}
@@ -427,8 +470,9 @@ def beating(r: redis.Redis, cluster: Cluster) -> list[str]:
     now, wall = time.monotonic(), time.time()
     stale: list[str] = []
     for proc in cluster.alive():
-        if now - cluster.started_at[proc.pid] < BEAT_GRACE:
-            continue
+        age = now - cluster.started_at[proc.pid]
+        if age < BEAT_GRACE or (age < START_GRACE and not has_started(cluster.logs[proc.pid])):
+            continue  # still starting: a loaded 2-core box took over 10 s to import kiq
         beat = beats.get(proc.pid, 0.0)
         if proc.pid not in beats:
             stale.append(f"{proc.pid}: alive, not in processes")
@@ -446,6 +490,7 @@ class Report:
     lost: int
     stranded: int  # of the lost: in an in-progress list no sweep finds (not in kiq|fetchers)
     unfinished: int
+    unfinished_where: dict[str, int]  # at the deadline, before the final TERM
     more_than_once: int
     finished_twice: int
     dead: int
@@ -488,7 +533,13 @@ class Report:
 
 
 def account(
-    r: redis.Redis, tally: Tally, cluster: Cluster, plan: Plan, elapsed: float, alive: list[str]
+    r: redis.Redis,
+    tally: Tally,
+    cluster: Cluster,
+    plan: Plan,
+    elapsed: float,
+    alive: list[str],
+    where: dict[str, int],
 ) -> Report:
     """Compare what was pushed with what the jobs recorded and what Redis still holds.
 
@@ -536,6 +587,7 @@ def account(
         lost=len(lost),
         stranded=stranded,
         unfinished=len(missing) - len(lost),
+        unfinished_where=where,
         more_than_once=len(again),
         finished_twice=sum(1 for jid in again if finishes.get(jid, 0) > 1),
         dead=len(dead),
@@ -584,7 +636,8 @@ def print_report(report: Report, plan: Plan) -> None:
     )
     if report.unfinished:
         print(
-            f"  unfinished          {report.unfinished}   <-- FAIL (still queued at the deadline)"
+            f"  unfinished          {report.unfinished}   <-- FAIL (still queued at the deadline: "
+            f"{report.unfinished_where})"
         )
     killed = report.kills + report.poison_exits
     print(
@@ -682,9 +735,16 @@ def run(plan: Plan, keep: bool) -> int:
         killer.start()
         r = cluster.redis()
         total = len(items) + len(tally.planted)
+        # The drain deadline counts from the last push: on a loaded machine the pusher
+        # itself can fall far behind its schedule (seen: 1,800 of 3,000 pushed at 90 s
+        # with a load average of 45 on 2 cores), and jobs not yet pushed are no finding
+        # about kiq. Bounded all the same: at most PUSH_SLACK more.
+        cap = started + plan.seconds + plan.drain_timeout + PUSH_SLACK
         deadline = started + plan.seconds + plan.drain_timeout
         last = 0.0
         while time.monotonic() < deadline:
+            if pusher.is_alive():
+                deadline = min(cap, max(deadline, time.monotonic() + plan.drain_timeout))
             try:
                 if time.monotonic() - started > plan.seconds and finished(r, tally, total):
                     break
@@ -699,10 +759,11 @@ def run(plan: Plan, keep: bool) -> int:
         pusher.join(10)
         elapsed = time.monotonic() - started
         alive = beating(r, cluster)
+        where = locate_unfinished(r, tally)
         alive += cluster.stop()  # workers first (TERM), then Redis; restart it to read results
         cluster.server.start()
         r = cluster.redis()
-        report = account(r, tally, cluster, plan, elapsed, alive)
+        report = account(r, tally, cluster, plan, elapsed, alive, where)
     finally:
         stop.set()
         cluster.stop()

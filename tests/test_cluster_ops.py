@@ -133,12 +133,53 @@ def test_a_dead_process_s_jobs_go_back_to_their_shards(cconfig: Config) -> None:
     store.register_fetcher(ident, b'["hot","default"]')
     assert len(store.fetch(ident, ["hot", "default"], 25)) == 25
     assert store.queue_sizes(["hot", "default"]) == [0, 0]
-    moves = store.recover_orphans("me:2:x", lambda q, raws: (raws[::-1], []), time.time(), 100, 1e6)
+    moves = store.recover_orphans(
+        "me:2:x", lambda q, raws, ahead: (raws[::-1], []), time.time(), 100, 1e6
+    )
     assert moves is not None
     assert sum(len(requeued) for _, requeued, _ in moves) == 25
     assert store.queue_sizes(["hot", "default"]) == [20, 5]
     assert store.in_progress_sizes(ident, ["hot", "default"]) == [0, 0]
     assert store._r.hget(store.keys.fetchers, ident) is None
+
+
+def test_ahead_marks_and_call_records_live_in_each_shard_and_recovery_honours_them(
+    cconfig: Config,
+) -> None:
+    store = cconfig.store
+    keys = store.keys
+    jobs = [("hot", orjson.dumps({"jid": f"{i:024x}", "queue": "hot"})) for i in range(20)]
+    store.push(jobs)
+    ident = "gone:1:ahead"
+    store.register_fetcher(ident, b'["hot"]')
+    taken, marked = store.fetch_batch(ident, ["hot"], 12, ahead_from=4, call="c1")
+    assert marked and len(taken) == 12
+    # A resent call (its reply lost) returns what it took, shard by shard: no new jobs.
+    again, _ = store.fetch_batch(ident, ["hot"], 12, ahead_from=4, call="c1")
+    assert sorted(raw for _, raw in again) == sorted(raw for _, raw in taken)
+    assert sum(store.in_progress_sizes(ident, ["hot"])) == 12
+    marks = set()
+    for shard in keys.shards("hot"):
+        shard_marks = store._r.smembers(keys.ahead_shard(ident, shard))
+        assert all(keys.shard_of("hot", orjson.loads(m)["jid"]) == shard for m in shard_marks)
+        marks |= shard_marks
+    assert marks == {raw for _, raw in taken[4:]}
+    released = taken[4][1]  # released: may start now, so its mark goes
+    store.fetch_batch(ident, ["hot"], 0, release=[released])
+    seen: dict[bytes, bool] = {}
+
+    def plan(
+        queue: str, raws: list[bytes], ahead: frozenset[bytes]
+    ) -> tuple[list[bytes], list[bytes]]:
+        seen.update({raw: raw in ahead for raw in raws})
+        return raws[::-1], []
+
+    moves = store.recover_orphans("me:2:x", plan, time.time(), 100, 1e6)
+    assert moves is not None and sum(len(r) for _, r, _ in moves) == 12
+    assert {raw for raw, was in seen.items() if was} == marks - {released}
+    for shard in keys.shards("hot"):
+        assert not store._r.exists(keys.ahead_shard(ident, shard))
+        assert not store._r.exists(keys.fetch_call_shard(ident, shard))
 
 
 def test_a_recovery_moves_nothing_from_a_list_that_changed(cconfig: Config) -> None:
@@ -148,7 +189,9 @@ def test_a_recovery_moves_nothing_from_a_list_that_changed(cconfig: Config) -> N
     store.register_fetcher(ident, b'["default"]')
     store.fetch(ident, ["default"], 1)
 
-    def plan(queue: str, raws: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    def plan(
+        queue: str, raws: list[bytes], ahead: frozenset[bytes]
+    ) -> tuple[list[bytes], list[bytes]]:
         store.push([("default", orjson.dumps({"jid": "b", "queue": "default"}))])
         store.fetch(ident, ["default"], 1)  # the "dead" process fetched: alive
         return raws, []

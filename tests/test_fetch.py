@@ -156,6 +156,41 @@ def test_fetch_with_count_zero_only_acknowledges(config, r):
     assert r.llen("queue:a") == 1
 
 
+def test_a_fetch_call_sent_again_returns_what_it_took_and_takes_no_more(config, r):
+    """A fetch whose reply was lost (Redis killed after the script ran, a socket timeout)
+    is sent again with the same call id, by redis-py's retry or the fetcher: it gets the
+    jobs the first one took instead of a new batch, so none stays in a live worker's
+    in-progress list unknown to it (issue 12: jobs still queued at the chaos deadline)."""
+    push(config, "a", 3)
+    push(config, "b", 3)
+    first, _ = config.store.fetch_batch(ME, ["a", "b"], 4, call="7")
+
+    again, _ = config.store.fetch_batch(ME, ["a", "b"], 4, call="7")
+    assert again == first
+    assert (r.llen("queue:a"), r.llen("queue:b")) == (0, 2)
+    fresh, _ = config.store.fetch_batch(ME, ["a", "b"], 4, call="8")
+    assert len(fresh) == 2
+    assert r.llen("queue:b") == 0
+
+
+def test_fetch_marks_the_jobs_taken_ahead_and_releases_them(config, r):
+    """The jobs from ``ahead_from`` on are in ``kiq|ahead|<identity>`` after the call; a
+    later call's ``release`` takes their marks off; a requeue takes them off too, and
+    requeue_all drops the set and the call record."""
+    push(config, "a", 5)
+    taken, marked = config.store.fetch_batch(ME, ["a"], 5, ahead_from=2, call="1")
+    raws = [raw for _, raw in taken]
+    assert marked
+    assert r.smembers(f"kiq|ahead|{ME}") == set(map(bytes.decode, raws[2:]))
+
+    config.store.fetch_batch(ME, ["a"], 0, release=raws[2:3])
+    config.store.requeue(ME, "a", raws[3:4])
+    assert r.smembers(f"kiq|ahead|{ME}") == {raws[4].decode()}
+
+    config.store.requeue_all(ME, ["a"])
+    assert not r.exists(f"kiq|ahead|{ME}", f"kiq|fetch-call|{ME}")
+
+
 def test_fetch_from_empty_queues_returns_nothing(config, r):
     """Empty queues: nothing is returned and no in-progress list is created."""
     assert config.store.fetch(ME, ["a", "b"], 5) == []

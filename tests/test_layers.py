@@ -37,11 +37,14 @@ CORE: tuple[str, ...] = (
     "handlers",  # calls the user's error/death handlers, logging one that raises
     "embedded",  # side branch too: imports errors only; config starts it lazily
     "keys",
+    "batch_context",  # the open Batch.jobs() block (a ContextVar), read by the client
     "payload",
     "log",
     "outage",
     "sdnotify",  # systemd's notify protocol over a datagram socket (issue 8)
     "cron",
+    "capsule",  # capsules' settings and their three spellings (issue 14); errors only
+    "queue_limits",  # a queue's concurrency and rate across processes (issue 16 point 3)
     # 1 Redis and chains
     "store",  # the package that alone talks to Redis through redis-py (see below)
     "middleware",
@@ -50,13 +53,22 @@ CORE: tuple[str, ...] = (
     "peers",  # the Sidekiq versions sharing the Redis: which formats to write (issue 15)
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
+    "results",  # kiq.Result and the records the worker stores (issue 17 point 3)
+    "cancel",  # cancel by jid, jobs' fates (issue 18); Job.cancel calls it
+    "limiter",  # limiters shared by every process (issue 16): kiq.Limiter, kiq.OverLimit
     "client",
+    "batch",  # batches (issue 17): Batch, the backend, the worker's admit/record
+    "batch_status",  # BatchStatus: one batch read at once
     "job",
+    "iter",  # enumerators for iterable jobs (issue 18); stdlib only
+    "iterable",  # IterableJob (issue 18)
+    "workflow",  # chain, group, chord, DAG on top of batches (issue 17)
     "activejob",  # ActiveJob envelopes both ways (issue 15): the wrapper Job, enqueue
     "crontab",  # recurring jobs as stored: read by the API, fired by the cron poller
     "__init__",
     # 3 server parts
     "retry",
+    "order",  # a fetch's queue order, paused and broken queues (split from fetch)
     "fetch",
     "idle",  # the waiters and the idle fast path (issue 13 point 4)
     "scheduler",
@@ -90,17 +102,30 @@ CLIENT_SIDE = frozenset(
         "config",
         "peers",
         "unique",
+        "limiter",
         "client",
+        "batch_context",
+        "batch",
+        "batch_status",
         "job",
+        "workflow",
         "activejob",
+        "results",
+        "cancel",
+        "iter",
+        "iterable",
     }
 )
 SIDE: dict[str, frozenset[str]] = {
     # crontab: api.cron_set() hands out its CronSet, a read model like the API's own
     "api": frozenset(
         {"config", "keys", "payload", "client", "errors", "crontab", "handlers", "unique"}
+        | {"results"}  # api.result reads kiq.results' records (issue 17)
+        | {"cancel"}  # api.cancel, api.fate (issue 18)
+        | {"batch", "batch_status", "workflow"}  # BatchSet, WorkflowSet (issue 17)
     ),
-    "testing": CLIENT_SIDE | {"__init__"},
+    "testing": CLIENT_SIDE | {"__init__", "testing_batches"},
+    "testing_batches": CLIENT_SIDE,  # batches in memory for the test modes (issue 17)
     "pytest_plugin": frozenset({"testing", "config", "errors", "__init__"}),
     # web serves the Prometheus scrape at /metrics when a scraper asks (issue 8)
     # and asks store.is_transient whether an error means "Redis is away" (its 503 page)
@@ -142,7 +167,7 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
 }
 
 # What ``import kiq`` may load: the client side, the leaves it needs and the store.
-IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store"}
+IMPORT_KIQ_LOADS = CLIENT_SIDE | {"cron", "store", "capsule", "queue_limits"}
 
 
 @dataclass(frozen=True)

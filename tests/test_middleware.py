@@ -272,3 +272,49 @@ def test_ainvoke_propagates_the_jobs_exception_through_async_middleware(
     with pytest.raises(ValueError, match="boom"):
         asyncio.run(chain.ainvoke("job", PAYLOAD, "default", boom))
     assert log == ["async before"]
+
+
+class Both:
+    """A middleware for both kinds of job: ``__call__`` for threads, ``acall`` for coroutines."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def __call__(self, job: Any, payload: Any, queue: str, call_next: Callable[[], Any]) -> Any:
+        self.log.append("sync path")
+        return call_next()
+
+    async def acall(
+        self, job: Any, payload: Any, queue: str, call_next: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        self.log.append("acall before")
+        result = await call_next()
+        self.log.append("acall after")
+        return result
+
+
+def test_ainvoke_prefers_acall_and_wraps_the_whole_job(log: list[str]) -> None:
+    """An ``async def acall`` is the async chain's form of a middleware: it wraps the job."""
+    chain: Chain[Any] = Chain()
+    chain.add(Both(log))
+
+    result = asyncio.run(chain.ainvoke("job", PAYLOAD, "default", _async_job(log)))
+
+    assert result == "done"
+    assert log == ["acall before", "job start", "job end", "acall after"]
+
+
+def test_ainvoke_sees_middleware_added_after_a_first_run(log: list[str]) -> None:
+    """The async chain's cached view is rebuilt when the chain changes."""
+    chain: Chain[Any] = Chain()
+    asyncio.run(chain.ainvoke("job", PAYLOAD, "default", _async_job(log)))
+    chain.add(AsyncRecorder(log))
+    log.clear()
+
+    asyncio.run(chain.ainvoke("job", PAYLOAD, "default", _async_job(log)))
+
+    assert log == ["async before", "job start", "job end", "async after"]
+    chain.remove(AsyncRecorder)
+    log.clear()
+    asyncio.run(chain.ainvoke("job", PAYLOAD, "default", _async_job(log)))
+    assert log == ["job start", "job end"]

@@ -69,18 +69,43 @@ def test_sweep_counts_each_recovery_in_the_payload(config, r):
     assert payload["kiq_recoveries"] == 2
 
 
-def test_only_the_jobs_that_may_have_run_count_as_recovered(config, r):
-    """Jobs fetched ahead of the slots never started: only the oldest ``concurrency +
-    2 * prefetch`` of a dead process's list get ``kiq_recoveries``, so a busy worker
-    SIGKILLed a few times does not bury good jobs it never ran as poison (issue 12)."""
-    config.concurrency, config.prefetch = 2, 3
-    jids = take(config, DEAD, "default", 20)
+def test_only_the_jobs_without_an_ahead_mark_count_as_recovered(config, r):
+    """Jobs a worker took ahead of its slots are marked in ``kiq|ahead|<identity>`` by
+    the fetch call itself and never start before a later call releases them: a
+    recovery gives ``kiq_recoveries`` only to the unmarked ones (running, or released
+    to run), so a busy worker SIGKILLed a few times does not bury good jobs it never
+    ran as poison (issue 12). The marks go with the recovery."""
+    client = Client(config)
+    jids = [client.push({"class": "Record", "args": [i]}) for i in range(20)]
+    config.store.register_fetcher(DEAD, orjson.dumps(["default"]))
+    taken, marked = config.store.fetch_batch(DEAD, ["default"], 20, ahead_from=8)
+    assert marked
+    assert len(taken) == 20
+    released = [raw for _, raw in taken[8:10]]
+    config.store.fetch_batch(DEAD, ["default"], 0, release=released)
 
     assert Recoverer(config, ME).sweep() == 20
 
     payloads = queued(r, "default")
     assert [p["jid"] for p in payloads] == jids  # order kept: oldest fetched next
-    assert [p.get("kiq_recoveries") for p in payloads] == [1] * 8 + [None] * 12
+    assert [p.get("kiq_recoveries") for p in payloads] == [1] * 10 + [None] * 10
+    assert not r.exists(f"kiq|ahead|{DEAD}")
+
+
+def test_a_foreign_key_where_the_ahead_marks_live_counts_every_job(config, r):
+    """A key of another type at ``kiq|ahead|<identity>``: the fetch still takes its jobs
+    but reports them unmarked, and a recovery then blames them all (safe side)."""
+    client = Client(config)
+    for i in range(3):
+        client.push({"class": "Record", "args": [i]})
+    r.set(f"kiq|ahead|{DEAD}", "not a set")
+    config.store.register_fetcher(DEAD, orjson.dumps(["default"]))
+    taken, marked = config.store.fetch_batch(DEAD, ["default"], 3, ahead_from=0)
+    assert (len(taken), marked) == (3, False)
+
+    assert Recoverer(config, ME).sweep() == 3
+
+    assert [p.get("kiq_recoveries") for p in queued(r, "default")] == [1, 1, 1]
 
 
 def test_sweep_never_takes_a_live_process_jobs(config, r):
@@ -253,3 +278,74 @@ def test_poison_job_is_recovered_max_recoveries_times_then_dead(config, r, start
     assert r.llen("test:started") == 3
     assert r.llen("queue:default") == 0
     assert identity_of(r, survivor.pid) is not None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_blames_only_the_jobs_it_started_not_those_taken_ahead(
+    config, r, start_worker
+):
+    """SIGKILL a busy worker holding ~20 jobs fetched ahead of its 2 slots: the recovery
+    gives ``kiq_recoveries`` to exactly the 2 it was running; the ones taken ahead go
+    back unchanged (issue 12: they were counted too, and good jobs beside many crashes
+    were buried as kiq.PoisonJob)."""
+    slow = [jobs.Slow.perform_async(30.0, i) for i in range(30)]
+    worker = start_worker("-c", "2", config_text=":process_ttl: 1\n:prefetch: 20\n")
+    wait_until(lambda: r.llen("test:started") == 2)
+    ident = wait_until(lambda: identity_of(r, worker.pid))
+    wait_until(lambda: r.scard(f"kiq|ahead|{ident}") >= 18)
+    held = r.llen(f"kiq|inprogress|{ident}|default")
+    worker.kill()
+
+    wait_until(lambda: Recoverer(config, ME).sweep() > 0 or None, timeout=RECOVERY_WAIT)
+
+    started = [d["jid"] for d in records(r, "test:started")]
+    payloads = queued(r, "default")
+    assert sorted(p["jid"] for p in payloads) == sorted(slow)  # none lost
+    blamed = {p["jid"]: p["kiq_recoveries"] for p in payloads if "kiq_recoveries" in p}
+    assert blamed == dict.fromkeys(started, 1)
+    assert held >= 22  # 2 running + 20 taken ahead (prefetch), which went back unblamed
+    assert not r.exists(f"kiq|ahead|{ident}")
+
+
+@pytest.mark.slow
+def test_a_poison_job_taken_ahead_still_counts_its_crash(config, r, start_worker):
+    """A poison job behind other jobs is taken ahead (marked), released when its turn
+    comes and only then started: its crash counts (``kiq_recoveries`` 1), so it still
+    reaches the dead set; the jobs before it ran (the last one's ack may have been
+    waiting for the next fetch call: then it is requeued too, at-least-once)."""
+    done = [jobs.Record.perform_async(i) for i in range(6)]
+    poison = jobs.Suicide.perform_async()
+    worker = start_worker("-c", "1", config_text=":process_ttl: 1\n")
+    assert worker.proc.wait(RECOVERY_WAIT) == -9
+
+    wait_until(lambda: Recoverer(config, ME).sweep() > 0 or None, timeout=RECOVERY_WAIT)
+
+    assert {d["jid"] for d in records(r)} == set(done)
+    payloads = {p["jid"]: p for p in queued(r, "default")}
+    assert payloads[poison]["kiq_recoveries"] == 1
+    assert set(payloads) - {poison} <= set(done)
+
+
+@pytest.mark.slow
+def test_a_worker_swept_while_alive_drops_the_jobs_it_held_ahead(config, r, start_worker):
+    """A live worker taken for dead (its heartbeat hash gone, as after an outage or OOM
+    window longer than process_ttl) is swept: its jobs go back to the queue. At its next
+    beat it drops the units it held ahead that are no longer in its in-progress lists,
+    so each of them runs once (the requeued copy), not twice; only the one it was
+    running and the one released to run next (one job finishes per call here) may run
+    twice."""
+    naps = [jobs.Slow.perform_async(0.3, i) for i in range(12)]
+    worker = start_worker("-c", "1", config_text=":prefetch: 10\n")
+    ident = wait_until(lambda: identity_of(r, worker.pid))
+    wait_until(lambda: r.scard(f"kiq|ahead|{ident}") >= 8)
+    r.delete(ident)  # its hash expired: it looks dead
+
+    assert Recoverer(config, ME).sweep() >= 9
+
+    wait_until(lambda: {d["jid"] for d in records(r)} == set(naps), timeout=30)
+    starts: dict[str, int] = {}
+    for record in records(r, "test:started"):
+        starts[record["jid"]] = starts.get(record["jid"], 0) + 1
+    assert set(starts) == set(naps)
+    assert sum(n - 1 for n in starts.values()) <= 2, starts  # not the ~9 held ahead
+    assert "were dropped here" in worker.output()

@@ -13,7 +13,9 @@ it from the ``examples`` folder of a checkout (kiq.cli.run_demo).
      ``config/kiq.yml`` queues and ``config/kiq_schedule.yml`` recurring jobs;
   4. seed a SQLite database in a temporary folder; enqueue the brief's six jobs;
   5. draw the export's progress bar and the job counts (``kiq.api``) until no job of
-     the app is queued, running, retrying or scheduled;
+     the app is queued, running, retrying or scheduled; at RESTART_AT percent of the
+     export, restart the worker as a deploy would (stop, start a new Launcher): the
+     export, an iterable job, saves its cursor and the bar goes on from there;
   6. print what each job did and how to open the Web UI, then stop the worker and
      remove the recurring jobs it registered (``--keep``: serve until Ctrl-C or TERM
      first, so the printed ``kiq web`` command can be used meanwhile).
@@ -51,6 +53,7 @@ DEMO_DB: Final = 1  # the embedded server's database kept for the demo (db 0 is 
 WATCH_LIMIT: Final = 45.0  # seconds of jobs at most: the README promises under a minute
 REFRESH: Final = 0.1  # seconds between two screen updates
 EXPORT_SECONDS: Final = 3.0  # the export is slowed to last about this long: watch its bar
+RESTART_AT: Final = 40.0  # percent of the export at which the demo restarts the worker
 WEB_PORT: Final = 7433
 INSTALL: Final = 'pip install -e ".[demo]"'
 NEEDED: Final = ("sqlalchemy", "aiosmtpd")
@@ -73,6 +76,7 @@ class Demo:
     seeded: Any = None
     export_jid: str | None = None
     base: tuple[int, int] = (0, 0)  # processed, failed before the demo's jobs
+    restarted: str = ""  # what the worker restart showed, once it happened
 
 
 class Stopped(Exception):
@@ -236,7 +240,7 @@ def _enqueue(demo: Demo) -> list[str]:
         ("CalculateMetricsJob", len(entity_ids), "one for a place deleted since: returns quietly"),
         ("SendNotificationJob", 5, "an address refused, one greylisted, one user opted out"),
         ("SendWeeklyDigestJob", 1, "fans out a DigestBatchJob per 100 users (perform_bulk)"),
-        ("ProcessImportJob", 1, "cascades a GeocodingJob + CalculateMetricsJob per row"),
+        ("ProcessImportJob", 1, "a batch of row jobs, then a summary mail on success"),
         ("ExportDataJob", 1, f"{seeded.submissions:,} ratings to CSV, reporting progress"),
         ("CleanupOldDataJob", 1, "what the schedule runs at 02:00 every day"),
     ]
@@ -286,6 +290,7 @@ def _watch(demo: Demo, started: float) -> bool:
     idle_views = 0
     deadline = time.monotonic() + WATCH_LIMIT
     while time.monotonic() < deadline:
+        _restart_midway(demo)
         snapshot = _snapshot(demo)
         idle_views = idle_views + 1 if snapshot.idle else 0
         screen.show(_status(demo, snapshot, time.monotonic() - started), final=idle_views >= 2)
@@ -295,6 +300,27 @@ def _watch(demo: Demo, started: float) -> bool:
     screen.show(_status(demo, _snapshot(demo), time.monotonic() - started), final=True)
     print(f"some jobs were still not done after {WATCH_LIMIT:.0f} s; see the log below")
     return False
+
+
+def _restart_midway(demo: Demo) -> None:
+    """Once the export passes RESTART_AT percent, stop the worker and start a new one,
+    as a deploy does: the export (an IterableJob) flushes its cursor, goes back to its
+    queue at once, and the new worker resumes it from that cursor, not from row one."""
+    jid = demo.export_jid or ""
+    progress = api.progress([jid], demo.config).get(jid) if jid else None
+    if demo.restarted or progress is None or not RESTART_AT <= progress["percent"] < 100:
+        return
+    demo.launcher.stop()
+    state = api.iterations([jid], demo.config).get(jid)
+    demo.launcher = Launcher(demo.config)
+    demo.launcher.start()
+    cursor = state.cursor if state is not None else None
+    rows = cursor.get("rows", 0) if isinstance(cursor, dict) else 0
+    demo.restarted = (
+        f"  restart  worker stopped and started again at {progress['percent']:.0f}% of the "
+        f"export: it resumed at record {rows:,} (run {(state.executions if state else 0) + 1}), "
+        "not from record one"
+    )
 
 
 def _status(demo: Demo, snapshot: Snapshot, elapsed: float) -> list[str]:
@@ -311,6 +337,7 @@ def _status(demo: Demo, snapshot: Snapshot, elapsed: float) -> list[str]:
         f"  jobs     processed {processed - demo.base[0]} · failed {failed - demo.base[1]} · "
         f"retrying {retrying}{due} · busy {demo.launcher.manager.busy()} · "
         f"queued {snapshot.queued}   ({elapsed:.1f} s)",
+        *([demo.restarted] if demo.restarted else []),
     ]
 
 

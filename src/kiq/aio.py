@@ -1,10 +1,16 @@
 """Run ``async def perform`` jobs as tasks on one event loop thread.
 
 An async job holds a slot only while its task runs, so I/O-bound async jobs use the
-process's ``concurrency`` fully without a thread each. ``timeout`` is enforced with
-``asyncio.timeout`` (the task is cancelled and fails with JobTimeout); at the hard
-shutdown deadline every task is cancelled and, like a thread job, not retried: the
-manager has already put it back in its queue.
+capsule's ``concurrency`` fully without a thread each: an async capsule
+(kiq.capsule) of thousands of slots is thousands of tasks on this one loop.
+``timeout`` is enforced with ``asyncio.timeout`` (the task is cancelled and fails
+with JobTimeout, so it is retried); at the hard shutdown deadline every task is
+cancelled and, like a thread job, not retried: the manager has already put it back
+in its queue. ``cancel(jid)`` cancels one running job (acknowledged, not retried).
+
+Units arrive in batches (``submit_many``: one wakeup of the loop per fetch, not one
+per job); a unit dispatched from the loop itself (a finished job freeing its slot)
+starts without a wakeup at all.
 """
 
 from __future__ import annotations
@@ -12,32 +18,42 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from kiq import batch
 from kiq import log as kiq_log
 from kiq.fetch import UnitOfWork
+from kiq.iterable import IterableJob
+from kiq.job import Job
 from kiq.processor import Executor, timed_out, timeout_seconds
 from kiq.supervise import Health, spawn
 
 log = logging.getLogger(__name__)
+job_log = kiq_log.job_logger("kiq.job")
 
 
 class AsyncRunner:
     """An event loop in a named thread, fed with units from the fetcher's thread."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, name: str = "asyncio") -> None:
         self.executor = executor
+        self.name = name
         self.loop = asyncio.new_event_loop()
         self.tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
+        self._ident: int | None = None  # the loop thread's
+        self._tid = ""
 
     def start(self, health: Health | None = None) -> None:
         # Not restarted: the loop holds every running task; if it ends unasked the
         # process cannot go on and says so (kiq.supervise).
-        spawn("asyncio", self._run, restart=False, health=health)
+        spawn(self.name, self._run, restart=False, health=health)
 
     def _run(self) -> None:
+        self._ident = threading.get_ident()
+        self._tid = kiq_log.tid()  # busy-jobs slots are "<loop tid>-<n>"
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_forever()
@@ -49,48 +65,101 @@ class AsyncRunner:
             self.loop.close()
 
     def submit(self, unit: UnitOfWork) -> None:
-        self.loop.call_soon_threadsafe(self._spawn, unit)
+        self.submit_many((unit,))
+
+    def submit_many(self, units: Sequence[UnitOfWork]) -> None:
+        """Start these units as tasks: at once on the loop thread, else in one wakeup."""
+        if threading.get_ident() == self._ident:
+            self._spawn_all(units)
+        else:
+            self.loop.call_soon_threadsafe(self._spawn_all, units)
 
     def busy(self) -> int:
         return len(self.tasks)
 
-    def _spawn(self, unit: UnitOfWork) -> None:
-        task = self.loop.create_task(self._execute(unit))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def _spawn_all(self, units: Sequence[UnitOfWork]) -> None:
+        for unit in units:
+            task = self.loop.create_task(self._execute(unit))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def cancel(self, jid: str) -> bool:
+        """Cancel the running job ``jid`` (from any thread); False if it runs not here.
+
+        The job's coroutine gets CancelledError at its next await (its ``finally``
+        blocks and ``async with`` exits run); it is then recorded as cancelled
+        (kiq.cancel), acknowledged and not retried. ``kiq.api.cancel`` reaches it the
+        same way, through the heartbeat's check of the ``it-<jid>`` flags.
+        """
+        ex = self.executor
+        with ex.state.lock:
+            canceller = ex.state.cancellers.get(jid)
+        if canceller is None:
+            return False
+        canceller()
+        return True
 
     async def _execute(self, unit: UnitOfWork) -> None:
         ex = self.executor
-        slot = f"{kiq_log.tid()}-{next(self._ids)}"
+        payload: dict[str, Any] = unit.payload or {}
+        slot = f"{self._tid}-{next(self._ids)}"
         job_class, ctx = ex.begin(unit, slot)
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
         kiq_log.set_level(ex.log_level(unit, job_class))
         exc: BaseException | None = None
+        value: Any = None
+        job: Job | None = None
         if ex.log_jobs:
-            kiq_log.job_line(kiq_log.job_logger("kiq.job"), logging.INFO, "start")
+            kiq_log.job_line(job_log, logging.INFO, "start")
         try:
             job = ex.instantiate(unit, job_class)
-            payload: dict[str, Any] = unit.payload or {}
+            ex.track(job, self._canceller(job))
             timeout = payload.get("timeout")
-            deadline = asyncio.timeout(timeout_seconds(timeout))
-            try:
-                async with deadline:
-                    await ex.config.server_middleware.ainvoke(
-                        job, payload, unit.queue, lambda: job.perform(*payload["args"])
-                    )
-            except TimeoutError as error:
-                if not deadline.expired():
-                    raise  # the job's own TimeoutError (a network call...), not its timeout
-                raise timed_out(timeout) from error
+            seconds = timeout_seconds(timeout)
+            chain = ex.config.server_middleware
+
+            async def run() -> Any:
+                nonlocal value  # kept here: a middleware need not return call_next()'s value
+                value = await job.perform(*payload["args"])
+                return value
+
+            if "bid" in payload and not batch.admit(ex.config, payload):
+                pass  # invalidated batch, or its success already recorded (kiq.batch)
+            elif seconds is None:  # no deadline: no Timeout object per job
+                await chain.ainvoke(job, payload, unit.queue, run)
+            else:
+                deadline = asyncio.timeout(seconds)
+                try:
+                    async with deadline:
+                        await chain.ainvoke(job, payload, unit.queue, run)
+                except TimeoutError as error:
+                    if not deadline.expired():
+                        raise  # the job's own TimeoutError (a network call...), not its timeout
+                    raise timed_out(timeout) from error
         except asyncio.CancelledError as error:
             if ex.stopping.is_set():
                 with ex.state.lock:
                     ex.state.work.pop(slot, None)
+                    if job is not None:
+                        ex.state.cancellers.pop(job.jid, None)
                 return  # hard shutdown: already requeued
             exc = error  # cancelled by the job's own code: a failure like any other
         except BaseException as error:  # a failing job, whatever it raised
             exc = error
-        ex.finish(unit, job_class, ctx, exc, slot)
+        ex.finish(unit, job_class, ctx, exc, slot, value, job)
+
+    def _canceller(self, job: Job) -> Callable[[], None]:
+        """How a cancel (kiq.cancel, from the heartbeat's thread) reaches this job: set
+        its flag and, for a plain ``async def`` job, cancel its task (CancelledError at
+        its next await); an iterable job stops at its next item instead."""
+        task = asyncio.current_task()
+
+        def cancel() -> None:
+            job._kiq_cancelled = True
+            if task is not None and not isinstance(job, IterableJob):
+                self._on_loop(task.cancel)
+
+        return cancel
 
     def cancel_all(self) -> None:
         def cancel() -> None:
@@ -100,7 +169,19 @@ class AsyncRunner:
         self._on_loop(cancel)
 
     def stop(self) -> None:
-        self._on_loop(self.loop.stop)
+        self._on_loop(self._close_then_stop)
+
+    def _close_then_stop(self) -> None:
+        # Async jobs may have opened the store's asyncio client on this loop (a limiter's
+        # ``async with``, kiq.limiter): close it before the loop ends, or its socket is
+        # reported unclosed (ResourceWarning) when the loop is closed.
+        task = self.loop.create_task(self.executor.config.store.aclose())
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("closing the asyncio Redis client failed: %s", task.exception())
+        self.loop.stop()
 
     def _on_loop(self, fn: Callable[[], object]) -> None:
         if not self.loop.is_closed():  # closed: the loop died (kiq.supervise said so)

@@ -32,6 +32,8 @@ from typing import Any, Final
 
 from kiq import __version__, generator
 from kiq import log as kiq_log
+from kiq.capsule import Capsule
+from kiq.capsule import parse_flag as parse_capsule_flag
 from kiq.config import Config, find_file, parse_queue, set_default, wait_for_redis
 from kiq.errors import ConfigError, KiqError
 from kiq.store import redact
@@ -113,7 +115,11 @@ def add_ops_commands(sub: Any) -> None:
         cmd.add_argument("--wait", type=float, metavar="SECONDS", help="wait until they have acted")
     mark = sub.add_parser("mark", help="record a deploy mark on the Web UI's metrics graphs")
     mark.add_argument("label", help="what was deployed, e.g. v1.2 or a git sha")
-    for cmd in (status, ping, *(sub.choices[n] for n in ("quiet", "stop")), mark):
+    cancel = sub.add_parser(
+        "cancel", help="cancel jobs by jid: removed if waiting, stopped if running"
+    )
+    cancel.add_argument("jid", nargs="+", help="the jids (kiq exits 1 if one is not found)")
+    for cmd in (status, ping, *(sub.choices[n] for n in ("quiet", "stop")), mark, cancel):
         cmd.add_argument("-C", "--config", help="YAML config (Redis URL, key prefix)")
         cmd.add_argument("-e", "--environment", help="section of the config file to apply")
         cmd.add_argument(
@@ -170,6 +176,8 @@ def run_ops(args: argparse.Namespace) -> int:
             )
         if args.command == "mark":
             return status.mark(config, args.label)
+        if args.command == "cancel":
+            return status.cancel(config, args.jid)
         if not (args.identity or args.all or args.local):
             raise ConfigError(f"kiq {args.command}: name processes, or use --all or --local")
         return status.signal(
@@ -199,7 +207,16 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-C", "--config", help="YAML config (Sidekiq's format works unchanged)")
     parser.add_argument("-e", "--environment", help="section of the config file to apply")
     parser.add_argument("-t", "--timeout", type=float, help="shutdown grace in seconds, default 25")
-    parser.add_argument("-g", "--tag", help="process tag shown in the Web UI")
+    parser.add_argument(
+        "-g",
+        dest="g",
+        action="append",
+        default=[],
+        metavar="NAME:QUEUES:CONCURRENCY[:MODE]",
+        help="a capsule, e.g. -g io:io,webhooks=2:1000:async (docs/capsules.md); "
+        "repeatable. Without ':' it is Sidekiq's -g TAG",
+    )
+    parser.add_argument("--tag", help="process tag shown in the Web UI")
     parser.add_argument("-v", "--verbose", action="store_true", default=None, help="debug logging")
     parser.add_argument("--log-format", choices=["plain", "json"], help="job log format")
     parser.add_argument(
@@ -232,11 +249,13 @@ def load_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None)
         names = [name for name, _ in queues]
         if len(set(names)) != len(names):
             raise ConfigError(f"-q: a queue is listed twice in {args.queue}; list each queue once")
+    tag, named = _capsule_flags(args)
     flags = {
         "concurrency": args.concurrency,
         "queues": queues,
         "timeout": args.timeout,
-        "tag": args.tag,
+        "tag": tag,
+        "capsules": named,
         "verbose": args.verbose,
         "log_format": args.log_format,
         "processes": args.processes,
@@ -247,6 +266,27 @@ def load_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None)
     environment = args.environment or overrides.pop("environment", None)
     overrides.update({key: value for key, value in flags.items() if value is not None})
     return Config.load(path, environment=environment, **overrides)
+
+
+def _capsule_flags(args: argparse.Namespace) -> tuple[str | None, list[Capsule] | None]:
+    """``-g`` values: capsules (NAME:QUEUES:CONCURRENCY[:MODE]) and Sidekiq's ``-g TAG``.
+
+    A value with a ':' is a capsule, checked here (one line naming the spelling); a
+    plain word is the process tag, as in Sidekiq (``--tag`` is always the tag).
+    """
+    tag: str | None = getattr(args, "tag", None)
+    named: list[Capsule] = []
+    for value in getattr(args, "g", None) or []:
+        if ":" in value:
+            named.append(parse_capsule_flag(value))
+        elif tag is None:
+            tag = value
+        else:
+            raise ConfigError(
+                f"-g {value!r}: a tag is already given ({tag!r}); a capsule is "
+                f"NAME:QUEUES:CONCURRENCY[:MODE], e.g. -g io:io,webhooks=2:1000:async"
+            )
+    return tag, named or None
 
 
 def require(targets: Sequence[str]) -> None:
@@ -289,6 +329,9 @@ def run_worker(args: argparse.Namespace, base: Mapping[str, Any] | None = None) 
     if config.processes > 1:
         config.close()  # the supervisor forks: each child opens connections of its own
     require([*config.require, *args.require])
+    from kiq.manager import check_kinds  # local: kiq web & co never load the engine
+
+    check_kinds(config)  # a job of the wrong kind for its capsule: one line, exit 2
     pidfile = getattr(args, "pidfile", None)
     if pidfile is None:
         return _run_processes(config, args)
@@ -363,7 +406,7 @@ def run_command(args: argparse.Namespace) -> int:
                 f"pip install 'kiq[web]' (in a checkout: pip install -e \".[web]\")"
             ) from exc
         return run_web(args)
-    if args.command in ("status", "ping", "quiet", "stop", "mark"):
+    if args.command in ("status", "ping", "quiet", "stop", "mark", "cancel"):
         return run_ops(args)
     if args.command == "cluster-migrate":
         return run_migrate(args)

@@ -25,14 +25,15 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from kiq import batch_context, peers, unique
 from kiq import payload as wire
-from kiq import peers, unique
 from kiq.config import Config, get_default
 from kiq.errors import JobArgumentError
 from kiq.payload import Payload
 
 if TYPE_CHECKING:
     from kiq.job import Job
+    from kiq.store.batches import BatchJob
     from kiq.store.queues import UniquePush
 
 BULK_BATCH: Final = 1000  # jobs per pipeline in push_bulk (Sidekiq 7: batch_size)
@@ -47,6 +48,11 @@ _test_hook: TestHook | None = None
 def set_test_hook(hook: TestHook | None) -> None:
     global _test_hook
     _test_hook = hook
+
+
+def in_test_mode() -> bool:
+    """Whether a kiq.testing mode (fake, inline) replaces the push: no Redis is used."""
+    return _test_hook is not None
 
 
 def timestamp(config: Config, now: float | None = None) -> float | int:
@@ -201,6 +207,11 @@ class Client:
             payload["jid"] = wire.new_jid()
         if "created_at" not in payload:
             payload["created_at"] = timestamp(self.config)
+        if "expires_in" in payload and "expires_at" not in payload:
+            # Sidekiq Pro's rule: the expiry counts from when the job is due (its ``at``)
+            _stamp_expiry(payload)
+        if "bid" not in payload and (bid := batch_context.current_bid()) is not None:
+            payload["bid"] = bid  # pushed inside a Batch.jobs() block: joins it (kiq.batch)
         return payload
 
     def _through_middleware(self, payload: Payload) -> Payload | None:
@@ -222,6 +233,7 @@ class Client:
             return _NONE_REFUSED
         if _test_hook is not None and _test_hook(list(payloads), self.config):
             return _NONE_REFUSED
+        payloads = self._write_batched(payloads)
         plain, locked = _split_unique(payloads)
         refused = _NONE_REFUSED
         if locked:
@@ -234,6 +246,51 @@ class Client:
             if scheduled:
                 store.schedule(scheduled)
         return refused
+
+    def _write_batched(self, payloads: Sequence[Payload]) -> Sequence[Payload]:
+        """Write the jobs that belong to a batch (field ``bid``); return the others.
+
+        Each batch's jobs go in one script that pushes them and counts them as members
+        (``Store.batch_push``): a job is never counted without being pushed, nor pushed
+        without being counted. The common case (no bid) costs one pass of dict lookups.
+        """
+        for payload in payloads:
+            if "bid" in payload:
+                break
+        else:
+            return payloads
+        grouped: dict[str, list[Payload]] = {}
+        rest: list[Payload] = []
+        for payload in payloads:
+            bid = payload.get("bid")
+            if bid is None:
+                rest.append(payload)
+                continue
+            if unique.is_unique(payload):
+                raise JobArgumentError(
+                    f"job {payload['class']}: unique_for is not supported inside a batch; "
+                    f"push it outside the batch's jobs() block"
+                )
+            grouped.setdefault(str(bid), []).append(payload)
+        ttl = int(self.config.batch_ttl)
+        for bid, members in grouped.items():
+            self.config.store.batch_push(bid, ttl, self.encode_members(members))
+        return rest
+
+    def encode_members(self, payloads: Sequence[Payload]) -> list[BatchJob]:
+        """(jid, queue, at, raw) per job, for ``Store.batch_push``; encoded as ``_encode``."""
+        jobs: list[BatchJob] = []
+        now = wire.now()
+        enqueued_at = timestamp(self.config, now)
+        for payload in payloads:
+            at = payload.pop("at", None)
+            if at is None:
+                payload["enqueued_at"] = _as_created(enqueued_at, payload, now)
+            else:
+                payload.pop("enqueued_at", None)
+                at = float(at)
+            jobs.append((payload["jid"], payload["queue"], at, wire.dumps(payload)))
+        return jobs
 
     def _encode_unique(self, payloads: Sequence[Payload]) -> list[UniquePush]:
         """(lock, jid, TTL ms, queue, at, raw) per job, for ``Store.push_unique``; the
@@ -308,6 +365,8 @@ class AsyncClient(Client):
             return _NONE_REFUSED
         if _test_hook is not None and _test_hook(list(payloads), self.config):
             return _NONE_REFUSED
+        # Batch members: the sync script (a short blocking call; a jobs() block is sync)
+        payloads = self._write_batched(payloads)
         plain, locked = _split_unique(payloads)
         refused = _NONE_REFUSED
         if locked:
@@ -382,3 +441,14 @@ def _check_at(name: str, at: object) -> None:
 
 
 _DEFAULT_OPTIONS: Final[Mapping[str, Any]] = {"retry": True, "queue": "default"}
+
+
+def _stamp_expiry(payload: Payload) -> None:
+    """Turn ``expires_in`` (relative seconds) into ``expires_at`` (float epoch seconds),
+    counted from the job's ``at`` or now: a retry or a late move never extends it."""
+    seconds = payload.get("expires_in")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return  # _check_fields refuses it with the rule
+    at = payload.get("at")
+    start = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else wire.now()
+    payload["expires_at"] = start + float(seconds)

@@ -39,10 +39,13 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
+from kiq import capsule as capsules
+from kiq.capsule import Capsule, Mode
 from kiq.cron import CronJob
 from kiq.errors import ConfigError, RedisUnavailable
 from kiq.keys import ClusterKeys, Keys
 from kiq.middleware import Chain, ClientMiddleware, ServerMiddleware
+from kiq.queue_limits import QueueLimit, parse_limits, queue_sections
 from kiq.store import (
     ClusterURL,
     SentinelURL,
@@ -76,6 +79,7 @@ _FILE_KEYS: Final = {
     "verbose": "verbose",
     "redis_url": "redis_url",
     "redis_wait": "redis_wait",
+    "result_max_bytes": "result_max_bytes",
     "key_prefix": "key_prefix",
     "heartbeat_interval": "heartbeat_interval",
     "log_format": "log_format",
@@ -92,6 +96,9 @@ _FILE_KEYS: Final = {
     "activejob_rails": "activejob_rails",
     "cron_poll_interval": "cron_poll_interval",
     "cron_grace": "cron_grace",
+    "capsules": "capsules",
+    "limits": "limits",  # queue limits (sidekiq-limit_fetch's key; kiq.queue_limits)
+    "batch_ttl": "batch_ttl",
     "cluster": "cluster",
     "partitions": "partitions",
     "wait_replicas": "wait_replicas",
@@ -103,7 +110,6 @@ _IGNORED_FILE_KEYS: Final = frozenset(
         "pidfile",
         "logfile",
         "environment",
-        "capsules",
         "max_iteration_runtime",
         "lifecycle_events",
         "error_handlers",
@@ -177,6 +183,11 @@ class Config:
     cron_poll_interval: float = 5.0  # seconds between recurring-job checks per process
     cron_grace: float = 60.0  # a tick missed by more than this is skipped (sidekiq-cron: 60)
     cron_jobs: list[CronJob] = field(default_factory=list)  # defined in code
+    result_max_bytes: int = 1_048_576  # a stored result's JSON record at most (kiq.results)
+    # queue -> its limits across every process: {"stripe": 5} or {"stripe": {"concurrency":
+    # 5, "rate": "100/minute"}} (kiq.queue_limits; normalized to QueueLimit values)
+    limits: dict[str, QueueLimit] = field(default_factory=dict)
+    batch_ttl: float = 30 * 86400.0  # seconds a batch's keys live (Sidekiq Pro: 30 days)
     cluster: bool = False  # Redis Cluster (docs/cluster.md); also set by redis+cluster://
     partitions: dict[str, int] = field(default_factory=dict)  # cluster: queue -> N shards
     wait_replicas: int = 0  # cluster: pushes and acks WAIT for this many replicas
@@ -187,11 +198,76 @@ class Config:
     lifecycle: dict[str, list[Callable[[Config], None]]] = field(
         default_factory=lambda: {event: [] for event in LIFECYCLE_EVENTS}
     )
+    # Named capsules beside the default one (kiq.capsule, docs/capsules.md); the
+    # default capsule is ``queues`` and ``concurrency`` and runs ``default_mode``.
+    capsules: list[Capsule] = field(default_factory=list)
+    default_mode: Mode = "thread"
 
     def __post_init__(self) -> None:
         self._store: Store | None = None
         self._store_lock = threading.Lock()
+        named = self.capsules if isinstance(self.capsules, list) else []
+        for cap in [c for c in named if isinstance(c, Capsule) and c.is_default]:
+            self.capsules.remove(cap)  # "default" in a file or -g: the top-level settings
+            self.queues, self.concurrency, self.default_mode = (
+                list(cap.queues),
+                cap.concurrency,
+                cap.mode,
+            )
         self.validate()
+
+    def capsule(
+        self,
+        name: str,
+        queues: list[str | tuple[str, int] | list[Any]] | None = None,
+        concurrency: int | None = None,
+        mode: Mode | None = None,
+    ) -> Capsule:
+        """Add or change the capsule ``name`` and return it (Sidekiq 7's ``config.capsule``).
+
+        ``"default"`` is the top-level ``queues`` / ``concurrency``. A new capsule needs
+        its queues; concurrency defaults to 10 and mode to thread, as in Sidekiq.
+        Call it before the worker starts (in a module the worker imports with -r)::
+
+            config.capsule("io", queues=["io", ("webhooks", 2)], concurrency=1000, mode="async")
+        """
+        old = next((c for c in self.all_capsules() if c.name == name), None)
+        if queues is None and old is None:
+            raise ConfigError(f"capsule({name!r}): a new capsule needs queues=[...]")
+        cap = capsules.build(
+            name,
+            list(old.queues) if queues is None and old is not None else queues,
+            concurrency if concurrency is not None else (old.concurrency if old else 10),
+            mode or (old.mode if old else "thread"),
+            where=f"capsule({name!r})",
+        )
+        previous = (list(self.capsules), list(self.queues), self.concurrency, self.default_mode)
+        if cap.is_default:
+            self.queues, self.concurrency, self.default_mode = (
+                list(cap.queues),
+                cap.concurrency,
+                cap.mode,
+            )
+        else:
+            self.capsules = [c for c in self.capsules if c.name != name] + [cap]
+        try:
+            self.validate()
+        except ConfigError:
+            self.capsules, self.queues, self.concurrency, self.default_mode = previous
+            raise
+        if self._store is not None:
+            self.close()  # rebuilt on next use, its pool sized for the new slots
+        return cap
+
+    def all_capsules(self) -> list[Capsule]:
+        """The default capsule first, then the named ones in the order they were added."""
+        default = Capsule(capsules.DEFAULT, tuple(self.queues), self.concurrency, self.default_mode)
+        return [default, *self.capsules]
+
+    @property
+    def total_concurrency(self) -> int:
+        """Every capsule's slots together: the process's ``concurrency`` on the heartbeat."""
+        return self.concurrency + sum(c.concurrency for c in self.capsules)
 
     def validate(self) -> None:
         """Raise ConfigError naming the key, the value and what is allowed.
@@ -217,6 +293,8 @@ class Config:
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
         _check_queues(self.queues)
+        self._check_capsules()
+        self.limits = parse_limits(self.limits)
         if self.log_format not in ("plain", "json"):
             raise ConfigError(f"log_format: {self.log_format!r} is not allowed; use plain or json")
         if self.timestamp_format not in ("auto", "float", "ms"):
@@ -244,10 +322,22 @@ class Config:
             try:
                 self.redis_url = cluster_url(
                     self.redis_url, self.cluster, self.partitions, self.wait_replicas,
-                    [name for name, _ in self.queues],
+                    [name for name, _ in self.queues]
+                    + [n for c in self.capsules if isinstance(c, Capsule) for n, _ in c.queues],
                 )  # fmt: skip
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+
+    def _check_capsules(self) -> None:
+        if not isinstance(self.capsules, list) or not all(
+            isinstance(c, Capsule) for c in self.capsules
+        ):
+            raise ConfigError(f"capsules: {self.capsules!r} must be a list of kiq.capsule.Capsule")
+        if self.default_mode not in capsules.MODES:
+            raise ConfigError(
+                f"default_mode: {self.default_mode!r} is not allowed; use thread or async"
+            )
+        capsules.check_all(self.all_capsules())
 
     # -- loading ----------------------------------------------------------------------
     @classmethod
@@ -305,10 +395,16 @@ class Config:
                     self._store = open_store(
                         self.redis_url,
                         keys=self.keys,
-                        pool_size=self.concurrency + 10,
+                        pool_size=self._pool_size(),
                         **({"wait_replicas": self.wait_replicas} if self.wait_replicas else {}),
                     )
         return self._store
+
+    def _pool_size(self) -> int:
+        # A connection for each thread that may hold one at once: every thread slot,
+        # one per async capsule (its loop), plus the fetchers, heartbeat and pollers.
+        threads = sum(c.concurrency if c.mode == "thread" else 1 for c in self.all_capsules())
+        return threads + 10 + len(self.capsules)
 
     def ensure_redis(self) -> str:
         """Start or reuse the embedded server when no URL is set; return the URL in use.
@@ -383,6 +479,7 @@ def read_file(path: str | os.PathLike[str], environment: str) -> dict[str, Any]:
             values[_FILE_KEYS[key]] = _file_value(file, key, value)
         elif key not in _IGNORED_FILE_KEYS and not isinstance(value, dict):
             log.warning("config file %s: key %r is not a kiq setting and is ignored", file, key)
+    values.update(queue_sections(data, values))
     return values
 
 
@@ -393,6 +490,8 @@ def _key(key: object) -> str:
 def _file_value(file: Path, key: str, value: Any) -> Any:
     if key == "queues":
         return _file_queues(file, value)
+    if key == "capsules":
+        return capsules.from_file(value, str(file))
     if key in ("labels", "require"):
         if isinstance(value, str):
             return [value]
@@ -474,6 +573,7 @@ _WHOLE_NUMBERS: Final = (
     ("processes", 1),
     ("max_recoveries", 0),
     ("process_ttl", 1),
+    ("result_max_bytes", 64),
     ("wait_replicas", 0),
 )
 _SECONDS: Final = (
@@ -485,6 +585,7 @@ _SECONDS: Final = (
     "orphan_check_interval",
     "cron_poll_interval",
     "cron_grace",
+    "batch_ttl",
 )
 _OPTIONAL_SECONDS: Final = ("poll_interval_average", "poll_initial_wait")
 _TYPED: Final[tuple[tuple[str, type | tuple[type, ...], str], ...]] = (

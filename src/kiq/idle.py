@@ -59,6 +59,8 @@ class Waiters:
     def start(self) -> None:
         f = self.fetcher
         for queue in f.order.names:
+            if queue in f.limits:  # a BLMOVE would take a job without a permit (kiq.fetch)
+                continue
             for _ in range(1 if self.runner is None else 2):
                 loop = functools.partial(self._wait_loop, queue)
                 self._threads.append(

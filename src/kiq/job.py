@@ -48,12 +48,17 @@ from typing import (
 
 from kiq import payload as wire
 from kiq import unique
+from kiq.batch import Batch, Signature
+from kiq.batch_status import BatchStatus
+from kiq.cancel import CancelResult
+from kiq.cancel import cancel as cancel_jid
 from kiq.client import AsyncClient, Client, resolve_at
 from kiq.config import Config, get_default
 from kiq.errors import ConfigError, JobArgumentError
 from kiq.keys import PROGRESS_TTL as PROGRESS_TTL  # re-exported: where Job.progress says it is
 from kiq.middleware import Chain, ServerMiddleware
 from kiq.payload import Payload
+from kiq.results import Result
 
 if TYPE_CHECKING:
     from kiq.activejob import ActiveJobData
@@ -72,6 +77,8 @@ PAYLOAD_OPTIONS: Final = (
     "timeout",
     "unique_for",  # kiq.unique: Sidekiq Enterprise's unique jobs (docs/unique.md)
     "unique_until",
+    "result_ttl",  # kiq.results: keep what perform returns this many seconds (docs/results.md)
+    "expires_in",  # Sidekiq Pro's expiring jobs: dropped unrun once late (docs/iterable.md)
 )
 CLASS_OPTIONS: Final = ("discard_on",)
 
@@ -207,6 +214,54 @@ class Job:
         }
         config.store.write_progress(getattr(self, "jid", "") or "", fields)
 
+    # -- cancel (kiq.cancel; docs/iterable.md) -----------------------------------------
+    _kiq_cancelled: bool = False  # set by the worker's heartbeat when the jid is cancelled
+
+    def cancelled(self) -> bool:
+        """True once this job was cancelled (``kiq.api.cancel``, Ruby's ``cancel!``).
+
+        A running job learns it within one heartbeat (5 s); a long loop should check
+        it and return (or raise ``kiq.JobCancelled``): the job is then recorded as
+        cancelled, neither failed nor retried.
+        """
+        return self._kiq_cancelled
+
+    @classmethod
+    def cancel(cls, jid: str, config: Config | None = None) -> CancelResult:
+        """Cancel the job ``jid`` wherever it is (kiq.cancel.cancel)."""
+        return cancel_jid(config or get_default(), jid)
+
+    # -- batches (kiq.batch; docs/workflows.md) ------------------------------------------
+    @property
+    def bid(self) -> str | None:
+        """The id of the batch this job belongs to (payload field ``bid``), or None."""
+        value = getattr(self, "payload", {}).get("bid")
+        return value if isinstance(value, str) else None
+
+    @property
+    def batch(self) -> Batch | None:
+        """This job's batch, to add jobs to it while running: ``with self.batch.jobs():``.
+
+        The block's token is this job's jid, so a re-run after a crash re-opens the same
+        block (and the same child batches) instead of leaving one open forever.
+        """
+        bid = self.bid
+        config = getattr(self, "config", None) or get_default()
+        token = f"job-{getattr(self, 'jid', '')}"
+        return None if bid is None else Batch(bid, config=config, token=token)
+
+    def valid_within_batch(self) -> bool:
+        """False once this job's batch was invalidated (Sidekiq Pro's valid_within_batch?)."""
+        bid = self.bid
+        config = getattr(self, "config", None) or get_default()
+        return bid is None or not BatchStatus(bid, config=config).invalidated
+
+    @classmethod
+    def s(cls, *args: Any, **options: Any) -> Signature:
+        """This job and its arguments as data: a step of ``kiq.chain``/``group``/``chord``."""
+        wire.check_args(cls.wire_name, list(args))
+        return Signature(cls.wire_name, args, options)
+
     # -- hooks (override as classmethods) ----------------------------------------------
     @classmethod
     def retry_in(cls, count: int, exc: BaseException, payload: Payload) -> float | str | None:
@@ -235,6 +290,16 @@ class Job:
     @classmethod
     def perform_in(cls, interval: When, *args: Any) -> str | None:
         return Setter(cls, {}).perform_in(interval, *args)
+
+    @classmethod
+    def enqueue(cls, *args: Any) -> Result | None:
+        """``perform_async`` returning a ``kiq.Result`` (needs ``result_ttl``); None if a
+        client middleware or a unique lock stopped the push."""
+        return Setter(cls, {}).enqueue(*args)
+
+    @classmethod
+    async def aenqueue(cls, *args: Any) -> Result | None:
+        return await Setter(cls, {}).aenqueue(*args)
 
     @classmethod
     def perform_at(cls, when: When, *args: Any) -> str | None:
@@ -325,6 +390,26 @@ class Setter:
     def perform_in(self, interval: When, *args: Any) -> str | None:
         at = resolve_at(_seconds(interval, relative=True), wire.now())
         return self._client().push(self._item(args, at))
+
+    def enqueue(self, *args: Any) -> Result | None:
+        """Push like ``perform_async`` (``wait``/``wait_until`` too); a ``kiq.Result``."""
+        self._need_result_ttl()
+        jid = self._client().push(self._item(args))
+        return None if jid is None else Result(jid, config=self._config)
+
+    async def aenqueue(self, *args: Any) -> Result | None:
+        self._need_result_ttl()
+        jid = await self._aclient().push(self._item(args))
+        return None if jid is None else Result(jid, config=self._config)
+
+    def _need_result_ttl(self) -> None:
+        if {**self.job.options, **self.options}.get("result_ttl") is None:
+            name = self.job.__qualname__
+            raise ConfigError(
+                f"{name}.enqueue needs a result_ttl (seconds to keep the result): declare "
+                f"class {name}(kiq.Job, result_ttl=3600) or call "
+                f"{name}.set(result_ttl=3600).enqueue(...); perform_async keeps no result"
+            )
 
     def perform_at(self, when: When, *args: Any) -> str | None:
         at = resolve_at(_seconds(when, relative=False), wire.now())
@@ -473,6 +558,10 @@ class FunctionJob(Generic[P, R]):
 
     def perform_bulk(self, args_list: Sequence[Sequence[Any]]) -> list[str | None]:
         return self.job_class.perform_bulk(args_list)
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Result | None:
+        _no_kwargs(self.job_class, kwargs)
+        return self.job_class.enqueue(*args)
 
     def set(self, **options: Any) -> Setter:
         return self.job_class.set(**options)

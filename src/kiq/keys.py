@@ -22,11 +22,21 @@ and are never in the ``queues`` set:
   * ``kiq|fetchers``: HASH identity -> JSON list of queue names, so a survivor can
     find the in-progress lists of a process whose heartbeat expired.
   * ``kiq|recover-lock``: STRING, one orphan sweep at a time cluster-wide.
+  * ``kiq|ahead|<identity>`` / ``kiq|fetch-call|<identity>``: the jobs a process took
+    ahead and has not started, and its last fetch call (kiq/store/lua/fetch.lua).
   * ``kiq|paused``: SET of queue names kiq workers do not fetch from.
   * ``kiq|progress|<jid>``: HASH, progress reported by a running job.
   * ``kiq|totals`` / ``kiq|totals|<Class>``: cumulative per-class counters (Prometheus).
+  * ``kiq|result|<jid>``: STRING, a job's stored result or failure (docs/results.md);
+    the pub/sub channel ``kiq|result-ready|<jid>`` carries the same record to waiters,
+    and ``kiq|results`` (HASH status -> count) counts the records stored.
+  * ``kiq|fate|<jid>``: HASH, how a cancelled or expired job ended; ``kiq|stat|<fate>``
+    counts them.
 
-Unique jobs use Sidekiq Enterprise's ``unique:<digest>`` (``Keys.unique``).
+Unique jobs use Sidekiq Enterprise's ``unique:<digest>`` (``Keys.unique``); limiters
+``kiq|limiter|<name>`` (and ``|holders``, ``|log``, ``|free``), ``kiq|limiters``,
+``kiq|limiter-stats|<minute>``, ``kiq|limited``; queue limits ``kiq|qlimit|<queue>``
+(and ``|rate``).
 """
 
 from __future__ import annotations
@@ -182,6 +192,14 @@ class Keys:
         """HASH: the cumulative totals of ``klass`` (kiq.metrics, for Prometheus)."""
         return f"{self.prefix}kiq|totals|{klass}"
 
+    def ahead(self, identity: str) -> str:
+        """SET of raw jobs a process took ahead of its slots and has not started (fetch.lua)."""
+        return f"{self.prefix}kiq|ahead|{identity}"
+
+    def fetch_call(self, identity: str) -> str:
+        """STRING: a process's last fetch call, so a retried call returns its jobs again."""
+        return f"{self.prefix}kiq|fetch-call|{identity}"
+
     # Unique jobs (Sidekiq Enterprise's names; docs/unique.md) --------------------------
     def unique(self, digest: str) -> str:
         """A unique job's lock: STRING holding the jid of the job that took it, with a TTL.
@@ -191,6 +209,105 @@ class Keys:
         come, sit beside it under their own prefix and never share a key with a lock.
         """
         return f"{self.prefix}unique:{digest}"
+
+    # Results (kiq.results; docs/results.md) -------------------------------------------
+    def result(self, jid: str) -> str:
+        """STRING: the JSON record of a job run with ``result_ttl`` (its value or failure)."""
+        return f"{self.prefix}kiq|result|{jid}"
+
+    def result_channel(self, jid: str) -> str:
+        """Pub/sub channel (not a key): the final record, published when it is stored."""
+        return f"{self.prefix}kiq|result-ready|{jid}"
+
+    @property
+    def result_counts(self) -> str:
+        """HASH final status -> results stored (the Prometheus counter)."""
+        return f"{self.prefix}kiq|results"
+
+    # Cancelled and expired jobs (issue 18; docs/iterable.md) ---------------------------
+    def fate(self, jid: str) -> str:
+        """HASH: how a job that never finished ended (``fate`` cancelled or expired, ``at``,
+        ``class``, ``queue``, ``where``, ``job``), for the API and the job detail page."""
+        return f"{self.prefix}kiq|fate|{jid}"
+
+    def fate_count(self, fate: str) -> str:
+        """STRING int: how many jobs ended ``cancelled`` or ``expired`` (never expires)."""
+        return f"{self.prefix}kiq|stat|{fate}"
+
+    def unique_pattern(self) -> str:
+        """SCAN MATCH pattern of every unique lock (the admin API counts and lists them)."""
+        return f"{self.prefix}unique:*"
+
+    # Limiters and queue limits (kiq's own keys; docs/limits.md) -------------------------
+    def limiter(self, name: str) -> str:
+        """HASH: one limiter's definition, counters and window/bucket state (with a TTL)."""
+        return f"{self.prefix}kiq|limiter|{name}"
+
+    def limiter_holders(self, name: str) -> str:
+        """ZSET: a concurrent limiter's holders, token -> lock expiry (epoch ms)."""
+        return f"{self.prefix}kiq|limiter|{name}|holders"
+
+    def limiter_log(self, name: str) -> str:
+        """ZSET: a sliding-window limiter's calls in the window, member -> epoch ms."""
+        return f"{self.prefix}kiq|limiter|{name}|log"
+
+    def limiter_free(self, name: str) -> str:
+        """LIST: one element per slot a concurrent limiter freed; waiters BLPOP it."""
+        return f"{self.prefix}kiq|limiter|{name}|free"
+
+    @property
+    def limiters(self) -> str:
+        """ZSET: limiter name -> epoch ms of its last use (the Web UI's list)."""
+        return f"{self.prefix}kiq|limiters"
+
+    def limiter_minute(self, at: datetime) -> str:
+        """HASH of one UTC minute: ``<name>|held``, ``|waited``, ``|overlimit`` counts."""
+        at = at.astimezone(UTC)
+        return f"{self.prefix}kiq|limiter-stats|{at:%Y%m%d}|{at.hour}:{at.minute}"
+
+    @property
+    def limited(self) -> str:
+        """HASH: job class -> jobs rescheduled because a limiter was full (and ``total``)."""
+        return f"{self.prefix}kiq|limited"
+
+    def queue_limit(self, queue: str) -> str:
+        """ZSET: processes holding a queue-limit permit, identity -> lease expiry (ms)."""
+        return f"{self.prefix}kiq|qlimit|{queue}"
+
+    def queue_rate(self, queue: str) -> str:
+        """HASH: a queue's fetch-rate leaky bucket (``level``, ``at``)."""
+        return f"{self.prefix}kiq|qlimit|{queue}|rate"
+
+    def inprogress_parts(self, queue: str) -> tuple[str, str]:
+        """``inprogress(identity, queue)`` split around the identity, for fetch.lua, which
+        counts the in-progress jobs of every process that holds a queue's permits."""
+        head, _, tail = self.inprogress("\0", queue).partition("\0")
+        return head, tail
+
+    # Batches (Sidekiq Pro's names; docs/workflows.md) ----------------------------------
+    @property
+    def batches(self) -> str:
+        """ZSET bid -> created_at of every batch not yet expired (Pro's ``batches``)."""
+        return f"{self.prefix}batches"
+
+    def batch(self, bid: str, part: str = "") -> str:
+        """``b-<bid>`` (HASH: counts, callbacks, parent, fired events) or one of its parts:
+        ``-jids`` (SET, pending jids), ``-failinfo`` (HASH jid -> error JSON), ``-died``
+        (SET), ``-kids`` (SET of child bids), ``-open`` (SET of open ``jobs()`` blocks),
+        ``-results`` (HASH jid -> JSON result, workflow steps only). batch_update.lua
+        builds the same names from ``prefix`` to walk up to a parent: keep them in step.
+        """
+        return f"{self.prefix}b-{bid}{'-' + part if part else ''}"
+
+    # Workflows (kiq's own; docs/workflows.md) -------------------------------------------
+    @property
+    def workflows(self) -> str:
+        """ZSET wid -> created_at of every workflow not yet expired."""
+        return f"{self.prefix}kiq|workflows"
+
+    def workflow(self, wid: str) -> str:
+        """HASH: ``spec`` (the steps as JSON), ``created_at``, ``description``."""
+        return f"{self.prefix}kiq|wf|{wid}"
 
 
 # TTLs, in seconds, of the keys that expire (the heartbeat's is ``Config.process_ttl``).
@@ -202,6 +319,13 @@ METRICS_MID_TTL: Final = 3 * 86400  # Sidekiq 8's 10-minute hashes (MID_TERM)
 TOTALS_TTL: Final = 30 * 86400  # a class's cumulative totals outlive its last run
 DEPLOY_MARK_TTL: Final = 90 * 86400  # a day's deploy marks (Sidekiq: MARK_TTL)
 DEPLOY_LOCK_TTL: Final = 60  # a label is marked at most once this long
+ITERATION_TTL: Final = 30 * 86400  # it-<jid> (Sidekiq's Iterable::STATE_TTL), set with EXPIRE NX
+FATE_TTL: Final = 30 * 86400  # a cancelled or expired job's record (kiq|fate|<jid>)
+LIMITER_TTL: Final = 90 * 86400  # a limiter unused this long is forgotten (Enterprise's default)
+LIMITER_STATS_TTL: Final = 8 * 3600  # a minute's limiter counts (as the metrics keys)
+LIMITERS_MAX: Final = 10_000  # names kept in the kiq|limiters index (most recently used)
+BATCH_TTL: Final = 30 * 86400  # a batch's keys (Sidekiq Pro: 30 days); Config.batch_ttl
+FETCH_CALL_TTL: Final = 86_400  # a process's last fetch call (a retry comes within seconds)
 
 # The histogram key's layout (Sidekiq 7's metrics): one u16 counter per bucket, in
 # BITFIELD order. # Upper bounds (ms, exclusive) of the histogram buckets; the last one is "Slow".
@@ -225,7 +349,8 @@ LABELS: Final = (
 #   * "shard": the last argument is a queue shard (a queue, or one partition of it) and
 #     becomes the hash tag, so a queue's list, its in-progress lists and its schedule,
 #     retry and dead shards share one slot (each Lua script touches one slot);
-#   * "own": a key only ever used alone (per jid, per lock digest): its own slot.
+#   * "own": a key only ever used alone (per jid, per lock digest): its own slot;
+#   * "derived": a builder made from other builders (already tagged by theirs).
 GLOBAL_TAG: Final = "{kiq}"
 SLOT_RULES: Final[dict[str, str]] = {
     "queues": "global",
@@ -261,6 +386,29 @@ SLOT_RULES: Final[dict[str, str]] = {
     "totals_index": "global",
     "totals": "global",
     "unique": "own",
+    # Added by the features merged after the cluster mode (docs/cluster.md, "Features").
+    "ahead": "global",  # never written on a cluster: ClusterKeys.ahead_shard is, per shard
+    "fetch_call": "global",  # idem: ClusterKeys.fetch_call_shard
+    "result": "own",  # results are refused on a cluster (result_store.lua spans slots)
+    "result_channel": "own",
+    "result_counts": "global",
+    "fate": "own",  # written alone, then its count (ClusterStore.record_fate)
+    "fate_count": "global",
+    "unique_pattern": "own",  # a SCAN pattern, not a key
+    "limiter": "shard",  # one limiter's keys share the tag {<name>}; limiters are
+    "limiter_holders": "shard",  # refused on a cluster (limit.lua also writes the
+    "limiter_log": "shard",  # global index and minute stats)
+    "limiter_free": "shard",
+    "limiters": "global",
+    "limiter_minute": "global",
+    "limited": "global",
+    "queue_limit": "shard",  # fetch.lua's permits step: on the queue's slot
+    "queue_rate": "shard",
+    "inprogress_parts": "derived",  # built from inprogress (already tagged)
+    "batches": "global",  # batches are refused on a cluster (batch_push.lua spans slots)
+    "batch": "own",
+    "workflows": "global",
+    "workflow": "own",
 }
 PARTITION_SEP: Final = "|"  # a partition's shard name: <queue>|<i>
 
@@ -310,6 +458,16 @@ class ClusterKeys(Keys):
     def dead_shard(self, shard: str) -> str:
         return f"{self.prefix}dead:{{{shard}}}"
 
+    def ahead_shard(self, identity: str, shard: str) -> str:
+        """SET: the ahead marks (fetch.lua) of the jobs ``identity`` took from ``shard``,
+        on the shard's slot so the fetch writes them in the same step (one Redis:
+        ``kiq|ahead|<identity>`` for every queue)."""
+        return f"{self.prefix}kiq|ahead|{identity}|{{{shard}}}"
+
+    def fetch_call_shard(self, identity: str, shard: str) -> str:
+        """STRING: ``identity``'s last fetch call on ``shard`` (fetch.lua's call record)."""
+        return f"{self.prefix}kiq|fetch-call|{identity}|{{{shard}}}"
+
     def cron_claims(self, shard: str) -> str:
         """ZSET ``<name>|<tick>`` -> tick: the exactly-once claims of the cron ticks
         pushed to this shard, beside the queue they push to (one-slot claim + push)."""
@@ -343,7 +501,7 @@ def _cluster_builder(name: str, rule: str) -> Any:
         return lambda self, *args: _tag_global(self.prefix, base(self, *args))
     if rule == "shard":
         return lambda self, *args: base(self, *args[:-1], f"{{{args[-1]}}}")
-    return base
+    return base  # own, derived
 
 
 for _name, _rule in SLOT_RULES.items():

@@ -39,7 +39,7 @@ from kiq import __version__, peers
 from kiq import payload as wire
 from kiq.config import Config
 from kiq.errors import ConfigError, RedisUnavailable
-from kiq.manager import Manager
+from kiq.manager import Manager, check_kinds, stop_all
 from kiq.metrics import install as install_metrics
 from kiq.outage import Outage
 from kiq.processor import State
@@ -86,44 +86,52 @@ class Launcher:
         self.outage = Outage(config.store.safe_url)
         self.events: queue.Queue[str] = queue.Queue()
         self.health = Health(on_fail=lambda: self.events.put("DEAD"))
-        self.manager = Manager(config, self.identity, self.state, self.outage, self.health)
+        check_kinds(config)  # a job of the wrong kind for its capsule: refuse to start
+        # One Manager per capsule (kiq.capsule); ``manager`` is the default capsule's.
+        self.managers = [
+            Manager(config, self.identity, self.state, self.outage, self.health, cap)
+            for cap in config.all_capsules()
+        ]
+        self.manager = self.managers[0]
         self.poller = Poller(config, self.outage)
         self.cron = CronPoller(config, self.outage)
         self.recoverer = Recoverer(config, self.identity)
         self.metrics = install_metrics(config)  # per-class metrics for the Web UI (issue 6)
         self.started_at = wire.now()
         self.quiet_flag = False
+        self._beaten = False  # a beat was written (later beats that find no hash: resync)
         self.stopping = False
         self.forced = threading.Event()
         self._stop_beat = threading.Event()
         self._loops: list[threading.Thread] = []  # heartbeat, recoverer, metrics
-        self._fetcher_queues = orjson.dumps(self.manager.fetcher.order.names)
+        # Every capsule's queues: recovery finds each in-progress list by identity+queue.
+        self._fetcher_queues = orjson.dumps(
+            [name for m in self.managers for name in m.fetcher.order.names]
+        )
         self._last_sweep = 0.0
         self._info = self._process_info()
         self.notifier = Notifier()
 
     def _process_info(self) -> bytes:
         c = self.config
-        names = list(dict.fromkeys(name for name, _ in c.queues))
-        weights = dict(c.queues)
-        # Sidekiq's Capsule#queues=: all 0 strict, all 1 random, otherwise weighted
-        if all(w == 0 for w in weights.values()):
-            mode = "strict"
-        elif all(w == 1 for w in weights.values()):
-            mode = "random"
-        else:
-            mode = "weighted"
+        caps = c.all_capsules()
+        weights = [dict(cap.queues) for cap in caps]
         return orjson.dumps(
             {
                 "hostname": self.identity.rsplit(":", 2)[0],
                 "started_at": self.started_at,
                 "pid": os.getpid(),
                 "tag": c.tag or os.path.basename(os.getcwd()),
-                "concurrency": c.concurrency,
-                "queues": names,
-                "weights": [weights],
-                "capsules": {
-                    "default": {"concurrency": c.concurrency, "mode": mode, "weights": weights}
+                "concurrency": c.total_concurrency,
+                "queues": list(dict.fromkeys(q for cap in caps for q, _ in cap.queues)),
+                "weights": weights,  # Sidekiq 7: one {queue: weight} per capsule
+                "capsules": {  # Sidekiq 8.0.9+
+                    cap.name: {
+                        "concurrency": cap.concurrency,
+                        "mode": _order_mode(w),
+                        "weights": w,
+                    }
+                    for cap, w in zip(caps, weights, strict=True)
                 },
                 "labels": ["kiq", *c.labels],
                 "identity": self.identity,
@@ -148,7 +156,16 @@ class Launcher:
             ",".join(f"{n}{',' + str(w) if w else ''}" for n, w in self.config.queues),
             self.config.store.safe_url,
         )
-        self.manager.start()
+        for cap in self.config.capsules:
+            log.info(
+                "capsule %s: %s, concurrency %d, queues %s",
+                cap.name,
+                cap.mode,
+                cap.concurrency,
+                ",".join(f"{n}{',' + str(w) if w else ''}" for n, w in cap.queues),
+            )
+        for manager in self.managers:
+            manager.start()
         self.poller.start(self.health)
         self.cron.start(self.health)
         stop, health = self._stop_beat, self.health
@@ -178,7 +195,7 @@ class Launcher:
         with self.state.lock:
             busy = len(self.state.work)
         state = "quiet, " if self.quiet_flag else ""
-        return f"{state}{busy} of {self.config.concurrency} busy"
+        return f"{state}{busy} of {self.config.total_concurrency} busy"
 
     def _check_redis(self) -> None:
         store = self.config.store
@@ -234,10 +251,11 @@ class Launcher:
                     for tid, (q, raw, run_at) in self.state.work.items()
                 }
             rtt_us = store.rtt_us()
-            self.manager.fetcher.tune(rtt_us / 1_000_000)
+            for manager in self.managers:
+                manager.fetcher.tune(rtt_us / 1_000_000)
             fields = {
                 "info": self._info,
-                "concurrency": self.config.concurrency,
+                "concurrency": self.config.total_concurrency,
                 "busy": len(work),
                 "beat": repr(wire.now()),
                 "rtt_us": rtt_us,
@@ -247,10 +265,18 @@ class Launcher:
             # The in-progress registration is rewritten every beat, not once: a partition
             # longer than process_ttl lets another process sweep us and drop the entry,
             # and the jobs we fetch after it would be unrecoverable if we died.
-            existed, signal, paused = store.beat(
-                self.identity, fields, work, self.config.process_ttl, self._fetcher_queues
+            existed, signal, paused, cancelled = store.beat(
+                self.identity,
+                fields,
+                work,
+                self.config.process_ttl,
+                self._fetcher_queues,
+                watch=self.state.running_jids(),  # kiq.cancel: the running jobs' flags
             )
-            self.manager.fetcher.order.paused = paused
+            if cancelled:
+                self.state.cancel(cancelled)
+            for manager in self.managers:
+                manager.fetcher.order.paused = paused
             self.outage.ok(sent)
         except BaseException as exc:
             self.state.restore_counts(processed, failed)
@@ -259,12 +285,23 @@ class Launcher:
             self.outage.error(exc)
             return False
         self._read_peers()
+        if not existed and self._beaten:
+            self._resync()
+        self._beaten = True
         if not existed:
             self.config.fire("heartbeat")
         self.config.fire("beat")
         if signal:
             self.events.put(signal.decode())
         return True
+
+    def _resync(self) -> None:
+        """Our heartbeat hash had expired: a sweep may have requeued our jobs
+        (``Fetcher.resync``). An error leaves them; they then just run twice."""
+        try:
+            self.manager.fetcher.resync()
+        except TRANSIENT_ERRORS as exc:
+            self.outage.error(exc)
 
     def _read_peers(self) -> None:
         """Re-read the live processes' versions: which formats kiq writes (kiq.peers).
@@ -350,7 +387,8 @@ class Launcher:
             return
         log.info("quieting: no new jobs will be taken")
         self.quiet_flag = True
-        self.manager.quiet()
+        for manager in self.managers:
+            manager.quiet()
         self.poller.stop()
         self.cron.stop()
         self.config.fire("quiet")
@@ -361,7 +399,7 @@ class Launcher:
         self.notifier.stopping()
         log.info("shutting down (timeout %ss)", self.config.timeout)
         self.quiet()
-        self.manager.stop(time.monotonic() + self.config.timeout, self.forced)
+        stop_all(self.managers, time.monotonic() + self.config.timeout, self.forced)
         self.config.fire("shutdown")
         self._stop_beat.set()
         end = time.monotonic() + BEAT_JOIN_TIMEOUT
@@ -386,3 +424,12 @@ class Launcher:
             frame = frames.get(thread.ident or -1)
             stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
             log.warning("thread %s\n%s", thread.name, stack)
+
+
+def _order_mode(weights: dict[str, int]) -> str:
+    """Sidekiq's Capsule#queues=: all weights 0 strict, all 1 random, otherwise weighted."""
+    if all(w == 0 for w in weights.values()):
+        return "strict"
+    if all(w == 1 for w in weights.values()):
+        return "random"
+    return "weighted"

@@ -57,31 +57,38 @@ class Chain(Generic[M]):
 
     def __init__(self) -> None:
         self._entries: list[M] = []
+        self._kinds: list[tuple[Any, int]] | None = None  # ainvoke's view, rebuilt on change
 
     def add(self, middleware: M) -> None:
         """Append, replacing an existing entry of the same type (Sidekiq: add moves it)."""
         self.remove(type(middleware))
         self._entries.append(middleware)
+        self._kinds = None
 
     def prepend(self, middleware: M) -> None:
         self.remove(type(middleware))
         self._entries.insert(0, middleware)
+        self._kinds = None
 
     def insert_before(self, before: type, middleware: M) -> None:
         self._index(before)  # a missing anchor must fail before the chain is changed
         self.remove(type(middleware))
         self._entries.insert(self._index(before), middleware)
+        self._kinds = None
 
     def insert_after(self, after: type, middleware: M) -> None:
         self._index(after)
         self.remove(type(middleware))
         self._entries.insert(self._index(after) + 1, middleware)
+        self._kinds = None
 
     def remove(self, kind: type) -> None:
         self._entries = [m for m in self._entries if type(m) is not kind]
+        self._kinds = None
 
     def clear(self) -> None:
         self._entries.clear()
+        self._kinds = None
 
     def __contains__(self, kind: type) -> bool:
         return any(type(m) is kind for m in self._entries)
@@ -119,24 +126,44 @@ class Chain(Generic[M]):
         """Run the chain around an ``async def perform``.
 
         A middleware whose ``__call__`` is ``async def`` gets a ``call_next`` returning an
-        awaitable and wraps the whole job. A plain (sync) middleware's ``call_next()``
-        only starts the job: its code after ``call_next()`` runs before the job ends.
+        awaitable and wraps the whole job; so does one with an ``async def acall`` (a
+        middleware serving both kinds of job, as kiq's metrics). A plain (sync)
+        middleware's ``call_next()`` only starts the job: its code after ``call_next()``
+        runs before the job ends.
         """
-        entries = self._entries
+        kinds = self._kinds
+        if kinds is None:
+            kinds = self._kinds = [_async_kind(entry) for entry in self._entries]
+        count = len(kinds)
+        if count == 1 and kinds[0][1]:  # the usual chain: kiq's metrics alone
+            return await kinds[0][0](first, payload, queue, last)
 
         async def step(index: int) -> Any:
-            if index == len(entries):
+            if index == count:
                 return await last()
-            entry: Any = entries[index]
-            if inspect.iscoroutinefunction(entry) or inspect.iscoroutinefunction(
-                type(entry).__call__
-            ):
-                return await entry(first, payload, queue, lambda: step(index + 1))
+            call, wraps = kinds[index]
+            # The last middleware calls the job itself: one coroutine less per job.
+            call_next = last if index + 1 == count else (lambda: step(index + 1))
+            if wraps:
+                return await call(first, payload, queue, call_next)
             started: list[Awaitable[Any]] = []
-            entry(first, payload, queue, lambda: started.append(step(index + 1)))
+            call(first, payload, queue, lambda: started.append(call_next()))
             result = None
             for awaitable in started:
                 result = await awaitable
             return result
 
         return await step(0)
+
+
+_SYNC, _WRAPS = False, True
+
+
+def _async_kind(entry: Any) -> tuple[Any, bool]:
+    """(what to call, whether it awaits the job) for one entry of the async chain."""
+    acall = getattr(entry, "acall", None)
+    if acall is not None and inspect.iscoroutinefunction(acall):
+        return acall, _WRAPS
+    if inspect.iscoroutinefunction(entry) or inspect.iscoroutinefunction(type(entry).__call__):
+        return entry, _WRAPS
+    return entry, _SYNC

@@ -43,7 +43,9 @@ log_level           string or integer                                          i
 tags                array of strings                                           ignored
 bid, error_class,   string                                                     ignored
 error_message
+result_ttl          seconds, 1 <= n < 1e9 (kiq.results: how long a result is kept)  ignored
 error_backtrace     string (Base64 of zlib JSON), or an array (old Sidekiq)    ignored
+overrated           integer 0 .. 2**31-1 (times a limiter rescheduled the job)  ignored
 ==================  =========================================================  ========
 
 The client pushes with the same rules (``field_problem``): a bad value is refused at
@@ -374,8 +376,22 @@ def _unique_for(value: object) -> bool:
     return (kind is float or kind is int) and 0 < value < MAX_RETRY_FOR  # type: ignore[operator]
 
 
+def _result_ttl(value: object) -> bool:
+    kind = type(value)
+    return (kind is float or kind is int) and 1 <= value < MAX_RETRY_FOR  # type: ignore[operator]
+
+
 def _unique_until(value: object) -> bool:
     return value == "success" or value == "start"
+
+
+def _expires_in(value: object) -> bool:
+    kind = type(value)
+    return (kind is float or kind is int) and 0 < value < MAX_RETRY_FOR  # type: ignore[operator]
+
+
+def _expires_at(value: object) -> bool:
+    return _number(value) and value > 0  # type: ignore[operator]
 
 
 def _backtrace(value: object) -> bool:
@@ -430,6 +446,8 @@ _FIELDS: Final[dict[str, tuple[bool, Callable[[object], bool]]]] = {
     "timeout": (True, _timeout),
     "unique_for": (False, _unique_for),
     "unique_until": (False, _unique_until),
+    "expires_in": (True, _expires_in),  # Sidekiq Pro's expiring jobs (docs/iterable.md)
+    "expires_at": (True, _expires_at),
     "at": (True, _number),
     "created_at": (False, _number),
     "enqueued_at": (False, _number),
@@ -445,6 +463,8 @@ _FIELDS: Final[dict[str, tuple[bool, Callable[[object], bool]]]] = {
     "error_class": (False, _string),
     "error_message": (False, _string),
     "error_backtrace": (False, _backtrace),
+    "result_ttl": (False, _result_ttl),  # ignored: the job runs, its result is not kept
+    "overrated": (False, _count),
 }
 
 
@@ -483,10 +503,13 @@ _ALLOWED: Final[dict[str, str]] = {
     "retry": f"must be true, false or a retry count from 0 to {MAX_COUNT - 1}",
     "retry_count": f"must be an integer from {1 - MAX_COUNT} to {MAX_COUNT - 1}",
     "kiq_recoveries": f"must be an integer from 0 to {MAX_COUNT - 1}",
+    "overrated": f"must be an integer from 0 to {MAX_COUNT - 1} (kiq.Limiter's reschedules)",
     "retry_for": f"must be seconds from 0 to {MAX_RETRY_FOR} (relative, e.g. 172800 for 48h)",
     "timeout": f"must be seconds > 0 and at most {MAX_TIMEOUT} (one day); omit it for none",
     "unique_for": f"must be seconds > 0 and below {MAX_RETRY_FOR} (the lock's lifetime)",
     "unique_until": 'must be "success" (the default) or "start"',
+    "expires_in": f"must be seconds > 0 and below {MAX_RETRY_FOR} (relative, e.g. 3600)",
+    "expires_at": _WHEN + ", after which the job is dropped unrun",
     "at": "must be epoch seconds",
     "created_at": _WHEN,
     "enqueued_at": _WHEN,
@@ -502,6 +525,7 @@ _ALLOWED: Final[dict[str, str]] = {
     "error_class": "must be a string",
     "error_message": "must be a string",
     "error_backtrace": "must be a string (Base64 of zlib JSON) or an array of lines",
+    "result_ttl": f"must be seconds from 1 to below {MAX_RETRY_FOR} (how long the result is kept)",
 }
 
 
@@ -548,6 +572,24 @@ def to_seconds(value: object) -> float | None:
     if isinstance(value, int) and value > _MS_THRESHOLD:
         return value / 1000.0
     return float(value)
+
+
+def expiry(job: Payload) -> float | None:
+    """When a job that has not started by then must be dropped (epoch seconds), or None.
+
+    ``expires_at`` (absolute, written by kiq's client, float seconds or Sidekiq 8's
+    integer milliseconds) wins; a bare ``expires_in`` (relative seconds: a Ruby push
+    without Sidekiq Pro's client middleware) counts from ``enqueued_at``, the time the
+    job became due, else from ``created_at`` (docs/iterable.md).
+    """
+    at = to_seconds(job.get("expires_at"))
+    if at is not None:
+        return at
+    seconds = job.get("expires_in")
+    if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    base = to_seconds(job.get("enqueued_at")) or to_seconds(job.get("created_at"))
+    return None if base is None else base + float(seconds)
 
 
 def encode_backtrace(lines: list[str]) -> str:

@@ -11,6 +11,8 @@ process adds at its heartbeat (``kiq.metrics``), so they are at most one
 Series (names follow Sidekiq's ``Stats``; ``kiq_`` prefix):
 
 * ``kiq_processed_total``, ``kiq_failed_total``: ``stat:processed`` / ``stat:failed``.
+* ``kiq_jobs_cancelled_total``, ``kiq_jobs_expired_total``: jobs cancelled, and jobs
+  dropped unrun past their expiry (``kiq|stat|<fate>``, issue 18).
 * ``kiq_job_executions_total{class,queue}``, ``kiq_job_failures_total{class,queue}``:
   runs (failures included, as Sidekiq's metrics count them) and failures, kiq jobs only.
 * ``kiq_job_duration_seconds{class}``: histogram of successful runs, Sidekiq's buckets.
@@ -19,6 +21,15 @@ Series (names follow Sidekiq's ``Stats``; ``kiq_`` prefix):
   ``kiq_processes``, ``kiq_busy``.
 * ``kiq_process_busy``, ``kiq_process_concurrency``, ``kiq_process_rss_bytes``,
   ``kiq_process_quiet``, each ``{identity,hostname,tag}``.
+* ``kiq_results_stored_total{status}``: final job results stored (kiq.results:
+  succeeded, failed, dead), from ``kiq|results``.
+* ``kiq_limiter_limit{name,kind}``, ``kiq_limiter_in_use{name,kind}``,
+  ``kiq_limiter_held_total``, ``kiq_limiter_waited_total``,
+  ``kiq_limiter_overlimit_total`` (each ``{name,kind}``; the 200 most recently used
+  limiters), ``kiq_jobs_limited_total{class}`` (jobs rescheduled by a full limiter),
+  ``kiq_unique_locks`` (issue 16).
+* ``kiq_batches{state}``, ``kiq_workflows{state}``, ``kiq_batch_jobs_pending``: the newest
+  1,000 batches and workflows by state (issue 17).
 * ``kiq_redis_up``: 0 when Redis did not answer (then nothing else is reported).
 
 Example::
@@ -97,6 +108,9 @@ class KiqCollector:
         try:
             families = [*self._stats(config), *self._queues(config), *self._processes(config)]
             families += self._jobs(config)
+            families.append(self._results(config))
+            families += self._limits(config)
+            families += self._batches(config)
         except TRANSIENT_ERRORS:
             yield GaugeMetricFamily("kiq_redis_up", "1 if Redis answered this scrape", 0)
             return
@@ -116,6 +130,10 @@ class KiqCollector:
             ),
             GaugeMetricFamily("kiq_retry_size", "Jobs in the retry set", stats.retry_size),
             GaugeMetricFamily("kiq_dead_size", "Jobs in the dead set", stats.dead_size),
+            *(
+                CounterMetricFamily(f"kiq_jobs_{fate}", f"Jobs {fate} (kiq|stat|{fate})", n)
+                for fate, n in api.fate_counts(config).items()
+            ),
         ]
 
     @staticmethod
@@ -164,6 +182,10 @@ class KiqCollector:
         ]
 
     @staticmethod
+    def _limits(config: Config) -> list[Metric]:
+        return _limiter_families(config)
+
+    @staticmethod
     def _jobs(config: Config) -> list[Metric]:
         labels = ["class", "queue"]
         runs = CounterMetricFamily(
@@ -185,6 +207,68 @@ class KiqCollector:
                 buckets.append((bound, cumulative))
             duration.add_metric([totals.klass], buckets, totals.total_ms / 1000)
         return [runs, failures, duration]
+
+    @staticmethod
+    def _batches(config: Config) -> list[Metric]:
+        counts = api.batch_counts(config)
+        batches = GaugeMetricFamily(
+            "kiq_batches", "Batches by state (the newest 1,000)", labels=["state"]
+        )
+        for state in ("running", "complete", "succeeded", "dead", "invalidated"):
+            batches.add_metric([state], counts["batches"].get(state, 0))
+        workflows = GaugeMetricFamily(
+            "kiq_workflows", "Workflows by state (the newest 1,000)", labels=["state"]
+        )
+        for state in ("running", "succeeded", "dead"):
+            workflows.add_metric([state], counts["workflows"].get(state, 0))
+        pending = GaugeMetricFamily(
+            "kiq_batch_jobs_pending",
+            "Jobs not yet succeeded in those batches",
+            counts["pending"]["jobs"],
+        )
+        return [batches, workflows, pending]
+
+    @staticmethod
+    def _results(config: Config) -> Metric:
+        return _results_family(api.result_counts(config))
+
+
+def _results_family(counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(
+        "kiq_results_stored", "Final job results stored (kiq.results)", labels=["status"]
+    )
+    for status, count in sorted(counts.items()):
+        family.add_metric([status], count)
+    return family
+
+
+def _limiter_families(config: Config) -> list[Metric]:
+    """The limiters' series (issue 16): definition, use now, counts; unique locks."""
+    labels = ["name", "kind"]
+    limit = GaugeMetricFamily("kiq_limiter_limit", "The limiter's limit", labels=labels)
+    in_use = GaugeMetricFamily(
+        "kiq_limiter_in_use", "Holders, or calls in this window/bucket", labels=labels
+    )
+    held = CounterMetricFamily("kiq_limiter_held", "Calls the limiter let in", labels=labels)
+    waited = CounterMetricFamily("kiq_limiter_waited", "Calls let in after waiting", labels=labels)
+    over = CounterMetricFamily("kiq_limiter_overlimit", "Calls refused (OverLimit)", labels=labels)
+    for info in api.limiters(config, minutes=0):
+        values = [info.name, info.kind]
+        limit.add_metric(values, info.limit)
+        in_use.add_metric(values, info.in_use)
+        held.add_metric(values, info.held)
+        waited.add_metric(values, info.waited)
+        over.add_metric(values, info.overlimit)
+    limited = CounterMetricFamily(
+        "kiq_jobs_limited", "Jobs rescheduled because a limiter was full", labels=["class"]
+    )
+    for klass, count in sorted(api.limited_jobs(config).items()):
+        if klass != "total":
+            limited.add_metric([klass], count)
+    locks = GaugeMetricFamily(
+        "kiq_unique_locks", "Unique-job locks held", api.unique_locks(config, count=0).total
+    )
+    return [limit, in_use, held, waited, over, limited, locks]
 
 
 def registry(config: Config | None = None) -> CollectorRegistry:

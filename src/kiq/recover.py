@@ -10,11 +10,13 @@ live process keeps beating from its own thread however slow its jobs are, so its
 work is never taken from it.
 
 Each recovery increments ``kiq_recoveries`` in the payload (Ruby Sidekiq ignores
-unknown fields) of the jobs that may have been running: the oldest ``concurrency +
-2 * prefetch`` of each list; jobs fetched ahead of those never started and go back
-unchanged. A job recovered more than ``max_recoveries`` times (3) killed its
-process every time it ran: it goes to the dead set with ``error_class``
-``kiq.PoisonJob`` instead of looping forever.
+unknown fields) of the jobs that may have been running. A worker marks every job it
+takes ahead of its slots in ``kiq|ahead|<identity>`` in the fetch call itself, and a
+marked job starts only after a later fetch call has released its mark (kiq.fetch), so
+a job with a mark never started: it goes back unchanged. Only the others count the
+crash: the running ones, and the few released to start next. A job recovered more
+than ``max_recoveries`` times (3) killed its process every time it ran: it goes to
+the dead set with ``error_class`` ``kiq.PoisonJob`` instead of looping forever.
 """
 
 from __future__ import annotations
@@ -73,36 +75,34 @@ class Recoverer:
 
     def _planner(
         self, now: float, poison: list[Payload]
-    ) -> Callable[[str, list[bytes]], tuple[list[bytes], list[bytes]]]:
+    ) -> Callable[[str, list[bytes], frozenset[bytes]], tuple[list[bytes], list[bytes]]]:
         """The ``plan`` callback the store's recovery calls per list; collects the
         buried payloads in ``poison`` for ``_settle``."""
 
-        def plan(queue: str, raws: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-            requeued, buried = self._plan(raws, now)
+        def plan(
+            queue: str, raws: list[bytes], ahead: frozenset[bytes]
+        ) -> tuple[list[bytes], list[bytes]]:
+            requeued, buried = self._plan(raws, ahead, now)
             poison.extend(payload for payload, _ in buried)
             return requeued, [raw for _, raw in buried]
 
         return plan
 
     def _plan(
-        self, raws: list[bytes], now: float
+        self, raws: list[bytes], ahead: frozenset[bytes], now: float
     ) -> tuple[list[bytes], list[tuple[Payload, bytes]]]:
         """For one in-progress list: the jobs to RPUSH back (in order) and the buried ones."""
         requeued: list[bytes] = []
         buried: list[tuple[Payload, bytes]] = []
-        # Only the oldest entries can have been running: jobs run in the order they were
-        # fetched, and the rest were fetched ahead (up to ~200 on a slow link) and never
-        # started. Blaming those too buried good jobs as poison after a few SIGKILLs of a
-        # busy worker (issue 12, found by the hostile chaos run). The window is this
-        # config's slots + prefetch, plus the finished-but-unacked jobs of one refill
-        # (at most prefetch); processes sharing a Redis normally share a config.
-        window = self.config.concurrency + 2 * self.config.prefetch
-        first_blamed = max(0, len(raws) - window)
+        # A job with an ahead mark was taken for later and never started: blaming those
+        # too (up to ~200 fetched ahead on a slow link, ~20 on loopback) buried good jobs
+        # as poison after a few SIGKILLs of a busy worker (issue 12, found by the
+        # hostile chaos run). A process of a kiq that wrote no marks: all count.
         # LRANGE gives newest first (fetch LPUSHes); RPUSHing in that order leaves the
         # oldest at the tail, fetched next, as requeue_all does.
-        for index, raw in enumerate(raws):
-            if index < first_blamed:
-                requeued.append(raw)  # fetched ahead, never started: not a suspect
+        for raw in raws:
+            if raw in ahead:
+                requeued.append(raw)  # taken ahead, never started: not a suspect
                 continue
             try:
                 payload = wire.loads(raw)
@@ -139,8 +139,8 @@ class Recoverer:
         """Requeue (or bury) the jobs of ``ident``, a process known to be dead; return how many.
 
         For kiq's supervisor, which sees its child exit and need not wait ``process_ttl``
-        for the heartbeat to expire (``Store.recover_process``). Each job counts as
-        crashed (``kiq_recoveries`` + 1), as in a sweep.
+        for the heartbeat to expire (``Store.recover_process``). Each job that may have
+        started (no ahead mark) counts as crashed (``kiq_recoveries`` + 1), as in a sweep.
         """
         store = self.config.store
         now = wire.now()

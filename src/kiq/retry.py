@@ -24,6 +24,12 @@ buried by ``bury``: in the dead set, with the reason, without running.
 
 ``kiq.Discard`` (or an exception listed in the job's ``discard_on``) ends the job at
 once without retry or dead set: the brief's "rescue and return", made visible.
+
+``kiq.OverLimit`` (a limiter full past its ``wait_timeout``, kiq.limiter) is not a
+failure while the job has been rescheduled fewer than the limiter's ``reschedule``
+times: ``reschedule_limited`` puts it in ``schedule`` after the limiter's backoff with
+``overrated`` + 1 (Sidekiq Enterprise's field): no retry_count, no error handlers, a
+count in ``kiq|limited``. Past that bound it fails like any error.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from kiq import payload as wire
 from kiq import unique
 from kiq.client import timestamp
 from kiq.config import Config
-from kiq.errors import Discard, PayloadError
+from kiq.errors import Discard, OverLimit, PayloadError
 from kiq.handlers import call_each
 from kiq.payload import Payload, encode_backtrace
 
@@ -83,6 +89,32 @@ class RetryHandler:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+
+    @staticmethod
+    def is_limited(payload: Payload | None, exc: BaseException | None) -> bool:
+        """Is this a limiter's refusal to reschedule (not a failure)? See the docstring."""
+        return (
+            isinstance(exc, OverLimit)
+            and payload is not None
+            and int(payload.get("overrated", 0)) < exc.reschedule
+        )
+
+    def reschedule_limited(self, raw: bytes, exc: OverLimit, now: float | None = None) -> float:
+        """Put a job a limiter refused back in ``schedule``; returns the delay in seconds."""
+        payload = wire.loads(raw)  # the original, as ``handle``
+        overrated = int(payload.get("overrated", 0))
+        try:
+            delay = float(exc.backoff(overrated, exc.retry_in)) if exc.backoff else exc.retry_in
+        except Exception:
+            log.exception("the backoff of limiter %r failed; using its retry_in", exc.limiter)
+            delay = exc.retry_in
+        if not 0 <= delay < wire.MAX_RETRY_FOR:  # NaN, negative, never: the limiter's own
+            delay = exc.retry_in
+        payload["overrated"] = overrated + 1
+        now = wire.now() if now is None else now
+        klass = str(payload.get("wrapped") or payload.get("class") or "?")
+        self.config.store.reschedule_limited(now + delay, wire.dumps(payload), klass)
+        return delay
 
     def handle(
         self,

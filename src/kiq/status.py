@@ -321,3 +321,15 @@ def mark(config: Config, label: str, out: TextIO = sys.stdout) -> int:
         written = api.deploy_mark(label, config=config)
     print(f"marked {label!r}" if written else f"{label!r} was already marked this minute", file=out)
     return 0
+
+
+def cancel(config: Config, jids: Sequence[str], out: TextIO = sys.stdout) -> int:
+    """``kiq cancel JID...`` (``kiq.api.cancel``): one line per jid; 1 if one was not found."""
+    use_redis(config)
+    missing = 0
+    with config.store.translate_errors():
+        for jid in jids:
+            result = api.cancel(jid, config=config)
+            missing += not result.found
+            print(result, file=out)
+    return 1 if missing else 0

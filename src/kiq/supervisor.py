@@ -329,7 +329,8 @@ class Supervisor:
 
     def _in_progress(self, identity: str) -> int | None:
         """How many jobs ``identity`` holds in progress; None if Redis cannot say now."""
-        names = list(dict.fromkeys(name for name, _ in self.config.queues))
+        caps = self.config.all_capsules()
+        names = list(dict.fromkeys(name for cap in caps for name, _ in cap.queues))
         try:
             return sum(self.config.store.in_progress_sizes(identity, names))
         except Exception:  # Redis away (or a key of the wrong type): busy, for all we know

@@ -29,6 +29,10 @@ is empty unless a test adds to it, never through a Config's server chain.
 ``MyJob.perform_inline(...)`` is not a push: it runs through both of the Config's
 chains whatever the mode (Sidekiq: ``perform_inline``).
 
+Batches and workflows (kiq.batch, kiq.workflow) live in memory in fake and inline
+mode (kiq.testing_batches): ``drain`` runs a batch's jobs, then the callbacks they
+fired; ``clear_all()`` forgets them too.
+
 Unlike Sidekiq, where a block mode is thread-local, the mode is process-wide: test
 clients (Starlette's TestClient, Django's live server) run the code under test in
 another thread, and its pushes must be seen by the test. A different mode inside a
@@ -38,11 +42,14 @@ The mode and the fake queues are guarded by one lock; jobs never run under it.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
+from kiq import batch as kiq_batch
+from kiq import batch_context, results
 from kiq import payload as wire
 from kiq.client import set_test_hook, timestamp
 from kiq.config import Config, get_default
@@ -50,6 +57,7 @@ from kiq.errors import KiqError, UnknownJobError
 from kiq.job import FunctionJob, Job, lookup, run_payload
 from kiq.middleware import Chain, ServerMiddleware
 from kiq.payload import Payload
+from kiq.testing_batches import MemoryBackend, run_member
 
 __all__ = [
     "EmptyQueueError",
@@ -93,6 +101,7 @@ class _State:
         self.blocks = 0  # `with` blocks open, all in `mode` (a different one is refused)
         self.restore: Mode = "disable"  # the mode from before the first open block
         self.jobs: list[Payload] = []  # every fake job, oldest first
+        self.results: dict[str, bytes] = {}  # kiq.results records of jobs run, by jid
 
 
 _state: Final = _State()
@@ -172,6 +181,8 @@ def _switch(mode: Mode) -> Mode:
 def _apply(mode: Mode) -> None:
     _state.mode = mode
     set_test_hook(None if mode == "disable" else _push)
+    results.use_local(None if mode == "disable" else _state.results)
+    kiq_batch.set_backend(None if mode == "disable" else _batches)  # batches in memory
 
 
 def _push(payloads: list[Payload], config: Config) -> bool:
@@ -179,6 +190,8 @@ def _push(payloads: list[Payload], config: Config) -> bool:
     current = mode()
     if current == "fake":
         for payload in payloads:
+            if "bid" in payload:
+                _batches.register(payload)  # a batch member, counted as Redis would
             job = wire.loads(wire.dumps(payload))
             if "at" not in job:
                 job["enqueued_at"] = timestamp(config)
@@ -186,14 +199,36 @@ def _push(payloads: list[Payload], config: Config) -> bool:
                 _state.jobs.append(job)
         return True
     if current == "inline":
-        for payload in payloads:
-            job_class = _job_class(payload["class"])
-            job = wire.loads(wire.dumps(payload))
-            job.pop("at", None)  # runs now, and looks as it would to a worker
-            job["enqueued_at"] = timestamp(config)
-            run_payload(config, job_class, job, middleware=server_middleware)
+        token = batch_context.outside()  # a job's own pushes do not join an open batch
+        try:
+            _run_inline(payloads, config)
+        finally:
+            batch_context.leave(token)
         return True
     return False
+
+
+def _run_inline(payloads: list[Payload], config: Config) -> None:
+    for payload in payloads:
+        job_class = _job_class(payload["class"])
+        job = wire.loads(wire.dumps(payload))
+        job.pop("at", None)  # runs now, and looks as it would to a worker
+        job["enqueued_at"] = timestamp(config)
+        run = functools.partial(_inline, config, job_class, job)
+        if "bid" in job:
+            _batches.register(job)
+            results.run_recorded(config, job, functools.partial(run_member, config, job, run))
+        else:
+            results.run_recorded(config, job, run)
+
+
+def _inline(config: Config, job_class: type[Job], job: Payload) -> Any:
+    return run_payload(config, job_class, job, middleware=server_middleware)
+
+
+# Batches and workflows in fake and inline mode (kiq.testing_batches); callbacks are
+# pushed through _push, so drain runs them.
+_batches: Final = MemoryBackend(_push)
 
 
 # -- fake queues -----------------------------------------------------------------------
@@ -205,9 +240,12 @@ def jobs() -> list[Payload]:
 
 
 def clear_all() -> None:
-    """Forget every fake job (Sidekiq: ``Sidekiq::Job.clear_all``)."""
+    """Forget every fake job, every result kept and the fake batches (Sidekiq:
+    ``Sidekiq::Job.clear_all``)."""
     with _state.lock:
         _state.jobs.clear()
+        _state.results.clear()
+    _batches.clear()
 
 
 def drain_all() -> int:
@@ -271,7 +309,11 @@ def _drain(job_class: type[Job]) -> int:
 def _run(job_class: type[Job], job: Payload) -> Any:
     # Drained jobs keep `at` (Sidekiq: drain ignores it); the Config is only the
     # default one, since the testing chain replaces its server middleware.
-    return run_payload(get_default(), job_class, job, middleware=server_middleware)
+    config = get_default()
+    run = functools.partial(_inline, config, job_class, job)
+    if "bid" in job:  # a batch member: its outcome fires the batch's callbacks
+        return results.run_recorded(config, job, functools.partial(run_member, config, job, run))
+    return results.run_recorded(config, job, run)
 
 
 def _job_class(name: str) -> type[Job]:

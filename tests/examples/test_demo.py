@@ -52,6 +52,10 @@ def test_demo_runs_the_six_jobs_and_reports_them(
     assert finished.returncode == 0, out + finished.stderr
     assert "export   [" in out
     assert "100.0%" in out
+    # issue 18: the worker is restarted mid-export, and the export resumes from its cursor
+    assert "restart  worker stopped and started again at" in out
+    assert "not from record one" in out
+    assert "5. export         completed" in out
     assert "jobs     processed" in out
     assert "2. notifications  3 sent (the greylisted one on its retry), 1 skipped" in out
     assert "3. weekly digest  7 sent, 1 refused" in out

@@ -15,6 +15,7 @@ from brief_app.services import exports
 from sqlalchemy.orm import Session
 
 import kiq
+import kiq.api
 from kiq.config import Config
 from kiq.job import read_progress
 from kiq.launcher import Launcher
@@ -162,3 +163,39 @@ def test_export_through_a_worker_mails_the_file(
     (mail,) = wait_until(lambda: app.mailbox.to(owner.email), timeout=15)
     assert mail["Subject"] == "Your entities export is ready"
     assert list(app.export_dir.glob("export_*_entities_*.csv"))
+
+
+def test_a_worker_restart_resumes_the_export_where_it_stopped(
+    session: Session, config: Config, worker: Launcher
+) -> None:
+    """Stopped mid-export (a deploy), the job saves its cursor and goes back to its queue;
+    the next worker writes on from there: every record once, none from row one again."""
+    owner = owner_with_places(session, 40)
+    settings.configure(export_page_size=2, export_page_pause=0.05)  # 20 pages, ~1 s
+    exports.request(session, owner.id, "entities")
+
+    def percent() -> float:
+        session.expire_all()
+        export = session.query(Export).one()
+        progress = read_progress(config, export.jid) if export.jid else None
+        return progress["percent"] if progress else 0.0
+
+    wait_until(lambda: percent() >= 20, timeout=15)
+    worker.stop()
+    export = session.query(Export).one()
+    assert reload(session, export).status == "processing"
+    state = kiq.api.iterations([export.jid or ""])[export.jid or ""]
+    assert state.executions == 1
+    assert state.cursor["rows"] > 0
+    second = Launcher(config)
+    second.start()
+    try:
+        wait_until(lambda: reload(session, export).status == "completed", timeout=20)
+    finally:
+        second.stop()
+    export = reload(session, export)
+    with Path(export.file_path or "").open(newline="") as file:
+        ids = [int(line[0]) for line in list(csv.reader(file))[1:]]
+    assert len(ids) == 40
+    assert len(set(ids)) == 40  # none twice, none skipped
+    assert export.row_count == 40

@@ -1,16 +1,26 @@
-"""ProcessImportJob and GeocodingJob (the brief's pattern 4: cascading enqueue)."""
+"""ProcessImportJob and GeocodingJob (the brief's pattern 4: a batch of row jobs, then a
+summary mail when the batch succeeds)."""
 
 from __future__ import annotations
 
 from types import ModuleType
 
 import pytest
-from brief_app.jobs import CalculateMetricsJob, GeocodingJob, MailDeliveryJob, ProcessImportJob
+from brief_app.jobs import (
+    CalculateMetricsJob,
+    GeocodingJob,
+    ImportCompletedJob,
+    ImportFailedJob,
+    ImportRowJob,
+    MailDeliveryJob,
+    ProcessImportJob,
+)
 from brief_app.models import Entity, Import
 from brief_app.services import imports
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+import kiq
 from kiq.launcher import Launcher
 from tests.examples import factories
 from tests.examples.conftest import App
@@ -35,51 +45,92 @@ def reload(session: Session, record: Import) -> Import:
     return session.get_one(Import, record.id)
 
 
-def test_creates_an_entity_per_valid_row(session: Session, kiq_fake: ModuleType) -> None:
-    """Three valid rows become entities; the nameless row is counted as invalid."""
+def run_import(record: Import) -> None:
+    """The import job, then its row jobs, as a worker would (fake mode: drained)."""
+    ProcessImportJob().perform(record.id)
+    ImportRowJob.drain()
+
+
+def test_opens_a_batch_with_one_row_job_per_csv_row(session: Session, kiq_fake: ModuleType) -> None:
+    """Four rows, four ImportRowJobs, all in the import's batch; nothing done yet."""
     record = factories.import_(session, factories.user(session), CSV)
 
     ProcessImportJob().perform(record.id)
 
+    assert [job["args"][1] for job in ImportRowJob.jobs] == [1, 2, 3, 4]
+    assert {job["bid"] for job in ImportRowJob.jobs} == {f"import-{record.id}"}
+    status = kiq.BatchStatus(f"import-{record.id}")
+    assert (status.total, status.pending) == (4, 4)
+    assert reload(session, record).status == "processing"
+    assert ImportCompletedJob.jobs == []
+
+
+def test_creates_an_entity_per_valid_row_then_mails_the_summary(
+    session: Session, kiq_fake: ModuleType
+) -> None:
+    """Three valid rows become entities; the batch's success runs the summary once."""
+    record = factories.import_(session, factories.user(session), CSV)
+
+    run_import(record)
+
+    assert reload(session, record).status == "processing"  # the summary has not run yet
+    (summary,) = ImportCompletedJob.jobs
+    assert summary["args"] == [f"import-{record.id}", {"import_id": record.id, "rows": 4}]
+    ImportCompletedJob.drain()
     record = reload(session, record)
     assert (record.status, record.processed_count, record.invalid_count) == ("completed", 3, 1)
     names = session.scalars(select(Entity.name).where(Entity.import_id == record.id))
     assert sorted(names) == ["Café Flore", "Louvre", "Shakespeare and Company"]
-
-
-def test_enqueues_geocoding_and_metrics_for_each_entity(
-    session: Session, kiq_fake: ModuleType
-) -> None:
-    """Each created entity gets a GeocodingJob and a CalculateMetricsJob; the user a mail."""
-    record = factories.import_(session, factories.user(session), CSV)
-
-    ProcessImportJob().perform(record.id)
-
-    expected = [[i] for i in entity_ids(session, record)]
-    assert [job["args"] for job in GeocodingJob.jobs] == expected
-    assert [job["args"] for job in CalculateMetricsJob.jobs] == expected
     assert [job["args"] for job in MailDeliveryJob.jobs] == [
         ["ImportMailer", "completed", record.id]
     ]
 
 
-def test_is_idempotent(session: Session, kiq_fake: ModuleType) -> None:
-    """Run twice, the import creates its entities once and enqueues nothing more."""
+def test_enqueues_geocoding_and_metrics_for_each_entity(
+    session: Session, kiq_fake: ModuleType
+) -> None:
+    """Each created entity gets a GeocodingJob and a CalculateMetricsJob."""
+    record = factories.import_(session, factories.user(session), CSV)
+
+    run_import(record)
+
+    expected = [[i] for i in entity_ids(session, record)]
+    assert [job["args"] for job in GeocodingJob.jobs] == expected
+    assert [job["args"] for job in CalculateMetricsJob.jobs] == expected
+
+
+def test_drain_runs_the_whole_import_deterministically(
+    session: Session, kiq_fake: ModuleType
+) -> None:
+    """``drain`` runs the rows, the batch's callback and the mail: one summary."""
     record = factories.import_(session, factories.user(session), CSV)
 
     ProcessImportJob().perform(record.id)
-    pushed = len(kiq_fake.jobs())
+    kiq_fake.drain_all()
+
+    assert reload(session, record).status == "completed"
+    assert kiq.BatchStatus(f"import-{record.id}").success
+
+
+def test_is_idempotent(session: Session, kiq_fake: ModuleType) -> None:
+    """Run twice, the import fills the same batch; its entities exist once, one summary."""
+    record = factories.import_(session, factories.user(session), CSV)
+
     ProcessImportJob().perform(record.id)
+    ProcessImportJob().perform(record.id)
+    kiq_fake.drain_all()
 
     assert len(entity_ids(session, record)) == 3
-    assert len(kiq_fake.jobs()) == pushed
+    assert kiq.BatchStatus(f"import-{record.id}").total == 8  # both runs' row jobs
+    ProcessImportJob().perform(record.id)  # completed: nothing more
+    assert ImportRowJob.jobs == []
 
 
-def test_a_failed_import_is_marked_and_its_retry_reuses_created_rows(
+def test_a_row_that_fails_for_good_marks_the_import_failed(
     session: Session, kiq_fake: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failure marks the import failed, tells the user and raises; the retry completes
-    without duplicating the rows the first try made."""
+    """A row job that dies fires the batch's death: the import is failed, the user told,
+    and no summary is sent; the rows that succeeded keep their entities."""
     record = factories.import_(session, factories.user(session), CSV)
     real = imports.create_entity
 
@@ -91,19 +142,17 @@ def test_a_failed_import_is_marked_and_its_retry_reuses_created_rows(
         return real(session, record, row, data)
 
     monkeypatch.setattr(imports, "create_entity", fail_on_row_four)
+    ProcessImportJob().perform(record.id)
     with pytest.raises(OSError, match="disk full"):
-        ProcessImportJob().perform(record.id)
+        ImportRowJob.drain()
+    ImportRowJob.drain()
+    ImportFailedJob.drain()
+
     failed = reload(session, record)
     assert (failed.status, failed.error_message) == ("failed", "disk full")
     assert MailDeliveryJob.jobs[-1]["args"] == ["ImportMailer", "failed", record.id]
-    first_try = entity_ids(session, record)
-
-    monkeypatch.setattr(imports, "create_entity", real)
-    ProcessImportJob().perform(record.id)
-
-    assert reload(session, record).status == "completed"
-    assert entity_ids(session, record)[: len(first_try)] == first_try
-    assert len(entity_ids(session, record)) == 3
+    assert ImportCompletedJob.jobs == []
+    assert len(entity_ids(session, record)) == 2
 
 
 def test_deleted_import_returns_quietly(kiq_fake: ModuleType) -> None:
@@ -137,7 +186,8 @@ def test_geocoding_is_idempotent_and_skips_deleted_entities(session: Session) ->
 
 
 def test_import_through_a_worker(session: Session, app: App, worker: Launcher) -> None:
-    """Uploaded for real, the import's cascade runs: entities located and scored, user mailed."""
+    """Uploaded for real, the import's batch runs: entities located and scored, the
+    summary mailed once the batch succeeded."""
     owner = factories.user(session, email="owner@example.com")
 
     import_id = imports.upload(session, owner.id, "places.csv", CSV)

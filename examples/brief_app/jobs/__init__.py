@@ -5,12 +5,13 @@ The brief's six patterns:
 1. CalculateMetricsJob          simple and idempotent
 2. SendNotificationJob          timeout, retry, discard of a refused address
 3. SendWeeklyDigestJob          batching: DigestBatchJob per 100 users, perform_bulk
-4. ProcessImportJob             cascading enqueue: GeocodingJob, CalculateMetricsJob
+4. ProcessImportJob             a batch of ImportRowJob, then ImportCompletedJob (mail)
 5. ExportDataJob                progress tracking
 6. CleanupOldDataJob            recurring (config/kiq_schedule.yml)
 
 and the jobs they use or the schedule names: DigestBatchJob, SendDailyDigestJob,
-GeocodingJob, CalculateAllMetricsJob, ProcessPendingNotificationsJob, MailDeliveryJob.
+ImportRowJob, ImportCompletedJob, ImportFailedJob, GeocodingJob, CalculateAllMetricsJob,
+ProcessPendingNotificationsJob, MailDeliveryJob.
 Each is registered under its plain class name (``name="..."``), as a Rails app's
 Sidekiq jobs are, so the brief's schedule file and a Ruby enqueuer work unchanged.
 """
@@ -24,7 +25,12 @@ from brief_app.jobs.digest_batch_job import DigestBatchJob
 from brief_app.jobs.export_data_job import ExportDataJob
 from brief_app.jobs.geocoding_job import GeocodingJob
 from brief_app.jobs.mail_delivery_job import MailDeliveryJob
-from brief_app.jobs.process_import_job import ProcessImportJob
+from brief_app.jobs.process_import_job import (
+    ImportCompletedJob,
+    ImportFailedJob,
+    ImportRowJob,
+    ProcessImportJob,
+)
 from brief_app.jobs.process_pending_notifications_job import ProcessPendingNotificationsJob
 from brief_app.jobs.send_notification_job import SendNotificationJob
 from brief_app.jobs.send_weekly_digest_job import SendDailyDigestJob, SendWeeklyDigestJob
@@ -36,6 +42,9 @@ __all__ = [
     "DigestBatchJob",
     "ExportDataJob",
     "GeocodingJob",
+    "ImportCompletedJob",
+    "ImportFailedJob",
+    "ImportRowJob",
     "MailDeliveryJob",
     "ProcessImportJob",
     "ProcessPendingNotificationsJob",

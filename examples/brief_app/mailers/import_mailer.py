@@ -30,5 +30,5 @@ class ImportMailer(Mailer):
         return Mail(
             to=to,
             subject=f"Import of {record.filename} failed",
-            body=f"The import stopped: {record.error_message}\nIt will be tried again.\n",
+            body=f"The import stopped: {record.error_message}\n",
         )

@@ -33,9 +33,12 @@ class ExportFormat:
         query = self.rows.where(self.owner == user_id).order_by(None)
         return session.scalar(select(func.count()).select_from(query.subquery())) or 0
 
-    def pages(self, session: Session, user_id: int, size: int) -> Iterator[Sequence[Row]]:
-        """Rows in id order, ``size`` at a time; each page is a fresh keyset query."""
-        last = 0
+    def pages(
+        self, session: Session, user_id: int, size: int, after: int = 0
+    ) -> Iterator[Sequence[Row]]:
+        """Rows in id order after id ``after``, ``size`` at a time; each page is a fresh
+        keyset query (so an export resumed from a cursor reads on from there)."""
+        last = after
         id_column = self.rows.selected_columns[0]
         while True:
             query = self.rows.where(self.owner == user_id, id_column > last)

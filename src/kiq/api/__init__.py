@@ -28,6 +28,11 @@ lines); import from ``kiq.api`` itself, which re-exports every name:
   ``cron_set``;
 * ``process``: ``ProcessSet``, ``Process``, ``WorkSet``, ``Work``, ``progress``;
 * ``metrics``: ``Metrics``, ``job_totals``, ``deploy_mark``, ``deploy_marks``;
+* ``results``: ``result``, ``results``, ``result_counts`` (kiq.results' records);
+* ``cancel``: ``cancel`` (by jid), ``fate``, ``fate_counts`` (issue 18);
+* ``limits``: ``limiters``, ``limited_jobs``, ``queue_limits``, ``unique_locks``,
+  ``unique_lock`` (issue 16: limiters, queue limits, unique locks);
+* ``batches``: ``BatchSet``, ``WorkflowSet``, ``batch_counts`` (issue 17);
 * ``base``: the Config and the lenient readers they all share.
 
 Example::
@@ -45,6 +50,20 @@ Example::
 from __future__ import annotations
 
 from kiq.api.base import PAGE_SIZE
+from kiq.api.batches import BatchSet, WorkflowSet, batch_counts, batch_state
+from kiq.api.cancel import FATES, cancel, fate, fate_counts
+from kiq.api.limits import (
+    LimiterInfo,
+    MinuteCounts,
+    QueueLimitInfo,
+    UniqueLock,
+    UniqueLocks,
+    limited_jobs,
+    limiters,
+    queue_limits,
+    unique_lock,
+    unique_locks,
+)
 from kiq.api.metrics import (
     DEPLOY_LOCK_TTL,
     DEPLOY_MARK_TTL,
@@ -69,6 +88,7 @@ from kiq.api.process import (
     progress,
 )
 from kiq.api.queue import ACTIVE_JOB_PREFIXES, MAILER_JOBS, JobRecord, Queue
+from kiq.api.results import result, result_counts, results
 from kiq.api.sets import (
     KILL_BATCH,
     SCAN_COUNT,
@@ -88,17 +108,21 @@ from kiq.api.stats import (
     queue_summaries,
     redis_info,
 )
+from kiq.cancel import CancelResult
 
 __all__ = [
     "ACTIVE_JOB_PREFIXES",
     "DEPLOY_LOCK_TTL",
     "DEPLOY_MARK_TTL",
+    "FATES",
     "HISTORY_MAX_DAYS",
     "KILL_BATCH",
     "MAILER_JOBS",
     "PAGE_SIZE",
     "PROCESS_FIELDS",
     "SCAN_COUNT",
+    "BatchSet",
+    "CancelResult",
     "DeadSet",
     "DeployMark",
     "History",
@@ -108,25 +132,44 @@ __all__ = [
     "JobRecord",
     "JobSet",
     "JobTotals",
+    "LimiterInfo",
     "Metrics",
     "MetricsResult",
+    "MinuteCounts",
     "Process",
     "ProcessSet",
     "Queue",
+    "QueueLimitInfo",
     "QueueSummary",
     "RedisInfo",
     "RetrySet",
     "ScheduledSet",
     "SortedEntry",
     "Stats",
+    "UniqueLock",
+    "UniqueLocks",
     "Work",
     "WorkSet",
+    "WorkflowSet",
+    "batch_counts",
+    "batch_state",
+    "cancel",
     "cron_set",
     "deploy_mark",
     "deploy_marks",
+    "fate",
+    "fate_counts",
     "iterations",
     "job_totals",
+    "limited_jobs",
+    "limiters",
     "progress",
+    "queue_limits",
     "queue_summaries",
     "redis_info",
+    "result",
+    "result_counts",
+    "results",
+    "unique_lock",
+    "unique_locks",
 ]

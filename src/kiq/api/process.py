@@ -284,7 +284,7 @@ def progress(jids: list[str], config: Config | None = None) -> dict[str, dict[st
 @dataclass(frozen=True, slots=True)
 class IterationState:
     """A Ruby iterable job's state, as Sidekiq 7.3+ keeps it in ``it-<jid>``
-    (shared/sidekiq-wire.md §12): read-only here, kiq runs no iterable jobs yet.
+    (shared/sidekiq-wire.md §12), Ruby's or kiq's own (kiq.IterableJob, docs/iterable.md).
 
     ``executions`` (``ex``) counts the runs so far, ``cursor`` (``c``, JSON) is where the
     next run resumes, ``runtime`` (``rt``) is seconds spent iterating over all runs and

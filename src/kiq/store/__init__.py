@@ -16,6 +16,13 @@ It is built from a URL and knows nothing of Config; components reach it as
   * ``cron``: sidekiq-cron's hashes and the tick's claim + push (one Lua step);
   * ``metrics``: ``stat:*`` counters, per-class metrics, totals, deploy marks;
   * ``progress``: ``kiq|progress|<jid>``;
+  * ``results``: job results (``kiq|result|<jid>``), their wake-up and count, and the
+    process's one pub/sub listener for every waiter (``result_wait``).
+  * ``iteration``: Sidekiq's ``it-<jid>`` (iterable jobs, cancel flags) and
+    ``kiq|fate|<jid>`` (cancelled and expired jobs).
+  * ``limits``: limiter tries and releases (Lua), their admin reads, a limited job's
+    reschedule, the unique locks' admin reads.
+  * ``batches``: Sidekiq Pro's ``b-<bid>`` keys (push, outcome, open: Lua) and reads.
   * ``cluster``, ``cluster_sets``, ``cluster_queues``, ``cluster_procs``: Redis Cluster
     (``redis+cluster://``, docs/cluster.md): ``ClusterStore`` overrides what spans hash
     slots, split per slot; ``open_store`` picks the class from the URL.
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiq.store.batches import Batches
 from kiq.store.cluster import (
     CLUSTER_SCHEME,
     ClusterURL,
@@ -52,14 +60,19 @@ from kiq.store.connection import (
     redact,
 )
 from kiq.store.cron import Cron
+from kiq.store.iteration import Iterations
+from kiq.store.limits import Limits
 from kiq.store.metrics import Counters
 from kiq.store.processes import Processes
 from kiq.store.progress import Progress
 from kiq.store.queues import Queues, by_queue
+from kiq.store.results import Results
 from kiq.store.sets import Sets
 
 
-class Store(Queues, Sets, Processes, Cron, Counters, Progress):
+class Store(
+    Queues, Sets, Processes, Cron, Counters, Progress, Results, Iterations, Limits, Batches
+):
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 

@@ -178,6 +178,9 @@ class ClusterBase(Connection):
         self._warned_at = -WARN_EVERY
         self._registered: dict[str, float] = {}  # queue -> when SADDed (see _register)
         self._rotation: dict[str, int] = {}  # queue -> next shard to fetch first
+        # call id -> the rotation it started from: a resent fetch call visits the shards
+        # in the same order, so each replays what it gave (the last few calls only).
+        self._call_rotation: dict[str, dict[str, int]] = {}
         self._registry_at: tuple[float, dict[str, set[int]]] | None = None
         super().__init__(url, **options)
 

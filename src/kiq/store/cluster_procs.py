@@ -11,15 +11,21 @@ pushes to (``cluster_cron_fire.lua``), so a tick is still pushed exactly once.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from kiq.keys import FATE_TTL
 from kiq.store.cluster import queue_of_payload
 from kiq.store.cluster_queues import ClusterQueues
 from kiq.store.connection import TRANSIENT_ERRORS
-from kiq.store.processes import Plan
+from kiq.store.iteration import Iterations
+from kiq.store.processes import Plan, Processes
+
+if TYPE_CHECKING:
+    from kiq.store import Store
 
 Moves = list[tuple[str, list[bytes], list[bytes]]]
 
@@ -44,16 +50,56 @@ class ClusterProcesses(ClusterQueues):
             for shard in self.shards_of(queue):  # its config's shards, whatever ours say
                 key = self.keys.inprogress(ident, shard)
                 raws = list(self._r.lrange(key, 0, -1))
-                if not raws:
+                if not raws:  # nothing to move: only its marks and call record to drop
+                    call = self.keys.fetch_call_shard(ident, shard)
+                    self._r.unlink(self.keys.ahead_shard(ident, shard), call)
                     continue
-                requeued, buried = plan(queue, raws)
+                ahead_key = self.keys.ahead_shard(ident, shard)
+                # As on one Redis (Processes._taken): a marked job never started, so it
+                # goes back without blame; a foreign key there: no marks.
+                ahead = (
+                    frozenset(self._r.smembers(ahead_key))
+                    if self._r.type(ahead_key) in (b"set", "set")
+                    else frozenset()
+                )
+                requeued, buried = plan(queue, raws, ahead)
                 args: list[Any] = [len(raws), *raws, len(requeued), *requeued, *buried]
                 args += [repr(now), repr(now - timeout), max_jobs]
                 keys = [key, self.keys.queue(shard), self.keys.dead_shard(shard)]
+                keys += [ahead_key, self.keys.fetch_call_shard(ident, shard)]
                 if not self._script("cluster_recover")(keys=keys, args=args):
                     return None
                 moves.append((queue, requeued, buried))
         return moves
+
+    def beat(
+        self,
+        identity: str,
+        fields: dict[str, Any],
+        work: dict[str, bytes],
+        ttl: int,
+        fetcher_queues: bytes | None = None,
+        watch: Sequence[str] = (),
+    ) -> tuple[bool, bytes | None, frozenset[str], list[str]]:
+        """The heartbeat's MULTI on the global slot as on one Redis, then the running
+        jobs' cancel flags (``it-<jid>``, each its own slot) as one pipelined read: a
+        read, so outside the MULTI it only lags the MULTI by a round trip."""
+        # ClusterStore's MRO runs these on Store's Processes and Iterations.
+        store = cast("Store", self)
+        exists, signal, paused, _ = Processes.beat(
+            store, identity, fields, work, ttl, fetcher_queues
+        )
+        return exists, signal, paused, Iterations.cancel_flags(store, list(watch))
+
+    def record_fate(self, jid: str, fields: Mapping[str, str | bytes]) -> None:
+        """The fate hash (its own slot, one MULTI with its TTL), then its count (global
+        slot): two steps on a cluster; a crash between them misses one count."""
+        key = self.keys.fate(jid)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(key, mapping=dict(fields))
+        pipe.expire(key, FATE_TTL)
+        pipe.execute()
+        self._r.incr(self.keys.fate_count(str(fields["fate"])))
 
     def recover_orphans(
         self, identity: str, plan: Plan, now: float, dead_max_jobs: int, dead_timeout: float

@@ -12,11 +12,13 @@ it sees queue names, never shards.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import ReadOnlyError, ResponseError
 
+from kiq.keys import FETCH_CALL_TTL
+from kiq.store.cluster import queue_of_payload
 from kiq.store.cluster_sets import ClusterSets
 from kiq.store.queues import UniquePush, by_queue
 
@@ -84,40 +86,91 @@ class ClusterQueues(ClusterSets):
         return sum(int(script(keys=[lock], args=[jid])) for lock, jid in locks)
 
     # -- fetch ------------------------------------------------------------------------
-    def fetch(
+    def fetch_batch(
         self,
         identity: str,
         queues: Sequence[str],
         count: int,
         acks: Sequence[tuple[str, bytes]] = (),
+        *,
+        release: Sequence[bytes] = (),
+        ahead_from: int | None = None,
+        call: str = "",
         skipped: list[tuple[str, str]] | None = None,
-    ) -> list[tuple[str, bytes]]:
-        """Acknowledge ``acks``, then take up to ``count`` jobs in queue order, the
+        limits: Mapping[str, tuple[int, int, float]] | None = None,
+        lease: float = 60.0,
+    ) -> tuple[list[tuple[str, bytes]], bool]:
+        """As on one Redis (``Queues.fetch_batch``): acknowledge ``acks``, release the
+        ahead marks of ``release``, then take up to ``count`` jobs in queue order, the
         shards of a partitioned queue round-robin.
 
         Split per shard (``fetch.lua`` with one queue pair, so one slot per call): safe,
         because each call moves its jobs atomically into this process's in-progress list
-        of that shard, and the acks before are LREMs that stand alone (as ``ack``). It
-        costs one round trip per shard visited; a busy queue fills ``count`` at the first.
+        of that shard, with their ahead marks (``ahead_shard``) and its call record
+        (``fetch_call_shard``) on the same slot: a resent call returns, shard by shard,
+        what that shard gave it. The acks and releases before are LREMs and SREMs that
+        stand alone (as ``ack``; a release lost to a crash only counts that job as not
+        started, which it was not). A limited queue's permit keys are on its slot (queue
+        limits on a partitioned queue are refused at start-up). It costs one round trip
+        per shard visited; a busy queue fills ``count`` at the first.
         """
         if acks:
             self.ack(identity, acks)
+        if release:
+            items = []
+            for raw in release:
+                for shard in self._release_shards(raw, queues):
+                    key = self.keys.ahead_shard(identity, shard)
+                    items.append((key, ("SREM", key, raw)))
+            self._per_node(items)
+        if call:
+            self._replay_rotation(call, queues)
         taken: list[tuple[str, bytes]] = []
-        want = count
+        marked = True
         script = self._script("fetch")
         for queue in queues:
-            for shard in self.rotated(queue) if want > 0 else ():
-                keys = [self.keys.queue(shard), self.keys.inprogress(identity, shard)]
-                reply = script(keys=keys, args=[want, 0])
-                if reply and reply[0] == 0:  # this shard's key holds another type
-                    if skipped is not None:
-                        skipped.append((queue, bytes(reply[3]).decode()))
-                    reply = reply[4:]
-                taken += [(queue, reply[i + 1]) for i in range(0, len(reply), 2)]
+            for shard in self.rotated(queue) if count > len(taken) else ():
                 want = count - len(taken)
-                if want <= 0:
+                k = self.keys
+                keys = [k.ahead_shard(identity, shard), k.fetch_call_shard(identity, shard)]
+                keys += [k.queue(shard), k.inprogress(identity, shard)]
+                mark_from = want + 1 if ahead_from is None else max(1, ahead_from - len(taken) + 1)
+                args: list[Any] = [want, 0, call, mark_from, 0, FETCH_CALL_TTL]
+                if limits and queue in limits:
+                    concurrency, rate, per = limits[queue]
+                    keys += (k.queue_limit(queue), k.queue_rate(queue))
+                    args += [1, identity, max(1, round(lease * 1000))]
+                    args += (1, concurrency, rate, max(1, round(per * 1000)))
+                    args += k.inprogress_parts(queue)
+                reply = script(keys=keys, args=args)
+                marked = marked and bool(int(reply[0]))
+                bad = int(reply[1])
+                if bad and skipped is not None:
+                    skipped.append((queue, bytes(reply[3]).decode()))
+                end = 2 + 2 * bad
+                taken += [(queue, reply[i + 1]) for i in range(end, len(reply), 2)]
+                if len(taken) >= count:
                     break
-        return taken
+        return taken, marked
+
+    def _replay_rotation(self, call: str, queues: Sequence[str]) -> None:
+        """A call id seen before (a resend): start from the shards it started from; a
+        new one: remember where it starts (the last 16 calls)."""
+        saved = self._call_rotation.get(call)
+        if saved is not None:
+            self._rotation.update(saved)
+            return
+        self._call_rotation[call] = {q: self._rotation.get(q, 0) for q in queues}
+        while len(self._call_rotation) > 16:
+            del self._call_rotation[next(iter(self._call_rotation))]
+
+    def _release_shards(self, raw: bytes, queues: Sequence[str]) -> list[str]:
+        """The shard whose ahead set marks ``raw``: its payload's queue's shard by jid; if
+        the payload names no fetched queue, every shard of the fetched queues."""
+        queue = queue_of_payload(raw)[0]
+        if queue in queues:
+            return [self.shard_for(queue, raw)]
+        return [shard for q in queues for shard in self.keys.shards(q)]
 
     def wait(self, identity: str, queue: str) -> bytes | None:
         """Block up to ``block_timeout`` for one job, moved straight into in-progress.
@@ -171,6 +224,7 @@ class ClusterQueues(ClusterSets):
             (self.shard_for(queue, raw), raw) for raw in raws
         ).items():
             keys = [self.keys.inprogress(identity, shard), self.keys.queue(shard)]
+            keys.append(self.keys.ahead_shard(identity, shard))
             moved += int(self._script("requeue")(keys=keys, args=shard_raws))
         return moved
 
@@ -180,6 +234,10 @@ class ClusterQueues(ClusterSets):
             for shard in self.keys.shards(queue):
                 keys = [self.keys.inprogress(identity, shard), self.keys.queue(shard)]
                 moved += int(self._script("requeue_all")(keys=keys))
+                k = self.keys
+                ahead = k.ahead_shard(identity, shard)
+                call = k.fetch_call_shard(identity, shard)
+                self._per_node([(ahead, ("UNLINK", ahead, call))])  # after the move, as one Redis
         return moved
 
     # -- admin reads and writes (kiq.api.Queue): every shard of a queue -----------------

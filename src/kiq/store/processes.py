@@ -19,8 +19,11 @@ from kiq.store.connection import Connection
 from kiq.store.sets import trim_dead_commands
 
 # For one dead process's in-progress list of ``queue`` (newest first, as LRANGE gives
-# it): which raw jobs go back to the queue (RPUSHed in that order) and which to ``dead``.
-Plan = Callable[[str, list[bytes]], tuple[list[bytes], list[bytes]]]
+# it) and its ahead marks (the raw jobs it took but had not started, kiq/store/lua/
+# fetch.lua): which raw jobs go back to the queue (RPUSHed in that order) and which to
+# ``dead``.
+Plan = Callable[[str, list[bytes], frozenset[bytes]], tuple[list[bytes], list[bytes]]]
+Taken = list[tuple[str, str, list[bytes], frozenset[bytes]]]  # (identity, queue, jobs, ahead)
 
 
 class Processes(Connection):
@@ -33,11 +36,15 @@ class Processes(Connection):
         work: dict[str, bytes],
         ttl: int,
         fetcher_queues: bytes | None = None,
-    ) -> tuple[bool, bytes | None, frozenset[str]]:
+        watch: Sequence[str] = (),
+    ) -> tuple[bool, bytes | None, frozenset[str], list[str]]:
         """One heartbeat round trip: the process and busy-jobs hashes, this process's
         in-progress registration, one remote signal and the paused queues.
 
-        Returns (the process hash existed before, the signal or None, paused queues).
+        Returns (the process hash existed before, the signal or None, paused queues,
+        the cancelled jids). ``watch``: the jids running here; their ``it-<jid>``
+        ``cancelled`` flags are read in the same round trip (one HGET each), so a
+        cancel reaches a running job within one beat (kiq.cancel).
         """
         k = self.keys
         pipe = self._pipeline(transaction=True)
@@ -54,10 +61,17 @@ class Processes(Connection):
             pipe.hset(k.fetchers, identity, fetcher_queues)
         pipe.rpop(k.signals(identity))
         pipe.smembers(k.paused)
+        for jid in watch:
+            pipe.hget(k.iteration(jid), "cancelled")
         replies = pipe.execute()
+        cancelled: list[str] = []
+        if watch:
+            flags = replies[-len(watch) :]
+            del replies[-len(watch) :]
+            cancelled = [jid for jid, f in zip(watch, flags, strict=True) if f is not None]
         exists_at = -6 if fetcher_queues is not None else -5
         paused = frozenset(p.decode() if isinstance(p, bytes) else p for p in replies[-1])
-        return bool(replies[exists_at]), replies[-2], paused
+        return bool(replies[exists_at]), replies[-2], paused, cancelled
 
     def clear_process(self, identity: str) -> None:
         """At exit: SREM processes, drop busy hashes; the hash itself is left to expire."""
@@ -110,42 +124,60 @@ class Processes(Connection):
                     if ident == identity or r.exists(keys.process(ident)):
                         continue
                     queues = [str(queue) for queue in orjson.loads(raw_queues)]
-                    pipe.watch(keys.process(ident), *(keys.inprogress(ident, q) for q in queues))
+                    lists = (keys.inprogress(ident, q) for q in queues)
+                    pipe.watch(keys.process(ident), keys.ahead(ident), *lists)
                     if not pipe.exists(keys.process(ident)):
                         dead.append((ident, queues))
                 if not dead:
                     return []
                 taken = [
-                    (ident, queue, list(pipe.lrange(keys.inprogress(ident, queue), 0, -1)))
-                    for ident, queues in dead
-                    for queue in queues
+                    taking for ident, queues in dead for taking in self._taken(pipe, ident, queues)
                 ]
                 pipe.multi()
                 moves = self._queue_moves(pipe, taken, plan, now, dead_max_jobs, dead_timeout)
                 pipe.hdel(keys.fetchers, *(ident for ident, _ in dead))
+                for ident, _ in dead:
+                    pipe.unlink(keys.ahead(ident), keys.fetch_call(ident))
                 pipe.delete(keys.recover_lock)
                 pipe.execute()
             except WatchError:
                 return None  # a "dead" process beat or fetched: not dead after all
         return moves
 
+    def _taken(self, pipe: Any, ident: str, queues: list[str]) -> Taken:
+        """(identity, queue, in-progress jobs, ahead marks) per queue of ``ident``, read
+        on ``pipe`` while it WATCHes them (before MULTI)."""
+        keys = self.keys
+        # A foreign key of another type where the marks live: no marks, every job counts
+        # as started (as with a kiq that wrote none).
+        ahead = (
+            frozenset(pipe.smembers(keys.ahead(ident)))
+            if pipe.type(keys.ahead(ident)) in (b"set", "set")
+            else frozenset()
+        )
+        return [
+            (ident, queue, list(pipe.lrange(keys.inprogress(ident, queue), 0, -1)), ahead)
+            for queue in queues
+        ]
+
     def _queue_moves(
         self,
         pipe: Any,
-        taken: list[tuple[str, str, list[bytes]]],
+        taken: Taken,
         plan: Plan,
         now: float,
         dead_max_jobs: int,
         dead_timeout: float,
     ) -> list[tuple[str, list[bytes], list[bytes]]]:
         """Queue, inside a recovery's MULTI, the moves ``plan`` decides for each
-        (identity, queue, in-progress jobs); the dead set is trimmed if it grew."""
+        (identity, queue, in-progress jobs, ahead marks); the dead set is trimmed if it
+        grew."""
         keys = self.keys
         moves: list[tuple[str, list[bytes], list[bytes]]] = []
-        for ident, queue, raws in taken:
+        for ident, queue, raws, ahead in taken:
             if not raws:
                 continue
-            requeued, buried = plan(queue, raws)
+            requeued, buried = plan(queue, raws, ahead)
             if requeued:
                 pipe.rpush(keys.queue(queue), *requeued)
             if buried:
@@ -165,7 +197,8 @@ class Processes(Connection):
         expire). Its in-progress lists are WATCHed, so a sweep at the same time moves
         each job once (then None: try again). Its ``kiq|fetchers`` entry stays for the
         sweep after the expiry: a fetch the process sent just before it died may still
-        land in its list. Returns (queue, requeued, buried) per list that held jobs.
+        land in its list; so do its ahead marks, which that sweep reads and drops.
+        Returns (queue, requeued, buried) per list that held jobs.
         """
         keys = self.keys
         r = self._r
@@ -175,10 +208,8 @@ class Processes(Connection):
         queues = [str(queue) for queue in orjson.loads(registered)]
         with r.pipeline(transaction=True) as pipe:
             try:
-                pipe.watch(*(keys.inprogress(ident, q) for q in queues))
-                taken = [
-                    (ident, q, list(pipe.lrange(keys.inprogress(ident, q), 0, -1))) for q in queues
-                ]
+                pipe.watch(keys.ahead(ident), *(keys.inprogress(ident, q) for q in queues))
+                taken = self._taken(pipe, ident, queues)
                 pipe.multi()
                 moves = self._queue_moves(pipe, taken, plan, now, dead_max_jobs, dead_timeout)
                 pipe.execute()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
+from kiq.keys import FETCH_CALL_TTL
 from kiq.store.connection import (
     CONNECT_TIMEOUT,
     SOCKET_TIMEOUT,
@@ -214,28 +215,85 @@ class Queues(Connection):
         count: int,
         acks: Sequence[tuple[str, bytes]] = (),
         skipped: list[tuple[str, str]] | None = None,
+        limits: Mapping[str, tuple[int, int, float]] | None = None,
+        lease: float = 60.0,
     ) -> list[tuple[str, bytes]]:
         """Acknowledge ``acks`` (queue, raw) and take up to ``count`` jobs, in queue order.
 
         A queue whose key (or in-progress key) holds another type is left out and, if
         ``skipped`` is given, added to it as (queue, "<key>: <Redis's error>").
+        ``limits``: queue -> (concurrency, rate count, rate period s), 0 for none: such a
+        queue gives only what its permits allow across every process (fetch.lua's queue
+        permits; this identity's lease on them lasts ``lease`` s from this call). No job
+        is marked ahead (``fetch_batch`` does that for the worker's fetcher).
         """
-        keys: list[str] = []
+        return self.fetch_batch(
+            identity, queues, count, acks, skipped=skipped, limits=limits, lease=lease
+        )[0]
+
+    def fetch_batch(
+        self,
+        identity: str,
+        queues: Sequence[str],
+        count: int,
+        acks: Sequence[tuple[str, bytes]] = (),
+        *,
+        release: Sequence[bytes] = (),
+        ahead_from: int | None = None,
+        call: str = "",
+        skipped: list[tuple[str, str]] | None = None,
+        limits: Mapping[str, tuple[int, int, float]] | None = None,
+        lease: float = 60.0,
+    ) -> tuple[list[tuple[str, bytes]], bool]:
+        """``fetch``, plus the ahead marks (issue 12) and a call id; one Lua call.
+
+        The taken jobs from index ``ahead_from`` (0-based; None: none) on are marked in
+        ``kiq|ahead|<identity>``: taken, not allowed to start yet. ``release`` are raw
+        jobs marked before that may start now (their marks go). A recovery counts a
+        crash (``kiq_recoveries``) only against the jobs without a mark. With a ``call``
+        id, sending the same call again (its reply was lost) returns the jobs it took
+        instead of taking more. Returns the (queue, raw) pairs and whether the marks
+        were written (False: a foreign key of another type is in the way; the jobs then
+        count as started, as they would with an older kiq).
+        """
+        k = self.keys
+        keys: list[str] = [k.ahead(identity), k.fetch_call(identity)]
         for queue in queues:
-            keys.append(self.keys.queue(queue))
-            keys.append(self.keys.inprogress(identity, queue))
-        args: list[Any] = [count, len(acks)]
+            keys.append(k.queue(queue))
+            keys.append(k.inprogress(identity, queue))
+        mark_from = count + 1 if ahead_from is None else ahead_from + 1
+        args: list[Any] = [count, len(acks), call, mark_from, len(release), FETCH_CALL_TTL]
         for queue, raw in acks:
-            args.append(self.keys.inprogress(identity, queue))
+            args.append(k.inprogress(identity, queue))
             args.append(raw)
+        args.extend(release)
+        if limits:  # after the releases: fetch.lua reads the permits section last
+            self._permit_args(identity, queues, limits, lease, keys, args)
         reply = self._script("fetch")(keys=keys, args=args)
-        if reply and reply[0] == 0:  # rare: queues left out (see fetch.lua)
-            end = 2 + 2 * int(reply[1])
-            if skipped is not None:
-                for i in range(2, end, 2):
-                    skipped.append((queues[int(reply[i]) - 1], bytes(reply[i + 1]).decode()))
-            reply = reply[end:]
-        return [(queues[int(reply[i]) - 1], reply[i + 1]) for i in range(0, len(reply), 2)]
+        marked, bad = int(reply[0]), int(reply[1])
+        end = 2 + 2 * bad
+        if skipped is not None:  # rare: queues left out (see fetch.lua)
+            for i in range(2, end, 2):
+                skipped.append((queues[int(reply[i]) - 1], bytes(reply[i + 1]).decode()))
+        pairs = [(queues[int(reply[i]) - 1], reply[i + 1]) for i in range(end, len(reply), 2)]
+        return pairs, bool(marked)
+
+    def _permit_args(
+        self,
+        identity: str,
+        queues: Sequence[str],
+        limits: Mapping[str, tuple[int, int, float]],
+        lease: float,
+        keys: list[str],
+        args: list[Any],
+    ) -> None:
+        limited = [(i, q) for i, q in enumerate(queues, 1) if q in limits]
+        args += [len(limited), identity, max(1, round(lease * 1000))]
+        for index, queue in limited:
+            concurrency, rate, per = limits[queue]
+            keys += (self.keys.queue_limit(queue), self.keys.queue_rate(queue))
+            args += (index, concurrency, rate, max(1, round(per * 1000)))
+            args += self.keys.inprogress_parts(queue)
 
     def wait(self, identity: str, queue: str) -> bytes | None:
         """Block up to ``block_timeout`` for one job, moved straight into in-progress."""
@@ -275,14 +333,18 @@ class Queues(Connection):
         """Move these unfinished jobs (oldest first) from in-progress back to the tail of
         their queue, so they are fetched again in their original order."""
         keys = [self.keys.inprogress(identity, queue), self.keys.queue(queue)]
+        keys.append(self.keys.ahead(identity))
         return int(self._script("requeue")(keys=keys, args=list(raws)))
 
     def requeue_all(self, identity: str, queues: Iterable[str]) -> int:
-        """Move everything still in this identity's in-progress lists back to its queues."""
+        """Move everything still in this identity's in-progress lists back to its queues,
+        then drop its ahead marks and last fetch call (they describe those lists only:
+        dropped after the moves, a crash in between leaves marks of jobs gone)."""
         moved = 0
         for queue in queues:
             keys = [self.keys.inprogress(identity, queue), self.keys.queue(queue)]
             moved += int(self._script("requeue_all")(keys=keys))
+        self._redis.unlink(self.keys.ahead(identity), self.keys.fetch_call(identity))
         return moved
 
     def register_fetcher(self, identity: str, queues_json: bytes) -> None:
@@ -351,6 +413,13 @@ class Queues(Connection):
 
     def unpause(self, name: str) -> None:
         self._r.srem(self.keys.paused, name)
+
+    def in_progress(self, identity: str, names: Sequence[str]) -> list[bytes]:
+        """Every raw job in this identity's in-progress lists (one pipeline of LRANGEs)."""
+        pipe = self._pipeline()
+        for name in names:
+            pipe.lrange(self.keys.inprogress(identity, name), 0, -1)
+        return [raw for raws in pipe.execute() for raw in raws]
 
     def in_progress_sizes(self, identity: str, names: Sequence[str]) -> list[int]:
         """LLEN of this process's in-progress list of each queue (the demo's screen)."""

@@ -25,12 +25,16 @@ from starlette.templating import Jinja2Templates
 from kiq.config import Config
 from kiq.web import display
 from kiq.web.base import HERE, action, config_of, http_error
+from kiq.web.batches import batch_action, batch_page, batches, workflow_page, workflows
 from kiq.web.failsafe import Failsafe
+from kiq.web.limits import limits, release_lock
 from kiq.web.pages import (
     busy,
     busy_action,
+    cancel_action,
     dashboard,
     health,
+    job_fate,
     metrics,
     metrics_job,
     queue_page,
@@ -126,6 +130,8 @@ ROUTES: Final[list[BaseRoute]] = [
     Route("/stats/queues", stats_queues),
     Route("/busy", busy),
     Route("/busy", action(busy_action), methods=["POST"]),
+    Route("/cancel", action(cancel_action), methods=["POST"]),  # issue 18
+    Route("/jobs/{jid}", job_fate),
     Route("/queues", queues),
     # {name:path}: a queue, class or recurring job name may hold "/" (url_part encodes
     # it as %2F, which the server decodes before routing). A POST to a queue is its
@@ -139,5 +145,12 @@ ROUTES: Final[list[BaseRoute]] = [
     Route("/metrics/{name:path}", metrics_job),
     Route("/recurring", recurring),
     Route("/recurring/{name:path}", action(recurring_action), methods=["POST"]),
+    Route("/limits", limits),
+    Route("/limits/unique", action(release_lock), methods=["POST"]),
+    Route("/batches", batches),
+    Route("/batches/{bid:path}", batch_page),
+    Route("/batches/{bid:path}", action(batch_action), methods=["POST"]),
+    Route("/workflows", workflows),
+    Route("/workflows/{wid:path}", workflow_page),
     Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
 ]

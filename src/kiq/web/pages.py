@@ -111,6 +111,7 @@ def busy(request: Request) -> Response:
         processes=processes,
         works=works,
         progress=api.progress(jids, config),
+        iterations=api.iterations(jids, config),
         limit=BUSY_LIMIT,
         leader=api.ProcessSet(config, clean=False).leader(),
     )
@@ -135,6 +136,43 @@ def busy_action(request: Request, form: FormData) -> str:
             if not process.embedded:
                 process.quiet() if verb == "quiet" else process.stop()
     return "/busy"
+
+
+def cancel_action(request: Request, form: FormData) -> str:
+    """The Cancel button (Busy page, job page): ``kiq.api.cancel``, then the job's page."""
+    jid = form_str(form, "jid")
+    try:
+        api.cancel(jid, config_of(request))
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    return f"/jobs/{display.url_part(jid)}"
+
+
+def job_fate(request: Request) -> Response:
+    """One job by jid: how it ended if cancelled or expired (``kiq|fate|<jid>``) and its
+    iterable state (``it-<jid>``) if it has one; 404 when kiq knows neither."""
+    config = config_of(request)
+    jid = request.path_params["jid"]
+    fate = api.fate(jid, config)
+    state = api.iterations([jid], config).get(jid)
+    if not fate and state is None:
+        raise HTTPException(
+            404,
+            f"No record of job {jid}: it was not cancelled or expired, or that was over "
+            f"30 days ago; look in Busy, Queues, Scheduled, Retries and Dead",
+        )
+    job = api.JobRecord(fate["job"], fate.get("queue", ""), config) if fate.get("job") else None
+    return render(
+        request,
+        "fate.html",
+        title=f"Job {jid}",
+        nav="busy",
+        jid=jid,
+        fate=fate,
+        state=state,
+        job=job,
+        at=datetime.fromtimestamp(float(fate["at"]), UTC) if fate.get("at") else None,
+    )
 
 
 # -- queues --------------------------------------------------------------------------

@@ -138,6 +138,7 @@ def job_page(kind: SetKind, request: Request) -> Response:
         entry=entry,
         backtrace=backtrace,
         backtrace_error=backtrace_error,
+        result=api.result(entry.jid, config_of(request)) if entry.jid else None,
     )
 
 

@@ -1,7 +1,9 @@
 -- cluster_recover: move one dead process's in-progress list of one queue shard back to
 -- the queue (and poison jobs to the shard's dead set), in one step (Redis Cluster: one
 -- slot per shard; kiq.store.cluster_procs).
--- KEYS[1]: kiq|inprogress|<identity>|{<s>}; KEYS[2]: queue:{<s>}; KEYS[3]: dead:{<s>}
+-- KEYS[1]: kiq|inprogress|<identity>|{<s>}; KEYS[2]: queue:{<s>}; KEYS[3]: dead:{<s>};
+-- KEYS[4]: kiq|ahead|<identity>|{<s>}, KEYS[5]: kiq|fetch-call|<identity>|{<s>} (fetch.lua's
+-- ahead marks and call record of this shard: read by the caller, dropped with the list)
 -- ARGV[1]: n, the list's length as read; ARGV[2 .. n+1]: the list as read (LRANGE 0 -1);
 -- ARGV[n+2]: r, how many go back; then r raw jobs to RPUSH, in order; then the jobs to
 -- bury; the last three: now (their dead score), trim below this score, dead jobs kept.
@@ -28,5 +30,5 @@ if last_buried >= first_buried then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[#ARGV - 1])
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[#ARGV]) + 1))
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
 return 1

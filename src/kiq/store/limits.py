@@ -1,0 +1,247 @@
+"""Limits: limiter tries and releases (``lua/limit*.lua``), their admin reads, the
+reschedule of a job a limiter refused, and the unique locks' admin reads.
+
+Why its own file: every limiter call is one Lua step on the hot path of the jobs that
+use it (``kiq.limiter``: one round trip to try, one to release), and the Web UI, the
+API and Prometheus read the same keys; nothing else in the store knows their layout.
+The keys are ``Keys.limiter*`` (docs/internals.md's key table, docs/limits.md).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from kiq.keys import LIMITER_STATS_TTL, LIMITERS_MAX
+from kiq.store.connection import UNREACHABLE, Connection, lua
+
+
+def _granted(reply: list[Any]) -> tuple[bool, int, int]:
+    return bool(int(reply[0])), int(reply[1]), int(reply[2]) if len(reply) > 2 else 0
+
+
+class Limits(Connection):
+    """The limiter half of ``Store`` (see the module docstring)."""
+
+    # -- one try, one release (kiq.limiter) ----------------------------------------------
+    def _limit_args(
+        self,
+        kind: str,
+        name: str,
+        limit: int,
+        interval_ms: int,
+        cost: int,
+        token: str,
+        ttl_ms: int,
+        waited_ms: int,
+        left_ms: int,
+        at: datetime,
+    ) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        aux = k.limiter_log(name) if kind == "window" else k.limiter_holders(name)
+        keys = [k.limiter(name), aux, k.limiters, k.limiter_minute(at)]
+        args: list[Any] = [kind, name, limit, interval_ms, cost, token, ttl_ms, waited_ms]
+        args += [left_ms, LIMITER_STATS_TTL, LIMITERS_MAX]
+        return keys, args
+
+    def limit_try(
+        self,
+        kind: str,
+        name: str,
+        limit: int,
+        interval_ms: int,
+        cost: int,
+        token: str,
+        ttl_ms: int,
+        waited_ms: int,
+        left_ms: int,
+        at: datetime,
+    ) -> tuple[bool, int, int]:
+        """One try (``limit.lua``): (True, 0, server epoch ms of the grant) to go ahead,
+        or (False, ms until it may, 0)."""
+        keys, args = self._limit_args(
+            kind, name, limit, interval_ms, cost, token, ttl_ms, waited_ms, left_ms, at
+        )
+        script = self._script("limit")
+        try:
+            # EVALSHA on the lane, as a push: the Script object's path costs a round trip
+            # of Python; NOSCRIPT (a fresh or flushed server) once through the Script.
+            try:
+                (reply,) = self._call([("EVALSHA", script.sha, len(keys), *keys, *args)])
+            except NoScriptError:
+                reply = script(keys=keys, args=args)
+        except UNREACHABLE as exc:
+            raise self.unavailable(exc) from exc
+        return _granted(reply)
+
+    def limit_release(
+        self, kind: str, name: str, value: str | int, limit: int, ttl_ms: int
+    ) -> bool:
+        """Give back a concurrent slot (``value``: its token) or unspent points (Lua)."""
+        k = self.keys
+        keys = [k.limiter(name), k.limiter_holders(name), k.limiter_free(name)]
+        args = [kind, value, limit, ttl_ms]
+        script = self._script("limit_release")
+        try:
+            try:
+                (reply,) = self._call([("EVALSHA", script.sha, len(keys), *keys, *args)])
+            except NoScriptError:
+                reply = script(keys=keys, args=args)
+        except UNREACHABLE as exc:
+            raise self.unavailable(exc) from exc
+        return bool(int(reply))
+
+    def limit_wait(self, name: str, timeout: float) -> bool:
+        """BLPOP the limiter's free list up to ``timeout`` s: True when a slot was freed.
+
+        Redis wakes the longest-waiting client first and one per freed slot, so
+        waiters queue fairly and a release wakes one of them, not all (no storm).
+        """
+        with self.translate_errors():
+            return (
+                self._blocking.blpop([self.keys.limiter_free(name)], max(0.01, timeout)) is not None
+            )
+
+    async def alimit_try(
+        self,
+        kind: str,
+        name: str,
+        limit: int,
+        interval_ms: int,
+        cost: int,
+        token: str,
+        ttl_ms: int,
+        waited_ms: int,
+        left_ms: int,
+        at: datetime,
+    ) -> tuple[bool, int, int]:
+        """The asyncio form of ``limit_try`` (one round trip on the loop's client)."""
+        keys, args = self._limit_args(
+            kind, name, limit, interval_ms, cost, token, ttl_ms, waited_ms, left_ms, at
+        )
+        return _granted(await self._arun("limit", keys, args))
+
+    async def alimit_release(
+        self, kind: str, name: str, value: str | int, limit: int, ttl_ms: int
+    ) -> bool:
+        """The asyncio form of ``limit_release``."""
+        k = self.keys
+        keys = [k.limiter(name), k.limiter_holders(name), k.limiter_free(name)]
+        return bool(int(await self._arun("limit_release", keys, [kind, value, limit, ttl_ms])))
+
+    async def alimit_wait(self, name: str, timeout: float) -> bool:
+        """The asyncio form of ``limit_wait`` (``timeout`` is kept under the socket's)."""
+        client = self._async_client()  # type: ignore[attr-defined]  # Queues provides it
+        try:
+            reply = await client.blpop([self.keys.limiter_free(name)], max(0.01, timeout))
+        except UNREACHABLE as exc:
+            raise self.unavailable(exc) from exc
+        return reply is not None
+
+    async def _arun(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        client = self._async_client()  # type: ignore[attr-defined]  # Queues provides it
+        cache = self.__dict__.get("_alimit_scripts")
+        if cache is None:  # per asyncio client: its connections belong to one loop
+            cache = self.__dict__["_alimit_scripts"] = weakref.WeakKeyDictionary()
+        scripts = cache.setdefault(client, {})
+        script = scripts.get(name)
+        if script is None:
+            script = scripts[name] = client.register_script(lua(name))
+        try:
+            return await script(keys=keys, args=args)
+        except UNREACHABLE as exc:
+            raise self.unavailable(exc) from exc
+
+    # -- a job a limiter refused (kiq.processor) ----------------------------------------
+    def reschedule_limited(self, at: float, raw: bytes, klass: str) -> None:
+        """ZADD the job to ``schedule`` at ``at`` and count it in ``kiq|limited``, one MULTI."""
+        pipe = self._pipeline(transaction=True)
+        pipe.zadd(self.keys.schedule, {raw: at})
+        pipe.hincrby(self.keys.limited, klass, 1)
+        pipe.hincrby(self.keys.limited, "total", 1)
+        pipe.execute()
+
+    # -- admin reads (kiq.api.limiters, the Web UI, Prometheus) --------------------------
+    def limiter_names(self, count: int = 1000) -> list[tuple[str, float]]:
+        """The most recently used limiters, newest first: (name, last use epoch s)."""
+        rows = self._r.zrevrange(self.keys.limiters, 0, count - 1, withscores=True)
+        return [(bytes(m).decode(), float(s) / 1000) for m, s in rows]
+
+    def limiter_details(
+        self, names: Sequence[str], minutes: Sequence[datetime], now_ms: int
+    ) -> list[tuple[dict[str, str], int, list[list[int]]]]:
+        """Per limiter: its hash, its holders now, and (held, waited, overlimit) per minute.
+
+        One pipeline. A name whose hash has expired comes back with an empty hash (the
+        caller forgets it: ``forget_limiters``).
+        """
+        pipe = self._pipeline()
+        k = self.keys
+        for name in names:
+            pipe.hgetall(k.limiter(name))
+            pipe.zcount(k.limiter_holders(name), f"({now_ms}", "+inf")
+            for minute in minutes:
+                names_ = [f"{name}|held", f"{name}|waited", f"{name}|overlimit"]
+                pipe.hmget(k.limiter_minute(minute), names_)
+        replies = pipe.execute()
+        out: list[tuple[dict[str, str], int, list[list[int]]]] = []
+        step = 2 + len(minutes)
+        for i in range(0, len(replies), step):
+            raw = replies[i]
+            fields = {bytes(a).decode(): bytes(b).decode() for a, b in raw.items()}
+            counts = [[int(v or 0) for v in row] for row in replies[i + 2 : i + step]]
+            out.append((fields, int(replies[i + 1]), counts))
+        return out
+
+    def forget_limiters(self, names: Sequence[str]) -> None:
+        """ZREM limiters whose keys have expired from the index."""
+        if names:
+            self._r.zrem(self.keys.limiters, *names)
+
+    def limited_counts(self) -> dict[str, int]:
+        """``kiq|limited``: job class -> jobs rescheduled by a full limiter (``total`` too)."""
+        raw = self._r.hgetall(self.keys.limited)
+        return {bytes(a).decode(): int(b) for a, b in raw.items()}
+
+    def unique_locks(self, count: int = 100) -> tuple[int, list[tuple[str, str, int]]]:
+        """(how many ``unique:*`` locks, up to ``count`` of them as (key, jid, ms left)).
+
+        SCAN, never KEYS: a big Redis is not blocked. The count is exact (a full scan).
+        """
+        found: list[str] = []
+        total = 0
+        for key in self._r.scan_iter(match=self.keys.unique_pattern(), count=1000):
+            total += 1
+            if len(found) < count:
+                found.append(bytes(key).decode())
+        pipe = self._pipeline()
+        for key in found:
+            pipe.get(key)
+            pipe.pttl(key)
+        replies = pipe.execute() if found else []
+        rows = [
+            (key, bytes(replies[2 * i] or b"").decode(), int(replies[2 * i + 1]))
+            for i, key in enumerate(found)
+        ]
+        return total, [row for row in rows if row[1]]
+
+    def queue_limit_usage(self, queues: Sequence[str], now_ms: int) -> list[int]:
+        """Jobs each queue's permit holders have in progress now (the fetch.lua count)."""
+        pipe = self._pipeline()
+        for queue in queues:
+            pipe.zrangebyscore(self.keys.queue_limit(queue), f"({now_ms}", "+inf")
+        holders = pipe.execute()
+        pipe = self._pipeline()
+        for queue, members in zip(queues, holders, strict=True):
+            for member in members:
+                pipe.llen(self.keys.inprogress(bytes(member).decode(), queue))
+        counts = [int(n) for n in pipe.execute()] if any(holders) else []
+        out: list[int] = []
+        for members in holders:
+            out.append(sum(counts[: len(members)]))
+            counts = counts[len(members) :]
+        return out
