@@ -153,7 +153,8 @@ def test_ahead_marks_and_call_records_live_in_each_shard_and_recovery_honours_th
     ident = "gone:1:ahead"
     store.register_fetcher(ident, b'["hot"]')
     taken, marked = store.fetch_batch(ident, ["hot"], 12, ahead_from=4, call="c1")
-    assert marked and len(taken) == 12
+    assert marked
+    assert len(taken) == 12
     # A resent call (its reply lost) returns what it took, shard by shard: no new jobs.
     again, _ = store.fetch_batch(ident, ["hot"], 12, ahead_from=4, call="c1")
     assert sorted(raw for _, raw in again) == sorted(raw for _, raw in taken)
@@ -175,7 +176,8 @@ def test_ahead_marks_and_call_records_live_in_each_shard_and_recovery_honours_th
         return raws[::-1], []
 
     moves = store.recover_orphans("me:2:x", plan, time.time(), 100, 1e6)
-    assert moves is not None and sum(len(r) for _, r, _ in moves) == 12
+    assert moves is not None
+    assert sum(len(r) for _, r, _ in moves) == 12
     assert {raw for raw, was in seen.items() if was} == marks - {released}
     for shard in keys.shards("hot"):
         assert not store._r.exists(keys.ahead_shard(ident, shard))
