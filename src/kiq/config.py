@@ -327,6 +327,14 @@ class Config:
                 )  # fmt: skip
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+            split = sorted(q for q in self.limits if self.partitions.get(q, 0) > 1)
+            if split:
+                raise ConfigError(
+                    f"limits: queue {split[0]!r} is partitioned (partitions: "
+                    f"{self.partitions[split[0]]}); queue limits count one slot's in-progress "
+                    f"lists, so in cluster mode a limited queue cannot be partitioned: drop "
+                    f"one of the two settings (docs/cluster.md)"
+                )
 
     def _check_capsules(self) -> None:
         if not isinstance(self.capsules, list) or not all(

@@ -25,7 +25,8 @@ It is built from a URL and knows nothing of Config; components reach it as
   * ``batches``: Sidekiq Pro's ``b-<bid>`` keys (push, outcome, open: Lua) and reads.
   * ``cluster``, ``cluster_sets``, ``cluster_queues``, ``cluster_procs``: Redis Cluster
     (``redis+cluster://``, docs/cluster.md): ``ClusterStore`` overrides what spans hash
-    slots, split per slot; ``open_store`` picks the class from the URL.
+    slots, split per slot; ``open_store`` picks the class from the URL;
+    ``cluster_refused``: the features refused there, and why.
 
 Example::
 
@@ -46,6 +47,7 @@ from kiq.store.cluster import (
     is_cluster_url,
 )
 from kiq.store.cluster_procs import ClusterProcesses
+from kiq.store.cluster_refused import ClusterRefused
 from kiq.store.connection import (
     BLOCK_SLACK,
     CONNECT_TIMEOUT,
@@ -76,7 +78,7 @@ class Store(
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 
-class ClusterStore(ClusterProcesses, Store):
+class ClusterStore(ClusterRefused, ClusterProcesses, Store):
     """``Store`` on a Redis Cluster (``redis+cluster://``, docs/cluster.md): the
     ``cluster*`` files of this package override what spans slots on a cluster; the
     rest (heartbeat, registry, cron definitions, counters) runs unchanged on the

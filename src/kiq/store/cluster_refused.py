@@ -1,0 +1,81 @@
+"""Redis Cluster: the features refused on a cluster, each with why (docs/cluster.md).
+
+Why its own file: these features' atomic steps span hash slots that no tag can join
+(a per-job or per-limiter key written together with a cluster-wide index, counter or
+queue), so on a cluster their store calls raise ``ConfigError`` naming the feature,
+instead of failing later with Redis's CROSSSLOT error, or half-writing:
+
+  * limiters (``kiq.Limiter``): ``limit.lua`` writes the limiter's keys with the
+    ``kiq|limiters`` index and the minute stats (global slot) in one step;
+  * batches and workflows: ``batch_push.lua`` pushes each job into its queue shard and
+    counts it in ``b-<bid>`` in one step (a batch's jobs span every queue shard);
+  * results (``result_ttl``): ``result_store.lua`` writes the record with its count and
+    the waiters' wake-up in one step; the client refuses ``result_ttl`` at the push
+    (``kiq.client``), and a wait here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from kiq.errors import ConfigError
+from kiq.store.connection import Connection
+
+WHY: dict[str, str] = {
+    "limiters": "a limiter's step writes its own keys and the cluster-wide limiter "
+    "index and stats at once (limit.lua)",
+    "batches": "a batch's push puts each job in its queue shard and counts it in the "
+    "batch in one step (batch_push.lua), and a batch's jobs span every shard",
+    "results": "storing a result writes the record, its count and the waiters' "
+    "wake-up in one step (result_store.lua)",
+}
+
+
+def refuse(feature: str) -> NoReturn:
+    """Raise the ConfigError that says ``feature`` does not run on a cluster, and why."""
+    raise ConfigError(
+        f"{feature} are not supported in cluster mode (redis+cluster://): {WHY[feature]}, "
+        f"which spans hash slots; use a single Redis (or Sentinel) for them "
+        f"(docs/cluster.md, Not supported)"
+    )
+
+
+class ClusterRefused(Connection):
+    """The store calls of the refused features (see the module docstring)."""
+
+    def limit_try(self, *args: Any, **kwargs: Any) -> Any:
+        refuse("limiters")
+
+    def limit_release(self, *args: Any, **kwargs: Any) -> Any:
+        refuse("limiters")
+
+    def limit_wait(self, name: str, timeout: float) -> bool:
+        refuse("limiters")
+
+    async def alimit_try(self, *args: Any, **kwargs: Any) -> Any:
+        refuse("limiters")
+
+    async def alimit_release(self, *args: Any, **kwargs: Any) -> Any:
+        refuse("limiters")
+
+    async def alimit_wait(self, name: str, timeout: float) -> bool:
+        refuse("limiters")
+
+    def reschedule_limited(self, at: float, raw: bytes, klass: str) -> None:
+        refuse("limiters")
+
+    def batch_open(self, *args: Any, **kwargs: Any) -> Any:
+        refuse("batches")
+
+    def batch_push(self, *args: Any, **kwargs: Any) -> Any:
+        refuse("batches")
+
+    def batch_launch(self, *args: Any, **kwargs: Any) -> Any:
+        refuse("batches")
+
+    def workflow_save(self, wid: str, fields: Mapping[str, str], ttl: int, now: float) -> None:
+        refuse("batches")
+
+    def read_results(self, jids: Sequence[str]) -> list[bytes | None]:
+        refuse("results")

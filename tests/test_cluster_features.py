@@ -1,0 +1,81 @@
+"""The features merged after the cluster mode, on the local cluster (docs/cluster.md,
+"Features"): cancelling and iterable jobs' flags work; limiters, batches, workflows and
+results are refused at the call with an error that says why; a limited queue cannot be
+partitioned."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+import kiq
+from kiq import api, cancel
+from kiq.config import Config
+from kiq.errors import ConfigError
+from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
+
+REFUSED = "not supported in cluster mode"
+
+
+class ClusterFeature(kiq.Job, name="ClusterFeature"):
+    def perform(self, *args: object) -> None: ...
+
+
+@pytest.fixture
+def cconfig(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:  # noqa: F811
+    cfg = Config(redis_url=cluster_url, partitions={"hot": 4})
+    monkeypatch.setattr(kiq.config, "_default", cfg)
+    yield cfg
+    cfg.close()
+
+
+def test_a_queued_job_is_cancelled_and_its_fate_recorded_on_a_cluster(cconfig: Config) -> None:
+    jids = [str(ClusterFeature.set(queue="hot").perform_async(i)) for i in range(8)]
+    done = cancel.cancel(cconfig, jids[5])
+    assert done.outcome == "removed"
+    assert cancel.fate(cconfig, jids[5])["fate"] == "cancelled"
+    assert cconfig.store.fate_counts(["cancelled"]) == [1]
+    assert api.Queue("hot", cconfig).size() == 7
+
+
+def test_the_heartbeat_reads_running_jobs_cancel_flags_on_a_cluster(cconfig: Config) -> None:
+    store = cconfig.store
+    jids = [f"{i:024x}" for i in range(6)]  # it-<jid> keys on several slots
+    store.mark_cancelled(jids[1], 1)
+    store.mark_cancelled(jids[4], 1)
+    assert store.flush_iteration(jids[2], 1, b"c", 0.5) is False
+    beat = store.beat("me:1:beat", {"info": orjson.dumps({}).decode()}, {}, 60, watch=jids)
+    assert sorted(beat[3]) == [jids[1], jids[4]]
+
+
+def test_limiters_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
+    limiter = kiq.Limiter.concurrent("stripe", 2, config=cconfig)
+    with pytest.raises(ConfigError, match=f"limiters are {REFUSED}.*limit.lua"):
+        with limiter.within_limit():
+            pass
+
+
+def test_batches_and_workflows_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
+    batch = kiq.Batch(config=cconfig)
+    with pytest.raises(ConfigError, match=f"batches are {REFUSED}.*batch_push.lua"):
+        with batch.jobs():
+            ClusterFeature.perform_async(1)
+    assert api.Queue("default", cconfig).size() == 0
+    with pytest.raises(ConfigError, match=f"batches are {REFUSED}"):
+        kiq.chain(ClusterFeature.s(1), ClusterFeature.s(2)).start(config=cconfig)
+
+
+def test_results_are_refused_at_the_push_on_a_cluster(cconfig: Config) -> None:
+    with pytest.raises(ConfigError, match=f"results are {REFUSED}.*result_store.lua"):
+        ClusterFeature.set(result_ttl=60).perform_async(1)
+    assert api.Queue("default", cconfig).size() == 0
+    assert ClusterFeature.perform_async(2) is not None  # without result_ttl: pushed
+
+
+def test_a_limited_queue_cannot_be_partitioned_in_cluster_mode() -> None:
+    with pytest.raises(ConfigError, match="queue 'hot' is partitioned"):
+        Config(
+            redis_url="redis+cluster://127.0.0.1:7000/", partitions={"hot": 4}, limits={"hot": 2}
+        ).validate()
