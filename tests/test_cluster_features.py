@@ -52,16 +52,20 @@ def test_the_heartbeat_reads_running_jobs_cancel_flags_on_a_cluster(cconfig: Con
 
 def test_limiters_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
     limiter = kiq.Limiter.concurrent("stripe", 2, config=cconfig)
-    with pytest.raises(ConfigError, match=f"limiters are {REFUSED}.*limit.lua"):
-        with limiter.within_limit():
-            pass
+    with (
+        pytest.raises(ConfigError, match=f"limiters are {REFUSED}.*limit.lua"),
+        limiter.within_limit(),
+    ):
+        pass
 
 
 def test_batches_and_workflows_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
     batch = kiq.Batch(config=cconfig)
-    with pytest.raises(ConfigError, match=f"batches are {REFUSED}.*batch_push.lua"):
-        with batch.jobs():
-            ClusterFeature.perform_async(1)
+    with (
+        pytest.raises(ConfigError, match=f"batches are {REFUSED}.*batch_push.lua"),
+        batch.jobs(),
+    ):
+        ClusterFeature.perform_async(1)
     assert api.Queue("default", cconfig).size() == 0
     with pytest.raises(ConfigError, match=f"batches are {REFUSED}"):
         kiq.chain(ClusterFeature.s(1), ClusterFeature.s(2)).start(config=cconfig)
