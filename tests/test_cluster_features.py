@@ -83,3 +83,16 @@ def test_a_limited_queue_cannot_be_partitioned_in_cluster_mode() -> None:
         Config(
             redis_url="redis+cluster://127.0.0.1:7000/", partitions={"hot": 4}, limits={"hot": 2}
         ).validate()
+
+
+def test_a_queue_limit_holds_across_processes_on_a_cluster(cconfig: Config) -> None:
+    store = cconfig.store
+    store.push([("capped", orjson.dumps({"jid": f"c{i}", "queue": "capped"})) for i in range(9)])
+    limits = {"capped": (3, 0, 0.0)}  # concurrency 3 across every process
+    first = store.fetch("a:1:x", ["capped", "default"], 5, limits=limits)
+    second = store.fetch("b:1:x", ["capped"], 5, limits=limits)
+    assert (len(first), len(second)) == (3, 0)
+    store.ack("a:1:x", first[:2])  # two done: room for two more, whoever asks
+    assert len(store.fetch("b:1:x", ["capped"], 5, limits=limits)) == 2
+    holders = store._r.zrange(cconfig.keys.queue_limit("capped"), 0, -1)
+    assert sorted(holders) == [b"a:1:x", b"b:1:x"]
