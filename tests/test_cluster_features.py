@@ -1,11 +1,13 @@
 """The features merged after the cluster mode, on the local cluster (docs/cluster.md,
-"Features"): cancelling and iterable jobs' flags work; limiters, batches, workflows and
-results are refused at the call with an error that says why; a limited queue cannot be
-partitioned."""
+"Features"): cancelling, iterable jobs' flags, queue limits and results work; limiters,
+batches and workflows are refused at the call with an error that says why; a limited
+queue cannot be partitioned."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -15,6 +17,10 @@ from kiq import api, cancel
 from kiq.config import Config
 from kiq.errors import ConfigError
 from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
+from tests.support.result_jobs import ResultAdd, ResultBoom
+from tests.support.servers import Worker
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # the worker's -r result_jobs
 
 REFUSED = "not supported in cluster mode"
 
@@ -71,11 +77,32 @@ def test_batches_and_workflows_are_refused_at_the_call_on_a_cluster(cconfig: Con
         kiq.chain(ClusterFeature.s(1), ClusterFeature.s(2)).start(config=cconfig)
 
 
-def test_results_are_refused_at_the_push_on_a_cluster(cconfig: Config) -> None:
-    with pytest.raises(ConfigError, match=f"results are {REFUSED}.*result_store.lua"):
-        ClusterFeature.set(result_ttl=60).perform_async(1)
-    assert api.Queue("default", cconfig).size() == 0
-    assert ClusterFeature.perform_async(2) is not None  # without result_ttl: pushed
+@pytest.mark.slow
+def test_results_are_stored_and_waiters_woken_on_a_cluster(
+    cconfig: Config,
+    cluster_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    handles = [ResultAdd.enqueue(i, 1) for i in range(6)]  # records on several slots
+    seed = cluster_url.removeprefix("redis+cluster://").split(",")[0].rstrip("/")
+    # record_url: the job modules open a plain client at import (unused by these jobs)
+    worker = Worker(
+        tmp_path, cluster_url, "-r", "result_jobs", name="results", record_url=f"redis://{seed}/0"
+    )
+    try:
+        for i, handle in enumerate(handles):
+            try:
+                value = handle.get(timeout=20)
+            except kiq.ResultTimeout:
+                raise AssertionError(worker.output()[-3000:]) from None
+            assert value == {"sum": i + 1, "jid": handle.jid}
+        failed = ResultBoom.enqueue("x")
+        with pytest.raises(kiq.JobFailed):
+            failed.get(timeout=30)
+    finally:
+        worker.kill()
+    assert kiq.Result(handles[0].jid).status == "succeeded"
+    assert cconfig.store.result_counts()["succeeded"] == 6
 
 
 def test_a_limited_queue_cannot_be_partitioned_in_cluster_mode() -> None:

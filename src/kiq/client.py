@@ -30,8 +30,6 @@ from kiq import payload as wire
 from kiq.config import Config, get_default
 from kiq.errors import JobArgumentError
 from kiq.payload import Payload
-from kiq.store import is_cluster_url
-from kiq.store.cluster_refused import refuse
 
 if TYPE_CHECKING:
     from kiq.job import Job
@@ -212,12 +210,6 @@ class Client:
         if "expires_in" in payload and "expires_at" not in payload:
             # Sidekiq Pro's rule: the expiry counts from when the job is due (its ``at``)
             _stamp_expiry(payload)
-        if (
-            "result_ttl" in payload
-            and self.config.redis_url
-            and is_cluster_url(self.config.redis_url)
-        ):
-            refuse("results")  # result_store.lua spans slots (kiq.store.cluster_refused)
         if "bid" not in payload and (bid := batch_context.current_bid()) is not None:
             payload["bid"] = bid  # pushed inside a Batch.jobs() block: joins it (kiq.batch)
         return payload

@@ -26,7 +26,8 @@ It is built from a URL and knows nothing of Config; components reach it as
   * ``cluster``, ``cluster_sets``, ``cluster_queues``, ``cluster_procs``: Redis Cluster
     (``redis+cluster://``, docs/cluster.md): ``ClusterStore`` overrides what spans hash
     slots, split per slot; ``open_store`` picks the class from the URL;
-    ``cluster_refused``: the features refused there, and why.
+    ``cluster_results``: results split per slot; ``cluster_refused``: the features
+    refused there, and why.
 
 Example::
 
@@ -48,6 +49,7 @@ from kiq.store.cluster import (
 )
 from kiq.store.cluster_procs import ClusterProcesses
 from kiq.store.cluster_refused import ClusterRefused
+from kiq.store.cluster_results import ClusterResults
 from kiq.store.connection import (
     BLOCK_SLACK,
     CONNECT_TIMEOUT,
@@ -78,7 +80,7 @@ class Store(
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 
-class ClusterStore(ClusterRefused, ClusterProcesses, Store):
+class ClusterStore(ClusterRefused, ClusterResults, ClusterProcesses, Store):
     """``Store`` on a Redis Cluster (``redis+cluster://``, docs/cluster.md): the
     ``cluster*`` files of this package override what spans slots on a cluster; the
     rest (heartbeat, registry, cron definitions, counters) runs unchanged on the

@@ -9,14 +9,13 @@ instead of failing later with Redis's CROSSSLOT error, or half-writing:
     ``kiq|limiters`` index and the minute stats (global slot) in one step;
   * batches and workflows: ``batch_push.lua`` pushes each job into its queue shard and
     counts it in ``b-<bid>`` in one step (a batch's jobs span every queue shard);
-  * results (``result_ttl``): ``result_store.lua`` writes the record with its count and
-    the waiters' wake-up in one step; the client refuses ``result_ttl`` at the push
-    (``kiq.client``), and a wait here.
+
+Results, refused at first, run on a cluster split per slot (``cluster_results``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from kiq.errors import ConfigError
@@ -27,8 +26,6 @@ WHY: dict[str, str] = {
     "index and stats at once (limit.lua)",
     "batches": "a batch's push puts each job in its queue shard and counts it in the "
     "batch in one step (batch_push.lua), and a batch's jobs span every shard",
-    "results": "storing a result writes the record, its count and the waiters' "
-    "wake-up in one step (result_store.lua)",
 }
 
 
@@ -76,6 +73,3 @@ class ClusterRefused(Connection):
 
     def workflow_save(self, wid: str, fields: Mapping[str, str], ttl: int, now: float) -> None:
         refuse("batches")
-
-    def read_results(self, jids: Sequence[str]) -> list[bytes | None]:
-        refuse("results")
