@@ -123,3 +123,4 @@ def test_a_queue_limit_holds_across_processes_on_a_cluster(cconfig: Config) -> N
     assert len(store.fetch("b:1:x", ["capped"], 5, limits=limits)) == 2
     holders = store._r.zrange(cconfig.keys.queue_limit("capped"), 0, -1)
     assert sorted(holders) == [b"a:1:x", b"b:1:x"]
+    assert store.queue_limit_usage(["capped"], 0) == [3]  # the admin read (Web UI Limits)
