@@ -46,6 +46,16 @@ def test_a_queued_job_is_cancelled_and_its_fate_recorded_on_a_cluster(cconfig: C
     assert api.Queue("hot", cconfig).size() == 7
 
 
+def test_a_fetched_job_of_a_partition_is_found_by_cancel_on_a_cluster(cconfig: Config) -> None:
+    jids = [str(ClusterFeature.set(queue="hot").perform_async(i)) for i in range(8)]
+    store = cconfig.store
+    store.register_fetcher("w:1:x", b'["hot"]')
+    assert len(store.fetch("w:1:x", ["hot"], 8)) == 8  # taken from all four partitions
+    for jid in jids:
+        done = cancel.cancel(cconfig, jid)
+        assert (done.outcome, done.where) == ("cancelling", "fetched by a worker, about to start")
+
+
 def test_the_heartbeat_reads_running_jobs_cancel_flags_on_a_cluster(cconfig: Config) -> None:
     store = cconfig.store
     jids = [f"{i:024x}" for i in range(6)]  # it-<jid> keys on several slots

@@ -101,6 +101,29 @@ class ClusterProcesses(ClusterQueues):
         pipe.execute()
         self._r.incr(self.keys.fate_count(str(fields["fate"])))
 
+    def find_fetched(self, needle: bytes) -> list[tuple[str, str, bytes]]:
+        """As on one Redis (``Iterations.find_fetched``), over every shard of each
+        registered queue (one pipelined LRANGE per list, grouped per node)."""
+        lists: list[tuple[str, str, str]] = []
+        for raw_ident, raw_queues in self._r.hgetall(self.keys.fetchers).items():
+            try:
+                names = orjson.loads(raw_queues)
+            except orjson.JSONDecodeError:
+                continue
+            ident = raw_ident.decode()
+            for queue in (q for q in names if isinstance(q, str)):
+                lists += [(ident, queue, shard) for shard in self.shards_of(queue)]
+        pipe = self._redis.pipeline(transaction=False)
+        for ident, _, shard in lists:
+            pipe.lrange(self.keys.inprogress(ident, shard), 0, -1)
+        replies = pipe.execute() if lists else []
+        return [
+            (ident, queue, bytes(raw))
+            for (ident, queue, _), raws in zip(lists, replies, strict=True)
+            for raw in raws
+            if needle in raw
+        ]
+
     def recover_orphans(
         self, identity: str, plan: Plan, now: float, dead_max_jobs: int, dead_timeout: float
     ) -> list[tuple[str, list[bytes], list[bytes]]] | None:
