@@ -56,6 +56,14 @@ def test_a_fetched_job_of_a_partition_is_found_by_cancel_on_a_cluster(cconfig: C
         assert (done.outcome, done.where) == ("cancelling", "fetched by a worker, about to start")
 
 
+def test_in_progress_lists_every_partition_s_jobs(cconfig: Config) -> None:
+    for i in range(8):
+        ClusterFeature.set(queue="hot").perform_async(i)
+    store = cconfig.store
+    taken = store.fetch("w:2:x", ["hot"], 8)
+    assert sorted(store.in_progress("w:2:x", ["hot"])) == sorted(raw for _, raw in taken)
+
+
 def test_the_heartbeat_reads_running_jobs_cancel_flags_on_a_cluster(cconfig: Config) -> None:
     store = cconfig.store
     jids = [f"{i:024x}" for i in range(6)]  # it-<jid> keys on several slots

@@ -307,6 +307,15 @@ class ClusterQueues(ClusterSets):
     def queue_remove(self, name: str, raw: bytes) -> bool:
         return any(self._r.lrem(self.keys.queue(s), 1, raw) for s in self.shards_of(name))
 
+    def in_progress(self, identity: str, names: Sequence[str]) -> list[bytes]:
+        """Every raw job in this identity's in-progress lists, every shard of each queue
+        (the fetcher's resync must see a partition's jobs, or it drops them)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            for shard in self.shards_of(name):
+                pipe.lrange(self.keys.inprogress(identity, shard), 0, -1)
+        return [raw for raws in (pipe.execute() if names else []) for raw in raws]
+
     def in_progress_sizes(self, identity: str, names: Sequence[str]) -> list[int]:
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
