@@ -11,14 +11,17 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 import kiq
 from kiq import api, cancel
 from kiq.config import Config
 from kiq.errors import ConfigError
+from tests.support import iter_jobs
 from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
 from tests.support.result_jobs import ResultAdd, ResultBoom
 from tests.support.servers import Worker
+from tests.support.wait import wait_until
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))  # the worker's -r result_jobs
 
@@ -62,6 +65,27 @@ def test_in_progress_lists_every_partition_s_jobs(cconfig: Config) -> None:
     store = cconfig.store
     taken = store.fetch("w:2:x", ["hot"], 8)
     assert sorted(store.in_progress("w:2:x", ["hot"])) == sorted(raw for _, raw in taken)
+
+
+@pytest.mark.slow
+def test_a_running_iterable_job_is_cancelled_within_a_beat_on_a_cluster(
+    cconfig: Config,
+    cluster_url: str,  # noqa: F811
+    redis_url: str,
+    r: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    r.delete("test:items")
+    jid = str(iter_jobs.CountJob.perform_async(100_000))
+    worker = Worker(tmp_path, cluster_url, "-r", "iter_jobs", "-q", "iter", record_url=redis_url)
+    try:
+        wait_until(lambda: r.llen("test:items") >= 10, timeout=30)
+        assert api.cancel(jid).outcome == "cancelling"
+        wait_until(lambda: cancel.fate(cconfig, jid).get("fate") == "cancelled", timeout=15)
+    finally:
+        worker.kill()
+    assert cancel.fate(cconfig, jid)["where"] == "cancelled while running"
+    assert r.llen("test:items") < 100_000
 
 
 def test_the_heartbeat_reads_running_jobs_cancel_flags_on_a_cluster(cconfig: Config) -> None:
