@@ -1,10 +1,11 @@
 """The features merged after the cluster mode, on the local cluster (docs/cluster.md,
-"Features"): cancelling, iterable jobs' flags, queue limits and results work; limiters,
-batches and workflows are refused at the call with an error that says why; a limited
-queue cannot be partitioned."""
+"Features"): cancelling, iterable jobs, queue limits, results and (sync) limiters work;
+async limiters, batches and workflows are refused at the call with an error that says
+why; a limited queue cannot be partitioned."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,13 +99,36 @@ def test_the_heartbeat_reads_running_jobs_cancel_flags_on_a_cluster(cconfig: Con
     assert sorted(beat[3]) == [jids[1], jids[4]]
 
 
-def test_limiters_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
-    limiter = kiq.Limiter.concurrent("stripe", 2, config=cconfig)
-    with (
-        pytest.raises(ConfigError, match=f"limiters are {REFUSED}.*limit.lua"),
-        limiter.within_limit(),
-    ):
+def test_a_limiter_holds_on_a_cluster_and_the_admin_view_sees_it(cconfig: Config) -> None:
+    limiter = kiq.Limiter.concurrent("stripe", 2, wait_timeout=0, config=cconfig)
+    first, second = limiter.acquire(), limiter.acquire()
+    with pytest.raises(kiq.OverLimit):
+        limiter.acquire()
+    limiter.release(first)
+    third = limiter.acquire()  # the freed slot
+    for token in (second, third):
+        limiter.release(token)
+    bucket = kiq.Limiter.bucket("mail", 3, "minute", wait_timeout=0, config=cconfig)
+    for _ in range(3):
+        with bucket.within_limit():
+            pass
+    with pytest.raises(kiq.OverLimit), bucket.within_limit():
         pass
+    shown = {info.name: info for info in api.limiters(cconfig)}
+    assert set(shown) == {"stripe", "mail"}  # copied to the global index
+    assert shown["mail"].held == 3
+    assert sum(m.held for m in shown["stripe"].minutes) == 3  # the minute stats, copied
+
+
+def test_async_limiters_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
+    limiter = kiq.Limiter.concurrent("stripe-async", 2, config=cconfig)
+
+    async def main() -> None:
+        async with limiter.within_limit():
+            pass
+
+    with pytest.raises(ConfigError, match=f"async limiters are {REFUSED}"):
+        asyncio.run(main())
 
 
 def test_batches_and_workflows_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:

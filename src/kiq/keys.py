@@ -468,6 +468,17 @@ class ClusterKeys(Keys):
         """STRING: ``identity``'s last fetch call on ``shard`` (fetch.lua's call record)."""
         return f"{self.prefix}kiq|fetch-call|{identity}|{{{shard}}}"
 
+    def limiter_index_of(self, name: str) -> str:
+        """ZSET: ``name`` -> its last use, beside the limiter's keys (limit.lua's index on
+        a cluster; copied to ``kiq|limiters``: kiq.store.cluster_limits)."""
+        return f"{self.prefix}kiq|limiter|{{{name}}}|index"
+
+    def limiter_minute_of(self, name: str, at: datetime) -> str:
+        """HASH: this limiter's counts of one minute, beside its keys (copied to
+        ``limiter_minute(at)``: kiq.store.cluster_limits)."""
+        at = at.astimezone(UTC)
+        return f"{self.prefix}kiq|limiter|{{{name}}}|stats|{at:%Y%m%d}|{at.hour}:{at.minute}"
+
     def cron_claims(self, shard: str) -> str:
         """ZSET ``<name>|<tick>`` -> tick: the exactly-once claims of the cron ticks
         pushed to this shard, beside the queue they push to (one-slot claim + push)."""

@@ -5,8 +5,8 @@ Why its own file: these features' atomic steps span hash slots that no tag can j
 queue), so on a cluster their store calls raise ``ConfigError`` naming the feature,
 instead of failing later with Redis's CROSSSLOT error, or half-writing:
 
-  * limiters (``kiq.Limiter``): ``limit.lua`` writes the limiter's keys with the
-    ``kiq|limiters`` index and the minute stats (global slot) in one step;
+  * async limiters (``async with limiter.within_limit()``): the store's async client
+    has no cluster form (sync limiters run split per slot: ``cluster_limits``);
   * batches and workflows: ``batch_push.lua`` pushes each job into its queue shard and
     counts it in ``b-<bid>`` in one step (a batch's jobs span every queue shard);
 
@@ -22,8 +22,8 @@ from kiq.errors import ConfigError
 from kiq.store.connection import Connection
 
 WHY: dict[str, str] = {
-    "limiters": "a limiter's step writes its own keys and the cluster-wide limiter "
-    "index and stats at once (limit.lua)",
+    "async limiters": "the async client has no cluster form (Limiter.within_limit "
+    "in sync code works)",
     "batches": "a batch's push puts each job in its queue shard and counts it in the "
     "batch in one step (batch_push.lua), and a batch's jobs span every shard",
 }
@@ -41,26 +41,14 @@ def refuse(feature: str) -> NoReturn:
 class ClusterRefused(Connection):
     """The store calls of the refused features (see the module docstring)."""
 
-    def limit_try(self, *args: Any, **kwargs: Any) -> Any:
-        refuse("limiters")
-
-    def limit_release(self, *args: Any, **kwargs: Any) -> Any:
-        refuse("limiters")
-
-    def limit_wait(self, name: str, timeout: float) -> bool:
-        refuse("limiters")
-
     async def alimit_try(self, *args: Any, **kwargs: Any) -> Any:
-        refuse("limiters")
+        refuse("async limiters")
 
     async def alimit_release(self, *args: Any, **kwargs: Any) -> Any:
-        refuse("limiters")
+        refuse("async limiters")
 
     async def alimit_wait(self, name: str, timeout: float) -> bool:
-        refuse("limiters")
-
-    def reschedule_limited(self, at: float, raw: bytes, klass: str) -> None:
-        refuse("limiters")
+        refuse("async limiters")
 
     def batch_open(self, *args: Any, **kwargs: Any) -> Any:
         refuse("batches")
