@@ -1,16 +1,16 @@
 """Redis Cluster: the features refused on a cluster, each with why (docs/cluster.md).
 
-Why its own file: these features' atomic steps span hash slots that no tag can join
-(a per-job or per-limiter key written together with a cluster-wide index, counter or
-queue), so on a cluster their store calls raise ``ConfigError`` naming the feature,
-instead of failing later with Redis's CROSSSLOT error, or half-writing:
+Why its own file: these features cannot run on a cluster yet, so their store calls
+raise ``ConfigError`` naming the feature and why, instead of failing later with Redis's
+CROSSSLOT error, or half-writing:
 
   * async limiters (``async with limiter.within_limit()``): the store's async client
     has no cluster form (sync limiters run split per slot: ``cluster_limits``);
   * batches and workflows: ``batch_push.lua`` pushes each job into its queue shard and
-    counts it in ``b-<bid>`` in one step (a batch's jobs span every queue shard);
+    counts it in ``b-<bid>`` in one step (a batch's jobs span every queue shard).
 
-Results, refused at first, run on a cluster split per slot (``cluster_results``).
+Results and sync limiters run on a cluster split per slot (``cluster_results``,
+``cluster_limits``).
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ WHY: dict[str, str] = {
     "async limiters": "the async client has no cluster form (Limiter.within_limit "
     "in sync code works)",
     "batches": "a batch's push puts each job in its queue shard and counts it in the "
-    "batch in one step (batch_push.lua), and a batch's jobs span every shard",
+    "batch in one step (batch_push.lua), and a batch's jobs span every shard's hash slot",
 }
 
 
 def refuse(feature: str) -> NoReturn:
     """Raise the ConfigError that says ``feature`` does not run on a cluster, and why."""
     raise ConfigError(
-        f"{feature} are not supported in cluster mode (redis+cluster://): {WHY[feature]}, "
-        f"which spans hash slots; use a single Redis (or Sentinel) for them "
+        f"{feature} are not supported in cluster mode (redis+cluster://): {WHY[feature]}; "
+        f"use a single Redis (or Sentinel) for them "
         f"(docs/cluster.md, Not supported)"
     )
 
