@@ -85,8 +85,10 @@ class KiqSystem:
         client_url: str | None = None,
         processes: int = 1,
         name: str = "kiq",
+        log_level: str | None = None,
     ) -> None:
         self.name = name
+        self.log_level = log_level  # "error": no per-job start/done lines (--log-level)
         self.server = server
         self.redis = server.client()  # the bench's own: flush, poll, INFO (never delayed)
         self.concurrency = concurrency
@@ -281,6 +283,8 @@ class KiqSystem:
         argv = [*base, "worker", "-r", str(JOBS_FILE), "-c", str(self.concurrency), "-q", QUEUE]
         if self.processes > 1:
             argv += ["--processes", str(self.processes)]
+        if self.log_level:
+            argv += ["--log-level", self.log_level]
         return argv
 
     def worker(self) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:

@@ -6,7 +6,7 @@
     python bench/run.py --soak 1000000 --sections soak
     python bench/run.py --sections profile             # py-spy of a kiq drain
 
-Sections (``--sections``, default ``main,link,scale,mix``):
+Sections (``--sections``, default ``main,link,scale,mix,io,mixed,idle``):
   main     every system in --systems: enqueue (one call per job; perform_bulk; kiq's
            asyncio client), drain of n no-op jobs with 10 slots, idle latency, CPU, RSS,
            Redis commands per job; --runs runs, phase by phase, medians
@@ -18,6 +18,16 @@ Sections (``--sections``, default ``main,link,scale,mix``):
            jobs, Sidekiq `sleep 0.001`; jobs/s with 10 slots and the peak seen running
   soak     --soak N jobs through one kiq worker, its RSS sampled every 2 s (a curve)
   profile  py-spy on a kiq worker draining --profile-n jobs; top self-time functions
+  io       issue 14: --jobs (20,000) jobs of 50 ms I/O (loopback HTTP, asyncio.sleep)
+           through kiq's async capsule of 1,000, Sidekiq+YJIT -c 50 and the async peers
+           (--io-systems: arq, SAQ, taskiq, streaq at 1,000); bench/io_bench.py
+  mixed    issue 14: a thread capsule of 10 (no-op) beside an async capsule of 1,000
+           (50 ms sleeps) in one process, each against its solo rate; capsule_bench.py
+  idle     issue 14: idle RSS by import layer, and of started kiq / bare-loop / Sidekiq
+           workers; idle_bench.py
+
+A section can also be named alone: ``python bench/run.py io`` (``--jobs 2000`` for a
+quick look).
 
 Every ratio is against Sidekiq *in the same run* (the machine is shared and noisy);
 the table shows the median of the runs and the median of the per-run ratios. Results go
@@ -42,6 +52,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import capsule_bench
+import idle_bench
+import io_bench
 from common import (
     BENCH_DIR,
     REPO_DIR,
@@ -56,8 +69,11 @@ from netdelay import Link, delayed_link
 from peers import PEERS, PeerSystem
 from sidekiq_bench import SidekiqSystem
 
-DEFAULT_SYSTEMS = "kiq,sidekiq,dramatiq,celery,rq,huey,floor"  # arq: --systems ...,arq
-DEFAULT_SECTIONS = "main,link,scale,mix"
+# sidekiq-yjit(-quiet) and kiq-quiet: issue 14's YJIT rows, logging on and off on both sides
+DEFAULT_SYSTEMS = (  # arq: --systems ...,arq
+    "kiq,sidekiq,sidekiq-yjit,kiq-quiet,sidekiq-yjit-quiet,dramatiq,celery,rq,huey,floor"
+)
+DEFAULT_SECTIONS = "main,link,scale,mix,io,mixed,idle"
 RESULTS = BENCH_DIR / "results" / "latest.json"
 DOC = REPO_DIR / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -111,7 +127,7 @@ def run_main(systems: Sequence[Any], args: argparse.Namespace, errors: list[str]
     """
     runs: Runs = []
     sidekiq = [s for s in systems if s.name.startswith("sidekiq")]
-    kiq = [s for s in systems if s.name == "kiq"]
+    kiq = [s for s in systems if s.name.startswith("kiq")]
     others = [s for s in systems if s not in sidekiq and s not in kiq]
     for index in range(args.runs):
         print(f"\n== main, run {index + 1}/{args.runs}", flush=True)
@@ -394,6 +410,40 @@ def targets(doc: dict[str, Any]) -> list[str]:
         if kiq.get("idle_rss_kb") and main["median"][ref].get("idle_rss_kb"):
             mine, theirs = kiq["idle_rss_kb"] / 1024, main["median"][ref]["idle_rss_kb"] / 1024
             row("6. idle RSS ≤ Sidekiq's", f"{mine:.1f} vs {theirs:.1f} MB", mine <= theirs)
+    lines += yjit_targets(main.get("runs", []))
+    return lines
+
+
+YJIT_PAIRS = (  # issue 14: (kiq row, Sidekiq+YJIT row, what is logged per job on both)
+    ("kiq", "sidekiq-6.4-yjit", "start/done at INFO to a file"),
+    ("kiq-quiet", "sidekiq-6.4-yjit-quiet", "per-job lines off"),
+)
+
+
+def pair_ratio(runs: Runs, mine: str, theirs: str, key: str, their_key: str) -> float | None:
+    """Median over runs of mine[key] / theirs[their_key], both from the same run."""
+    values = [
+        run[mine][key] / run[theirs][their_key]
+        for run in runs
+        if run.get(mine, {}).get(key) and run.get(theirs, {}).get(their_key)
+    ]
+    return statistics.median(values) if values else None
+
+
+def yjit_targets(runs: Runs) -> list[str]:
+    """Issue 14: kiq one process ≥ 3x Sidekiq 6.4 with YJIT, per-job logging equal."""
+    lines = []
+    for mine, theirs, logging_ in YJIT_PAIRS:
+        drain = pair_ratio(runs, mine, theirs, "drain_acked_per_s", "drain_per_s")
+        if drain is not None:
+            holds = "yes" if drain >= 3 else "**no**"
+            lines.append(
+                f"| 14. drain ≥ 3x Sidekiq+YJIT, {logging_} ({mine} to last ack vs "
+                f"{theirs}) | {X}{drain:.2f} | {holds} |"
+            )
+    push = pair_ratio(runs, "kiq", "sidekiq-6.4-yjit", "enqueue_per_s", "enqueue_per_s")
+    if push is not None:
+        lines.append(f"| 14. perform_async vs Sidekiq+YJIT's (reported) | {X}{push:.2f} | {NA} |")
     return lines
 
 
@@ -445,6 +495,12 @@ def render(doc: dict[str, Any]) -> str:
     if len(checks) > 2:
         out += ["### Targets (issue 5)", "", *checks, ""]
     out += link_section(doc) + scale_section(doc) + mix_section(doc) + soak_section(doc)
+    if "io" in sections:
+        out += io_bench.render(sections["io"], table, doc["settings"]["runs"])
+    if "mixed" in sections:
+        out += capsule_bench.render(sections["mixed"])
+    if "idle" in sections:
+        out += idle_bench.render(sections["idle"])
     out += profile_section(doc)
     if doc["errors"]:
         out += ["### Errors", "", *[f"- {e}" for e in doc["errors"]], ""]
@@ -604,7 +660,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("-n", type=int, default=10_000, help="jobs per enqueue/drain (same for every system)")
     add("--runs", type=int, default=3, help="runs per section; the table shows medians")
     add("--systems", default=DEFAULT_SYSTEMS, help=f"of kiq,sidekiq,{','.join(PEERS)}")
-    add("--sections", default=DEFAULT_SECTIONS, help="main,link,scale,mix,soak,profile")
+    add("--sections", default=DEFAULT_SECTIONS,
+        help="main,link,scale,mix,io,mixed,idle,soak,profile")  # fmt: skip
+    add("only", nargs="*", metavar="SECTION", help="sections to run (instead of --sections)")
+    add("--jobs", type=int, default=20_000, help="io and mixed: jobs per I/O drain")
+    add("--io-systems", default=io_bench.DEFAULT_SYSTEMS, help=f"of {','.join(io_bench.SPECS)}")
+    add("--io-latency-seconds", type=float, default=2.0, help="io: seconds of paced jobs")
+    add("--io-drain-timeout", type=float, default=30.0, help="io: s; slower drains cut short")
+    add("--io-port", type=int, default=8790, help="io: the delayed HTTP server's port")
     add("--latency-ms", type=float, default=1.0, help="round trip of the link section")
     add("--link", choices=["auto", "netem", "proxy"], default="auto")
     add("--link-enqueue-n", type=int, default=1_000, help="enqueue n behind the slow link")
@@ -618,9 +681,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--drain-timeout", type=float, default=20.0, help="s; slower drains are cut short")
     add("--port", type=int, default=6390, help="private redis-server (the link uses +1)")
     add("--json", default=str(RESULTS))
+    add("--merge", default="", help="a,b.json: write one doc from earlier runs' results")
     add("--doc", default=str(DOC), help="markdown file to update ('' to skip)")
     add("--log-dir", default=os.path.join("/tmp", "kiq-bench"))
     args = parser.parse_args(argv)
+    if args.only:
+        args.sections = ",".join(args.only)
     if args.soak and "soak" not in args.sections.split(","):
         args.sections += ",soak"
     return args
@@ -645,6 +711,27 @@ def build_systems(server: RedisServer, args: argparse.Namespace) -> list[Any]:
             systems.append(
                 SidekiqSystem(own, log_path=logs / "sidekiq.log", drain_timeout=args.drain_timeout)
             )
+        elif name in ("sidekiq-yjit", "sidekiq-yjit-quiet"):
+            # ruby --yjit (RUBY_YJIT_ENABLE=1); -quiet: logger at ERROR, no per-job lines
+            systems.append(
+                SidekiqSystem(
+                    own,
+                    log_path=logs / f"{name}.log",
+                    drain_timeout=args.drain_timeout,
+                    yjit=True,
+                    quiet=name.endswith("-quiet"),
+                )
+            )
+        elif name == "kiq-quiet":  # --log-level error: no per-job lines, as sidekiq-yjit-quiet
+            systems.append(
+                KiqSystem(
+                    own,
+                    log_path=logs / "kiq-quiet.log",
+                    drain_timeout=args.drain_timeout,
+                    name="kiq-quiet",
+                    log_level="error",
+                )
+            )
         elif name == "floor":
             systems.append(
                 FloorSystem(own, log_path=logs / "floor.log", drain_timeout=args.drain_timeout)
@@ -660,7 +747,8 @@ def build_systems(server: RedisServer, args: argparse.Namespace) -> list[Any]:
             )
         else:
             raise SystemExit(
-                f"unknown system {name!r}; choose from kiq,sidekiq,floor,{','.join(PEERS)}"
+                f"unknown system {name!r}; choose from kiq,kiq-quiet,sidekiq,sidekiq-yjit,"
+                f"sidekiq-yjit-quiet,floor,{','.join(PEERS)}"
             )
     return systems
 
@@ -674,8 +762,31 @@ def fresh_logs(directory: str) -> Iterator[None]:
     yield
 
 
+def merge(paths: Sequence[str]) -> dict[str, Any]:
+    """One document from the results of several runs (each a section or a few), as if
+    run together: sections, systems and errors joined, the first run's settings."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    doc = docs[0]
+    for other in docs[1:]:
+        doc["sections"].update(other["sections"])
+        doc["meta"].update(other["meta"])
+        doc["errors"] += other["errors"]
+        doc["command"] += " && " + other["command"]
+        doc["elapsed_s"] += other["elapsed_s"]
+    doc["started"] = min(d["started"] for d in docs)
+    doc["finished"] = max(d["finished"] for d in docs)
+    doc["loadavg_end"] = docs[-1]["loadavg_end"]
+    return doc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        merged = merge(args.merge.split(","))
+        Path(args.json).write_text(json.dumps(merged, indent=1, default=str) + "\n")
+        if args.doc:
+            write_doc(merged, Path(args.doc))
+        return 0
     sections = args.sections.split(",")
     started = time.monotonic()
     errors: list[str] = []
@@ -690,10 +801,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "errors": errors,
     }
     with fresh_logs(args.log_dir), RedisServer.private(port=args.port) as server:
-        systems = build_systems(server, args)
+        wanted = {"main", "link", "mix"} & set(sections)  # the sections that use --systems
+        systems = build_systems(server, args) if wanted else []
         for system in systems:
             doc["meta"][system.name] = system.describe()
-        by_name = {s.name.split("-")[0]: s for s in systems}
+        by_name: dict[str, Any] = {}
+        for system in systems:  # the first of each family: "sidekiq" is sidekiq-6.4 itself
+            by_name.setdefault(system.name.split("-")[0], system)
         reference = by_name["sidekiq"].name if "sidekiq" in by_name else None
         if "main" in sections:
             runs = run_main(systems, args, errors)
@@ -716,6 +830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sidekiq = by_name.get("sidekiq")
             runs = run_mix(kiq, sidekiq, args, errors)
             doc["sections"]["mix"] = section(runs, "sidekiq sleep 1 ms")
+        doc["sections"].update(run_issue14(server, args, sections, errors))
         if "soak" in sections:
             doc["sections"]["soak"] = run_soak(server, args, errors)
         if "profile" in sections:
@@ -731,6 +846,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_doc(doc, Path(args.doc))
     print(f"total {doc['elapsed_s'] / 60:.1f} min")
     return 1 if errors else 0
+
+
+def run_issue14(
+    server: RedisServer, args: argparse.Namespace, sections: list[str], errors: list[str]
+) -> dict[str, Any]:
+    """Issue 14's sections: io (bench/io_bench.py), mixed (capsule_bench.py), idle."""
+    out: dict[str, Any] = {}
+    logs = Path(args.log_dir)
+    if "io" in sections:
+        out["io"] = io_bench.run_io(
+            server,
+            names=args.io_systems.split(","),
+            jobs=args.jobs,
+            runs=args.runs,
+            port=args.io_port,
+            log_dir=logs,
+            timeout=args.io_drain_timeout,
+            latency_seconds=args.io_latency_seconds,
+            phase=phase,
+            errors=errors,
+        )
+    if "mixed" in sections:
+        out["mixed"] = capsule_bench.run_mixed(
+            server, noop=args.jobs, io=args.jobs, runs=args.runs, log_dir=logs, phase=phase,
+            errors=errors,
+        )  # fmt: skip
+    if "idle" in sections:
+        out["idle"] = idle_bench.run_idle(
+            server, runs=args.runs, log_dir=logs, phase=phase, errors=errors
+        )
+    return out
 
 
 def section(runs: Runs, reference: str | None) -> dict[str, Any]:

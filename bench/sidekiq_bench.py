@@ -49,6 +49,7 @@ from common import (
 )
 
 WORKER_APP = REPO_DIR / "tests" / "interop" / "ruby" / "worker_app.rb"
+QUIET_APP = REPO_DIR / "bench" / "peer_apps" / "sidekiq_quiet.rb"  # worker_app + ERROR level
 QUEUE = "default"
 
 # Run with `ruby -r worker_app.rb -e ...`, so RubyNoop/RubyLatency and the redis-rb
@@ -107,6 +108,7 @@ class SidekiqSystem:
         drain_timeout: float = 90.0,
         yjit: bool = False,
         client_url: str | None = None,
+        quiet: bool = False,
     ) -> None:
         self.server = server
         # client_url: where Sidekiq and its clients connect (a delayed link, see
@@ -126,8 +128,12 @@ class SidekiqSystem:
         # Debian's Ruby 3.1 is built with YJIT but leaves it off, as we do by default.
         self.env.pop("RUBY_YJIT_ENABLE", None)
         if yjit:
-            self.env["RUBY_YJIT_ENABLE"] = "1"
+            self.env["RUBY_YJIT_ENABLE"] = "1"  # what `ruby --yjit` turns on
             self.name = "sidekiq-6.4-yjit"
+        # quiet: Sidekiq.logger.level = ERROR, no per-job start/done lines (QUIET_APP)
+        self.app = QUIET_APP if quiet else WORKER_APP
+        if quiet:
+            self.name += "-quiet"
 
     # -- System protocol ---------------------------------------------------------------------
 
@@ -207,7 +213,7 @@ class SidekiqSystem:
     def _sidekiq_argv(self) -> list[str]:
         sidekiq = shutil.which("sidekiq") or "sidekiq"
         return [
-            sidekiq, "-r", str(WORKER_APP), "-c", str(self.concurrency), "-q", QUEUE,
+            sidekiq, "-r", str(self.app), "-c", str(self.concurrency), "-q", QUEUE,
         ]  # fmt: skip
 
     def _sidekiq(self) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:

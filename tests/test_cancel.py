@@ -83,14 +83,23 @@ def test_cancel_an_unknown_jid_says_so_from_the_cli(config: Config, redis_url: s
     assert "removed from queue iter" in found.stdout
 
 
-def test_a_running_thread_job_sees_cancelled_and_ends_recorded_as_cancelled(
-    config: Config, r: redis.Redis, start_worker: Callable[..., Worker]
-) -> None:
+def cancel_once_running(
+    r: redis.Redis, start_worker: Callable[..., Worker], job: type[kiq.Job], arg: str
+) -> tuple[Worker, str]:
+    """Start a worker, push ``job(arg)``, and once it runs (started, and the worker's
+    work hash says busy) cancel it: kiq.api.cancel must answer "cancelling"."""
     worker = start_worker("-r", "iter_jobs", "-q", "iter")
-    jid = iter_jobs.PatientJob.perform_async("t")
+    jid = job.perform_async(arg)
     wait_until(lambda: r.lrange("test:started", 0, -1) == [jid], timeout=30)
     wait_until(lambda: busy(r), timeout=10)
     assert kiq.api.cancel(str(jid)).outcome == "cancelling"
+    return worker, str(jid)
+
+
+def test_a_running_thread_job_sees_cancelled_and_ends_recorded_as_cancelled(
+    config: Config, r: redis.Redis, start_worker: Callable[..., Worker]
+) -> None:
+    worker, jid = cancel_once_running(r, start_worker, iter_jobs.PatientJob, "t")
     wait_until(lambda: r.llen("test:ended") == 1, timeout=10)
     assert json.loads(r.lindex("test:ended", 0) or "") == {"jid": jid, "cancelled": True}
     wait_until(lambda: kiq.api.fate(str(jid)).get("fate") == "cancelled", timeout=10)
@@ -103,11 +112,7 @@ def test_a_running_thread_job_sees_cancelled_and_ends_recorded_as_cancelled(
 def test_a_running_async_job_gets_cancelled_error_and_is_not_retried(
     config: Config, r: redis.Redis, start_worker: Callable[..., Worker]
 ) -> None:
-    worker = start_worker("-r", "iter_jobs", "-q", "iter")
-    jid = iter_jobs.AsyncPatientJob.perform_async("a")
-    wait_until(lambda: r.lrange("test:started", 0, -1) == [jid], timeout=30)
-    wait_until(lambda: busy(r), timeout=10)
-    assert kiq.api.cancel(str(jid)).outcome == "cancelling"
+    worker, jid = cancel_once_running(r, start_worker, iter_jobs.AsyncPatientJob, "a")
     wait_until(lambda: kiq.api.fate(str(jid)).get("fate") == "cancelled", timeout=10)
     worker.stop()
     assert json.loads(r.lindex("test:ended", 0) or "") == {"jid": jid, "cancelled": True}

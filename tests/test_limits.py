@@ -220,8 +220,8 @@ class Limited(kiq.Job, name="test_limits.Limited"):
             pass
 
 
-def run_once(config, payload: dict[str, Any]) -> tuple[State, list[UnitOfWork]]:
-    """Run one job through the worker's Executor (the real path, on this thread)."""
+def executor_for(config) -> tuple[Executor, State, list[UnitOfWork]]:
+    """A worker's Executor on a fake Pool that records the units it finished."""
     done: list[UnitOfWork] = []
     pool = type(
         "P",
@@ -229,7 +229,12 @@ def run_once(config, payload: dict[str, Any]) -> tuple[State, list[UnitOfWork]]:
         {"finished": lambda self, unit: done.append(unit), "requeue": lambda self, unit: None},
     )()
     state = State()
-    executor = Executor(config, state, pool, threading.Event())
+    return Executor(config, state, pool, threading.Event()), state, done
+
+
+def run_once(config, payload: dict[str, Any]) -> tuple[State, list[UnitOfWork]]:
+    """Run one job through the worker's Executor (the real path, on this thread)."""
+    executor, state, done = executor_for(config)
     try:
         executor.run_sync(UnitOfWork.parse("default", wire.dumps(payload)))
     finally:
@@ -265,14 +270,7 @@ def test_an_async_job_refused_by_a_full_limiter_is_rescheduled_too(config, r):
     """``async with`` in an ``async def perform``: the same reschedule, no failure."""
     from kiq.aio import AsyncRunner
 
-    done: list[UnitOfWork] = []
-    pool = type(
-        "P",
-        (),
-        {"finished": lambda self, unit: done.append(unit), "requeue": lambda self, unit: None},
-    )()
-    state = State()
-    executor = Executor(config, state, pool, threading.Event())
+    executor, state, done = executor_for(config)
     runner = AsyncRunner(executor)
     runner.start()
     payload = {"class": "test_limits.AsyncLimited", "args": [], "queue": "default", "jid": "j3"}

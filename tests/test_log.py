@@ -212,3 +212,32 @@ def test_the_logged_class_is_the_payloads_own(wrapped: object, logged: str | Non
     assert ctx["class"] == "Sidekiq::ActiveJob::Wrapper"
     assert ctx.get("wrapped") == logged
     assert list(ctx) == ["class", *(["wrapped"] if logged else []), "jid", "queue"]
+
+
+@pytest.mark.parametrize(
+    "ctx",
+    [None, {"jid": "abc", "class": "HardJob", "elapsed": 0.5}, {"class": FORGED}],
+    ids=["no-context", "job-context", "hostile-context"],
+)
+def test_a_deferred_job_line_is_written_as_its_record_would_be(ctx: Any) -> None:
+    """The writer turns kiq's deferred start/done tuples into text without a LogRecord;
+    the text is the very line PlainFormatter writes for the record they stand for
+    (escaping of hostile context values included)."""
+    item = ("kiq.job", logging.INFO, "done", ctx, 1_796_000_000.0421, 140_000_000_001)
+    via_record = kiq_log.PlainFormatter().format(kiq_log.BufferedHandler._record(item))
+    assert kiq_log.PlainFormatter.deferred(item) == via_record
+    assert "\n" not in via_record
+
+
+def test_a_deferred_line_with_an_unprintable_message_takes_the_record_path() -> None:
+    """A message that needs escaping is left to format() (plain_message), not the fast path."""
+    item = ("kiq.job", logging.INFO, "do\nne", None, 1_796_000_000.5, 1)
+    assert kiq_log.PlainFormatter.deferred(item) is None
+    stream = io.StringIO()
+    handler = kiq_log.BufferedHandler(stream)
+    handler.setFormatter(kiq_log.PlainFormatter())
+    handler._records.append(item)
+    handler.flush()
+    expected = kiq_log.PlainFormatter().format(kiq_log.BufferedHandler._record(item))
+    assert stream.getvalue() == expected + "\n"
+    assert "do\nne" not in expected  # plain_message's treatment, not the raw text

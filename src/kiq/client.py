@@ -85,6 +85,18 @@ def _as_created(enqueued_at: float | int, payload: Payload, now: float) -> float
     return enqueued_at
 
 
+def _take_at(payload: Payload, enqueued_at: float | int, now: float) -> float | None:
+    """Take ``at`` out of the payload: None (and ``enqueued_at`` stamped) for a job to
+    run now, else the epoch s it is scheduled for (and no ``enqueued_at``: Sidekiq
+    7.1.2+ leaves it out of schedule members). Every push path encodes this way."""
+    at = payload.pop("at", None)
+    if at is None:
+        payload["enqueued_at"] = _as_created(enqueued_at, payload, now)
+        return None
+    payload.pop("enqueued_at", None)
+    return float(at)
+
+
 def resolve_at(value: float, now: float) -> float | None:
     """Sidekiq's perform_in/perform_at rule: < 1e9 is relative; a time not after now runs now."""
     at = now + value if value < _ABSOLUTE else value
@@ -283,12 +295,7 @@ class Client:
         now = wire.now()
         enqueued_at = timestamp(self.config, now)
         for payload in payloads:
-            at = payload.pop("at", None)
-            if at is None:
-                payload["enqueued_at"] = _as_created(enqueued_at, payload, now)
-            else:
-                payload.pop("enqueued_at", None)
-                at = float(at)
+            at = _take_at(payload, enqueued_at, now)
             jobs.append((payload["jid"], payload["queue"], at, wire.dumps(payload)))
         return jobs
 
@@ -302,12 +309,7 @@ class Client:
         for payload in payloads:
             lock = keys.unique(unique.digest(payload))
             ttl = unique.ttl_ms(payload, now)  # before "at" leaves the payload
-            at = payload.pop("at", None)
-            if at is None:
-                payload["enqueued_at"] = _as_created(enqueued_at, payload, now)
-            else:
-                payload.pop("enqueued_at", None)
-                at = float(at)
+            at = _take_at(payload, enqueued_at, now)
             jobs.append((lock, payload["jid"], ttl, payload["queue"], at, wire.dumps(payload)))
         return jobs
 
@@ -319,13 +321,11 @@ class Client:
         now = wire.now()
         enqueued_at = timestamp(self.config, now)
         for payload in payloads:
-            at = payload.pop("at", None)
+            at = _take_at(payload, enqueued_at, now)
             if at is None:
-                payload["enqueued_at"] = _as_created(enqueued_at, payload, now)
                 immediate.append((payload["queue"], wire.dumps(payload)))
             else:
-                payload.pop("enqueued_at", None)  # Sidekiq 7.1.2+: not in schedule members
-                scheduled.append((float(at), wire.dumps(payload)))
+                scheduled.append((at, wire.dumps(payload)))
         return immediate, scheduled
 
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypedDict, Unpack
 
 from kiq.errors import ConfigError, OverLimit
 from kiq.keys import LIMITER_TTL
+from kiq.store.limits import LimitCall
 
 if TYPE_CHECKING:
     from kiq.config import Config
@@ -202,10 +203,8 @@ class Limiter:
         return f"Limiter.{self.kind}({self.name!r}, {self.limit}, {self.interval:g})"
 
     # -- one try; what to do after a refusal --------------------------------------------
-    def _args(
-        self, cost: int, token: str, waited: float, left: float
-    ) -> tuple[str, str, int, int, int, str, int, int, int, datetime]:
-        return (
+    def _args(self, cost: int, token: str, waited: float, left: float) -> LimitCall:
+        return LimitCall(
             self.kind,
             self.name,
             self.limit,
@@ -244,31 +243,28 @@ class Limiter:
 
     def _take(self, points: int) -> tuple[str, float]:
         store = self.config.store
-        token = secrets.token_hex(8)
-        started = time.monotonic()
-        refusals = 0
-        while True:
-            waited = time.monotonic() - started
-            left = self.wait_timeout - waited
-            ok, ms, at = store.limit_try(*self._args(points, token, waited, left))
-            if ok:
-                return token, at / 1000
-            pause = self._refused(ms / 1000, left, refusals)
-            refusals += 1
-            if pause is None:
-                raise self._over(ms / 1000)
+        attempt = _Attempt(self, points)
+        while (pause := attempt.refused(store.limit_try(attempt.call()))) is not None:
             if self.kind == "concurrent":
                 store.limit_wait(self.name, pause)
             else:
                 time.sleep(pause)  # a job's own thread; bounded by SLICE (see SLICE)
+        return attempt.token, attempt.granted_at
+
+    def _release_args(
+        self, token: str, points: int, used: int | None
+    ) -> tuple[str, str, str | int, int, int] | None:
+        """What ``limit_release`` is given, or None when there is nothing to give back."""
+        if self.kind == "concurrent":
+            return self.kind, self.name, token, self.limit, self._free_ttl()
+        if self.kind == "points" and used is not None and used != points:
+            return self.kind, self.name, points - used, self.limit, 0
+        return None
 
     def release(self, token: str, points: int = 1, used: int | None = None) -> None:
         """Give back a concurrent slot, or the points of an estimate not used."""
-        store = self.config.store
-        if self.kind == "concurrent":
-            store.limit_release(self.kind, self.name, token, self.limit, self._free_ttl())
-        elif self.kind == "points" and used is not None and used != points:
-            store.limit_release(self.kind, self.name, points - used, self.limit, 0)
+        if (args := self._release_args(token, points, used)) is not None:
+            self.config.store.limit_release(*args)
 
     async def aacquire(self, points: int = 1) -> str:
         """The asyncio form of ``acquire``."""
@@ -276,36 +272,57 @@ class Limiter:
 
     async def _atake(self, points: int) -> tuple[str, float]:
         store = self.config.store
-        token = secrets.token_hex(8)
-        started = time.monotonic()
-        refusals = 0
-        while True:
-            waited = time.monotonic() - started
-            left = self.wait_timeout - waited
-            ok, ms, at = await store.alimit_try(*self._args(points, token, waited, left))
-            if ok:
-                return token, at / 1000
-            pause = self._refused(ms / 1000, left, refusals)
-            refusals += 1
-            if pause is None:
-                raise self._over(ms / 1000)
+        attempt = _Attempt(self, points)
+        while (pause := attempt.refused(await store.alimit_try(attempt.call()))) is not None:
             if self.kind == "concurrent":
                 await store.alimit_wait(self.name, pause)
             else:
                 await asyncio.sleep(pause)
+        return attempt.token, attempt.granted_at
 
     async def arelease(self, token: str, points: int = 1, used: int | None = None) -> None:
         """The asyncio form of ``release``."""
-        store = self.config.store
-        if self.kind == "concurrent":
-            await store.alimit_release(self.kind, self.name, token, self.limit, self._free_ttl())
-        elif self.kind == "points" and used is not None and used != points:
-            await store.alimit_release(self.kind, self.name, points - used, self.limit, 0)
+        if (args := self._release_args(token, points, used)) is not None:
+            await self.config.store.alimit_release(*args)
 
     def _free_ttl(self) -> int:
         # A wake-up nobody took is stale after a lock's lifetime: every holder then has
         # either released (pushing its own) or expired.
         return max(1000, round(self.interval * 1000))
+
+
+class _Attempt:
+    """One ``acquire``'s tries: what each try sends and what a refusal means, shared by
+    the thread (``_take``) and asyncio (``_atake``) loops, which only differ in how
+    they call Redis and wait."""
+
+    def __init__(self, limiter: Limiter, points: int) -> None:
+        self.limiter = limiter
+        self.points = points
+        self.token = secrets.token_hex(8)
+        self.started = time.monotonic()
+        self.refusals = 0
+        self.left = 0.0
+        self.granted_at = 0.0  # epoch s on Redis's clock, once granted
+
+    def call(self) -> LimitCall:
+        """The next try's arguments (the time waited and left, as of now)."""
+        waited = time.monotonic() - self.started
+        self.left = self.limiter.wait_timeout - waited
+        return self.limiter._args(self.points, self.token, waited, self.left)
+
+    def refused(self, reply: tuple[bool, int, int]) -> float | None:
+        """None when the try was granted, else the seconds to wait before the next one;
+        raises OverLimit when the wait is over."""
+        ok, ms, at = reply
+        if ok:
+            self.granted_at = at / 1000
+            return None
+        pause = self.limiter._refused(ms / 1000, self.left, self.refusals)
+        self.refusals += 1
+        if pause is None:
+            raise self.limiter._over(ms / 1000)
+        return pause
 
 
 class Within:

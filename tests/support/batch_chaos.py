@@ -16,6 +16,8 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +58,48 @@ def _leftovers(r: redis.Redis) -> int:
     return total
 
 
+@dataclass
+class _Session:
+    """One run's private redis-server, a client and a Config on it, and the worker
+    processes started (killed when the run ends, however it ends)."""
+
+    server: RedisServer
+    r: redis.Redis
+    config: Config
+    procs: list[Worker] = field(default_factory=list)
+
+
+@contextmanager
+def _session(folder: Path, conf: list[str], name: str) -> Iterator[_Session]:
+    folder.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(folder, conf, name=name)
+    server.start()
+    procs: list[Worker] = []
+    try:
+        url = server.url(0)
+        session = _Session(server, redis.Redis.from_url(url), Config(redis_url=url), procs)
+        yield session
+        session.config.close()
+        session.r.close()
+    finally:
+        for worker in procs:
+            worker.kill()
+        server.kill()
+
+
 class _Chaos:
     """The worker processes of one run and what is done to them."""
 
-    def __init__(self, folder: Path, server: RedisServer, workers: int, rng: random.Random) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        server: RedisServer,
+        workers: int,
+        rng: random.Random,
+        procs: list[Worker],
+    ) -> None:
         self.folder, self.server, self.rng = folder, server, rng
-        self.procs: list[Worker] = []
+        self.procs = procs
         self.live = [self.spawn() for _ in range(workers)]
         self.killed = self.settles = 0
         self.restarted = False
@@ -137,17 +175,13 @@ def run(
     stall: float = 20.0,
 ) -> Report:
     rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(folder, ["appendonly yes", "appendfsync always"], name="batch-redis")
-    server.start()
-    started = time.monotonic()
-    chaos: _Chaos | None = None
-    try:
-        r = redis.Redis.from_url(server.url(0))
-        config = Config(redis_url=server.url(0))
+    conf = ["appendonly yes", "appendfsync always"]
+    with _session(folder, conf, "batch-redis") as session:
+        started = time.monotonic()
+        server, r, config = session.server, session.r, session.config
         batch = _fill(config, rows, flaky, die, rng)
         expected = {"complete", "death"} if die else {"complete", "success"}
-        chaos = _Chaos(folder, server, workers, rng)
+        chaos = _Chaos(folder, server, workers, rng, session.procs)
         last_finished, last_change = -1, time.monotonic()
         next_kill = time.monotonic() + kill_every
         while time.monotonic() < started + deadline:
@@ -172,14 +206,7 @@ def run(
                 chaos.restarted = True
             time.sleep(0.05)
         chaos.stop()
-        report = _report(r, config, batch, chaos, rows, started)
-        config.close()
-        r.close()
-        return report
-    finally:
-        for worker in chaos.procs if chaos else []:
-            worker.kill()
-        server.kill()
+        return _report(r, config, batch, chaos, rows, started)
 
 
 def _report(
@@ -224,15 +251,9 @@ def run_workflow_restart(
     all at once) a third of the way in, new workers started, run to the end."""
     from tests.support.batch_jobs import Step
 
-    folder.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(folder, ["appendonly yes"], name=f"wf-{kind}-redis")
-    server.start()
-    started = time.monotonic()
-    procs: list[Worker] = []
-    try:
-        url = server.url(0)
-        r = redis.Redis.from_url(url)
-        config = Config(redis_url=url)
+    with _session(folder, ["appendonly yes"], f"wf-{kind}-redis") as session:
+        started = time.monotonic()
+        url, r, config, procs = session.server.url(0), session.r, session.config, session.procs
         if kind == "chain":
             r.set("bt:pause", "0.2")
             flow = kiq.chain(*(Step.s(f"s{i}", 1) for i in range(size)), pass_result=True)
@@ -273,13 +294,7 @@ def run_workflow_restart(
             stopped_midway=midway,
             seconds=round(time.monotonic() - started, 1),
         )
-        config.close()
-        r.close()
         return report
-    finally:
-        for worker in procs:
-            worker.kill()
-        server.kill()
 
 
 @dataclass
@@ -294,19 +309,13 @@ def run_nested(folder: Path, *, levels: int = 3, rows: int = 100, workers: int =
     """A root batch whose job opens ``levels`` levels of child batches, ``rows`` rows each."""
     from tests.support.batch_jobs import BParent
 
-    folder.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(folder, ["appendonly no"], name="nested-redis")
-    server.start()
-    started = time.monotonic()
-    procs: list[Worker] = []
-    try:
-        url = server.url(0)
-        r = redis.Redis.from_url(url)
-        config = Config(redis_url=url)
+    with _session(folder, ["appendonly no"], "nested-redis") as session:
+        started = time.monotonic()
+        url, r, config, procs = session.server.url(0), session.r, session.config, session.procs
         root = kiq.Batch(on_success=(BCallback, {"event": "root"}), config=config)
         with root.jobs():
             kiq.Client(config).push({"class": BParent, "args": [levels, rows]})
-        procs = [Worker(folder, url, "-r", "batch_jobs", name=f"n{i}") for i in range(workers)]
+        procs += [Worker(folder, url, "-r", "batch_jobs", name=f"n{i}") for i in range(workers)]
         while "root" not in {c["event"] for c in callbacks(r)} and time.monotonic() < started + 300:
             time.sleep(0.05)
         chain = [kiq.BatchStatus(root.bid, config=config)]
@@ -319,10 +328,4 @@ def run_nested(folder: Path, *, levels: int = 3, rows: int = 100, workers: int =
             callbacks=Counter(c["event"] for c in callbacks(r)),
             seconds=round(time.monotonic() - started, 1),
         )
-        config.close()
-        r.close()
         return report
-    finally:
-        for worker in procs:
-            worker.kill()
-        server.kill()

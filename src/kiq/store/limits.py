@@ -12,12 +12,27 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError
 
 from kiq.keys import LIMITER_STATS_TTL, LIMITERS_MAX
 from kiq.store.connection import UNREACHABLE, Connection, lua
+
+
+class LimitCall(NamedTuple):
+    """One try's arguments (``kiq.limiter`` builds it; ``limit.lua``'s ARGV, in order)."""
+
+    kind: str
+    name: str
+    limit: int
+    interval_ms: int
+    cost: int
+    token: str
+    ttl_ms: int
+    waited_ms: int
+    left_ms: int
+    at: datetime  # names the per-minute stats key
 
 
 def _granted(reply: list[Any]) -> tuple[bool, int, int]:
@@ -28,45 +43,18 @@ class Limits(Connection):
     """The limiter half of ``Store`` (see the module docstring)."""
 
     # -- one try, one release (kiq.limiter) ----------------------------------------------
-    def _limit_args(
-        self,
-        kind: str,
-        name: str,
-        limit: int,
-        interval_ms: int,
-        cost: int,
-        token: str,
-        ttl_ms: int,
-        waited_ms: int,
-        left_ms: int,
-        at: datetime,
-    ) -> tuple[list[str], list[Any]]:
-        k = self.keys
-        aux = k.limiter_log(name) if kind == "window" else k.limiter_holders(name)
-        keys = [k.limiter(name), aux, k.limiters, k.limiter_minute(at)]
-        args: list[Any] = [kind, name, limit, interval_ms, cost, token, ttl_ms, waited_ms]
-        args += [left_ms, LIMITER_STATS_TTL, LIMITERS_MAX]
-        return keys, args
+    def _limit_args(self, call: LimitCall) -> tuple[list[str], list[Any]]:
+        k, name = self.keys, call.name
+        aux = k.limiter_log(name) if call.kind == "window" else k.limiter_holders(name)
+        keys = [k.limiter(name), aux, k.limiters, k.limiter_minute(call.at)]
+        return keys, [*call[:-1], LIMITER_STATS_TTL, LIMITERS_MAX]
 
-    def limit_try(
-        self,
-        kind: str,
-        name: str,
-        limit: int,
-        interval_ms: int,
-        cost: int,
-        token: str,
-        ttl_ms: int,
-        waited_ms: int,
-        left_ms: int,
-        at: datetime,
-    ) -> tuple[bool, int, int]:
-        """One try (``limit.lua``): (True, 0, server epoch ms of the grant) to go ahead,
-        or (False, ms until it may, 0)."""
-        keys, args = self._limit_args(
-            kind, name, limit, interval_ms, cost, token, ttl_ms, waited_ms, left_ms, at
-        )
-        script = self._script("limit")
+    def _release_keys(self, name: str) -> list[str]:
+        k = self.keys
+        return [k.limiter(name), k.limiter_holders(name), k.limiter_free(name)]
+
+    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = self._script(name)
         try:
             # EVALSHA on the lane, as a push: the Script object's path costs a round trip
             # of Python; NOSCRIPT (a fresh or flushed server) once through the Script.
@@ -76,24 +64,19 @@ class Limits(Connection):
                 reply = script(keys=keys, args=args)
         except UNREACHABLE as exc:
             raise self.unavailable(exc) from exc
-        return _granted(reply)
+        return reply
+
+    def limit_try(self, call: LimitCall) -> tuple[bool, int, int]:
+        """One try (``limit.lua``): (True, 0, server epoch ms of the grant) to go ahead,
+        or (False, ms until it may, 0)."""
+        return _granted(self._run("limit", *self._limit_args(call)))
 
     def limit_release(
         self, kind: str, name: str, value: str | int, limit: int, ttl_ms: int
     ) -> bool:
         """Give back a concurrent slot (``value``: its token) or unspent points (Lua)."""
-        k = self.keys
-        keys = [k.limiter(name), k.limiter_holders(name), k.limiter_free(name)]
         args = [kind, value, limit, ttl_ms]
-        script = self._script("limit_release")
-        try:
-            try:
-                (reply,) = self._call([("EVALSHA", script.sha, len(keys), *keys, *args)])
-            except NoScriptError:
-                reply = script(keys=keys, args=args)
-        except UNREACHABLE as exc:
-            raise self.unavailable(exc) from exc
-        return bool(int(reply))
+        return bool(int(self._run("limit_release", self._release_keys(name), args)))
 
     def limit_wait(self, name: str, timeout: float) -> bool:
         """BLPOP the limiter's free list up to ``timeout`` s: True when a slot was freed.
@@ -106,32 +89,16 @@ class Limits(Connection):
                 self._blocking.blpop([self.keys.limiter_free(name)], max(0.01, timeout)) is not None
             )
 
-    async def alimit_try(
-        self,
-        kind: str,
-        name: str,
-        limit: int,
-        interval_ms: int,
-        cost: int,
-        token: str,
-        ttl_ms: int,
-        waited_ms: int,
-        left_ms: int,
-        at: datetime,
-    ) -> tuple[bool, int, int]:
+    async def alimit_try(self, call: LimitCall) -> tuple[bool, int, int]:
         """The asyncio form of ``limit_try`` (one round trip on the loop's client)."""
-        keys, args = self._limit_args(
-            kind, name, limit, interval_ms, cost, token, ttl_ms, waited_ms, left_ms, at
-        )
-        return _granted(await self._arun("limit", keys, args))
+        return _granted(await self._arun("limit", *self._limit_args(call)))
 
     async def alimit_release(
         self, kind: str, name: str, value: str | int, limit: int, ttl_ms: int
     ) -> bool:
         """The asyncio form of ``limit_release``."""
-        k = self.keys
-        keys = [k.limiter(name), k.limiter_holders(name), k.limiter_free(name)]
-        return bool(int(await self._arun("limit_release", keys, [kind, value, limit, ttl_ms])))
+        args = [kind, value, limit, ttl_ms]
+        return bool(int(await self._arun("limit_release", self._release_keys(name), args)))
 
     async def alimit_wait(self, name: str, timeout: float) -> bool:
         """The asyncio form of ``limit_wait`` (``timeout`` is kept under the socket's)."""

@@ -9,7 +9,7 @@ step's batch). Nothing here changes Redis but "Invalidate" (a POST through ``act
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
@@ -22,9 +22,23 @@ from kiq.web.base import Pager, config_of, render
 
 LISTED_JIDS: Final = 100  # pending / failed jids shown on a batch's page
 
+_Found = TypeVar("_Found")
+
 
 def _at(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _found(found: _Found | None, missing: str) -> _Found:
+    """What a page's id names, or a 404 saying ``missing`` (a batch or workflow that
+    expired or never was: the same answer on every page)."""
+    if found is None:
+        raise HTTPException(404, missing)
+    return found
+
+
+def _flow_row(flow: kiq.WorkflowStatus) -> dict[str, Any]:
+    return {**flow.to_dict(), "created": _at(flow.created_at)}
 
 
 def _row(status: kiq.BatchStatus) -> dict[str, Any]:
@@ -46,9 +60,8 @@ def batches(request: Request) -> Response:
 def batch_page(request: Request) -> Response:
     config = config_of(request)
     bid = request.path_params["bid"]
-    status = api.BatchSet(config).get(bid)
-    if status is None:
-        raise HTTPException(404, f"batch {bid} does not exist (expired, or never created)")
+    missing = f"batch {bid} does not exist (expired, or never created)"
+    status = _found(api.BatchSet(config).get(bid), missing)
     return render(
         request,
         "batch.html",
@@ -69,9 +82,7 @@ def batch_action(request: Request, form: FormData) -> str:
     bid = request.path_params["bid"]
     if form.get("action") != "invalidate":
         raise HTTPException(400, "unknown action; use invalidate")
-    status = api.BatchSet(config_of(request)).get(bid)
-    if status is None:
-        raise HTTPException(404, f"batch {bid} does not exist")
+    _found(api.BatchSet(config_of(request)).get(bid), f"batch {bid} does not exist")
     kiq.Batch(bid, config=config_of(request)).invalidate_all()
     return f"/batches/{bid}"
 
@@ -80,10 +91,7 @@ def workflows(request: Request) -> Response:
     config = config_of(request)
     found = api.WorkflowSet(config)
     pager = Pager(request, found.size)
-    rows = [
-        {**flow.to_dict(), "created": _at(flow.created_at)}
-        for flow in found.page(pager.start, pager.count)
-    ]
+    rows = [_flow_row(flow) for flow in found.page(pager.start, pager.count)]
     return render(
         request, "workflows.html", title="Workflows", nav="workflows", rows=rows, pager=pager
     )
@@ -91,13 +99,12 @@ def workflows(request: Request) -> Response:
 
 def workflow_page(request: Request) -> Response:
     wid = request.path_params["wid"]
-    flow = api.WorkflowSet(config_of(request)).get(wid)
-    if flow is None:
-        raise HTTPException(404, f"workflow {wid} does not exist (expired, or never started)")
+    missing = f"workflow {wid} does not exist (expired, or never started)"
+    flow = _found(api.WorkflowSet(config_of(request)).get(wid), missing)
     return render(
         request,
         "workflow.html",
         title=f"Workflow {wid}",
         nav="workflows",
-        w={**flow.to_dict(), "created": _at(flow.created_at)},
+        w=_flow_row(flow),
     )
