@@ -25,7 +25,7 @@ from typing import Any
 from kiq.keys import LIMITER_STATS_TTL, LIMITER_TTL, LIMITERS_MAX
 from kiq.store.cluster_sets import ClusterSets
 from kiq.store.connection import UNREACHABLE
-from kiq.store.limits import _granted
+from kiq.store.limits import LimitCall, _granted
 
 SYNC_EVERY = 1.0  # seconds between two copies of one limiter's index entry and stats
 
@@ -33,25 +33,12 @@ SYNC_EVERY = 1.0  # seconds between two copies of one limiter's index entry and 
 class ClusterLimits(ClusterSets):
     """``Limits``' tries on a cluster (see the module docstring)."""
 
-    def limit_try(
-        self,
-        kind: str,
-        name: str,
-        limit: int,
-        interval_ms: int,
-        cost: int,
-        token: str,
-        ttl_ms: int,
-        waited_ms: int,
-        left_ms: int,
-        at: datetime,
-    ) -> tuple[bool, int, int]:
+    def limit_try(self, call: LimitCall) -> tuple[bool, int, int]:
         """One try (``limit.lua`` on the limiter's slot), then the copy (module docstring)."""
-        k = self.keys
-        aux = k.limiter_log(name) if kind == "window" else k.limiter_holders(name)
-        keys = [k.limiter(name), aux, k.limiter_index_of(name), k.limiter_minute_of(name, at)]
-        args: list[Any] = [kind, name, limit, interval_ms, cost, token, ttl_ms, waited_ms]
-        args += [left_ms, LIMITER_STATS_TTL, LIMITERS_MAX]
+        k, name = self.keys, call.name
+        aux = k.limiter_log(name) if call.kind == "window" else k.limiter_holders(name)
+        keys = [k.limiter(name), aux, k.limiter_index_of(name), k.limiter_minute_of(name, call.at)]
+        args: list[Any] = [*call[:-1], LIMITER_STATS_TTL, LIMITERS_MAX]
         try:
             reply = self._script("limit")(keys=keys, args=args)
             self._limit_sync(name)
