@@ -85,6 +85,7 @@ CORE: tuple[str, ...] = (
     "supervisor",
     "demo",
     "generator",
+    "migrate",  # kiq cluster-migrate: a single Redis's jobs into a cluster (issue 19)
     # 7 entry point
     "cli",
     "__main__",  # python -m kiq: the CLI by a name Sidekiq 8.1.2+'s own `kiq` cannot shadow

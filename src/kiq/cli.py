@@ -16,6 +16,7 @@ Errors: every command ends a failure with one line on stderr, naming what, the v
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("-e", "--environment", help="section of the config file to apply")
     web.add_argument("--redis-url", help=f"Redis URL ({REDIS_SOURCES})")
     add_ops_commands(sub)
+    add_migrate_command(sub)
     for name, command in sub.choices.items():
         if name != "worker":  # the worker's -v/--verbose also turns on debug logging
             command.add_argument(
@@ -124,6 +126,36 @@ def add_ops_commands(sub: Any) -> None:
             "--redis-url",
             help="Redis URL (else KIQ_REDIS_URL, REDIS_URL, the embedded server if it runs)",
         )
+
+
+def add_migrate_command(sub: Any) -> None:
+    """``kiq cluster-migrate`` (issue 19; kiq.migrate, docs/cluster.md)."""
+    cmd = sub.add_parser(
+        "cluster-migrate", help="move a single Redis's queues and sets into a Redis Cluster"
+    )
+    cmd.add_argument("--from", dest="source", required=True, help="the single Redis URL")
+    cmd.add_argument("--to", dest="target", required=True, help="redis+cluster://host:port,.../")
+    cmd.add_argument("-C", "--config", help="YAML config of the cluster side (partitions...)")
+    cmd.add_argument("-e", "--environment", help="section of the config file to apply")
+    cmd.add_argument("--force", action="store_true", help="migrate while processes are live")
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from kiq import migrate
+
+    target = Config.load(
+        find_file(args.config), environment=args.environment, redis_url=args.target
+    )
+    # The same settings (key prefix...) on the single Redis, without the cluster ones.
+    source = dataclasses.replace(
+        target, redis_url=args.source, cluster=False, partitions={}, wait_replicas=0
+    )
+    try:
+        migrate.render(migrate.migrate(source, target, force=args.force))
+    finally:
+        source.close()
+        target.close()
+    return 0
 
 
 def run_ops(args: argparse.Namespace) -> int:
@@ -376,6 +408,8 @@ def run_command(args: argparse.Namespace) -> int:
         return run_web(args)
     if args.command in ("status", "ping", "quiet", "stop", "mark", "cancel"):
         return run_ops(args)
+    if args.command == "cluster-migrate":
+        return run_migrate(args)
     return 1
 
 

@@ -43,10 +43,18 @@ from kiq import capsule as capsules
 from kiq.capsule import Capsule, Mode
 from kiq.cron import CronJob
 from kiq.errors import ConfigError, RedisUnavailable
-from kiq.keys import Keys
+from kiq.keys import ClusterKeys, Keys
 from kiq.middleware import Chain, ClientMiddleware, ServerMiddleware
 from kiq.queue_limits import QueueLimit, parse_limits, queue_sections
-from kiq.store import SentinelURL, Store, redact
+from kiq.store import (
+    ClusterURL,
+    SentinelURL,
+    Store,
+    cluster_url,
+    is_cluster_url,
+    open_store,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,9 @@ _FILE_KEYS: Final = {
     "capsules": "capsules",
     "limits": "limits",  # queue limits (sidekiq-limit_fetch's key; kiq.queue_limits)
     "batch_ttl": "batch_ttl",
+    "cluster": "cluster",
+    "partitions": "partitions",
+    "wait_replicas": "wait_replicas",
 }
 # Sidekiq (or add-on) keys that are valid in a shared file but mean nothing to kiq.
 _IGNORED_FILE_KEYS: Final = frozenset(
@@ -177,6 +188,9 @@ class Config:
     # 5, "rate": "100/minute"}} (kiq.queue_limits; normalized to QueueLimit values)
     limits: dict[str, QueueLimit] = field(default_factory=dict)
     batch_ttl: float = 30 * 86400.0  # seconds a batch's keys live (Sidekiq Pro: 30 days)
+    cluster: bool = False  # Redis Cluster (docs/cluster.md); also set by redis+cluster://
+    partitions: dict[str, int] = field(default_factory=dict)  # cluster: queue -> N shards
+    wait_replicas: int = 0  # cluster: pushes and acks WAIT for this many replicas
     client_middleware: Chain[ClientMiddleware] = field(default_factory=Chain)
     server_middleware: Chain[ServerMiddleware] = field(default_factory=Chain)
     error_handlers: list[ErrorHandler] = field(default_factory=list)
@@ -275,6 +289,7 @@ class Config:
                 isinstance(value, list) and not all(isinstance(v, str) for v in value)
             ):
                 raise ConfigError(f"{name}: {_shown(value)} is not allowed; use {allowed}")
+        self._check_cluster()
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
         _check_queues(self.queues)
@@ -294,6 +309,32 @@ class Config:
                 f"(ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper, every version) or "
                 f"sidekiq (Sidekiq::ActiveJob::Wrapper, Sidekiq 7.3+ only)"
             )
+
+    def _check_cluster(self) -> None:
+        """The cluster settings (docs/cluster.md): ``cluster: true`` turns the seed nodes
+        in ``redis_url`` into a ``redis+cluster://`` URL; queue names must keep the hash tag."""
+        if (
+            self.cluster
+            or self.partitions
+            or self.wait_replicas
+            or (self.redis_url is not None and is_cluster_url(self.redis_url))
+        ):
+            try:
+                self.redis_url = cluster_url(
+                    self.redis_url, self.cluster, self.partitions, self.wait_replicas,
+                    [name for name, _ in self.queues]
+                    + [n for c in self.capsules if isinstance(c, Capsule) for n, _ in c.queues],
+                )  # fmt: skip
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            split = sorted(q for q in self.limits if self.partitions.get(q, 0) > 1)
+            if split:
+                raise ConfigError(
+                    f"limits: queue {split[0]!r} is partitioned (partitions: "
+                    f"{self.partitions[split[0]]}); queue limits count one slot's in-progress "
+                    f"lists, so in cluster mode a limited queue cannot be partitioned: drop "
+                    f"one of the two settings (docs/cluster.md)"
+                )
 
     def _check_capsules(self) -> None:
         if not isinstance(self.capsules, list) or not all(
@@ -336,12 +377,14 @@ class Config:
         if overrides.get("redis_url") is not None:
             source = "redis_url (--redis-url)"
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(values.get("redis_url"), str):
+        if isinstance(values.get("redis_url"), str) and values.get("cluster") is not True:
             check_redis_url(values["redis_url"], source)
         return cls(**values)
 
     @property
     def keys(self) -> Keys:
+        if self.redis_url is not None and is_cluster_url(self.redis_url):
+            return ClusterKeys(self.key_prefix, partitions=tuple(sorted(self.partitions.items())))
         return Keys(self.key_prefix)
 
     @property
@@ -357,7 +400,12 @@ class Config:
                             "redis://localhost:6379/0), or call kiq.connect() (or "
                             "config.ensure_redis()) first to start kiq's embedded Redis"
                         )
-                    self._store = Store(self.redis_url, keys=self.keys, pool_size=self._pool_size())
+                    self._store = open_store(
+                        self.redis_url,
+                        keys=self.keys,
+                        pool_size=self._pool_size(),
+                        **({"wait_replicas": self.wait_replicas} if self.wait_replicas else {}),
+                    )
         return self._store
 
     def _pool_size(self) -> int:
@@ -534,6 +582,7 @@ _WHOLE_NUMBERS: Final = (
     ("max_recoveries", 0),
     ("process_ttl", 1),
     ("result_max_bytes", 64),
+    ("wait_replicas", 0),
 )
 _SECONDS: Final = (
     "timeout",
@@ -557,6 +606,8 @@ _TYPED: Final[tuple[tuple[str, type | tuple[type, ...], str], ...]] = (
     ("labels", list, "a list of strings"),
     ("require", list, "a list of module names or file paths"),
     ("verbose", bool, "true or false"),
+    ("cluster", bool, "true or false"),
+    ("partitions", dict, "a mapping of queue name to a partition count, e.g. {default: 8}"),
     ("skip_default_job_logging", bool, "true or false"),
 )
 
@@ -588,7 +639,7 @@ _URL_ARGUMENTS: Final = frozenset(
         "ssl_min_version",
     }
 )
-_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel")
+_SCHEMES: Final = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 _URL_EXAMPLE: Final = (
     "redis://host:6379/0, rediss://host:6380/0 (TLS), unix:///path/to/redis.sock "
     "or redis+sentinel://host:26379/<service>"
@@ -610,9 +661,10 @@ def check_redis_url(url: str, where: str = "redis_url") -> None:
             f"{where} {_safe_url(url)!r}: the scheme {scheme!r} is not a Redis one; use "
             f"{_URL_EXAMPLE}"
         )
-    if scheme.lower() == "redis+sentinel":
+    if scheme.lower() in ("redis+cluster", "redis+sentinel"):
+        parse = ClusterURL.parse if scheme.lower() == "redis+cluster" else SentinelURL.parse
         try:
-            SentinelURL.parse(url)
+            parse(url)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         return

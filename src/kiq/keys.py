@@ -41,9 +41,10 @@ Unique jobs use Sidekiq Enterprise's ``unique:<digest>`` (``Keys.unique``); limi
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Final
+from typing import Any, Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,3 +338,182 @@ LABELS: Final = (
     "1.1s", "1.7s", "2.5s", "3.8s", "5.75s", "8.5s", "13s", "20s", "30s", "45s",
     "65s", "100s", "150s", "225s", "335s", "Slow",
 )  # fmt: skip
+
+
+# -- Redis Cluster (docs/cluster.md) -------------------------------------------------------
+# Every builder of ``Keys`` has one slot rule here; ``ClusterKeys`` applies it. A new key
+# is made cluster-safe by this one line (tests/test_cluster_keys.py fails for a builder
+# without one, and checks each key lands where its rule says):
+#   * "global": on the fixed slot of the ``{kiq}`` hash tag, with every other global key,
+#     so the heartbeat's MULTI, the cron and registry writes stay one-slot steps;
+#   * "shard": the last argument is a queue shard (a queue, or one partition of it) and
+#     becomes the hash tag, so a queue's list, its in-progress lists and its schedule,
+#     retry and dead shards share one slot (each Lua script touches one slot);
+#   * "own": a key only ever used alone (per jid, per lock digest): its own slot;
+#   * "derived": a builder made from other builders (already tagged by theirs).
+GLOBAL_TAG: Final = "{kiq}"
+SLOT_RULES: Final[dict[str, str]] = {
+    "queues": "global",
+    "schedule": "global",  # the name of the set across its shards (never written)
+    "retry": "global",  # idem
+    "dead": "global",  # idem
+    "processes": "global",
+    "queue": "shard",
+    "process": "global",
+    "work": "global",
+    "workers": "global",
+    "signals": "global",
+    "stat": "global",
+    "stat_daily": "global",
+    "leader": "global",
+    "metric_bucket": "global",
+    "histogram": "global",
+    "metric_bucket8": "global",
+    "metric_bucket8_mid": "global",
+    "histogram8": "global",
+    "deploy_lock": "global",
+    "deploy_marks": "global",
+    "iteration": "own",
+    "cron_jobs": "global",
+    "cron_job": "global",
+    "cron_enqueued": "global",
+    "cron_history": "global",
+    "inprogress": "shard",
+    "fetchers": "global",
+    "recover_lock": "global",
+    "paused": "global",
+    "progress": "own",
+    "totals_index": "global",
+    "totals": "global",
+    "unique": "own",
+    # Added by the features merged after the cluster mode (docs/cluster.md, "Features").
+    "ahead": "global",  # never written on a cluster: ClusterKeys.ahead_shard is, per shard
+    "fetch_call": "global",  # idem: ClusterKeys.fetch_call_shard
+    "result": "own",  # results are refused on a cluster (result_store.lua spans slots)
+    "result_channel": "own",
+    "result_counts": "global",
+    "fate": "own",  # written alone, then its count (ClusterStore.record_fate)
+    "fate_count": "global",
+    "unique_pattern": "own",  # a SCAN pattern, not a key
+    "limiter": "shard",  # one limiter's keys share the tag {<name>}; limiters are
+    "limiter_holders": "shard",  # refused on a cluster (limit.lua also writes the
+    "limiter_log": "shard",  # global index and minute stats)
+    "limiter_free": "shard",
+    "limiters": "global",
+    "limiter_minute": "global",
+    "limited": "global",
+    "queue_limit": "shard",  # fetch.lua's permits step: on the queue's slot
+    "queue_rate": "shard",
+    "inprogress_parts": "derived",  # built from inprogress (already tagged)
+    "batches": "global",  # batches are refused on a cluster (batch_push.lua spans slots)
+    "batch": "own",
+    "workflows": "global",
+    "workflow": "own",
+}
+PARTITION_SEP: Final = "|"  # a partition's shard name: <queue>|<i>
+
+
+def _tag_global(prefix: str, key: str) -> str:
+    return f"{prefix}{GLOBAL_TAG}{key[len(prefix) :]}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterKeys(Keys):
+    """The cluster layout: Sidekiq's names with a hash tag each (``SLOT_RULES``).
+
+    ``partitions`` (queue -> N) splits a hot queue into N shards ``<q>|0`` .. ``<q>|N-1``,
+    each its own slot (so one queue is not bound to one node); a job's shard is chosen by
+    its jid (``shard_of``). Queue names holding ``{``, ``}`` or ``|`` are refused in
+    cluster mode (``kiq.store.cluster.check_queue_name``): they would move the hash tag.
+    """
+
+    partitions: tuple[tuple[str, int], ...] = ()
+
+    def shards(self, queue: str) -> list[str]:
+        """Every shard of ``queue``: itself, or its partitions."""
+        count = dict(self.partitions).get(queue, 0)
+        if count <= 1:
+            return [queue]
+        return [f"{queue}{PARTITION_SEP}{i}" for i in range(count)]
+
+    def shard_of(self, queue: str, jid: str) -> str:
+        """The shard a job of ``queue`` with ``jid`` is pushed to (CRC32 of the jid)."""
+        count = dict(self.partitions).get(queue, 0)
+        if count <= 1:
+            return queue
+        return f"{queue}{PARTITION_SEP}{zlib.crc32(jid.encode()) % count}"
+
+    @staticmethod
+    def queue_of(shard: str) -> str:
+        """The queue a shard belongs to (``default|3`` -> ``default``)."""
+        return shard.split(PARTITION_SEP, 1)[0]
+
+    # Keys of the sorted sets per shard (single Redis: one global set each).
+    def schedule_shard(self, shard: str) -> str:
+        return f"{self.prefix}schedule:{{{shard}}}"
+
+    def retry_shard(self, shard: str) -> str:
+        return f"{self.prefix}retry:{{{shard}}}"
+
+    def dead_shard(self, shard: str) -> str:
+        return f"{self.prefix}dead:{{{shard}}}"
+
+    def ahead_shard(self, identity: str, shard: str) -> str:
+        """SET: the ahead marks (fetch.lua) of the jobs ``identity`` took from ``shard``,
+        on the shard's slot so the fetch writes them in the same step (one Redis:
+        ``kiq|ahead|<identity>`` for every queue)."""
+        return f"{self.prefix}kiq|ahead|{identity}|{{{shard}}}"
+
+    def fetch_call_shard(self, identity: str, shard: str) -> str:
+        """STRING: ``identity``'s last fetch call on ``shard`` (fetch.lua's call record)."""
+        return f"{self.prefix}kiq|fetch-call|{identity}|{{{shard}}}"
+
+    def limiter_index_of(self, name: str) -> str:
+        """ZSET: ``name`` -> its last use, beside the limiter's keys (limit.lua's index on
+        a cluster; copied to ``kiq|limiters``: kiq.store.cluster_limits)."""
+        return f"{self.prefix}kiq|limiter|{{{name}}}|index"
+
+    def limiter_minute_of(self, name: str, at: datetime) -> str:
+        """HASH: this limiter's counts of one minute, beside its keys (copied to
+        ``limiter_minute(at)``: kiq.store.cluster_limits)."""
+        at = at.astimezone(UTC)
+        return f"{self.prefix}kiq|limiter|{{{name}}}|stats|{at:%Y%m%d}|{at.hour}:{at.minute}"
+
+    def cron_claims(self, shard: str) -> str:
+        """ZSET ``<name>|<tick>`` -> tick: the exactly-once claims of the cron ticks
+        pushed to this shard, beside the queue they push to (one-slot claim + push)."""
+        return f"{self.prefix}kiq|cron-claims|{{{shard}}}"
+
+    def migrated(self, shard: str) -> str:
+        """SET of the digests of the jobs ``kiq cluster-migrate`` copied to this shard
+        (so a re-run copies none twice); expires a week after the last copy."""
+        return f"{self.prefix}kiq|migrated|{{{shard}}}"
+
+    @property
+    def known_queues(self) -> str:
+        """SET: every queue that ever held a job here (``queues`` minus admin clears):
+        the shards the poller and the admin API visit."""
+        return f"{self.prefix}{GLOBAL_TAG}kiq|cluster-queues"
+
+    @property
+    def global_slot_key(self) -> str:
+        """A key on the global slot (to reach the node holding every global key)."""
+        return f"{self.prefix}{GLOBAL_TAG}"
+
+
+def _cluster_builder(name: str, rule: str) -> Any:
+    base = getattr(Keys, name)
+    if isinstance(base, property):
+        getter = base.fget
+        assert getter is not None, name
+        assert rule == "global", f"{name}: a property takes no shard"
+        return property(lambda self: _tag_global(self.prefix, getter(self)))
+    if rule == "global":
+        return lambda self, *args: _tag_global(self.prefix, base(self, *args))
+    if rule == "shard":
+        return lambda self, *args: base(self, *args[:-1], f"{{{args[-1]}}}")
+    return base  # own, derived
+
+
+for _name, _rule in SLOT_RULES.items():
+    setattr(ClusterKeys, _name, _cluster_builder(_name, _rule))

@@ -53,7 +53,7 @@ class Poller:
         """Push every job due by ``now``; return how many were pushed."""
         store = self.config.store
         pushed = 0
-        for key in (store.keys.retry, store.keys.schedule):
+        for key in store.due_sets():
             while not self._stop.is_set():
                 raw = store.first_due(key, wire.now() if now is None else now)
                 if raw is None:

@@ -220,3 +220,12 @@ class Leak(kiq.Job, name="Leak", retry=0):
         while time.monotonic() < deadline:
             time.sleep(0.01)
         record("test:done", self, len(held) // (1024 * 1024), seconds)
+
+
+class FailOnce(kiq.Job, name="FailOnce", retry=3):
+    """Fail the first run of each jid, then record: a job that is retried once."""
+
+    def perform(self, *args: Any) -> None:
+        if _redis.set(f"test:failed-once:{self.jid}", 1, nx=True):
+            raise ValueError(f"first run of {self.jid} fails")
+        record("test:done", self, *args)

@@ -23,6 +23,12 @@ It is built from a URL and knows nothing of Config; components reach it as
   * ``limits``: limiter tries and releases (Lua), their admin reads, a limited job's
     reschedule, the unique locks' admin reads.
   * ``batches``: Sidekiq Pro's ``b-<bid>`` keys (push, outcome, open: Lua) and reads.
+  * ``cluster``, ``cluster_sets``, ``cluster_queues``, ``cluster_procs``: Redis Cluster
+    (``redis+cluster://``, docs/cluster.md): ``ClusterStore`` overrides what spans hash
+    slots, split per slot; ``open_store`` picks the class from the URL;
+    ``cluster_results``, ``cluster_limits``: results and limiters split per slot;
+    ``cluster_refused``: the features
+    refused there, and why.
 
 Example::
 
@@ -32,7 +38,20 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 from kiq.store.batches import Batches
+from kiq.store.cluster import (
+    CLUSTER_SCHEME,
+    ClusterURL,
+    check_queue_name,
+    cluster_url,
+    is_cluster_url,
+)
+from kiq.store.cluster_limits import ClusterLimits
+from kiq.store.cluster_procs import ClusterProcesses
+from kiq.store.cluster_refused import ClusterRefused
+from kiq.store.cluster_results import ClusterResults
 from kiq.store.connection import (
     BLOCK_SLACK,
     CONNECT_TIMEOUT,
@@ -63,18 +82,43 @@ class Store(
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 
+class ClusterStore(ClusterRefused, ClusterResults, ClusterLimits, ClusterProcesses, Store):
+    """``Store`` on a Redis Cluster (``redis+cluster://``, docs/cluster.md): the
+    ``cluster*`` files of this package override what spans slots on a cluster; the
+    rest (heartbeat, registry, cron definitions, counters) runs unchanged on the
+    global slot."""
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """A ``ClusterStore`` for a ``redis+cluster://`` URL, else a ``Store``.
+
+    ``wait_replicas`` is taken by the cluster store only (and refused for one Redis)."""
+    if is_cluster_url(url):
+        return ClusterStore(url, **options)
+    if options.pop("wait_replicas", 0):
+        raise ValueError("wait_replicas is only supported in cluster mode (docs/cluster.md)")
+    return Store(url, **options)
+
+
 __all__ = [
     "BLOCK_SLACK",
+    "CLUSTER_SCHEME",
     "CONNECT_TIMEOUT",
     "SENTINEL_SCHEME",
     "SOCKET_TIMEOUT",
     "TRANSIENT_ERRORS",
+    "ClusterStore",
+    "ClusterURL",
     "SentinelURL",
     "Store",
     "by_queue",
+    "check_queue_name",
+    "cluster_url",
     "connect",
     "connect_async",
+    "is_cluster_url",
     "is_transient",
     "is_wrong_type",
+    "open_store",
     "redact",
 ]

@@ -11,7 +11,8 @@ Tasks:
      timeout allows blocking pops, both RESP2 (Redis 6.2+, Valkey 7.2+), with
      timeouts so nothing hangs forever; errors name the URL without its password.
      URLs: redis://, rediss:// (TLS; ``?ssl_ca_certs=<file>`` and the other redis-py
-     ``ssl_*`` arguments in the query), unix://, and redis+sentinel:// (``connect``).
+     ``ssl_*`` arguments in the query), unix://, and redis+sentinel:// (``connect``);
+     redis+cluster:// opens its clients in kiq.store.cluster (``Connection._open``).
   2. sort errors: ``TRANSIENT_ERRORS`` / ``is_transient`` (wait and retry) versus
      ``is_wrong_type`` (a bad key: skip it loudly).
   3. one round trip of packed commands, on the lane or the pool (``_call``).
@@ -33,14 +34,16 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 from redis.commands.core import Script
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
+    ClusterDownError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from kiq.errors import RedisUnavailable
@@ -64,6 +67,10 @@ TRANSIENT_ERRORS: Final = (
     MasterDownError,
     TryAgainError,
     OSError,
+    # Redis Cluster (docs/cluster.md): a slot without a primary while a replica is being
+    # promoted, or not yet in the client's map after a failover.
+    ClusterDownError,
+    SlotNotCoveredError,
 )
 # What ``translate_errors`` turns into RedisUnavailable (the URL is away or read-only).
 UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
@@ -73,7 +80,9 @@ def is_transient(exc: BaseException) -> bool:
     """True for an error the same command may not raise again later (see TRANSIENT_ERRORS)."""
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(("BUSY", "LOADING", "OOM"))
+    return isinstance(exc, ResponseError) and str(exc).startswith(
+        ("BUSY", "LOADING", "OOM", "CLUSTERDOWN", "TRYAGAIN")
+    )
 
 
 def is_wrong_type(exc: BaseException) -> bool:
@@ -220,6 +229,15 @@ class Connection:
         }
         if not url.startswith("unix:"):
             common["socket_keepalive"] = True  # unix sockets take no keepalive option
+        self.block_timeout = block_timeout
+        self._scripts: dict[str, Script] = {}
+        self._open(url, common, socket_timeout=socket_timeout, pool_size=pool_size)
+
+    def _open(
+        self, url: str, common: dict[str, Any], *, socket_timeout: float, pool_size: int
+    ) -> None:
+        """The pooled client, the blocking one and the lane (Redis Cluster: its own, in
+        kiq.store.cluster)."""
         self._redis: redis.Redis = connect(
             url,
             socket_timeout=socket_timeout,
@@ -227,10 +245,8 @@ class Connection:
             **common,
         )
         self._blocking: redis.Redis = connect(
-            url, socket_timeout=block_timeout + BLOCK_SLACK, **common
+            url, socket_timeout=self.block_timeout + BLOCK_SLACK, **common
         )
-        self.block_timeout = block_timeout
-        self._scripts: dict[str, Script] = {}
         self._lane = Lane(self._redis.connection_pool)
 
     def _script(self, name: str) -> Script:

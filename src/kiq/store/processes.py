@@ -217,6 +217,11 @@ class Processes(Connection):
                 return None
         return moves
 
+    def fetchers(self) -> dict[str, bytes]:
+        """``kiq|fetchers``: identity -> the JSON list of its queues (every fetcher
+        registered, live or not yet recovered)."""
+        return {k.decode(): bytes(v) for k, v in self._r.hgetall(self.keys.fetchers).items()}
+
     def forget_process(self, identity: str) -> None:
         """A process known to be dead: off ``processes``, its hash and busy hashes gone."""
         k = self.keys

@@ -35,6 +35,11 @@ class Sets(Connection):
             self._retry_once_on_failover(self._redis.zadd, self.keys.schedule, mapping)
 
     # -- the poller ---------------------------------------------------------------------
+    def due_sets(self) -> list[str]:
+        """The sorted sets the poller drains, in order: ``retry`` then ``schedule`` (a
+        cluster: every shard's, kiq.store.cluster)."""
+        return [self.keys.retry, self.keys.schedule]
+
     def first_due(self, key: str, now: float) -> bytes | None:
         """The member of ``key`` (schedule or retry) with the lowest score <= now, if any."""
         due = self._r.zrangebyscore(key, "-inf", now, start=0, num=1)

@@ -1,0 +1,192 @@
+"""The features merged after the cluster mode, on the local cluster (docs/cluster.md,
+"Features"): cancelling, iterable jobs, queue limits, results and (sync) limiters work;
+async limiters, batches and workflows are refused at the call with an error that says
+why; a limited queue cannot be partitioned."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+import kiq
+from kiq import api, cancel
+from kiq.config import Config
+from kiq.errors import ConfigError
+from tests.support import iter_jobs
+from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
+from tests.support.result_jobs import ResultAdd, ResultBoom
+from tests.support.servers import Worker
+from tests.support.wait import wait_until
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # the worker's -r result_jobs
+
+REFUSED = "not supported in cluster mode"
+
+
+class ClusterFeature(kiq.Job, name="ClusterFeature"):
+    def perform(self, *args: object) -> None: ...
+
+
+@pytest.fixture
+def cconfig(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:  # noqa: F811
+    cfg = Config(redis_url=cluster_url, partitions={"hot": 4})
+    monkeypatch.setattr(kiq.config, "_default", cfg)
+    yield cfg
+    cfg.close()
+
+
+def test_a_queued_job_is_cancelled_and_its_fate_recorded_on_a_cluster(cconfig: Config) -> None:
+    jids = [str(ClusterFeature.set(queue="hot").perform_async(i)) for i in range(8)]
+    done = cancel.cancel(cconfig, jids[5])
+    assert done.outcome == "removed"
+    assert cancel.fate(cconfig, jids[5])["fate"] == "cancelled"
+    assert cconfig.store.fate_counts(["cancelled"]) == [1]
+    assert api.Queue("hot", cconfig).size() == 7
+
+
+def test_a_fetched_job_of_a_partition_is_found_by_cancel_on_a_cluster(cconfig: Config) -> None:
+    jids = [str(ClusterFeature.set(queue="hot").perform_async(i)) for i in range(8)]
+    store = cconfig.store
+    store.register_fetcher("w:1:x", b'["hot"]')
+    assert len(store.fetch("w:1:x", ["hot"], 8)) == 8  # taken from all four partitions
+    for jid in jids:
+        done = cancel.cancel(cconfig, jid)
+        assert (done.outcome, done.where) == ("cancelling", "fetched by a worker, about to start")
+
+
+def test_in_progress_lists_every_partition_s_jobs(cconfig: Config) -> None:
+    for i in range(8):
+        ClusterFeature.set(queue="hot").perform_async(i)
+    store = cconfig.store
+    taken = store.fetch("w:2:x", ["hot"], 8)
+    assert sorted(store.in_progress("w:2:x", ["hot"])) == sorted(raw for _, raw in taken)
+
+
+@pytest.mark.slow
+def test_a_running_iterable_job_is_cancelled_within_a_beat_on_a_cluster(
+    cconfig: Config,
+    cluster_url: str,  # noqa: F811
+    redis_url: str,
+    r: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    r.delete("test:items")
+    jid = str(iter_jobs.CountJob.perform_async(100_000))
+    worker = Worker(tmp_path, cluster_url, "-r", "iter_jobs", "-q", "iter", record_url=redis_url)
+    try:
+        wait_until(lambda: r.llen("test:items") >= 10, timeout=30)
+        assert api.cancel(jid).outcome == "cancelling"
+        wait_until(lambda: cancel.fate(cconfig, jid).get("fate") == "cancelled", timeout=15)
+    finally:
+        worker.kill()
+    assert cancel.fate(cconfig, jid)["where"] == "cancelled while running"
+    assert r.llen("test:items") < 100_000
+
+
+def test_the_heartbeat_reads_running_jobs_cancel_flags_on_a_cluster(cconfig: Config) -> None:
+    store = cconfig.store
+    jids = [f"{i:024x}" for i in range(6)]  # it-<jid> keys on several slots
+    store.mark_cancelled(jids[1], 1)
+    store.mark_cancelled(jids[4], 1)
+    assert store.flush_iteration(jids[2], 1, b"c", 0.5) is False
+    beat = store.beat("me:1:beat", {"info": orjson.dumps({}).decode()}, {}, 60, watch=jids)
+    assert sorted(beat[3]) == [jids[1], jids[4]]
+
+
+def test_a_limiter_holds_on_a_cluster_and_the_admin_view_sees_it(cconfig: Config) -> None:
+    limiter = kiq.Limiter.concurrent("stripe", 2, wait_timeout=0, config=cconfig)
+    first, second = limiter.acquire(), limiter.acquire()
+    with pytest.raises(kiq.OverLimit):
+        limiter.acquire()
+    limiter.release(first)
+    third = limiter.acquire()  # the freed slot
+    for token in (second, third):
+        limiter.release(token)
+    bucket = kiq.Limiter.bucket("mail", 3, "minute", wait_timeout=0, config=cconfig)
+    for _ in range(3):
+        with bucket.within_limit():
+            pass
+    with pytest.raises(kiq.OverLimit), bucket.within_limit():
+        pass
+    shown = {info.name: info for info in api.limiters(cconfig)}
+    assert set(shown) == {"stripe", "mail"}  # copied to the global index
+    assert shown["mail"].held == 3
+    assert sum(m.held for m in shown["stripe"].minutes) == 3  # the minute stats, copied
+
+
+def test_async_limiters_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
+    limiter = kiq.Limiter.concurrent("stripe-async", 2, config=cconfig)
+
+    async def main() -> None:
+        async with limiter.within_limit():
+            pass
+
+    with pytest.raises(ConfigError, match=f"async limiters are {REFUSED}"):
+        asyncio.run(main())
+
+
+def test_batches_and_workflows_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
+    batch = kiq.Batch(config=cconfig)
+    with (
+        pytest.raises(ConfigError, match=f"batches are {REFUSED}.*batch_push.lua"),
+        batch.jobs(),
+    ):
+        ClusterFeature.perform_async(1)
+    assert api.Queue("default", cconfig).size() == 0
+    with pytest.raises(ConfigError, match=f"batches are {REFUSED}"):
+        kiq.chain(ClusterFeature.s(1), ClusterFeature.s(2)).start(config=cconfig)
+
+
+@pytest.mark.slow
+def test_results_are_stored_and_waiters_woken_on_a_cluster(
+    cconfig: Config,
+    cluster_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    handles = [ResultAdd.enqueue(i, 1) for i in range(6)]  # records on several slots
+    seed = cluster_url.removeprefix("redis+cluster://").split(",")[0].rstrip("/")
+    # record_url: the job modules open a plain client at import (unused by these jobs)
+    worker = Worker(
+        tmp_path, cluster_url, "-r", "result_jobs", name="results", record_url=f"redis://{seed}/0"
+    )
+    try:
+        for i, handle in enumerate(handles):
+            try:
+                value = handle.get(timeout=20)
+            except kiq.ResultTimeout:
+                raise AssertionError(worker.output()[-3000:]) from None
+            assert value == {"sum": i + 1, "jid": handle.jid}
+        failed = ResultBoom.enqueue("x")
+        with pytest.raises(kiq.JobFailed):
+            failed.get(timeout=30)
+    finally:
+        worker.kill()
+    assert kiq.Result(handles[0].jid).status == "succeeded"
+    assert cconfig.store.result_counts()["succeeded"] == 6
+
+
+def test_a_limited_queue_cannot_be_partitioned_in_cluster_mode() -> None:
+    with pytest.raises(ConfigError, match="queue 'hot' is partitioned"):
+        Config(
+            redis_url="redis+cluster://127.0.0.1:7000/", partitions={"hot": 4}, limits={"hot": 2}
+        ).validate()
+
+
+def test_a_queue_limit_holds_across_processes_on_a_cluster(cconfig: Config) -> None:
+    store = cconfig.store
+    store.push([("capped", orjson.dumps({"jid": f"c{i}", "queue": "capped"})) for i in range(9)])
+    limits = {"capped": (3, 0, 0.0)}  # concurrency 3 across every process
+    first = store.fetch("a:1:x", ["capped", "default"], 5, limits=limits)
+    second = store.fetch("b:1:x", ["capped"], 5, limits=limits)
+    assert (len(first), len(second)) == (3, 0)
+    store.ack("a:1:x", first[:2])  # two done: room for two more, whoever asks
+    assert len(store.fetch("b:1:x", ["capped"], 5, limits=limits)) == 2
+    holders = store._r.zrange(cconfig.keys.queue_limit("capped"), 0, -1)
+    assert sorted(holders) == [b"a:1:x", b"b:1:x"]
+    assert store.queue_limit_usage(["capped"], 0) == [3]  # the admin read (Web UI Limits)
