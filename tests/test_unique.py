@@ -360,7 +360,9 @@ def test_the_lock_ends_by_its_ttl_and_the_late_job_frees_only_its_own(config, r,
     first = UniqueNap.set(unique_for=1).perform_async(3.0)
     lock = lock_of(UniqueNap)  # unique per tag (none here), not per duration
     wait_until(lambda: records(r, "test:started"))
-    assert r.get(lock) == first
+    # Held from the push for 1 s: already gone if the job took longer to start (a
+    # loaded box); the push-time hold itself is test_a_second_push_while_the_lock_is_held_...
+    assert r.get(lock) in (first, None)
     wait_until(lambda: lock_holder(r, lock) is None, timeout=5)  # the TTL, not the job
     assert records(r) == []  # the first job is still running
     second = UniqueNap.set(unique_for=60).perform_async(8.0)  # ends well after the first
@@ -391,7 +393,8 @@ def test_a_sigkilled_workers_lock_ends_by_its_ttl_then_the_job_is_recovered(
     lock = lock_of(UniqueNap)
     wait_until(lambda: records(r, "test:started"))
     victim.kill()
-    assert r.get(lock) == jid  # the dead worker's job still holds it...
+    # The dead worker's job still holds it (unless its start took the whole 2 s)...
+    assert r.get(lock) in (jid, None)
     wait_until(lambda: lock_holder(r, lock) is None, timeout=5)  # ...until its TTL
     assert records(r) == []
 
