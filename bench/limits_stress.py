@@ -13,7 +13,8 @@
 
 Usage::
 
-    PYTHONPATH=src python bench/limits_stress.py [JOBS] [JOB_TIME] [PHASES]   # 20000 0.05 concurrent,sigkill,rates
+    PYTHONPATH=src python bench/limits_stress.py [JOBS] [JOB_TIME] [PHASES]
+    # defaults: 20000 0.05 concurrent,sigkill,rates
 """
 
 from __future__ import annotations
