@@ -207,7 +207,9 @@ def capsuled_worker(config, r, start_worker):
         "-r", "capsule_jobs",
     )  # fmt: skip
     identity = wait_until(lambda: identity_of(r, worker.pid))
-    wait_until(lambda: r.hget(identity, "busy") == "2", timeout=20.0)
+    # Both jobs running: 60 s, as a worker of three capsules starts slowly on a loaded box
+    # (20 s was once too short while two test suites shared 2 cores).
+    wait_until(lambda: r.hget(identity, "busy") == "2", timeout=60.0)
     yield identity, slow, io
     r.set("cap:release", 1)
     worker.kill()
