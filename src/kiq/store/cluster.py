@@ -23,7 +23,6 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote
 
 import orjson
 from redis.cluster import ClusterNode, RedisCluster
@@ -37,7 +36,7 @@ from redis.exceptions import (
 )
 
 from kiq.keys import PARTITION_SEP, ClusterKeys
-from kiq.store.connection import BLOCK_SLACK, Connection, lua, redact
+from kiq.store.connection import BLOCK_SLACK, Connection, lua, redact, split_hosts
 from kiq.store.lane import Lane
 
 log = logging.getLogger(__name__)
@@ -66,20 +65,7 @@ class ClusterURL:
 
     @classmethod
     def parse(cls, url: str) -> ClusterURL:
-        rest = url.removeprefix(CLUSTER_SCHEME)
-        netloc, _, path = rest.partition("/")
-        userinfo, at, hosts = netloc.rpartition("@")
-        username = password = None
-        if at:
-            user, colon, secret = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if colon else None
-        nodes: list[tuple[str, int]] = []
-        for host in filter(None, hosts.split(",")):
-            name, colon, port = host.rpartition(":")
-            if not colon or not port.isdigit():
-                name, port = host, "6379"
-            nodes.append((name, int(port)))
+        username, password, nodes, path = split_hosts(url.removeprefix(CLUSTER_SCHEME), 6379)
         db = path.partition("?")[0].strip("/")
         if not url.startswith(CLUSTER_SCHEME) or not nodes or db not in ("", "0"):
             raise ValueError(

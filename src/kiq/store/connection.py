@@ -111,6 +111,28 @@ _QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*")
 SENTINEL_SCHEME: Final = "redis+sentinel://"
 
 
+def split_hosts(
+    rest: str, default_port: int
+) -> tuple[str | None, str | None, list[tuple[str, int]], str]:
+    """``[user:password@]host:port[,host:port...]/path`` (a URL after its scheme) as
+    (username, password, hosts, path): the multi-host form Sentinel and Cluster URLs
+    share. A host without a port gets ``default_port``."""
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes: list[tuple[str, int]] = []
+    for host in filter(None, hosts.split(",")):
+        name, colon, port = host.rpartition(":")
+        if not colon or not port.isdigit():
+            name, port = host, str(default_port)
+        nodes.append((name, int(port)))
+    return username, password, nodes, path
+
+
 @dataclass(frozen=True, slots=True)
 class SentinelURL:
     """``redis+sentinel://[user:pass@]host:port[,host:port...]/<service>[/<db>]``.
@@ -127,20 +149,7 @@ class SentinelURL:
 
     @classmethod
     def parse(cls, url: str) -> SentinelURL:
-        rest = url.removeprefix(SENTINEL_SCHEME)
-        netloc, _, path = rest.partition("/")
-        userinfo, at, hosts = netloc.rpartition("@")
-        username = password = None
-        if at:
-            user, colon, secret = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if colon else None
-        sentinels: list[tuple[str, int]] = []
-        for host in filter(None, hosts.split(",")):
-            name, colon, port = host.rpartition(":")
-            if not colon or not port.isdigit():
-                name, port = host, "26379"
-            sentinels.append((name, int(port)))
+        username, password, sentinels, path = split_hosts(url.removeprefix(SENTINEL_SCHEME), 26379)
         service, _, db = path.partition("?")[0].strip("/").partition("/")
         if not sentinels or not service or (db and not db.isdigit()):
             raise ValueError(
