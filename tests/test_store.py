@@ -3,12 +3,15 @@ loaded once and run by EVALSHA, and a Redis that lost its script cache still run
 
 from __future__ import annotations
 
+import threading
 from importlib import resources
 
+import orjson
 import redis
 
 from kiq.client import Client
 from kiq.config import Config
+from kiq.store import open_store
 from kiq.store.connection import lua
 
 SCRIPTS = sorted(
@@ -41,3 +44,34 @@ def test_scripts_run_by_sha_and_reload_after_script_flush(config: Config, r: red
 
     assert [raw for _, raw in config.store.fetch("me", ["default"], 1)] != []
     assert r.script_exists(sha) == [True]
+
+
+def test_more_threads_than_pooled_connections_wait_for_one_instead_of_failing(
+    redis_url: str, r: redis.Redis
+) -> None:
+    """A store whose pool holds 2 connections, called by 8 threads at once while every
+    call is held up (CLIENT PAUSE): the extra threads wait for a connection to come back
+    (redis-py's default pool raised "Too many connections" at the third)."""
+    store = open_store(redis_url, pool_size=2)
+    try:
+        store.ping()  # connect before the pause
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def push(n: int) -> None:
+            barrier.wait()
+            try:
+                store.push([("pool", orjson.dumps({"class": "Record", "args": [n]}))])
+            except BaseException as exc:  # the assertion below reports it
+                errors.append(exc)
+
+        r.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+        threads = [threading.Thread(target=push, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert errors == []
+        assert r.llen("queue:pool") == 8
+    finally:
+        store.close()

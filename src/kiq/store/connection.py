@@ -52,6 +52,7 @@ from kiq.store.lane import Lane
 
 SOCKET_TIMEOUT: Final = 5.0  # seconds a command may take before RedisUnavailable
 CONNECT_TIMEOUT: Final = 5.0  # seconds to open a connection
+POOL_WAIT: Final = 5.0  # seconds a thread waits for a free pooled connection
 BLOCK_SLACK: Final = 5.0  # extra read time allowed on top of a blocking pop's own timeout
 
 # Errors that mean "Redis is away, failed over, loading, out of memory or busy": the same
@@ -167,7 +168,13 @@ def connect(url: str, **options: Any) -> redis.Redis:
     from a demoted primary turns into a reconnect to the new one.
     """
     if not url.startswith(SENTINEL_SCHEME):
-        return redis.Redis.from_url(url, **options)
+        if "max_connections" not in options:
+            return redis.Redis.from_url(url, **options)
+        # A bounded pool that waits (up to POOL_WAIT) for a connection another thread
+        # gives back, instead of redis-py's default "Too many connections" error the
+        # moment one more thread than the pool holds calls at once.
+        pool = redis.BlockingConnectionPool.from_url(url, timeout=POOL_WAIT, **options)
+        return redis.Redis(connection_pool=pool)
     parsed = SentinelURL.parse(url)
     timeouts: dict[str, Any] = {
         k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
