@@ -252,3 +252,15 @@ def test_worker_log_level_hides_info_lines(r, start_worker):
 
     assert process.stop() == 0
     assert " INFO: " not in process.output()
+
+
+def test_status_functions_print_to_the_stdout_of_the_call_not_of_the_import(config, capsys):
+    """``kiq.status`` resolves its default streams when called (they were bound when the
+    module was imported, so pytest's capsys and a redirected sys.stdout missed them)."""
+    from kiq import status
+
+    assert status.ping(config) == 0
+    assert status.status(config, {}) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ok: Redis {config.store.safe_url} answers\n")
+    assert "\nProcesses: 0 (0 of 0 busy)\n" in out

@@ -161,8 +161,8 @@ def status(
     limits: dict[str, float],
     *,
     as_json: bool = False,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Print the cluster's state; 1 if a queue's latency is over its limit."""
     use_redis(config)
@@ -173,7 +173,7 @@ def status(
     else:
         print(render(data), file=out)
     for problem in problems:
-        print(f"kiq status: {problem}", file=err)
+        print(f"kiq status: {problem}", file=err or sys.stderr)
     return 1 if problems else 0
 
 
@@ -197,7 +197,7 @@ def ping(
     pid: int | None = None,
     local: bool = False,
     max_age: float = 30.0,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     """0 if Redis answers and (when a process is named) its last heartbeat is fresh."""
     try:
@@ -254,8 +254,8 @@ def signal(
     every: bool = False,
     local: bool = False,
     wait: float | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Send TSTP (``quiet``) or TERM (``stop``) through each process's signals list.
 
@@ -267,10 +267,13 @@ def signal(
         targets = _select(config, identities, local=local, every=every)
         unknown = sorted(set(identities) - {p.identity for p in targets})
         for identity in unknown:
-            print(f"kiq {action}: no live process {identity}; `kiq status` lists them", file=err)
+            print(
+                f"kiq {action}: no live process {identity}; `kiq status` lists them",
+                file=err or sys.stderr,
+            )
         if not targets:
             if not unknown:
-                print(f"kiq {action}: no process matched", file=err)
+                print(f"kiq {action}: no process matched", file=err or sys.stderr)
             return 1
         failed = bool(unknown)
         for process in targets:
@@ -280,7 +283,7 @@ def signal(
                 else:
                     process.stop()
             except KiqError as exc:  # an embedded process ignores remote signals
-                print(f"kiq {action}: {exc}", file=err)
+                print(f"kiq {action}: {exc}", file=err or sys.stderr)
                 failed = True
                 continue
             print(f"{action}: {process.identity}", file=out)
@@ -295,7 +298,7 @@ def _acted(config: Config, action: str, identity: str) -> bool:
 
 
 def _wait_until_acted(
-    config: Config, action: str, targets: Sequence[api.Process], wait: float, err: TextIO
+    config: Config, action: str, targets: Sequence[api.Process], wait: float, err: TextIO | None
 ) -> bool:
     pending = {p.identity for p in targets if not p.embedded}
     deadline = time.monotonic() + wait
@@ -304,7 +307,9 @@ def _wait_until_acted(
         pending = {identity for identity in pending if not _acted(config, action, identity)}
         if pending and time.monotonic() >= deadline:
             for identity in sorted(pending):
-                print(f"kiq {action}: {identity} did not act within {wait:g}s", file=err)
+                print(
+                    f"kiq {action}: {identity} did not act within {wait:g}s", file=err or sys.stderr
+                )
             return False
         if pending:
             pause.wait(POLL)
@@ -314,7 +319,7 @@ def _wait_until_acted(
 # -- mark -------------------------------------------------------------------------------
 
 
-def mark(config: Config, label: str, out: TextIO = sys.stdout) -> int:
+def mark(config: Config, label: str, out: TextIO | None = None) -> int:
     """Record a deploy mark (``kiq.api.deploy_mark``) for the metrics graphs."""
     use_redis(config)
     with config.store.translate_errors():
@@ -323,7 +328,7 @@ def mark(config: Config, label: str, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def cancel(config: Config, jids: Sequence[str], out: TextIO = sys.stdout) -> int:
+def cancel(config: Config, jids: Sequence[str], out: TextIO | None = None) -> int:
     """``kiq cancel JID...`` (``kiq.api.cancel``): one line per jid; 1 if one was not found."""
     use_redis(config)
     missing = 0
