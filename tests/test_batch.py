@@ -278,3 +278,39 @@ def test_a_bid_naming_a_key_of_another_type_costs_that_job_only(
     (dead,) = recorded.zrange("dead", 0, -1)
     assert wire.loads(dead)["error_class"] == "ResponseError"
     assert recorded.get("b-evil") == "not a batch"
+
+
+class Patient(kiq.Job, name="test_batch.Patient"):
+    """Runs until it is cancelled (a thread job checks ``cancelled()``), at most 30 s."""
+
+    def perform(self, n: int) -> None:
+        batch_jobs._redis.hincrby(batch_jobs.RUNS, str(n), 1)
+        wait_until(self.cancelled, timeout=30)
+
+
+def test_cancelled_and_expired_members_count_as_done_and_the_batch_fires(
+    config: Config, recorded: redis.Redis
+) -> None:
+    """A member cancelled while waiting (kiq.api.cancel), one cancelled while running and
+    one expired before it started each count as a success for the batch (Sidekiq Pro's
+    rule for an expired job): ``complete`` and ``success`` fire once, nothing is left
+    pending (before, such a batch never fired until it expired)."""
+    import kiq.api
+
+    batch = new_batch(config)
+    with batch.jobs():
+        BRow.perform_async(1)
+        waiting = BRow.perform_async(2) or ""
+        running_jid = Patient.perform_async(3) or ""
+        BRow.set(expires_at=wire.now() - 1).perform_async(4)
+    assert kiq.api.cancel(waiting).outcome == "removed"
+    with running(config):
+        wait_until(lambda: batch_jobs.runs(recorded).get("3") == 1, timeout=20)
+        assert kiq.api.cancel(running_jid).outcome == "cancelling"
+        wait_until(lambda: len(batch_jobs.callbacks(recorded)) == 2, timeout=20)
+    events = sorted(c["event"] for c in batch_jobs.callbacks(recorded))
+    assert events == ["complete", "success"]
+    assert batch_jobs.runs(recorded) == {"1": 1, "3": 1}  # 2 cancelled, 4 expired: never run
+    status = kiq.BatchStatus(batch.bid)
+    assert (status.total, status.pending, status.failures) == (4, 0, 0)
+    assert kiq.api.fate(running_jid)["fate"] == "cancelled"

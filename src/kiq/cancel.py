@@ -113,20 +113,33 @@ def _removed(config: Config, jid: str, raw: bytes, where: str) -> CancelResult:
     except Exception:  # a job kiq cannot read is still gone; record what we have
         payload = {"jid": jid}
     unique.release(config, payload)
-    batch_membership_hook(config, payload)
+    settle_batch(config, payload)
     record(config, payload, "cancelled", where, raw)
     log.info("cancelled job %s jid=%s: removed from %s", payload.get("class", "?"), jid, where)
     return CancelResult(jid, "removed", where)
 
 
-def batch_membership_hook(config: Config, payload: Payload) -> None:
-    """Where a batch learns that its member ``payload`` was cancelled before it ran.
+def settle_batch(config: Config, payload: Payload) -> None:
+    """Count a cancelled or expired member of a batch as done, so the batch still fires.
 
-    kiq has no batches yet (another change is building them): their code settles the
-    member here (Sidekiq Pro counts an expired job as a success for its batch). It is
-    called for every job removed by ``cancel`` and every job dropped as expired, and
-    does nothing until batches exist.
+    A success, as Sidekiq Pro counts an expired job, and as Sidekiq 7.3's cancelled
+    iterable job (its ``perform`` returns): the app chose not to run the job, nothing
+    failed, so ``complete`` and (when the rest succeed) ``success`` fire. Before this the
+    member stayed pending and its batch never fired until it expired. Best effort on
+    this path (a job removed from a queue by ``cancel``): the worker's path goes through
+    the processor, which retries the write while Redis is away. The update is idempotent
+    per jid, so a job settled twice counts once.
     """
+    if "bid" not in payload:
+        return
+    from kiq import batch  # batches load only when a payload names one
+
+    try:
+        batch.record(config, payload, "success", batch.result_json(None))
+    except Exception:
+        log.exception(
+            "cannot count the cancelled job %s in batch %s", payload.get("jid"), payload["bid"]
+        )
 
 
 def record(
@@ -167,7 +180,8 @@ def settle(
     config: Config, payload: Payload, raw: bytes, exc: BaseException | None, log_jobs: bool
 ) -> None:
     """The end of an expired or a cancelled job in the worker: its log line, its fate, its
-    unique lock and batch freed. The worker acknowledges it next: never retried."""
+    unique lock freed. The processor counts it in its batch next (``settle_batch``'s
+    rule, with its retries), then acknowledges it: never retried."""
     from kiq import log as kiq_log  # the worker's; ``import kiq`` does not load it
 
     job_log = kiq_log.job_logger("kiq.job")
@@ -179,4 +193,3 @@ def settle(
     where = "expired before it started" if fate == "expired" else "cancelled while running"
     record(config, payload, fate, where, raw)
     unique.release(config, payload)
-    batch_membership_hook(config, payload)

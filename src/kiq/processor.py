@@ -291,13 +291,26 @@ class Executor:
             if self._record_failure(unit, job_class, exc) is None:  # retry.reschedule_limited
                 return
         elif settled and (exc is not None or (job is not None and job.cancelled())):
-            kiq_cancel.settle(self.config, unit.payload or {}, unit.raw, exc, self.log_jobs)
+            if not self._dropped(unit, exc):
+                return  # stopping with Redis away: left in-progress, requeued at exit
         elif exc is None:
             if not self._succeeded(unit, value):
                 return  # stopping with Redis away: left in-progress, requeued at exit
         elif not self._failed(unit, job_class, exc):
             return  # stopping with Redis away: left in-progress, requeued at exit
         self.finished(unit)  # Pool.finished: the one way back (ack, free the slot)
+
+    def _dropped(self, unit: UnitOfWork, exc: BaseException | None) -> bool:
+        """A cancelled or expired job: its line, fate and lock (kiq.cancel.settle), then
+        done for its batch (``settle_batch`` says why a success); False: stopping, Redis
+        away."""
+        kiq_cancel.settle(self.config, unit.payload or {}, unit.raw, exc, self.log_jobs)
+        payload = unit.payload
+        return (
+            payload is None
+            or "bid" not in payload
+            or (self._record_batch(payload, "success", None, None))
+        )
 
     def _succeeded(self, unit: UnitOfWork, value: Any) -> bool:
         """The ``done`` line, the unique release, the result; False: stopping, Redis away."""
