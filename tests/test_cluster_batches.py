@@ -95,6 +95,12 @@ def test_a_batch_push_counts_every_job_and_delivers_each_once(cconfig: Config) -
     assert (status.total, status.pending) == (40, 40)
     assert cconfig.store._r.hlen(cconfig.keys.batch_outbox(batch.bid)) == 0  # delivered
     assert [bid for bid, _ in cconfig.store.batch_index(0, -1, 0.0)] == [batch.bid]
+    with kiq.Batch(batch.bid, config=cconfig).jobs():  # re-opened: a job for later
+        later = str(BRow.set(queue="hot").perform_in(600, 99))
+    shard = cconfig.keys.shard_of("hot", later)
+    (raw,) = cconfig.store._r.zrange(cconfig.keys.schedule_shard(shard), 0, -1)
+    assert wire.loads(raw)["jid"] == later  # on its partition's schedule shard
+    assert kiq.BatchStatus(batch.bid).total == 41
 
 
 def test_a_crash_between_count_and_push_is_repaired_by_the_next_touch(cconfig: Config) -> None:
@@ -258,3 +264,52 @@ def test_a_chain_and_a_chord_run_every_step_once_on_a_cluster(
     out = {k: json.loads(v) for k, v in recorded.hgetall("bt:out").items()}
     assert out["c"] == [3, 3]  # a's 1 + b's 2, passed down the chain
     assert out["sum"] == [0, [0, 1, 2, 3, 4, 5]]  # the group's results, in order
+
+
+@pytest.mark.slow
+def test_sigkill_the_batch_slots_primary_mid_batch_callbacks_once_with_wait_replicas(
+    recorded: redis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The primary holding the batch's keys (its counts, its outbox) is SIGKILLed while
+    workers record outcomes into it: its replica is promoted, the outcomes cut by the
+    failover are recorded again (idempotent per jid), and with ``wait_replicas: 1``
+    nothing acknowledged is lost: success and complete fire once, the counts exact."""
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        config = Config(redis_url=cluster.url, partitions={"hot": 4}, wait_replicas=1)
+        monkeypatch.setattr(kiq.config, "_default", config)
+        rows = 120
+        batch = spread(config, rows, pause=0.05)
+        victim_key = config.keys.batch(batch.bid)
+        victim = cluster.primary_of(victim_key)
+        settings = SETTINGS + ":wait_replicas: 1\n"
+        args = ["-r", "batch_jobs", *[a for q in [*QUEUES, "default"] for a in ("-q", q)]]
+        workers = [
+            Worker(
+                tmp_path,
+                cluster.url,
+                *args,
+                record_url=redis_url,
+                config_text=settings,
+                name=f"f{i}",
+            )
+            for i in range(2)
+        ]
+        try:
+            wait_until(lambda: len(batch_jobs.runs(recorded)) >= rows // 4, timeout=30)
+            cluster.kill(victim)
+            assert len(batch_jobs.runs(recorded, batch_jobs.DONE)) < rows  # mid-batch
+            cluster.wait_promoted(victim, victim_key)
+            victim.start()  # rejoins as a replica of the promoted one
+            wait_until(lambda: len(batch_jobs.callbacks(recorded)) >= 2, timeout=90)
+            wait_until(lambda: kiq.BatchStatus(batch.bid).pending == 0, timeout=30)
+        except Exception:
+            raise AssertionError("\n".join(w.output()[-3000:] for w in workers)) from None
+        finally:
+            _stop(workers)
+        events = sorted(c["event"] for c in batch_jobs.callbacks(recorded))
+        assert events == ["complete", "success"]
+        status = kiq.BatchStatus(batch.bid)
+        assert (status.total, status.pending, status.failures) == (rows, 0, 0)
+        done = {int(k) for k in batch_jobs.runs(recorded, batch_jobs.DONE)}
+        assert done == set(range(rows))
+        config.close()
