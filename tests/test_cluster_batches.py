@@ -115,7 +115,7 @@ def test_a_crash_between_count_and_push_is_repaired_by_the_next_touch(cconfig: C
     keys = [cconfig.keys.batch(batch.bid), cconfig.keys.batch(batch.bid, "jids")]
     keys.append(cconfig.keys.batch_outbox(batch.bid))
     args = ["push", 60, "0", 0, "f" * 24, "q2", "", raw]
-    assert store._batch_script("cluster_batch_add", keys, args) == 1
+    assert store._batch_script("cluster_batch_add", keys, args) == [1, 1]  # counted, outboxed
     assert queued(cconfig, "q2") == []
     assert kiq.BatchStatus(batch.bid).pending == 2  # counted first: never run uncounted
     assert [job["jid"] for job in queued(cconfig, "q2")] == ["f" * 24]  # the read delivered

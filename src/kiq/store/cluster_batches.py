@@ -38,7 +38,8 @@ exact counts, no job lost):
     steps are repeatable, so a step cut by a failover is simply run again.
 
 What it costs: a push into a batch is three round trips (count, deliver, delete) per
-call instead of one; a job's outcome stays one unless it fired a callback. Claims are
+call instead of one (the delivery reads nothing back when the outbox held only this
+call's jobs); a job's outcome stays one round trip unless it fired a callback. Claims are
 kept ``BATCH_CLAIM_TTL`` (a day): an outbox entry delivered and not deleted, then left
 untouched for longer than that, would be pushed a second time (its job then runs twice;
 the counts stay exact, its outcome being idempotent per jid).
@@ -92,12 +93,18 @@ class ClusterBatches(ClusterSets, Batches):
         args: list[Any] = [mode, ttl, repr(now), len(fields)]
         for name, value in fields.items():
             args += (name, value)
+        ours: dict[bytes, bytes] = {}
         for jid, queue, at, raw in jobs:
             self._check_member(queue)
-            args += (jid, queue, "" if at is None else repr(float(at)), raw)
-        added = int(self._batch_script("cluster_batch_add", keys, args))
-        self.batch_deliver(bid)
-        return added
+            when = "" if at is None else repr(float(at))
+            args += (jid, queue, when, raw)
+            ours[f"j|{jid}".encode()] = b"|".join((when.encode(), queue.encode(), raw))
+        added, waiting = self._batch_script("cluster_batch_add", keys, args)
+        if int(added) >= 0 and int(waiting) == len(ours):
+            self._deliver(bid, ours)  # only this call's entries: no need to read them back
+        elif int(waiting):
+            self.batch_deliver(bid)
+        return int(added)
 
     @staticmethod
     def _check_member(queue: str) -> None:
@@ -107,12 +114,15 @@ class ClusterBatches(ClusterSets, Batches):
     def batch_deliver(self, bid: str) -> int:
         """Push what ``bid``'s family outbox holds (step 2 of the module docstring), each
         entry once; how many were pushed now (entries pushed before are only deleted)."""
-        outbox = self.keys.batch_outbox(bid)
+        with self.translate_errors():
+            entries: dict[bytes, bytes] = self._r.hgetall(self.keys.batch_outbox(bid))
+        return self._deliver(bid, entries) if entries else 0
+
+    def _deliver(self, bid: str, entries: Mapping[bytes, bytes]) -> int:
+        """Push ``entries`` (outbox claim -> entry) with their claims, per queue shard,
+        then delete them from the outbox."""
         root = batch_root(bid)
         with self.translate_errors():
-            entries: dict[bytes, bytes] = self._r.hgetall(outbox)
-            if not entries:
-                return 0
             by_shard: dict[str, list[Any]] = {}
             queues: list[str] = []
             for claim, value in entries.items():
@@ -132,7 +142,10 @@ class ClusterBatches(ClusterSets, Batches):
                 ]
                 args = [repr(time.time()), BATCH_CLAIM_TTL, *items]
                 pushed += int(self._eval_waiting("cluster_batch_deliver", keys, args))
-            self._r.hdel(outbox, *entries)
+            # No WAIT: a delete lost in a failover only makes the next touch deliver the
+            # entries again, which their claims turn into nothing.
+            outbox = self.keys.batch_outbox(bid)
+            self._per_node([(outbox, ("HDEL", outbox, *entries))])
         return pushed
 
     # -- the Batches calls, on a cluster -------------------------------------------------

@@ -11,13 +11,14 @@
 -- ARGV[3]: created_at (launch); ARGV[4]: n, field/value pairs that follow (launch: the
 -- batch's fields; push: 0); then 4 per job: jid, queue name, at ('' = now; else the
 -- schedule score), the encoded payload.
--- Returns the number of jobs newly counted (launch: that number, or -1 when the batch
--- existed and nothing was written). Outbox entries: 'j|<jid>' -> '<at>|<queue>|<payload>'.
+-- Returns {jobs newly counted (launch: -1 when the batch existed and nothing was
+-- written), entries in the outbox now (when only this call's: the caller delivers them
+-- without reading the outbox back)}. Outbox entries: 'j|<jid>' -> '<at>|<queue>|<payload>'.
 -- Errors (nothing written): push to a batch that does not exist or was invalidated; a
 -- key of another type.
 local mode, ttl = ARGV[1], tonumber(ARGV[2])
 local kind = redis.call('TYPE', KEYS[1]).ok
-if mode == 'launch' and kind == 'hash' then return -1 end
+if mode == 'launch' and kind == 'hash' then return {-1, redis.call('HLEN', KEYS[3])} end
 if mode == 'push' and kind == 'none' then
   return redis.error_reply('KIQBATCH ' .. KEYS[1] .. ' does not exist (expired, or never opened)')
 end
@@ -55,4 +56,4 @@ end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 if jobs > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
-return added
+return {added, redis.call('HLEN', KEYS[3])}
