@@ -21,6 +21,7 @@ import pytest
 import redis
 
 import kiq
+from kiq import api
 from kiq import payload as wire
 from kiq.config import Config
 from tests.support import batch_jobs
@@ -186,10 +187,20 @@ def test_a_batch_over_several_primaries_survives_a_worker_sigkill_callbacks_once
     url = cconfig.redis_url or ""
     workers = _workers(tmp_path, url, redis_url, 2)
     try:
-        wait_until(lambda: len(batch_jobs.runs(recorded)) >= rows // 4, timeout=30)
-        workers[0].signal(signal.SIGKILL)  # mid-batch: its taken jobs are in progress
-        workers[0].kill()
+
+        def busy() -> tuple[Worker, str] | None:  # a worker with 3+ jobs running
+            found = {p.pid: p.identity for p in api.ProcessSet(cconfig) if p.busy >= 3}
+            return next(((w, found[w.pid]) for w in workers if w.pid in found), None)
+
+        wait_until(lambda: busy() is not None, timeout=30)
+        found = busy()
+        assert found is not None
+        victim, identity = found
+        victim.signal(signal.SIGKILL)  # mid-batch, with jobs in progress
+        victim.kill()
         assert kiq.BatchStatus(batch.bid).pending > rows // 2
+        orphans = cconfig.store.in_progress(identity, QUEUES)
+        assert orphans  # taken, not acknowledged: only its recovery can finish them
         workers += _workers(tmp_path, url, redis_url, 1, first=2)
         wait_until(lambda: len(batch_jobs.callbacks(recorded)) >= 2, timeout=60)
         wait_until(lambda: kiq.BatchStatus(batch.bid).pending == 0, timeout=30)
@@ -202,8 +213,8 @@ def test_a_batch_over_several_primaries_survives_a_worker_sigkill_callbacks_once
     assert events == ["complete", "success"]  # each once, no death
     done = {int(k): v for k, v in batch_jobs.runs(recorded, batch_jobs.DONE).items()}
     assert set(done) == set(range(rows))  # every row finished
-    started = batch_jobs.runs(recorded)
-    assert sum(started.values()) > rows  # the killed worker's rows ran again (recovered)
+    assert all(queued(cconfig, q) == [] for q in QUEUES)
+    assert cconfig.store.in_progress(identity, QUEUES) == []  # recovered
     status = kiq.BatchStatus(batch.bid)
     assert (status.total, status.pending, status.failures) == (rows, 0, 0)
     success = next(c for c in batch_jobs.callbacks(recorded) if c["event"] == "success")

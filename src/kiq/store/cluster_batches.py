@@ -61,7 +61,7 @@ from kiq.errors import BatchError
 from kiq.keys import BATCH_CLAIM_TTL, batch_root
 from kiq.store.batches import Batches, BatchJob, _text
 from kiq.store.cluster_sets import ClusterSets
-from kiq.store.connection import UNREACHABLE
+from kiq.store.connection import UNREACHABLE, is_transient
 
 
 class ClusterBatches(ClusterSets, Batches):
@@ -100,9 +100,17 @@ class ClusterBatches(ClusterSets, Batches):
             args += (jid, queue, when, raw)
             ours[f"j|{jid}".encode()] = b"|".join((when.encode(), queue.encode(), raw))
         added, waiting = self._batch_script("cluster_batch_add", keys, args)
-        if int(added) >= 0 and int(waiting) == len(ours):
-            self._deliver(bid, ours)  # only this call's entries: no need to read them back
-        elif int(waiting):
+        try:
+            if int(added) >= 0 and int(waiting) == len(ours):
+                self._deliver(bid, ours)  # only this call's entries: none to read back
+            elif int(waiting):
+                self.batch_deliver(bid)
+        except Exception as exc:
+            # Once more (a node lost mid-delivery: _per_node has refreshed the topology,
+            # so this reaches the promoted replica); failing again, the error is raised
+            # and the jobs, counted, stay in the outbox for the next touch to push.
+            if not is_transient(exc):
+                raise
             self.batch_deliver(bid)
         return int(added)
 
