@@ -523,6 +523,12 @@ def batch_root(bid: str) -> str:
     return bid.split(".", 1)[0]
 
 
+def outbox_job_field(jid: str) -> str:
+    """A job's field in a batch outbox (``ClusterKeys.batch_outbox``), as
+    cluster_batch_add.lua writes it; a callback's is ``c|<bid>|<event>`` (batch_update.lua)."""
+    return f"j|{jid}"
+
+
 def _tag_batch(prefix: str, bid: str, part: str = "") -> str:
     root = batch_root(bid)
     return f"{prefix}b-{{{root}}}{bid[len(root) :]}{'-' + part if part else ''}"

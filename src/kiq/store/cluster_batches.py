@@ -58,7 +58,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from kiq.errors import BatchError
-from kiq.keys import BATCH_CLAIM_TTL, batch_root
+from kiq.keys import BATCH_CLAIM_TTL, batch_root, outbox_job_field
 from kiq.store.batches import Batches, BatchJob, _text
 from kiq.store.cluster_sets import ClusterSets
 from kiq.store.connection import UNREACHABLE, is_transient
@@ -98,7 +98,7 @@ class ClusterBatches(ClusterSets, Batches):
             self._check_member(queue)
             when = "" if at is None else repr(float(at))
             args += (jid, queue, when, raw)
-            ours[f"j|{jid}".encode()] = b"|".join((when.encode(), queue.encode(), raw))
+            ours[outbox_job_field(jid).encode()] = b"|".join((when.encode(), queue.encode(), raw))
         added, waiting = self._batch_script("cluster_batch_add", keys, args)
         try:
             if int(added) >= 0 and int(waiting) == len(ours):
