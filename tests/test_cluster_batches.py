@@ -324,3 +324,26 @@ def test_sigkill_the_batch_slots_primary_mid_batch_callbacks_once_with_wait_repl
         done = {int(k) for k in batch_jobs.runs(recorded, batch_jobs.DONE)}
         assert done == set(range(rows))
         config.close()
+
+
+def test_a_step_launch_cut_before_its_push_is_pushed_once_by_the_next_advance(
+    cconfig: Config,
+) -> None:
+    """A workflow step's batch created and its jobs counted, its process killed before
+    the delivery: the re-run of ``advance`` (its callback job recovered) finds the step
+    launched, and its read of the step delivers the jobs, once."""
+    from kiq import workflow
+
+    wid = kiq.chain(Step.s("a", queue="q1"), Step.s("b", queue="q2")).start(config=cconfig)
+    bid = workflow.step_bid(wid, "1")
+    jid = workflow._jid(wid, "1", 0)
+    raw = wire.dumps({"class": "Step", "queue": "q2", "args": ["b"], "jid": jid, "bid": bid})
+    keys = [cconfig.keys.batch(bid), cconfig.keys.batch(bid, "jids")]
+    keys.append(cconfig.keys.batch_outbox(bid))
+    args = ["launch", 60, "1.0", 1, "description", "step 1", jid, "q2", "", raw]
+    assert cconfig.store._batch_script("cluster_batch_add", keys, args) == [1, 1]
+    assert queued(cconfig, "q2") == []
+    for _ in range(2):  # twice: the second finds nothing left to push
+        workflow.advance(cconfig, wid)
+    assert [job["jid"] for job in queued(cconfig, "q2")] == [jid]
+    assert kiq.BatchStatus(bid).pending == 1
