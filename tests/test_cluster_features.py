@@ -1,7 +1,7 @@
 """The features merged after the cluster mode, on the local cluster (docs/cluster.md,
-"Features"): cancelling, iterable jobs, queue limits, results and (sync) limiters work;
-async limiters, batches and workflows are refused at the call with an error that says
-why; a limited queue cannot be partitioned."""
+"Features"): cancelling, iterable jobs, queue limits, results and limiters (sync and
+async) work; a limited queue cannot be partitioned. Batches and workflows:
+tests/test_cluster_batches.py."""
 
 from __future__ import annotations
 
@@ -25,8 +25,6 @@ from tests.support.servers import Worker
 from tests.support.wait import wait_until
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))  # the worker's -r result_jobs
-
-REFUSED = "not supported in cluster mode"
 
 
 class ClusterFeature(kiq.Job, name="ClusterFeature"):
@@ -120,27 +118,39 @@ def test_a_limiter_holds_on_a_cluster_and_the_admin_view_sees_it(cconfig: Config
     assert sum(m.held for m in shown["stripe"].minutes) == 3  # the minute stats, copied
 
 
-def test_async_limiters_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
-    limiter = kiq.Limiter.concurrent("stripe-async", 2, config=cconfig)
+def test_an_async_limiter_holds_its_limit_on_a_cluster(cconfig: Config) -> None:
+    """Twelve coroutines through a concurrent limiter of 3 (the asyncio cluster client):
+    never more than 3 inside at once, every one gets in (freed slots hand over), and a
+    bucket of 2 a minute refuses the third call."""
+    limiter = kiq.Limiter.concurrent("stripe-async", 3, wait_timeout=10, config=cconfig)
+    bucket = kiq.Limiter.bucket("mail-async", 2, "minute", wait_timeout=0, config=cconfig)
+    inside, peak, done = 0, 0, 0
+
+    async def one() -> None:
+        nonlocal inside, peak, done
+        async with limiter.within_limit():
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.05)
+            inside -= 1
+            done += 1
 
     async def main() -> None:
-        async with limiter.within_limit():
-            pass
+        await asyncio.gather(*(one() for _ in range(12)))
+        for _ in range(2):
+            async with bucket.within_limit():
+                pass
+        with pytest.raises(kiq.OverLimit):
+            async with bucket.within_limit():
+                pass
+        await cconfig.store.aclose()
 
-    with pytest.raises(ConfigError, match=f"async limiters are {REFUSED}"):
-        asyncio.run(main())
-
-
-def test_batches_and_workflows_are_refused_at_the_call_on_a_cluster(cconfig: Config) -> None:
-    batch = kiq.Batch(config=cconfig)
-    with (
-        pytest.raises(ConfigError, match=f"batches are {REFUSED}.*batch_push.lua"),
-        batch.jobs(),
-    ):
-        ClusterFeature.perform_async(1)
-    assert api.Queue("default", cconfig).size() == 0
-    with pytest.raises(ConfigError, match=f"batches are {REFUSED}"):
-        kiq.chain(ClusterFeature.s(1), ClusterFeature.s(2)).start(config=cconfig)
+    asyncio.run(main())
+    assert (peak, done) == (3, 12)
+    shown = {info.name: info for info in api.limiters(cconfig)}
+    assert {"stripe-async", "mail-async"} <= set(shown)  # copied to the global index
+    assert sum(m.held for m in shown["stripe-async"].minutes) == 12
+    assert shown["mail-async"].held == 2
 
 
 @pytest.mark.slow

@@ -76,10 +76,33 @@ def test_each_key_lands_where_its_rule_says(name: str, prefix: str) -> None:
         shard = str(args[-1])
         assert key_slot(key.encode()) == key_slot(f"{{{shard}}}".encode())
         assert key_slot(key.encode()) == key_slot(cluster.queue(shard).encode())
+    elif rule == "batch":
+        assert key_slot(key.encode()) == key_slot(f"{{{SAMPLE['bid']}}}".encode())
+        assert key.replace("{", "").replace("}", "") == plain  # Sidekiq Pro's name, tagged
     else:
         assert rule == "own"
         assert "{" not in key
         assert key == plain
+
+
+def test_a_batch_family_shares_one_slot() -> None:
+    """A batch, its parts, its children (``<root>.<digest>``) and its outbox on one
+    slot: batch_update.lua walks from a child up to the root in one step."""
+    keys = ClusterKeys("myapp:")
+    root, child = "rootbid0123", "rootbid0123.0a1b2c3d"
+    found = {
+        key_slot(k.encode())
+        for k in (
+            keys.batch(root),
+            keys.batch(root, "jids"),
+            keys.batch(child),
+            keys.batch(child, "kids"),
+            keys.batch_outbox(child),
+        )
+    }
+    assert found == {key_slot(b"{rootbid0123}")}
+    assert keys.batch(child, "jids") == "myapp:b-{rootbid0123}.0a1b2c3d-jids"
+    assert keys.batch_outbox(child) == keys.batch(root, "outbox")
 
 
 def test_a_queue_shard_holds_its_list_in_progress_and_sets() -> None:

@@ -25,12 +25,15 @@ class OpenBlock:
 
         Derived from the block's token, so a job re-run after a crash (same jid, hence
         the same token) re-opens the same child batches instead of leaving the first
-        run's open forever (which would keep the parent from ever completing).
+        run's open forever (which would keep the parent from ever completing). The bid
+        is ``<root>.<digest>``, the root being the outermost batch's bid: on a Redis
+        Cluster a batch family's keys share the root's hash tag (kiq.keys, the "batch"
+        slot rule), so a child's outcome reaches its parent in one script.
         """
         self.children += 1
         seed = f"{self.bid}|{self.token}|{self.children}".encode()
         digest = hashlib.sha256(seed).hexdigest()
-        return digest[:20], digest[20:44]
+        return f"{self.bid.split('.', 1)[0]}.{digest[:20]}", digest[20:44]
 
 
 _open: ContextVar[OpenBlock | None] = ContextVar("kiq_batch", default=None)

@@ -325,6 +325,7 @@ LIMITER_TTL: Final = 90 * 86400  # a limiter unused this long is forgotten (Ente
 LIMITER_STATS_TTL: Final = 8 * 3600  # a minute's limiter counts (as the metrics keys)
 LIMITERS_MAX: Final = 10_000  # names kept in the kiq|limiters index (most recently used)
 BATCH_TTL: Final = 30 * 86400  # a batch's keys (Sidekiq Pro: 30 days); Config.batch_ttl
+BATCH_CLAIM_TTL: Final = 86_400  # a cluster batch push's claim (kiq.store.cluster_batches)
 FETCH_CALL_TTL: Final = 86_400  # a process's last fetch call (a retry comes within seconds)
 
 # The histogram key's layout (Sidekiq 7's metrics): one u16 counter per bucket, in
@@ -350,6 +351,10 @@ LABELS: Final = (
 #     becomes the hash tag, so a queue's list, its in-progress lists and its schedule,
 #     retry and dead shards share one slot (each Lua script touches one slot);
 #   * "own": a key only ever used alone (per jid, per lock digest): its own slot;
+#   * "batch": a batch's keys (``b-<bid>`` and its parts) on the slot of the tag
+#     ``{<root>}``, the bid up to its first ``.`` (a child batch's bid is
+#     ``<root>.<digest>``: kiq.batch_context), so a batch, its parts, its children and
+#     its outbox share one slot and batch_update.lua walks up to the root in one step;
 #   * "derived": a builder made from other builders (already tagged by theirs).
 GLOBAL_TAG: Final = "{kiq}"
 SLOT_RULES: Final[dict[str, str]] = {
@@ -405,10 +410,10 @@ SLOT_RULES: Final[dict[str, str]] = {
     "queue_limit": "shard",  # fetch.lua's permits step: on the queue's slot
     "queue_rate": "shard",
     "inprogress_parts": "derived",  # built from inprogress (already tagged)
-    "batches": "global",  # batches are refused on a cluster (batch_push.lua spans slots)
-    "batch": "own",
+    "batches": "global",  # the index only: written beside the batch (cluster_batches)
+    "batch": "batch",
     "workflows": "global",
-    "workflow": "own",
+    "workflow": "own",  # written alone, then its index entry (cluster_batches)
 }
 PARTITION_SEP: Final = "|"  # a partition's shard name: <queue>|<i>
 
@@ -489,6 +494,17 @@ class ClusterKeys(Keys):
         (so a re-run copies none twice); expires a week after the last copy."""
         return f"{self.prefix}kiq|migrated|{{{shard}}}"
 
+    def batch_outbox(self, bid: str) -> str:
+        """HASH claim -> ``<at>|<queue>|<payload>``: the pushes a batch step decided on
+        its slot and not yet delivered to their queue shards (kiq.store.cluster_batches),
+        one per batch family (the root's slot and name); batch_update.lua builds it too."""
+        return self.batch(batch_root(bid), "outbox")
+
+    def batch_claims(self, shard: str) -> str:
+        """ZSET claim -> epoch s: the batch pushes delivered to this shard, so a delivery
+        repeated after a crash pushes nothing twice (cluster_batch_deliver.lua)."""
+        return f"{self.prefix}kiq|batch-claims|{{{shard}}}"
+
     @property
     def known_queues(self) -> str:
         """SET: every queue that ever held a job here (``queues`` minus admin clears):
@@ -499,6 +515,23 @@ class ClusterKeys(Keys):
     def global_slot_key(self) -> str:
         """A key on the global slot (to reach the node holding every global key)."""
         return f"{self.prefix}{GLOBAL_TAG}"
+
+
+def batch_root(bid: str) -> str:
+    """The root batch of ``bid``'s family: the bid up to its first ``.`` (the "batch"
+    slot rule's hash tag)."""
+    return bid.split(".", 1)[0]
+
+
+def outbox_job_field(jid: str) -> str:
+    """A job's field in a batch outbox (``ClusterKeys.batch_outbox``), as
+    cluster_batch_add.lua writes it; a callback's is ``c|<bid>|<event>`` (batch_update.lua)."""
+    return f"j|{jid}"
+
+
+def _tag_batch(prefix: str, bid: str, part: str = "") -> str:
+    root = batch_root(bid)
+    return f"{prefix}b-{{{root}}}{bid[len(root) :]}{'-' + part if part else ''}"
 
 
 def _cluster_builder(name: str, rule: str) -> Any:
@@ -512,6 +545,9 @@ def _cluster_builder(name: str, rule: str) -> Any:
         return lambda self, *args: _tag_global(self.prefix, base(self, *args))
     if rule == "shard":
         return lambda self, *args: base(self, *args[:-1], f"{{{args[-1]}}}")
+    if rule == "batch":
+        assert name == "batch", f"{name}: the batch rule is the batch builder's"
+        return lambda self, bid, part="": _tag_batch(self.prefix, bid, part)
     return base  # own, derived
 
 

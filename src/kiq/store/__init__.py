@@ -27,8 +27,8 @@ It is built from a URL and knows nothing of Config; components reach it as
     (``redis+cluster://``, docs/cluster.md): ``ClusterStore`` overrides what spans hash
     slots, split per slot; ``open_store`` picks the class from the URL;
     ``cluster_results``, ``cluster_limits``: results and limiters split per slot;
-    ``cluster_refused``: the features
-    refused there, and why.
+    ``cluster_batches``: batches and workflows in two steps (batch slot, then queue
+    shards).
 
 Example::
 
@@ -48,9 +48,9 @@ from kiq.store.cluster import (
     cluster_url,
     is_cluster_url,
 )
+from kiq.store.cluster_batches import ClusterBatches
 from kiq.store.cluster_limits import ClusterLimits
 from kiq.store.cluster_procs import ClusterProcesses
-from kiq.store.cluster_refused import ClusterRefused
 from kiq.store.cluster_results import ClusterResults
 from kiq.store.connection import (
     BLOCK_SLACK,
@@ -82,7 +82,7 @@ class Store(
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 
-class ClusterStore(ClusterRefused, ClusterResults, ClusterLimits, ClusterProcesses, Store):
+class ClusterStore(ClusterResults, ClusterLimits, ClusterBatches, ClusterProcesses, Store):
     """``Store`` on a Redis Cluster (``redis+cluster://``, docs/cluster.md): the
     ``cluster*`` files of this package override what spans slots on a cluster; the
     rest (heartbeat, registry, cron definitions, counters) runs unchanged on the

@@ -14,7 +14,11 @@ Tasks:
      slot, one pipeline per node, each followed by ``WAIT n`` when ``wait_replicas`` is
      set; a command a node refused as not its slot's (MOVED, ASK, TRYAGAIN, CLUSTERDOWN:
      nothing was executed) is sent again through the cluster client, which follows it;
-  4. ``check_queue_name``: a queue name may not move the hash tag.
+  4. ``check_queue_name``: a queue name may not move the hash tag;
+  5. ``_async_client``: one ``redis.asyncio.cluster.RedisCluster`` per event loop, for
+     the async calls that have a cluster form of their own (async limiters:
+     ``cluster_limits``); async pushes run the sync write path in a thread instead
+     (``cluster_queues``: its per-node WAIT is the sync client's).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
+import redis.asyncio.cluster
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
     AskError,
@@ -36,7 +41,15 @@ from redis.exceptions import (
 )
 
 from kiq.keys import PARTITION_SEP, ClusterKeys
-from kiq.store.connection import BLOCK_SLACK, Connection, lua, redact, split_hosts
+from kiq.store.connection import (
+    BLOCK_SLACK,
+    CONNECT_TIMEOUT,
+    SOCKET_TIMEOUT,
+    Connection,
+    lua,
+    redact,
+    split_hosts,
+)
 from kiq.store.lane import Lane
 
 log = logging.getLogger(__name__)
@@ -195,6 +208,32 @@ class ClusterBase(Connection):
     def close(self) -> None:
         self._redis.close()
         self._blocking.close()
+
+    def _async_client(self) -> Any:
+        """The running loop's asyncio cluster client (``redis.asyncio.cluster``: MOVED/ASK,
+        topology refresh and failover retries as the sync one), made on first use; its
+        connections are bound to that loop (``aclose`` closes it, as on one Redis). Only
+        the async limiter calls use it (``cluster_limits``): a limiter's keys share one
+        slot, so each call is one command on one node, with no WAIT to carry."""
+        import asyncio  # local: the sync engine never needs it
+
+        loop = asyncio.get_running_loop()
+        clients: Any = self.__dict__["_async_clients"]  # Queues.__init__ made it
+        client = clients.get(loop)
+        if client is None:
+            parsed = ClusterURL.parse(self.url)
+            client = redis.asyncio.cluster.RedisCluster(
+                startup_nodes=[
+                    redis.asyncio.cluster.ClusterNode(host, port) for host, port in parsed.nodes
+                ],
+                username=parsed.username,
+                password=parsed.password,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                protocol=2,
+            )
+            clients[loop] = client
+        return client
 
     def disconnect_waiters(self) -> None:
         self._blocking.disconnect_connection_pools()

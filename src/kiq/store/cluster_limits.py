@@ -13,6 +13,11 @@ only thing a limit depends on) is one step on one slot, as on one Redis; the cop
 absolute value (ZADD GT of the last use), so a repeat or a lost copy changes no count,
 it only delays a new limiter's first appearance in the Web UI's Limits page by up to a
 second (or until its next use). A release and a wait touch only the limiter's own keys.
+
+In async code (``async with limiter.within_limit()``) the same calls go through the
+store's asyncio cluster client (``ClusterBase._async_client``): the try on the
+limiter's slot, the copy to the index, the release and the wait (BLPOP on the
+limiter's free list, so a waiting coroutine holds no thread) as in sync code.
 """
 
 from __future__ import annotations
@@ -25,26 +30,56 @@ from typing import Any
 from kiq.keys import LIMITER_STATS_TTL, LIMITER_TTL, LIMITERS_MAX
 from kiq.store.cluster_sets import ClusterSets
 from kiq.store.connection import UNREACHABLE
-from kiq.store.limits import LimitCall, _granted
+from kiq.store.limits import LimitCall, Limits, _granted
 
 SYNC_EVERY = 1.0  # seconds between two copies of one limiter's index entry and stats
 
 
-class ClusterLimits(ClusterSets):
+class ClusterLimits(ClusterSets, Limits):
     """``Limits``' tries on a cluster (see the module docstring)."""
 
-    def limit_try(self, call: LimitCall) -> tuple[bool, int, int]:
-        """One try (``limit.lua`` on the limiter's slot), then the copy (module docstring)."""
+    def _limit_args(self, call: LimitCall) -> tuple[list[str], list[Any]]:
+        """``limit.lua``'s keys on the limiter's slot (index and minute hash beside it)."""
         k, name = self.keys, call.name
         aux = k.limiter_log(name) if call.kind == "window" else k.limiter_holders(name)
         keys = [k.limiter(name), aux, k.limiter_index_of(name), k.limiter_minute_of(name, call.at)]
-        args: list[Any] = [*call[:-1], LIMITER_STATS_TTL, LIMITERS_MAX]
+        return keys, [*call[:-1], LIMITER_STATS_TTL, LIMITERS_MAX]
+
+    def limit_try(self, call: LimitCall) -> tuple[bool, int, int]:
+        """One try (``limit.lua`` on the limiter's slot), then the copy (module docstring)."""
+        keys, args = self._limit_args(call)
+        name = call.name
         try:
             reply = self._script("limit")(keys=keys, args=args)
             self._limit_sync(name)
         except UNREACHABLE as exc:
             raise self.unavailable(exc) from exc
         return _granted(reply)
+
+    async def alimit_try(self, call: LimitCall) -> tuple[bool, int, int]:
+        """``limit_try`` on the asyncio cluster client: ``Limits.alimit_try``'s script
+        call (``_arun``) with this file's keys, then the copy, as in sync code;
+        ``alimit_release`` and ``alimit_wait`` are ``Limits``' own (one slot each)."""
+        reply = await self._arun("limit", *self._limit_args(call))
+        await self._alimit_sync(call.name)
+        return _granted(reply)
+
+    async def _alimit_sync(self, name: str) -> None:
+        """``_limit_sync`` on the asyncio client (the ZADD GT and its PEXPIRE in two
+        commands: each is an absolute write, so a lost second one changes nothing)."""
+        synced: dict[str, float] = self.__dict__.setdefault("_limit_synced", {})
+        now = time.monotonic()
+        if now - synced.get(name, -SYNC_EVERY) < SYNC_EVERY:
+            return
+        synced[name] = now
+        k, client = self.keys, self._async_client()
+        try:
+            score = await client.zscore(k.limiter_index_of(name), name)
+            if score is not None:
+                await client.zadd(k.limiters, {name: score}, gt=True)
+                await client.pexpire(k.limiters, LIMITER_TTL * 1000)
+        except UNREACHABLE as exc:
+            raise self.unavailable(exc) from exc
 
     def _limit_sync(self, name: str) -> None:
         """Copy this limiter's last use to ``kiq|limiters`` (global slot), at most once a

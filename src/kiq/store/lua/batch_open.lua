@@ -3,7 +3,8 @@
 -- no complete/success callback, so jobs that finish before the block ends cannot fire
 -- it early. A new batch inside an open block of another becomes its child: the parent
 -- counts it (kids, kids_pending, kids_open) in the same step, once (SADD on -kids).
--- KEYS[1]: b-<bid>; KEYS[2]: b-<bid>-open; KEYS[3]: batches;
+-- KEYS[1]: b-<bid>; KEYS[2]: b-<bid>-open; KEYS[3]: batches (on a Redis Cluster
+-- KEYS[1] again: the index is on another slot and its caller writes it, first);
 -- KEYS[4]: b-<parent>; KEYS[5]: b-<parent>-kids (both only when ARGV[5] is not '')
 -- ARGV[1]: bid; ARGV[2]: the block's token (the running job's jid, or a random one);
 -- ARGV[3]: TTL seconds; ARGV[4]: created_at (epoch seconds); ARGV[5]: parent bid or '';
@@ -41,7 +42,7 @@ if kind == 'none' then
                   'kids', 0, 'kids_pending', 0, 'kids_open', 0, 'parent', parent, 'ttl', ttl}
   for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(fields))
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+  if KEYS[3] ~= KEYS[1] then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1]) end
   if parent ~= '' and redis.call('SADD', KEYS[5], ARGV[1]) == 1 then
     redis.call('HINCRBY', KEYS[4], 'kids', 1)
     redis.call('HINCRBY', KEYS[4], 'kids_pending', 1)

@@ -12,19 +12,34 @@
 -- KEYS[1]: b-<bid>. The other keys are built from ARGV[1] as Keys.batch builds them
 -- (b-<bid>-jids, -failinfo, -died, -open, -results; b-<parent>...), and callbacks go to
 -- queue:<q> and queues: the parent chain is only known here.
+-- On a Redis Cluster (ARGV[6] = '1') the names are ClusterKeys.batch's, b-{<root>}<rest>
+-- (the root: the bid up to its first '.'), all on the family's slot, and a callback is
+-- not pushed but written to the family's outbox, b-{<root>}-outbox (claim
+-- c|<bid>|<event> -> '|<queue>|<payload>'), from which kiq.store.cluster_batches
+-- delivers it to its queue shard once (the queue is on another slot).
 -- ARGV[1]: key prefix; ARGV[2]: op: success | failure | death | close; ARGV[3]: bid;
 -- ARGV[4]: the jid (close: the block's token); ARGV[5]: info: the error JSON
--- (failure, death) or the result JSON (success; kept only when keep_results is set)
--- Returns the events fired, as "<bid>:<event>" strings.
+-- (failure, death) or the result JSON (success; kept only when keep_results is set);
+-- ARGV[6]: '1' on a cluster (optional)
+-- Returns the events fired, as "<bid>:<event>" strings; on a cluster followed by the
+-- number of entries in the family's outbox (to deliver).
 local prefix, op, bid, member, info = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local cluster = ARGV[6] == '1'
 local function k(b, part)
-  if part == nil then return prefix .. 'b-' .. b end
-  return prefix .. 'b-' .. b .. '-' .. part
+  local name = 'b-' .. b
+  if cluster then
+    local root, rest = string.match(b, '^([^.]*)(.*)$')
+    name = 'b-{' .. root .. '}' .. rest
+  end
+  if part == nil then return prefix .. name end
+  return prefix .. name .. '-' .. part
 end
+local outbox = cluster and k(string.match(bid, '^[^.]*'), 'outbox')
 -- One HMGET first: a missing batch answers nil (nothing to count), a key of another
 -- type fails here, before any write.
 local head = redis.call('HMGET', KEYS[1], 'created_at', 'ttl', 'keep_results')
 if not head[1] then return {} end -- expired or never opened: nothing to count
+local ttl = tonumber(head[2] or '2592000')
 local clock, now -- read once, and only when an event fires
 local fired = {}
 
@@ -51,8 +66,13 @@ local function fire(b, event)
   if cb[1] and cb[2] then
     -- the payload was stored without enqueued_at and ends with '}'
     local raw = string.sub(cb[1], 1, -2) .. ',"enqueued_at":' .. stamp(cb[3]) .. '}'
-    redis.call('SADD', prefix .. 'queues', cb[2])
-    redis.call('LPUSH', prefix .. 'queue:' .. cb[2], raw)
+    if cluster then
+      redis.call('HSET', outbox, 'c|' .. b .. '|' .. event, '|' .. cb[2] .. '|' .. raw)
+      redis.call('EXPIRE', outbox, ttl)
+    else
+      redis.call('SADD', prefix .. 'queues', cb[2])
+      redis.call('LPUSH', prefix .. 'queue:' .. cb[2], raw)
+    end
   end
   fired[#fired + 1] = b .. ':' .. event
   return true
@@ -83,7 +103,6 @@ local function died(b)
   end
 end
 
-local ttl = tonumber(head[2] or '2592000')
 if op == 'success' then
   if redis.call('SREM', k(bid, 'jids'), member) == 1 then
     redis.call('HINCRBY', KEYS[1], 'pending', -1)
@@ -113,4 +132,5 @@ else
   return redis.error_reply('ERR batch_update: unknown op ' .. op)
 end
 check(bid)
+if cluster then fired[#fired + 1] = redis.call('HLEN', outbox) end
 return fired

@@ -1,0 +1,240 @@
+"""Redis Cluster: batches and workflows (``kiq.Batch``, ``kiq.chain``...), in two steps.
+
+Why its own file: on one Redis a job joins its batch in one script that counts it and
+pushes it (``batch_push.lua``), and a job's outcome fires the callbacks it makes due
+and pushes them in one script (``batch_update.lua``). On a cluster a batch's jobs and
+callbacks go to queue shards on other slots than the batch, so each of those writes is
+two steps here, and this is why that keeps the guarantees (callbacks exactly once,
+exact counts, no job lost):
+
+  * **Where the keys are.** Every key of a batch family (a batch, its parts, its
+    children: ``<root>.<digest>``, and one outbox) has the root's hash tag
+    (``SLOT_RULES`` "batch"), so every decision about a batch is still one script on
+    one slot, as on one Redis: counting members, recording outcomes (idempotent per
+    jid), firing each event once (``<event>_at``), walking up to the parents.
+  * **Step 1, on the batch's slot** (``cluster_batch_add.lua``, ``batch_update.lua``
+    with its cluster flag): the jobs are counted as pending members and written to the
+    family's outbox (``b-{<root>}-outbox``: claim -> queue, at, payload); a fired
+    callback is written to the outbox instead of being pushed. Membership first: a job
+    can never run, and its outcome be dropped as "not a member", before it is counted;
+    a callback is decided exactly once, here.
+  * **Step 2, on each queue shard's slot** (``cluster_batch_deliver.lua``): the outbox's
+    entries are pushed, each with a claim (``kiq|batch-claims|{<s>}``) taken in the same
+    step as its push, then deleted from the outbox. A delivery repeated (the deleter
+    crashed, two processes deliver at once) finds the claim and pushes nothing again:
+    each job and each callback is pushed once.
+  * **A crash between the steps** leaves counted jobs or a decided callback in the
+    outbox, never a pushed job that is not counted, and nothing is forgotten: the
+    outbox is delivered by the writer itself right after step 1 (and again if it
+    retries), then by whoever touches the family next: any job outcome of the family
+    (``batch_update`` returns the outbox's size), a worker's batch check (each second
+    per batch, and a recovered job's: the job whose outcome fired a callback is not yet
+    acknowledged, so its process dying makes it re-run, and that re-run's check
+    delivers), any read of the batch (``BatchStatus``, the Web UI, a workflow's
+    ``advance``, which reads its steps before launching them). A jobs() block whose
+    process died leaves the block open, so its batch fires nothing, as on one Redis.
+  * **Failover.** With ``wait_replicas`` each step waits for its replicas (``WAIT``):
+    an acknowledged registration, outcome or delivery survives its primary's loss. The
+    steps are repeatable, so a step cut by a failover is simply run again.
+
+What it costs: a push into a batch is three round trips (count, deliver, delete) per
+call instead of one (the delivery reads nothing back when the outbox held only this
+call's jobs); a job's outcome stays one round trip unless it fired a callback. Claims are
+kept ``BATCH_CLAIM_TTL`` (a day): an outbox entry delivered and not deleted, then left
+untouched for longer than that, would be pushed a second time (its job then runs twice;
+the counts stay exact, its outcome being idempotent per jid).
+
+The batch index (``batches``) and the workflow index (``kiq|workflows``) are on the
+global slot: written first (ZADD NX, idempotent), so every batch is listed; an entry of
+a batch that was never created reads as expired.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from kiq.errors import BatchError
+from kiq.keys import BATCH_CLAIM_TTL, batch_root, outbox_job_field
+from kiq.store.batches import Batches, BatchJob, _text
+from kiq.store.cluster_sets import ClusterSets
+from kiq.store.connection import UNREACHABLE, is_transient
+
+
+class ClusterBatches(ClusterSets, Batches):
+    """``Batches`` on a cluster (see the module docstring)."""
+
+    def _batch_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """``name`` on the batch's slot, then WAIT (``wait_replicas``)."""
+        try:
+            return self._eval_waiting(name, keys, args)
+        except UNREACHABLE as exc:
+            raise self.unavailable(exc) from exc
+        except ResponseError as exc:
+            text = str(exc)
+            if text.startswith("KIQBATCH "):
+                raise BatchError(text.removeprefix("KIQBATCH ")) from None
+            raise
+
+    def _batch_add(
+        self,
+        mode: str,
+        bid: str,
+        ttl: int,
+        now: float,
+        fields: Mapping[str, str],
+        jobs: Sequence[BatchJob],
+    ) -> int:
+        b = self.keys.batch
+        keys = [b(bid), b(bid, "jids"), self.keys.batch_outbox(bid)]
+        args: list[Any] = [mode, ttl, repr(now), len(fields)]
+        for name, value in fields.items():
+            args += (name, value)
+        ours: dict[bytes, bytes] = {}
+        for jid, queue, at, raw in jobs:
+            self._check_member(queue)
+            when = "" if at is None else repr(float(at))
+            args += (jid, queue, when, raw)
+            ours[outbox_job_field(jid).encode()] = b"|".join((when.encode(), queue.encode(), raw))
+        added, waiting = self._batch_script("cluster_batch_add", keys, args)
+        try:
+            if int(added) >= 0 and int(waiting) == len(ours):
+                self._deliver(bid, ours)  # only this call's entries: none to read back
+            elif int(waiting):
+                self.batch_deliver(bid)
+        except Exception as exc:
+            # Once more (a node lost mid-delivery: _per_node has refreshed the topology,
+            # so this reaches the promoted replica); failing again, the error is raised
+            # and the jobs, counted, stay in the outbox for the next touch to push.
+            if not is_transient(exc):
+                raise
+            self.batch_deliver(bid)
+        return int(added)
+
+    @staticmethod
+    def _check_member(queue: str) -> None:
+        if "|" in queue:  # the outbox entry's separator (queue names cannot hold it here)
+            raise ValueError(f"queue {queue!r} holds '|', which cluster mode cannot carry")
+
+    def batch_deliver(self, bid: str) -> int:
+        """Push what ``bid``'s family outbox holds (step 2 of the module docstring), each
+        entry once; how many were pushed now (entries pushed before are only deleted)."""
+        with self.translate_errors():
+            entries: dict[bytes, bytes] = self._r.hgetall(self.keys.batch_outbox(bid))
+        return self._deliver(bid, entries) if entries else 0
+
+    def _deliver(self, bid: str, entries: Mapping[bytes, bytes]) -> int:
+        """Push ``entries`` (outbox claim -> entry) with their claims, per queue shard,
+        then delete them from the outbox."""
+        root = batch_root(bid)
+        with self.translate_errors():
+            by_shard: dict[str, list[Any]] = {}
+            queues: list[str] = []
+            for claim, value in entries.items():
+                at, queue, raw = value.split(b"|", 2)
+                name = queue.decode()
+                queues.append(name)
+                item = by_shard.setdefault(self.shard_for(name, raw), [])
+                item += (f"{root}|{_text(claim)}", at, raw)
+            if registering := self._register(queues):  # names first (ClusterBase._register)
+                self._per_node(registering)
+            pushed = 0
+            for shard, items in by_shard.items():
+                keys = [
+                    self.keys.batch_claims(shard),
+                    self.keys.queue(shard),
+                    self.keys.schedule_shard(shard),
+                ]
+                args = [repr(time.time()), BATCH_CLAIM_TTL, *items]
+                pushed += int(self._eval_waiting("cluster_batch_deliver", keys, args))
+            # No WAIT: a delete lost in a failover only makes the next touch deliver the
+            # entries again, which their claims turn into nothing.
+            outbox = self.keys.batch_outbox(bid)
+            self._per_node([(outbox, ("HDEL", outbox, *entries))])
+        return pushed
+
+    # -- the Batches calls, on a cluster -------------------------------------------------
+    def batch_open(
+        self, bid: str, token: str, ttl: int, now: float, parent: str, fields: Mapping[str, str]
+    ) -> bool:
+        """As ``Batches.batch_open``; the index entry written first (another slot)."""
+        if parent and batch_root(parent) != batch_root(bid):
+            raise BatchError(
+                f"batch {bid} cannot be a child of {parent} on a cluster: a child batch's "
+                f"bid must start with its root's ('{batch_root(parent)}.'); let kiq name "
+                f"it (kiq.Batch() inside the parent's jobs() block)"
+            )
+        if fields:
+            with self.translate_errors():
+                self._r.zadd(self.keys.batches, {bid: now}, nx=True)
+        b = self.keys.batch
+        keys = [b(bid), b(bid, "open"), b(bid)]  # KEYS[3] = KEYS[1]: no index write there
+        keys += [b(parent), b(parent, "kids")] if parent else [b(bid), b(bid, "kids")]
+        args: list[Any] = [bid, token, ttl, repr(now), parent]
+        for name, value in fields.items():
+            args += (name, value)
+        return bool(self._batch_script("batch_open", keys, args))
+
+    def batch_push(self, bid: str, ttl: int, jobs: Sequence[BatchJob]) -> int:
+        """Count ``jobs`` in ``bid`` and put them in its outbox (one script on its slot),
+        then deliver the outbox; how many were newly counted."""
+        return self._batch_add("push", bid, ttl, 0.0, {}, jobs)
+
+    def batch_launch(
+        self, bid: str, ttl: int, now: float, fields: Mapping[str, str], jobs: Sequence[BatchJob]
+    ) -> bool:
+        """Create ``bid`` with ``jobs`` unless it exists, then deliver its outbox (also
+        when it existed: what a launch cut by a crash left); True if launched now."""
+        with self.translate_errors():
+            self._r.zadd(self.keys.batches, {bid: now}, nx=True)
+        return self._batch_add("launch", bid, ttl, now, fields, jobs) >= 0
+
+    def batch_update(self, bid: str, op: str, member: str, info: str | bytes = "") -> list[str]:
+        """``batch_update.lua`` with its cluster flag (callbacks to the outbox), then the
+        outbox delivered when it holds anything (this call's callbacks, or leftovers)."""
+        args = [self.keys.prefix, op, bid, member, info, "1"]
+        reply = list(self._batch_script("batch_update", [self.keys.batch(bid)], args))
+        if reply and isinstance(reply[-1], int) and reply.pop():  # the outbox's size
+            self.batch_deliver(bid)
+        return [_text(event) for event in reply]
+
+    def batch_gate(self, bid: str, jid: str) -> tuple[bool, bool, bool]:
+        """As ``Batches.batch_gate``, and the outbox delivered when it holds anything: a
+        recovered job's check is where a callback its first run decided gets pushed."""
+        commands: list[tuple[Any, ...]] = [
+            ("HMGET", self.keys.batch(bid), "created_at", "invalidated"),
+            ("SISMEMBER", self.keys.batch(bid, "jids"), jid),
+            ("HLEN", self.keys.batch_outbox(bid)),
+        ]
+        with self.translate_errors():
+            (created, invalidated), pending, waiting = self._call(commands)
+        if waiting:
+            self.batch_deliver(bid)
+        return created is not None, invalidated is not None, bool(pending)
+
+    def batch_read_many(
+        self, bids: Sequence[str]
+    ) -> list[tuple[dict[str, str], dict[str, int]] | None]:
+        """As ``Batches.batch_read_many``, after delivering the outbox of any of these
+        families that holds entries (a read is one of the repairs: module docstring)."""
+        with self.translate_errors():
+            pipe = self._pipeline()
+            for bid in bids:
+                pipe.hlen(self.keys.batch_outbox(bid))
+            waiting = pipe.execute() if bids else []
+        for bid in {batch_root(bid) for bid, n in zip(bids, waiting, strict=True) if n}:
+            self.batch_deliver(bid)
+        return super().batch_read_many(bids)
+
+    def workflow_save(self, wid: str, fields: Mapping[str, str], ttl: int, now: float) -> None:
+        """The workflow's hash (its own slot, one MULTI), then its index entry (global
+        slot): an entry always names a workflow that exists."""
+        with self.translate_errors():
+            pipe = self._pipeline(transaction=True)
+            pipe.hset(self.keys.workflow(wid), mapping=dict(fields))
+            pipe.expire(self.keys.workflow(wid), ttl)
+            pipe.execute()
+            self._r.zadd(self.keys.workflows, {wid: now})

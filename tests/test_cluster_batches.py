@@ -1,0 +1,349 @@
+"""Batches and workflows on a real Redis Cluster (kiq.store.cluster_batches; docs/cluster.md).
+
+The two-step write is driven directly where the claim is about it (a crash between the
+steps leaves the jobs counted and in the outbox, and whoever touches the batch next
+delivers them, each once); real worker processes, one SIGKILLed mid-batch, carry a
+batch spread over queues and partitions on several primaries to exactly one success
+and one complete callback with exact counts; a dying job fires death once; a chain and
+a chord run every step once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import kiq
+from kiq import api
+from kiq import payload as wire
+from kiq.config import Config
+from tests.support import batch_jobs
+from tests.support.batch_jobs import BCallback, BRow, Step
+from tests.support.cluster import LocalCluster, cluster_url, local_cluster  # noqa: F401
+from tests.support.servers import Worker
+from tests.support.wait import wait_until
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # the workers' -r batch_jobs
+
+QUEUES = ["q1", "q2", "q3", "hot"]  # hot: 4 partitions
+SETTINGS = ":partitions:\n  hot: 4\n:process_ttl: 3\n:concurrency: 5\n"
+
+
+@pytest.fixture
+def cconfig(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:  # noqa: F811
+    cfg = Config(redis_url=cluster_url, partitions={"hot": 4})
+    monkeypatch.setattr(kiq.config, "_default", cfg)
+    yield cfg
+    cfg.close()
+
+
+@pytest.fixture
+def recorded(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> redis.Redis:
+    """Where the support jobs record their runs (the plain test Redis), emptied."""
+    r.flushdb()
+    monkeypatch.setattr(batch_jobs, "_redis", r)
+    return r
+
+
+def new_batch(config: Config) -> kiq.Batch:
+    callbacks = {
+        f"on_{event}": (BCallback, {"event": event}) for event in ("success", "complete", "death")
+    }
+    return kiq.Batch(description="cluster", config=config, **callbacks)
+
+
+def queued(config: Config, queue: str) -> list[dict[str, Any]]:
+    store = config.store
+    return [
+        wire.loads(raw)
+        for shard in store.shards_of(queue)
+        for raw in store._r.lrange(config.keys.queue(shard), 0, -1)
+    ]
+
+
+def spread(config: Config, rows: int, pause: float = 0.0) -> kiq.Batch:
+    """A batch of ``rows`` BRow jobs over QUEUES (every shard of them)."""
+    batch = new_batch(config)
+    with batch.jobs():
+        for i in range(rows):
+            BRow.set(queue=QUEUES[i % len(QUEUES)]).perform_async(i, "ok", pause)
+    return batch
+
+
+def nodes_of(config: Config, queues: list[str]) -> set[str]:
+    store = config.store
+    return {
+        store._redis.get_node_from_key(config.keys.queue(shard)).name
+        for queue in queues
+        for shard in store.keys.shards(queue)
+    }
+
+
+def test_a_batch_push_counts_every_job_and_delivers_each_once(cconfig: Config) -> None:
+    assert len(nodes_of(cconfig, QUEUES)) >= 2  # the batch's jobs span primaries
+    batch = spread(cconfig, 40)
+    jids = {job["jid"] for q in QUEUES for job in queued(cconfig, q)}
+    assert len(jids) == 40
+    assert {job["bid"] for q in QUEUES for job in queued(cconfig, q)} == {batch.bid}
+    status = kiq.BatchStatus(batch.bid)
+    assert (status.total, status.pending) == (40, 40)
+    assert cconfig.store._r.hlen(cconfig.keys.batch_outbox(batch.bid)) == 0  # delivered
+    assert [bid for bid, _ in cconfig.store.batch_index(0, -1, 0.0)] == [batch.bid]
+    with kiq.Batch(batch.bid, config=cconfig).jobs():  # re-opened: a job for later
+        later = str(BRow.set(queue="hot").perform_in(600, 99))
+    shard = cconfig.keys.shard_of("hot", later)
+    (raw,) = cconfig.store._r.zrange(cconfig.keys.schedule_shard(shard), 0, -1)
+    assert wire.loads(raw)["jid"] == later  # on its partition's schedule shard
+    assert kiq.BatchStatus(batch.bid).total == 41
+
+
+def test_a_crash_between_count_and_push_is_repaired_by_the_next_touch(cconfig: Config) -> None:
+    batch = new_batch(cconfig)
+    with batch.jobs():
+        BRow.set(queue="q1").perform_async(0)
+    store = cconfig.store
+    raw = wire.dumps(
+        {"class": "BRow", "queue": "q2", "args": [1], "jid": "f" * 24, "bid": batch.bid}
+    )
+    # Step 1 alone, as a process killed before its delivery leaves it:
+    keys = [cconfig.keys.batch(batch.bid), cconfig.keys.batch(batch.bid, "jids")]
+    keys.append(cconfig.keys.batch_outbox(batch.bid))
+    args = ["push", 60, "0", 0, "f" * 24, "q2", "", raw]
+    assert store._batch_script("cluster_batch_add", keys, args) == [1, 1]  # counted, outboxed
+    assert queued(cconfig, "q2") == []
+    assert kiq.BatchStatus(batch.bid).pending == 2  # counted first: never run uncounted
+    assert [job["jid"] for job in queued(cconfig, "q2")] == ["f" * 24]  # the read delivered
+    # A delivery repeated after its outbox delete was lost pushes nothing twice:
+    store._r.hset(cconfig.keys.batch_outbox(batch.bid), "j|" + "f" * 24, b"|q2|" + raw)
+    assert store.batch_deliver(batch.bid) == 0
+    assert len(queued(cconfig, "q2")) == 1
+    assert store._r.hlen(cconfig.keys.batch_outbox(batch.bid)) == 0
+
+
+def test_a_callback_decided_but_not_pushed_is_pushed_once_by_the_recovered_jobs_check(
+    cconfig: Config,
+) -> None:
+    batch = new_batch(cconfig)
+    with batch.jobs():
+        jid = str(BRow.set(queue="q1").perform_async(0))
+    store = cconfig.store
+    # The outcome's script alone (its process killed before delivering the callbacks):
+    args = [cconfig.keys.prefix, "success", batch.bid, jid, "", "1"]
+    reply = store._batch_script("batch_update", [cconfig.keys.batch(batch.bid)], args)
+    assert sorted(reply[:-1]) == [f"{batch.bid}:complete".encode(), f"{batch.bid}:success".encode()]
+    assert reply[-1] == 2  # two callbacks in the outbox
+    assert queued(cconfig, "default") == []
+    # The job was not acknowledged: it re-runs, and its check (kiq_recoveries) delivers.
+    assert store.batch_gate(batch.bid, jid) == (True, False, False)
+    events = sorted(job["args"][1]["event"] for job in queued(cconfig, "default"))
+    assert events == ["complete", "success"]
+    assert store.batch_update(batch.bid, "success", jid, "") == []  # idempotent per jid
+    assert store.batch_gate(batch.bid, jid) == (True, False, False)
+    assert len(queued(cconfig, "default")) == 2  # each callback pushed once
+
+
+def test_nested_batches_share_the_root_slot_and_the_parent_waits(
+    cconfig: Config, recorded: redis.Redis
+) -> None:
+    from tests.support.inprocess import running
+
+    root = kiq.Batch(description="root", on_success=(BCallback, {"event": "root"}), config=cconfig)
+    with root.jobs():
+        batch_jobs.BParent.perform_async(2, 2)
+    with running(cconfig):
+        wait_until(lambda: "root" in {c["event"] for c in batch_jobs.callbacks(recorded)}, 30)
+    events = sorted(c["event"] for c in batch_jobs.callbacks(recorded))
+    assert events == ["kid-1", "kid-2", "root"]
+    (kid,) = kiq.BatchStatus(root.bid).child_bids()
+    assert kid.startswith(root.bid + ".")
+
+
+def _workers(tmp_path: Path, url: str, record_url: str, n: int, first: int = 0) -> list[Worker]:
+    args = ["-r", "batch_jobs", *[a for q in [*QUEUES, "default"] for a in ("-q", q)]]
+    return [
+        Worker(tmp_path, url, *args, record_url=record_url, config_text=SETTINGS, name=f"w{i}")
+        for i in range(first, first + n)
+    ]
+
+
+def _stop(workers: list[Worker]) -> None:
+    for worker in workers:
+        worker.kill()
+
+
+@pytest.mark.slow
+def test_a_batch_over_several_primaries_survives_a_worker_sigkill_callbacks_once(
+    cconfig: Config, recorded: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    rows = 120
+    batch = spread(cconfig, rows, pause=0.2)
+    url = cconfig.redis_url or ""
+    workers = _workers(tmp_path, url, redis_url, 2)
+    try:
+
+        def busy() -> tuple[Worker, str] | None:  # a worker with 3+ jobs running
+            found = {p.pid: p.identity for p in api.ProcessSet(cconfig) if p.busy >= 3}
+            return next(((w, found[w.pid]) for w in workers if w.pid in found), None)
+
+        wait_until(lambda: busy() is not None, timeout=30)
+        found = busy()
+        assert found is not None
+        victim, identity = found
+        victim.signal(signal.SIGKILL)  # mid-batch, with jobs in progress
+        victim.kill()
+        assert kiq.BatchStatus(batch.bid).pending > rows // 2
+        orphans = cconfig.store.in_progress(identity, QUEUES)
+        assert orphans  # taken, not acknowledged: only its recovery can finish them
+        workers += _workers(tmp_path, url, redis_url, 1, first=2)
+        wait_until(lambda: len(batch_jobs.callbacks(recorded)) >= 2, timeout=60)
+        wait_until(lambda: kiq.BatchStatus(batch.bid).pending == 0, timeout=30)
+        assert all(queued(cconfig, q) == [] for q in QUEUES)
+    except Exception:
+        raise AssertionError("\n".join(w.output()[-2000:] for w in workers)) from None
+    finally:
+        _stop(workers)
+    events = sorted(c["event"] for c in batch_jobs.callbacks(recorded))
+    assert events == ["complete", "success"]  # each once, no death
+    done = {int(k): v for k, v in batch_jobs.runs(recorded, batch_jobs.DONE).items()}
+    assert set(done) == set(range(rows))  # every row finished
+    assert all(queued(cconfig, q) == [] for q in QUEUES)
+    assert cconfig.store.in_progress(identity, QUEUES) == []  # recovered
+    status = kiq.BatchStatus(batch.bid)
+    assert (status.total, status.pending, status.failures) == (rows, 0, 0)
+    success = next(c for c in batch_jobs.callbacks(recorded) if c["event"] == "success")
+    assert (success["total"], success["pending"]) == (rows, 0)
+
+
+@pytest.mark.slow
+def test_a_dying_job_fires_death_and_complete_once_never_success(
+    cconfig: Config, recorded: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    batch = new_batch(cconfig)
+    with batch.jobs():
+        for i in range(8):
+            BRow.set(queue=QUEUES[i % 4]).perform_async(i)
+        BRow.set(queue="hot", retry=0).perform_async(99, "die")
+    workers = _workers(tmp_path, cconfig.redis_url or "", redis_url, 1)
+    try:
+        wait_until(lambda: len(batch_jobs.callbacks(recorded)) >= 2, timeout=30)
+        wait_until(lambda: kiq.BatchStatus(batch.bid).dead == 1, timeout=10)
+    finally:
+        _stop(workers)
+    events = sorted(c["event"] for c in batch_jobs.callbacks(recorded))
+    assert events == ["complete", "death"]
+    status = kiq.BatchStatus(batch.bid)
+    assert (status.total, status.pending, status.failures, status.dead) == (9, 1, 1, 1)
+    assert not status.success
+
+
+@pytest.mark.slow
+def test_a_chain_and_a_chord_run_every_step_once_on_a_cluster(
+    cconfig: Config, recorded: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    chain = kiq.chain(
+        Step.s("a", 1, queue="q1"),
+        Step.s("b", 2, queue="q2"),
+        Step.s("c", 3, queue="hot"),
+        pass_result=True,
+    )
+    chord = kiq.chord(
+        kiq.group(Step.s(f"g{i}", i, queue=QUEUES[i % 4]) for i in range(6)),
+        Step.s("sum", 0, queue="q3"),
+        pass_result=True,
+    )
+    wids = [chain.start(config=cconfig), chord.start(config=cconfig)]
+    workers = _workers(tmp_path, cconfig.redis_url or "", redis_url, 2)
+    try:
+        for wid in wids:
+            wait_until(
+                lambda wid=wid: kiq.WorkflowStatus(wid).state == "succeeded",  # type: ignore[misc]
+                timeout=60,
+            )
+    except Exception:
+        raise AssertionError("\n".join(w.output()[-2000:] for w in workers)) from None
+    finally:
+        _stop(workers)
+    steps = ["a", "b", "c", "sum", *[f"g{i}" for i in range(6)]]
+    assert batch_jobs.runs(recorded) == dict.fromkeys(steps, 1)
+    out = {k: json.loads(v) for k, v in recorded.hgetall("bt:out").items()}
+    assert out["c"] == [3, 3]  # a's 1 + b's 2, passed down the chain
+    assert out["sum"] == [0, [0, 1, 2, 3, 4, 5]]  # the group's results, in order
+
+
+@pytest.mark.slow
+def test_sigkill_the_batch_slots_primary_mid_batch_callbacks_once_with_wait_replicas(
+    recorded: redis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The primary holding the batch's keys (its counts, its outbox) is SIGKILLed while
+    workers record outcomes into it: its replica is promoted, the outcomes cut by the
+    failover are recorded again (idempotent per jid), and with ``wait_replicas: 1``
+    nothing acknowledged is lost: success and complete fire once, the counts exact."""
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        config = Config(redis_url=cluster.url, partitions={"hot": 4}, wait_replicas=1)
+        monkeypatch.setattr(kiq.config, "_default", config)
+        rows = 120
+        batch = spread(config, rows, pause=0.05)
+        victim_key = config.keys.batch(batch.bid)
+        victim = cluster.primary_of(victim_key)
+        settings = SETTINGS + ":wait_replicas: 1\n"
+        args = ["-r", "batch_jobs", *[a for q in [*QUEUES, "default"] for a in ("-q", q)]]
+        workers = [
+            Worker(
+                tmp_path,
+                cluster.url,
+                *args,
+                record_url=redis_url,
+                config_text=settings,
+                name=f"f{i}",
+            )
+            for i in range(2)
+        ]
+        try:
+            wait_until(lambda: len(batch_jobs.runs(recorded)) >= rows // 4, timeout=30)
+            cluster.kill(victim)
+            assert len(batch_jobs.runs(recorded, batch_jobs.DONE)) < rows  # mid-batch
+            cluster.wait_promoted(victim, victim_key)
+            victim.start()  # rejoins as a replica of the promoted one
+            wait_until(lambda: len(batch_jobs.callbacks(recorded)) >= 2, timeout=90)
+            wait_until(lambda: kiq.BatchStatus(batch.bid).pending == 0, timeout=30)
+        except Exception:
+            raise AssertionError("\n".join(w.output()[-3000:] for w in workers)) from None
+        finally:
+            _stop(workers)
+        events = sorted(c["event"] for c in batch_jobs.callbacks(recorded))
+        assert events == ["complete", "success"]
+        status = kiq.BatchStatus(batch.bid)
+        assert (status.total, status.pending, status.failures) == (rows, 0, 0)
+        done = {int(k) for k in batch_jobs.runs(recorded, batch_jobs.DONE)}
+        assert done == set(range(rows))
+        config.close()
+
+
+def test_a_step_launch_cut_before_its_push_is_pushed_once_by_the_next_advance(
+    cconfig: Config,
+) -> None:
+    """A workflow step's batch created and its jobs counted, its process killed before
+    the delivery: the re-run of ``advance`` (its callback job recovered) finds the step
+    launched, and its read of the step delivers the jobs, once."""
+    from kiq import workflow
+
+    wid = kiq.chain(Step.s("a", queue="q1"), Step.s("b", queue="q2")).start(config=cconfig)
+    bid = workflow.step_bid(wid, "1")
+    jid = workflow._jid(wid, "1", 0)
+    raw = wire.dumps({"class": "Step", "queue": "q2", "args": ["b"], "jid": jid, "bid": bid})
+    keys = [cconfig.keys.batch(bid), cconfig.keys.batch(bid, "jids")]
+    keys.append(cconfig.keys.batch_outbox(bid))
+    args = ["launch", 60, "1.0", 1, "description", "step 1", jid, "q2", "", raw]
+    assert cconfig.store._batch_script("cluster_batch_add", keys, args) == [1, 1]
+    assert queued(cconfig, "q2") == []
+    for _ in range(2):  # twice: the second finds nothing left to push
+        workflow.advance(cconfig, wid)
+    assert [job["jid"] for job in queued(cconfig, "q2")] == [jid]
+    assert kiq.BatchStatus(bid).pending == 1
