@@ -54,11 +54,11 @@ CORE: tuple[str, ...] = (
     # 3 client side: everything ``import kiq`` loads
     "unique",  # unique jobs' digest and release (issue 16); the client takes the lock
     "results",  # kiq.Result and the records the worker stores (issue 17 point 3)
-    "cancel",  # cancel by jid, jobs' fates (issue 18); Job.cancel calls it
     "limiter",  # limiters shared by every process (issue 16): kiq.Limiter, kiq.OverLimit
     "client",
     "batch",  # batches (issue 17): Batch, the backend, the worker's admit/record
     "batch_status",  # BatchStatus: one batch read at once
+    "cancel",  # cancel by jid, jobs' fates (issue 18); Job.cancel calls it; settles batches
     "job",
     "iter",  # enumerators for iterable jobs (issue 18); stdlib only
     "iterable",  # IterableJob (issue 18)
