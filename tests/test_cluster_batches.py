@@ -347,3 +347,33 @@ def test_a_step_launch_cut_before_its_push_is_pushed_once_by_the_next_advance(
         workflow.advance(cconfig, wid)
     assert [job["jid"] for job in queued(cconfig, "q2")] == [jid]
     assert kiq.BatchStatus(bid).pending == 1
+
+
+def test_a_cancelled_and_an_expired_member_count_as_done_and_the_batch_fires_once(
+    cconfig: Config, recorded: redis.Redis
+) -> None:
+    """As on one Redis (tests/test_batch.py): a member cancelled while waiting in a
+    partitioned queue (kiq.api.cancel) and one expired before it started count as a
+    success for their batch, whose counts are on another slot than their queues:
+    ``complete`` and ``success`` fire once, nothing is left pending."""
+    from tests.support.inprocess import running
+
+    batch = new_batch(cconfig)
+    with batch.jobs():
+        BRow.set(queue="q1").perform_async(1)
+        waiting = BRow.set(queue="hot").perform_async(2) or ""
+        BRow.set(queue="q2", expires_at=wire.now() - 1).perform_async(3)
+        BRow.set(queue="q3").perform_async(4)
+    assert api.cancel(waiting, cconfig).outcome == "removed"
+    assert kiq.BatchStatus(batch.bid).pending == 3  # the cancelled one counted at once
+    assert queued(cconfig, "hot") == []
+    cconfig.queues = [(q, 0) for q in QUEUES] + [("default", 0)]
+    with running(cconfig):
+        wait_until(lambda: len(batch_jobs.callbacks(recorded)) >= 2, timeout=30)
+        wait_until(lambda: kiq.BatchStatus(batch.bid).pending == 0, timeout=10)
+    events = sorted(c["event"] for c in batch_jobs.callbacks(recorded))
+    assert events == ["complete", "success"]
+    assert batch_jobs.runs(recorded) == {"1": 1, "4": 1}  # 2 cancelled, 3 expired
+    status = kiq.BatchStatus(batch.bid)
+    assert (status.total, status.pending, status.failures) == (4, 0, 0)
+    assert api.fate(waiting, cconfig)["fate"] == "cancelled"
