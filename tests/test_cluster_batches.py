@@ -86,6 +86,27 @@ def nodes_of(config: Config, queues: list[str]) -> set[str]:
     }
 
 
+def step1_alone(
+    config: Config,
+    mode: str,
+    bid: str,
+    jobs: list[tuple[str, str, bytes]],
+    fields: dict[str, str] | None = None,
+) -> list[Any]:
+    """Step 1 of a push (or a launch) alone, as a process killed before its delivery
+    leaves it: the family stamped in the sweep's index, then the jobs (jid, queue, raw)
+    counted and written to the outbox (cluster_batch_add.lua); its reply."""
+    store, k = config.store, config.keys
+    stamp = store._stamp(bid)
+    keys = [k.batch(bid), k.batch(bid, "jids"), k.batch_outbox(bid), k.batch_outbox_seal(bid)]
+    args: list[Any] = [mode, 60, repr(wire.now()), repr(stamp), len(fields or {})]
+    for name, value in (fields or {}).items():
+        args += (name, value)
+    for jid, queue, raw in jobs:
+        args += (jid, queue, "", raw)
+    return list(store._batch_script("cluster_batch_add", keys, args))
+
+
 def test_a_batch_push_counts_every_job_and_delivers_each_once(cconfig: Config) -> None:
     assert len(nodes_of(cconfig, QUEUES)) >= 2  # the batch's jobs span primaries
     batch = spread(cconfig, 40)
@@ -113,10 +134,7 @@ def test_a_crash_between_count_and_push_is_repaired_by_the_next_touch(cconfig: C
         {"class": "BRow", "queue": "q2", "args": [1], "jid": "f" * 24, "bid": batch.bid}
     )
     # Step 1 alone, as a process killed before its delivery leaves it:
-    keys = [cconfig.keys.batch(batch.bid), cconfig.keys.batch(batch.bid, "jids")]
-    keys.append(cconfig.keys.batch_outbox(batch.bid))
-    args = ["push", 60, "0", 0, "f" * 24, "q2", "", raw]
-    assert store._batch_script("cluster_batch_add", keys, args) == [1, 1]  # counted, outboxed
+    assert step1_alone(cconfig, "push", batch.bid, [("f" * 24, "q2", raw)]) == [1, 1]
     assert queued(cconfig, "q2") == []
     assert kiq.BatchStatus(batch.bid).pending == 2  # counted first: never run uncounted
     assert [job["jid"] for job in queued(cconfig, "q2")] == ["f" * 24]  # the read delivered
@@ -338,10 +356,8 @@ def test_a_step_launch_cut_before_its_push_is_pushed_once_by_the_next_advance(
     bid = workflow.step_bid(wid, "1")
     jid = workflow._jid(wid, "1", 0)
     raw = wire.dumps({"class": "Step", "queue": "q2", "args": ["b"], "jid": jid, "bid": bid})
-    keys = [cconfig.keys.batch(bid), cconfig.keys.batch(bid, "jids")]
-    keys.append(cconfig.keys.batch_outbox(bid))
-    args = ["launch", 60, "1.0", 1, "description", "step 1", jid, "q2", "", raw]
-    assert cconfig.store._batch_script("cluster_batch_add", keys, args) == [1, 1]
+    fields = {"description": "step 1"}
+    assert step1_alone(cconfig, "launch", bid, [(jid, "q2", raw)], fields) == [1, 1]
     assert queued(cconfig, "q2") == []
     for _ in range(2):  # twice: the second finds nothing left to push
         workflow.advance(cconfig, wid)

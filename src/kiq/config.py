@@ -99,6 +99,7 @@ _FILE_KEYS: Final = {
     "capsules": "capsules",
     "limits": "limits",  # queue limits (sidekiq-limit_fetch's key; kiq.queue_limits)
     "batch_ttl": "batch_ttl",
+    "batch_sweep_grace": "batch_sweep_grace",
     "cluster": "cluster",
     "partitions": "partitions",
     "wait_replicas": "wait_replicas",
@@ -188,6 +189,9 @@ class Config:
     # 5, "rate": "100/minute"}} (kiq.queue_limits; normalized to QueueLimit values)
     limits: dict[str, QueueLimit] = field(default_factory=dict)
     batch_ttl: float = 30 * 86400.0  # seconds a batch's keys live (Sidekiq Pro: 30 days)
+    # cluster: a batch push's outbox left this long is delivered by the workers' sweep
+    # (kiq.store.cluster_batches); above a live push's own two steps, which take ms
+    batch_sweep_grace: float = 30.0
     cluster: bool = False  # Redis Cluster (docs/cluster.md); also set by redis+cluster://
     partitions: dict[str, int] = field(default_factory=dict)  # cluster: queue -> N shards
     wait_replicas: int = 0  # cluster: pushes and acks WAIT for this many replicas
@@ -594,6 +598,7 @@ _SECONDS: Final = (
     "cron_poll_interval",
     "cron_grace",
     "batch_ttl",
+    "batch_sweep_grace",
 )
 _OPTIONAL_SECONDS: Final = ("poll_interval_average", "poll_initial_wait")
 _TYPED: Final[tuple[tuple[str, type | tuple[type, ...], str], ...]] = (

@@ -326,6 +326,7 @@ LIMITER_STATS_TTL: Final = 8 * 3600  # a minute's limiter counts (as the metrics
 LIMITERS_MAX: Final = 10_000  # names kept in the kiq|limiters index (most recently used)
 BATCH_TTL: Final = 30 * 86400  # a batch's keys (Sidekiq Pro: 30 days); Config.batch_ttl
 BATCH_CLAIM_TTL: Final = 86_400  # a cluster batch push's claim (kiq.store.cluster_batches)
+BATCH_SEAL_TTL: Final = 86_400  # a swept cluster batch family's seal (as long as a claim)
 FETCH_CALL_TTL: Final = 86_400  # a process's last fetch call (a retry comes within seconds)
 
 # The histogram key's layout (Sidekiq 7's metrics): one u16 counter per bucket, in
@@ -499,6 +500,19 @@ class ClusterKeys(Keys):
         its slot and not yet delivered to their queue shards (kiq.store.cluster_batches),
         one per batch family (the root's slot and name); batch_update.lua builds it too."""
         return self.batch(batch_root(bid), "outbox")
+
+    def batch_outbox_seal(self, bid: str) -> str:
+        """STRING: the highest index score a sweep removed ``bid``'s family at from
+        ``batch_outboxes`` after finding its outbox empty; a step 1 stamped at or below
+        it writes nothing (cluster_batch_add.lua, cluster_batch_sweep.lua)."""
+        return self.batch(batch_root(bid), "outbox-seal")
+
+    @property
+    def batch_outboxes(self) -> str:
+        """ZSET root bid -> the last stamp (epoch s) of a step 1 that may have written
+        its family's outbox: the families the worker's sweep visits once that is older
+        than ``batch_sweep_grace`` (kiq.store.cluster_batches), on the global slot."""
+        return f"{self.prefix}{GLOBAL_TAG}kiq|batch-outboxes"
 
     def batch_claims(self, shard: str) -> str:
         """ZSET claim -> epoch s: the batch pushes delivered to this shard, so a delivery

@@ -11,6 +11,11 @@ Sidekiq's algorithm, so Ruby and Python pollers can share one Redis safely
      (5 s), so the whole cluster polls about every 5 s: uniform in [A/2, 3A/2] under 10
      processes, [0, A] from 10 up; ``poll_interval_average`` fixes A.
   3. wait ``10 + 5 * rand`` seconds before the first poll (heartbeats register first).
+
+On a Redis Cluster each tick also sweeps the batch outboxes (``Store.batch_sweep``,
+kiq.store.cluster_batches): a batch push whose writer died between its two steps, in a
+batch nobody touches again, is delivered once its stamp is ``batch_sweep_grace`` old.
+One Redis has no outbox: the call does nothing there.
 """
 
 from __future__ import annotations
@@ -116,6 +121,7 @@ class Poller:
         while not self._stop.is_set():
             try:
                 self.enqueue_due()
+                self.config.store.batch_sweep(wire.now(), self.config.batch_sweep_grace)
                 count = self.config.store.process_count()
             except Exception as exc:
                 if not is_transient(exc):

@@ -98,6 +98,11 @@ class Batches(Connection):
         fired = self._run_batch_script("batch_update", [self.keys.batch(bid)], args)
         return [_text(event) for event in fired]
 
+    def batch_sweep(self, now: float, grace: float) -> int:
+        """Nothing on one Redis: a push is one script, so no batch outbox is ever left
+        (Redis Cluster: ``ClusterBatches.batch_sweep``); 0 jobs pushed."""
+        return 0
+
     def batch_gate(self, bid: str, jid: str) -> tuple[bool, bool, bool]:
         """(exists, invalidated, jid still pending) in one round trip: the worker skips a
         job of an invalidated batch, and one whose success is already recorded."""

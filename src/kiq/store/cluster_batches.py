@@ -51,21 +51,36 @@ a batch that was never created reads as expired.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from redis.exceptions import ResponseError
 
 from kiq.errors import BatchError
-from kiq.keys import BATCH_CLAIM_TTL, batch_root, outbox_job_field
+from kiq.keys import BATCH_CLAIM_TTL, BATCH_SEAL_TTL, batch_root, outbox_job_field
 from kiq.store.batches import Batches, BatchJob, _text
 from kiq.store.cluster_sets import ClusterSets
 from kiq.store.connection import UNREACHABLE, is_transient
 
+log = logging.getLogger(__name__)
+
+STAMP_REUSE: Final = 5.0  # seconds a process reuses its stamp of a family (_stamp)
+STAMPS_KEPT: Final = 10_000  # families whose stamp a process remembers at most
+STAMP_TRIES: Final = 3  # step 1 refused by a seal: stamp above it and run it again
+SWEEP_CHUNK: Final = 200  # index entries read per ZRANGEBYSCORE of a sweep
+SWEEP_MAX: Final = 2_000  # families one sweep call visits at most (the rest: next tick)
+
 
 class ClusterBatches(ClusterSets, Batches):
     """``Batches`` on a cluster (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._stamps: dict[str, float] = {}  # root -> this process's last index stamp
+        self._stamps_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
 
     def _batch_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """``name`` on the batch's slot, then WAIT (``wait_replicas``)."""
@@ -87,10 +102,12 @@ class ClusterBatches(ClusterSets, Batches):
         now: float,
         fields: Mapping[str, str],
         jobs: Sequence[BatchJob],
+        stamp: float | None = None,
     ) -> int:
         b = self.keys.batch
         keys = [b(bid), b(bid, "jids"), self.keys.batch_outbox(bid)]
-        args: list[Any] = [mode, ttl, repr(now), len(fields)]
+        keys.append(self.keys.batch_outbox_seal(bid))
+        args: list[Any] = [mode, ttl, repr(now), "", len(fields)]
         for name, value in fields.items():
             args += (name, value)
         ours: dict[bytes, bytes] = {}
@@ -99,7 +116,20 @@ class ClusterBatches(ClusterSets, Batches):
             when = "" if at is None else repr(float(at))
             args += (jid, queue, when, raw)
             ours[outbox_job_field(jid).encode()] = b"|".join((when.encode(), queue.encode(), raw))
-        added, waiting = self._batch_script("cluster_batch_add", keys, args)
+        stamp = self._stamp(bid) if stamp is None else stamp
+        for _ in range(STAMP_TRIES):
+            args[3] = repr(stamp)
+            added, waiting = self._batch_script("cluster_batch_add", keys, args)
+            if int(added) != -2:
+                break
+            # A sweep found the outbox empty and is unindexing the family at a score not
+            # below this stamp (cluster_batch_add.lua): nothing was written. Stamp above.
+            stamp = self._stamp(bid, above=float(waiting))
+        else:
+            raise BatchError(
+                f"batch {bid}: the outbox sweep sealed its family {STAMP_TRIES} times in a "
+                f"row; check this host's clock against the other kiq processes' and retry"
+            )
         try:
             if int(added) >= 0 and int(waiting) == len(ours):
                 self._deliver(bid, ours)  # only this call's entries: none to read back
@@ -113,6 +143,37 @@ class ClusterBatches(ClusterSets, Batches):
                 raise
             self.batch_deliver(bid)
         return int(added)
+
+    def _stamp(
+        self, bid: str, also: Sequence[tuple[str, tuple[Any, ...]]] = (), above: float = 0.0
+    ) -> float:
+        """Index ``bid``'s family for the sweep (``ZADD GT`` on the global slot, with the
+        global-slot commands ``also``, one exchange) before a step 1 writes its outbox;
+        the stamp, which that step 1 carries (a seal at or above it refuses the step).
+
+        Index first, outbox second: a crash between them leaves an entry whose outbox is
+        empty, which the sweep seals and removes; the other order could leave an outbox
+        no sweep knows. A stamp of this process younger than STAMP_REUSE is reused (a
+        jobs() block's pushes cost no extra round trip): it is still the entry's score
+        or below it, and if a sweep has removed the entry since, its seal (at or above
+        this stamp) makes the step 1 refuse, and the caller stamps again, ``above`` it.
+        """
+        root = batch_root(bid)
+        now = time.time()
+        with self._stamps_lock:
+            known = self._stamps.get(root)
+        if not also and known is not None and now - known < STAMP_REUSE and known > above:
+            return known
+        stamp = max(now, above + 0.001)  # strictly above a seal (clocks may disagree)
+        index = self.keys.batch_outboxes
+        with self.translate_errors():
+            zadd = (index, ("ZADD", index, "GT", repr(stamp), root))
+            self._per_node([*also, zadd], wait=self.wait_replicas)
+        with self._stamps_lock:
+            if len(self._stamps) >= STAMPS_KEPT:
+                self._stamps = {r: t for r, t in self._stamps.items() if now - t < STAMP_REUSE}
+            self._stamps[root] = stamp
+        return stamp
 
     @staticmethod
     def _check_member(queue: str) -> None:
@@ -167,9 +228,9 @@ class ClusterBatches(ClusterSets, Batches):
                 f"bid must start with its root's ('{batch_root(parent)}.'); let kiq name "
                 f"it (kiq.Batch() inside the parent's jobs() block)"
             )
-        if fields:
-            with self.translate_errors():
-                self._r.zadd(self.keys.batches, {bid: now}, nx=True)
+        if fields:  # a new batch: its index entry and its family's stamp, one exchange
+            index = self.keys.batches
+            self._stamp(bid, also=[(index, ("ZADD", index, "NX", repr(now), bid))])
         b = self.keys.batch
         keys = [b(bid), b(bid, "open"), b(bid)]  # KEYS[3] = KEYS[1]: no index write there
         keys += [b(parent), b(parent, "kids")] if parent else [b(bid), b(bid, "kids")]
@@ -188,9 +249,9 @@ class ClusterBatches(ClusterSets, Batches):
     ) -> bool:
         """Create ``bid`` with ``jobs`` unless it exists, then deliver its outbox (also
         when it existed: what a launch cut by a crash left); True if launched now."""
-        with self.translate_errors():
-            self._r.zadd(self.keys.batches, {bid: now}, nx=True)
-        return self._batch_add("launch", bid, ttl, now, fields, jobs) >= 0
+        index = self.keys.batches
+        stamp = self._stamp(bid, also=[(index, ("ZADD", index, "NX", repr(now), bid))])
+        return self._batch_add("launch", bid, ttl, now, fields, jobs, stamp) >= 0
 
     def batch_update(self, bid: str, op: str, member: str, info: str | bytes = "") -> list[str]:
         """``batch_update.lua`` with its cluster flag (callbacks to the outbox), then the
@@ -228,6 +289,87 @@ class ClusterBatches(ClusterSets, Batches):
         for bid in {batch_root(bid) for bid, n in zip(bids, waiting, strict=True) if n}:
             self.batch_deliver(bid)
         return super().batch_read_many(bids)
+
+    # -- the outbox sweep (kiq.scheduler's poller, each tick) ----------------------------
+    def batch_sweep(self, now: float, grace: float) -> int:
+        """Deliver the outboxes of the families stamped in ``batch_outboxes`` more than
+        ``grace`` seconds before ``now`` (a step 2 that never ran: its writer died and
+        nobody touched the batch since), and unindex those found empty; how many jobs
+        and callbacks were pushed. At most SWEEP_MAX families a call, oldest first.
+
+        Safe beside live writers and other sweeps: a delivery pushes each entry once
+        (its claim), an empty outbox is sealed before its entry is removed (a writer
+        stamped at or below the seal must stamp again: cluster_batch_add.lua), and the
+        entry is removed only at the score that was sealed (a newer stamp keeps it).
+        """
+        index = self.keys.batch_outboxes
+        low, seen, pushed = "-inf", 0, 0
+        while seen < SWEEP_MAX:
+            with self.translate_errors():
+                due = self._r.zrangebyscore(
+                    index, low, f"({now - grace!r}", start=0, num=SWEEP_CHUNK, withscores=True
+                )
+            if not due:
+                break
+            seen += len(due)
+            pushed += self._sweep([(_text(root), float(score)) for root, score in due])
+            if len(due) < SWEEP_CHUNK:
+                break
+            low = f"({due[-1][1]!r}"  # on past these (a tie with the last: next tick)
+        return pushed
+
+    def _sweep(self, due: list[tuple[str, float]]) -> int:
+        """One chunk of ``batch_sweep``: seal or read each family's outbox (one script per
+        family, one exchange per node), deliver what they hold, unindex the sealed."""
+        script = self._script("cluster_batch_sweep")
+        items = []
+        for root, score in due:
+            outbox, seal = self.keys.batch_outbox(root), self.keys.batch_outbox_seal(root)
+            args = (repr(score), BATCH_SEAL_TTL)
+            items.append((outbox, ("EVALSHA", script.sha, 2, outbox, seal, *args)))
+        try:
+            with self.translate_errors():
+                replies = self._per_node(items, wait=self.wait_replicas)
+        except ResponseError:  # NOSCRIPT on a node, or one family's key of another type
+            replies = [self._sweep_one(item[1][3:]) for item in items]
+        sealed: list[Any] = []
+        pushed = 0
+        for (root, score), reply in zip(due, replies, strict=True):
+            if reply is None:
+                continue  # its error is logged: the family stays indexed
+            if not reply:
+                sealed += (root, repr(score))
+                continue
+            entries = dict(zip(reply[::2], reply[1::2], strict=True))
+            try:
+                now_pushed = self._deliver(root, entries)
+            except ResponseError as exc:  # a queue key of another type: skip it, loudly
+                if is_transient(exc):
+                    raise
+                log.error("batch %s: cannot deliver its outbox now (%s); next tick", root, exc)
+                continue
+            pushed += now_pushed
+            if now_pushed:
+                log.warning(
+                    "batch %s: delivered %d job(s)/callback(s) its writer left in the outbox",
+                    root,
+                    now_pushed,
+                )
+        if sealed:
+            self._eval_waiting("cluster_batch_unindex", [self.keys.batch_outboxes], sealed)
+        return pushed
+
+    def _sweep_one(self, call: tuple[Any, ...]) -> Any:
+        """``cluster_batch_sweep`` for one family (outbox, seal, score, TTL), alone: the
+        script loaded where missing; None (logged) for a family that cannot be swept."""
+        outbox, seal, *args = call
+        try:
+            return self._eval_waiting("cluster_batch_sweep", [outbox, seal], args)
+        except ResponseError as exc:
+            if is_transient(exc):
+                raise
+            log.error("cannot sweep the batch outbox %s: %s; fix or delete the key", outbox, exc)
+            return None
 
     def workflow_save(self, wid: str, fields: Mapping[str, str], ttl: int, now: float) -> None:
         """The workflow's hash (its own slot, one MULTI), then its index entry (global
