@@ -10,6 +10,7 @@ a chord run every step once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -21,9 +22,10 @@ import pytest
 import redis
 
 import kiq
-from kiq import api
+from kiq import api, workflow
 from kiq import payload as wire
 from kiq.config import Config
+from kiq.keys import batch_root
 from tests.support import batch_jobs
 from tests.support.batch_jobs import BCallback, BRow, Step
 from tests.support.cluster import LocalCluster, cluster_url, local_cluster  # noqa: F401
@@ -350,8 +352,6 @@ def test_a_step_launch_cut_before_its_push_is_pushed_once_by_the_next_advance(
     """A workflow step's batch created and its jobs counted, its process killed before
     the delivery: the re-run of ``advance`` (its callback job recovered) finds the step
     launched, and its read of the step delivers the jobs, once."""
-    from kiq import workflow
-
     wid = kiq.chain(Step.s("a", queue="q1"), Step.s("b", queue="q2")).start(config=cconfig)
     bid = workflow.step_bid(wid, "1")
     jid = workflow._jid(wid, "1", 0)
@@ -393,3 +393,188 @@ def test_a_cancelled_and_an_expired_member_count_as_done_and_the_batch_fires_onc
     status = kiq.BatchStatus(batch.bid)
     assert (status.total, status.pending, status.failures) == (4, 0, 0)
     assert api.fate(waiting, cconfig)["fate"] == "cancelled"
+
+
+# -- the outbox sweep: a push whose writer died between its steps, nobody touching it ---
+class Crash(BaseException):
+    """The writer's process dying right after step 1 (nothing below catches it)."""
+
+
+@contextlib.contextmanager
+def crash_before_delivery(config: Config) -> Iterator[None]:
+    """Within: every push's step 2 raises Crash, as if its process died after step 1."""
+
+    def crash(*args: object) -> int:
+        raise Crash
+
+    config.store._deliver = crash  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del config.store._deliver
+
+
+def index_of(config: Config) -> dict[str, float]:
+    pairs = config.store._r.zrange(config.keys.batch_outboxes, 0, -1, withscores=True)
+    return {root.decode(): score for root, score in pairs}
+
+
+def test_the_sweep_delivers_a_stranded_push_once_then_seals_and_unindexes_it(
+    cconfig: Config,
+) -> None:
+    store, keys = cconfig.store, cconfig.keys
+    bid = "sweep0123456789"
+    assert store.batch_open(bid, "t0", 600, wire.now(), "", {"description": "died"})
+    jobs = [(f"{i:024x}", QUEUES[i], wire.dumps({"class": "BRow", "jid": f"{i:024x}",
+             "queue": QUEUES[i], "args": [i], "bid": bid})) for i in range(4)]  # fmt: skip
+    assert step1_alone(cconfig, "push", bid, jobs) == [4, 4]  # its writer dies here
+    stamp = index_of(cconfig)[bid]
+    assert store.batch_sweep(stamp + 29, 30.0) == 0  # within the grace: left to its writer
+    assert all(queued(cconfig, q) == [] for q in QUEUES)
+    assert store.batch_sweep(stamp + 31, 30.0) == 4  # past it: delivered
+    assert sorted(j["jid"] for q in QUEUES for j in queued(cconfig, q)) == [j[0] for j in jobs]
+    assert store._r.hlen(keys.batch_outbox(bid)) == 0
+    assert store.batch_sweep(stamp + 31, 30.0) == 0  # again: nothing pushed twice
+    assert index_of(cconfig) == {}  # the empty outbox sealed, its entry removed
+    assert float(store._r.get(keys.batch_outbox_seal(bid))) == stamp
+    assert sum(len(queued(cconfig, q)) for q in QUEUES) == 4
+    # A writer still holding that stamp (a stalled step 1) writes nothing now...
+    late = wire.dumps({"class": "BRow", "jid": "e" * 24, "queue": "q1", "args": [9], "bid": bid})
+    k = keys
+    refused = store._batch_script(
+        "cluster_batch_add",
+        [k.batch(bid), k.batch(bid, "jids"), k.batch_outbox(bid), k.batch_outbox_seal(bid)],
+        ["push", 60, "0", repr(stamp), 0, "e" * 24, "q1", "", late],
+    )
+    assert refused[0] == -2
+    assert float(refused[1]) == stamp
+    assert kiq.BatchStatus(bid).total == 4
+    # ...and the push path, its cached stamp refused, stamps above the seal and pushes.
+    assert store.batch_push(bid, 600, [("e" * 24, "q1", None, late)]) == 1
+    assert index_of(cconfig)[bid] > stamp  # indexed again, above the seal
+    assert "e" * 24 in {j["jid"] for j in queued(cconfig, "q1")}
+    assert kiq.BatchStatus(bid).total == 5
+
+
+SWEEPER = """
+import sys, redis
+from kiq.config import Config
+config = Config(redis_url=sys.argv[1], partitions={"hot": 4})
+config.store.known_queues()
+redis.Redis.from_url(sys.argv[2]).blpop("sweep-go")
+print(sum(config.store.batch_sweep(float(sys.argv[3]), 30.0) for _ in range(3)))
+"""
+
+
+def test_two_processes_sweeping_at_once_push_each_stranded_job_once(
+    cconfig: Config, recorded: redis.Redis, redis_url: str
+) -> None:
+    import subprocess
+
+    rows = []
+    for n in range(12):  # 12 families, each with 3 jobs its writer never delivered
+        bid = f"two{n:02d}0123456789"
+        cconfig.store.batch_open(bid, "t", 600, wire.now(), "", {"description": "died"})
+        jobs = []
+        for i in range(3):
+            jid, queue = f"{n:02d}{i:022x}", QUEUES[(n + i) % 4]
+            raw = {"class": "BRow", "jid": jid, "queue": queue, "args": [i], "bid": bid}
+            jobs.append((jid, queue, wire.dumps(raw)))
+            rows.append(jid)
+        assert step1_alone(cconfig, "push", bid, jobs) == [3, 3]
+    later = repr(wire.now() + 60)
+    env = {"PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SWEEPER, cconfig.redis_url or "", redis_url, later],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    wait_until(lambda: _blocked(recorded) == 2, 30)
+    recorded.rpush("sweep-go", "1", "1")  # both at once
+    pushed = [int(p.communicate(timeout=60)[0].strip()) for p in procs]
+    assert sum(pushed) == len(rows)  # split between them, no job pushed by both
+    assert sorted(j["jid"] for q in QUEUES for j in queued(cconfig, q)) == sorted(rows)
+    assert index_of(cconfig) == {}
+    assert cconfig.store.batch_sweep(float(later), 30.0) == 0
+
+
+def _blocked(r: redis.Redis) -> int:
+    return sum(1 for c in r.client_list() if c.get("cmd") == "blpop")
+
+
+GRACE = 2.0  # the workers' batch_sweep_grace here (30 s by default)
+
+
+@pytest.mark.slow
+def test_pushes_whose_writer_died_are_delivered_by_a_running_workers_sweep_run_once(
+    cconfig: Config,
+    recorded: redis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """Three writers die between step 1 and step 2, and nobody reads their batches: a
+    jobs() block's first push (its block stays open: no callback, as on one Redis), a
+    batch launched with callbacks, a workflow's first step (``chain.start``). A running
+    worker's sweep delivers each within the grace and one tick; every job runs once,
+    the batch's success and complete fire once, the workflow runs every step once."""
+    settings = SETTINGS + f":batch_sweep_grace: {GRACE}\n"
+    args = ["-r", "batch_jobs", *[a for q in [*QUEUES, "default"] for a in ("-q", q)]]
+    workers = [
+        Worker(tmp_path, cconfig.redis_url or "", *args, record_url=redis_url,
+               config_text=settings, name="sweeper")
+    ]  # fmt: skip
+    store = cconfig.store
+    try:
+        wait_until(lambda: len(list(api.ProcessSet(cconfig))) == 1, timeout=30)
+        opened = "died0123456789"  # a jobs() block whose process died at its first push
+        store.batch_open(opened, "t", 600, wire.now(), "", {"description": "died"})
+        raws = [
+            (f"{i:024x}", q, wire.dumps({"class": "BRow", "jid": f"{i:024x}", "queue": q,
+             "args": [i], "bid": opened})) for i, q in enumerate(QUEUES)
+        ]  # fmt: skip
+        assert step1_alone(cconfig, "push", opened, raws) == [4, 4]
+        launched = "launched0123456"  # created with its jobs and callbacks, never delivered
+        fields = kiq.batch.batch_fields(cconfig, launched, "launched", new_batch(cconfig).callbacks)
+        members = kiq.client.Client(cconfig).encode_members(
+            [{"class": "BRow", "jid": f"{10 + i:024x}", "queue": q, "args": [10 + i],
+              "bid": launched, "created_at": wire.now()} for i, q in enumerate(QUEUES)]
+        )  # fmt: skip
+        chain = kiq.chain(Step.s("a", 1, queue="q1"), Step.s("b", 2, queue="hot"))
+        with crash_before_delivery(cconfig):
+            with pytest.raises(Crash):
+                store.batch_launch(launched, 600, wire.now(), fields, members)
+            with pytest.raises(Crash):
+                chain.start(config=cconfig)
+        stamps = index_of(cconfig)
+        assert batch_jobs.runs(recorded) == {}  # nothing delivered by its writer
+        (wid,) = [w.decode() for w in store._r.zrange(cconfig.keys.workflows, 0, -1)]
+        first = workflow.step_bid(wid, "0")
+        assert set(stamps) == {opened, launched, batch_root(first)}
+
+        def outbox_empty(bid: str) -> bool:  # read raw: a batch read would deliver it
+            return store._r.hlen(cconfig.keys.batch_outbox(bid)) == 0
+
+        for bid in (opened, launched, first):
+            wait_until(lambda bid=bid: outbox_empty(bid), timeout=GRACE + 10)  # type: ignore[misc]
+            delay = wire.now() - stamps[batch_root(bid)]
+            assert GRACE <= delay <= GRACE + 5  # the grace + one tick (0.2 s), on a loaded box
+        wait_until(lambda: len(batch_jobs.callbacks(recorded)) >= 2, timeout=30)
+        wait_until(lambda: kiq.WorkflowStatus(wid).state == "succeeded", timeout=30)
+        wait_until(lambda: len(batch_jobs.runs(recorded, batch_jobs.DONE)) == 10, timeout=30)
+        wait_until(lambda: index_of(cconfig) == {}, timeout=GRACE + 10)  # all swept
+    except Exception as exc:
+        logs = "\n".join(w.output()[-3000:] for w in workers)
+        raise AssertionError(f"{exc!r}\n{logs}") from exc
+    finally:
+        _stop(workers)
+    expected = {str(i): 1 for i in [0, 1, 2, 3, 10, 11, 12, 13]} | {"a": 1, "b": 1}
+    assert batch_jobs.runs(recorded) == expected  # each job once
+    events = sorted(c["event"] for c in batch_jobs.callbacks(recorded))
+    assert events == ["complete", "success"]  # the launched batch's, once each
+    assert {c["bid"] for c in batch_jobs.callbacks(recorded)} == {launched}
+    assert kiq.BatchStatus(opened).pending == 0  # ran, its block still open: no callback
+    assert all(queued(cconfig, q) == [] for q in [*QUEUES, "default"])
