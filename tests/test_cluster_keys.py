@@ -134,3 +134,18 @@ def test_partitions_spread_jobs_by_jid() -> None:
     assert min(counts.values()) > 800  # ~1000 each
     assert keys.shard_of("hot", "abc") == keys.shard_of("hot", "abc")
     assert ClusterKeys.queue_of("hot|3") == "hot"
+
+
+def test_the_outbox_sweeps_keys_land_on_the_global_and_the_family_slots() -> None:
+    """The sweep's index is one global key (one ZRANGEBYSCORE a tick finds every family
+    with a pending outbox); a family's seal is beside its outbox, so the sweep's check
+    and seal, and a push's step 1 that reads the seal, are each one script on one slot."""
+    keys = ClusterKeys("myapp:")
+    index = keys.batch_outboxes
+    assert index == "myapp:{kiq}kiq|batch-outboxes"
+    assert key_slot(index.encode()) == key_slot(keys.global_slot_key.encode())
+    child = "rootbid0123.0a1b2c3d"
+    assert keys.batch_outbox_seal(child) == "myapp:b-{rootbid0123}-outbox-seal"
+    assert key_slot(keys.batch_outbox_seal(child).encode()) == key_slot(
+        keys.batch_outbox(child).encode()
+    )

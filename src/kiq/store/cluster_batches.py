@@ -31,15 +31,37 @@ exact counts, no job lost):
     per batch, and a recovered job's: the job whose outcome fired a callback is not yet
     acknowledged, so its process dying makes it re-run, and that re-run's check
     delivers), any read of the batch (``BatchStatus``, the Web UI, a workflow's
-    ``advance``, which reads its steps before launching them). A jobs() block whose
-    process died leaves the block open, so its batch fires nothing, as on one Redis.
+    ``advance``, which reads its steps before launching them), and, when nothing
+    touches it again (a batch's very first push, or a workflow's first step, whose
+    writer died), the workers' outbox sweep (below). A jobs() block whose process died
+    leaves the block open, so its batch fires nothing, as on one Redis; its jobs run.
+  * **The outbox sweep** (``batch_sweep``, one step of every worker's scheduled/retry
+    poller tick, kiq.scheduler). Before step 1, its writer stamps the family in the
+    global index ``kiq|batch-outboxes`` (``_stamp``: ZADD GT root now; free when the
+    batch is created, beside its ``batches`` entry, and reused by a process for
+    STAMP_REUSE seconds). A tick takes the families stamped more than
+    ``batch_sweep_grace`` ago (oldest first, SWEEP_MAX at most) and, per family, one
+    script on its slot (``cluster_batch_sweep.lua``): an outbox with entries is
+    delivered (step 2; its claims make a sweep racing a live writer or another sweep
+    harmless); an empty one is sealed with the score read, then unindexed only at that
+    score (``cluster_batch_unindex.lua``). Safe in every order: stamp before outbox (a
+    crash between leaves an empty outbox indexed, which is dropped, never an outbox
+    unindexed); a step 1 whose stamp is at or below the seal writes nothing and stamps
+    again above it, so no entry lands after the sweep saw the outbox empty; a stamp
+    since the sweep's read raised the score, so that entry stays. A seal is kept
+    BATCH_SEAL_TTL (a day), the claims' bound: a writer stalled longer than that between
+    its stamp and its step 1 could strand its push. A job outcome's callbacks are not
+    stamped (a round trip per outcome): its re-run delivers them, as above.
   * **Failover.** With ``wait_replicas`` each step waits for its replicas (``WAIT``):
     an acknowledged registration, outcome or delivery survives its primary's loss. The
     steps are repeatable, so a step cut by a failover is simply run again.
 
 What it costs: a push into a batch is three round trips (count, deliver, delete) per
 call instead of one (the delivery reads nothing back when the outbox held only this
-call's jobs); a job's outcome stays one round trip unless it fired a callback. Claims are
+call's jobs), four when its process has not stamped the family in the last STAMP_REUSE
+seconds; a job's outcome stays one round trip unless it fired a callback. A sweep tick
+is one ZRANGEBYSCORE when nothing is due, then one script per due family (one exchange
+per node) and one for the unindex (docs/cluster.md has the figures). Claims are
 kept ``BATCH_CLAIM_TTL`` (a day): an outbox entry delivered and not deleted, then left
 untouched for longer than that, would be pushed a second time (its job then runs twice;
 the counts stay exact, its outcome being idempotent per jid).
@@ -333,6 +355,7 @@ class ClusterBatches(ClusterSets, Batches):
         except ResponseError:  # NOSCRIPT on a node, or one family's key of another type
             replies = [self._sweep_one(item[1][3:]) for item in items]
         sealed: list[Any] = []
+        stranded: list[str] = []
         pushed = 0
         for (root, score), reply in zip(due, replies, strict=True):
             if reply is None:
@@ -350,11 +373,15 @@ class ClusterBatches(ClusterSets, Batches):
                 continue
             pushed += now_pushed
             if now_pushed:
-                log.warning(
-                    "batch %s: delivered %d job(s)/callback(s) its writer left in the outbox",
-                    root,
-                    now_pushed,
-                )
+                stranded.append(root)
+        if stranded:
+            log.warning(
+                "delivered %d job(s)/callback(s) left in the outbox of %d batch(es) by writers "
+                "that died between their two steps: %s",
+                pushed,
+                len(stranded),
+                ", ".join(stranded[:5]) + (" ..." if len(stranded) > 5 else ""),
+            )
         if sealed:
             self._eval_waiting("cluster_batch_unindex", [self.keys.batch_outboxes], sealed)
         return pushed
