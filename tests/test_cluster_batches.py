@@ -456,6 +456,21 @@ def test_the_sweep_delivers_a_stranded_push_once_then_seals_and_unindexes_it(
     assert kiq.BatchStatus(bid).total == 5
 
 
+def test_a_family_the_sweep_cannot_read_is_skipped_loudly_and_the_rest_swept(
+    cconfig: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, keys = cconfig.store, cconfig.keys
+    for bid, jid in (("badfam012345678", "a" * 24), ("goodfam01234567", "b" * 24)):
+        store.batch_open(bid, "t", 600, wire.now(), "", {"description": "died"})
+        raw = wire.dumps({"class": "BRow", "jid": jid, "queue": "q1", "args": [1], "bid": bid})
+        assert step1_alone(cconfig, "push", bid, [(jid, "q1", raw)]) == [1, 1]
+    store._r.lpush(keys.batch_outbox_seal("badfam012345678"), "not a seal")  # a bad key
+    assert store.batch_sweep(wire.now() + 60, 30.0) == 1
+    assert [j["jid"] for j in queued(cconfig, "q1")] == ["b" * 24]
+    assert "badfam012345678" in index_of(cconfig)  # kept for a later sweep, once fixed
+    assert "fix or delete the key" in caplog.text
+
+
 SWEEPER = """
 import sys, redis
 from kiq.config import Config
