@@ -16,6 +16,8 @@ from tests.support.servers import RedisServer, Worker
 from tests.support.wait import wait_until
 
 REDIS_URL = os.environ.get("KIQ_TEST_REDIS_URL")
+# The local Redis Cluster's fixtures (local_cluster, cluster_url, cconfig) for every file.
+pytest_plugins = ["tests.support.cluster"]
 ROOT = Path(__file__).parent.parent
 
 

@@ -17,7 +17,6 @@ import kiq
 from kiq.config import Config
 from kiq.errors import ConfigError
 from kiq.store import ClusterStore
-from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
 from tests.support.jobs import records
 from tests.support.servers import Worker
 from tests.support.wait import wait_until
@@ -26,7 +25,7 @@ PARTITIONED = ":partitions:\n  hot: 4\n"
 
 
 @pytest.fixture
-def cconfig(cluster_url: str) -> Iterator[Config]:  # noqa: F811
+def cconfig(cluster_url: str) -> Iterator[Config]:
     cfg = Config(redis_url=cluster_url, partitions={"hot": 4}, heartbeat_interval=0.2)
     yield cfg
     cfg.close()
@@ -117,7 +116,7 @@ def test_workers_drain_queues_a_partitioned_queue_schedules_and_retries(
 
 def test_a_process_without_the_partitions_setting_still_sees_every_shard(
     cconfig: Config,
-    cluster_url: str,  # noqa: F811
+    cluster_url: str,
 ) -> None:
     client = kiq.Client(cconfig)
     for i in range(12):
@@ -143,7 +142,7 @@ def wait_calls(store: ClusterStore) -> int:
 
 
 def test_wait_replicas_waits_on_pushes_and_acks_and_warns_when_unmet(
-    cluster_url: str,  # noqa: F811
+    cluster_url: str,
 ) -> None:
     cfg = Config(redis_url=cluster_url, wait_replicas=1)
     try:

@@ -28,7 +28,7 @@ from kiq.config import Config
 from kiq.keys import batch_root
 from tests.support import batch_jobs
 from tests.support.batch_jobs import BCallback, BRow, Step
-from tests.support.cluster import LocalCluster, cluster_url, local_cluster  # noqa: F401
+from tests.support.cluster import LocalCluster
 from tests.support.servers import Worker
 from tests.support.wait import wait_until
 
@@ -36,14 +36,6 @@ sys.path.insert(0, str(Path(__file__).parent / "support"))  # the workers' -r ba
 
 QUEUES = ["q1", "q2", "q3", "hot"]  # hot: 4 partitions
 SETTINGS = ":partitions:\n  hot: 4\n:process_ttl: 3\n:concurrency: 5\n"
-
-
-@pytest.fixture
-def cconfig(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:  # noqa: F811
-    cfg = Config(redis_url=cluster_url, partitions={"hot": 4})
-    monkeypatch.setattr(kiq.config, "_default", cfg)
-    yield cfg
-    cfg.close()
 
 
 @pytest.fixture

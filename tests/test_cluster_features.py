@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -19,7 +18,6 @@ from kiq import api, cancel
 from kiq.config import Config
 from kiq.errors import ConfigError
 from tests.support import iter_jobs
-from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
 from tests.support.result_jobs import ResultAdd, ResultBoom
 from tests.support.servers import Worker
 from tests.support.wait import wait_until
@@ -29,14 +27,6 @@ sys.path.insert(0, str(Path(__file__).parent / "support"))  # the worker's -r re
 
 class ClusterFeature(kiq.Job, name="ClusterFeature"):
     def perform(self, *args: object) -> None: ...
-
-
-@pytest.fixture
-def cconfig(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:  # noqa: F811
-    cfg = Config(redis_url=cluster_url, partitions={"hot": 4})
-    monkeypatch.setattr(kiq.config, "_default", cfg)
-    yield cfg
-    cfg.close()
 
 
 def test_a_queued_job_is_cancelled_and_its_fate_recorded_on_a_cluster(cconfig: Config) -> None:
@@ -69,7 +59,7 @@ def test_in_progress_lists_every_partition_s_jobs(cconfig: Config) -> None:
 @pytest.mark.slow
 def test_a_running_iterable_job_is_cancelled_within_a_beat_on_a_cluster(
     cconfig: Config,
-    cluster_url: str,  # noqa: F811
+    cluster_url: str,
     redis_url: str,
     r: redis.Redis,
     tmp_path: Path,
@@ -156,7 +146,7 @@ def test_an_async_limiter_holds_its_limit_on_a_cluster(cconfig: Config) -> None:
 @pytest.mark.slow
 def test_results_are_stored_and_waiters_woken_on_a_cluster(
     cconfig: Config,
-    cluster_url: str,  # noqa: F811
+    cluster_url: str,
     tmp_path: Path,
 ) -> None:
     handles = [ResultAdd.enqueue(i, 1) for i in range(6)]  # records on several slots

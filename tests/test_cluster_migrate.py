@@ -15,11 +15,10 @@ from kiq.config import Config
 from kiq.errors import ConfigError
 from kiq.migrate import migrate
 from kiq.store import ClusterStore
-from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
-def target(cluster_url: str) -> Iterator[Config]:  # noqa: F811
+def target(cluster_url: str) -> Iterator[Config]:
     cfg = Config(redis_url=cluster_url, partitions={"hot": 4})
     yield cfg
     cfg.close()

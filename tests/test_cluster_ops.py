@@ -8,11 +8,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import pytest
 
 import kiq
 from kiq import api, prometheus, status
@@ -20,21 +18,12 @@ from kiq.config import Config
 from kiq.cron import CronJob
 from kiq.outage import Outage
 from kiq.recurring import CronPoller, save
-from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
 
 T0 = datetime(2026, 1, 1, 10, 0, 30, tzinfo=UTC)
 
 
 class ClusterRecord(kiq.Job, name="ClusterRecord"):
     def perform(self, *args: object) -> None: ...
-
-
-@pytest.fixture
-def cconfig(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:  # noqa: F811
-    cfg = Config(redis_url=cluster_url, partitions={"hot": 4})
-    monkeypatch.setattr(kiq.config, "_default", cfg)
-    yield cfg
-    cfg.close()
 
 
 def _schedule(cfg: Config, n: int, queue: str) -> list[str]:

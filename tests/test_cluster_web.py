@@ -19,7 +19,6 @@ from kiq.queue_limits import parse_limits
 from kiq.web import create_app
 from kiq.web.sets import entry_key
 from tests.support.batch_jobs import BCallback, BRow, Step
-from tests.support.cluster import cluster_url, local_cluster  # noqa: F401 (fixtures)
 from tests.support.inprocess import running
 from tests.support.result_jobs import ResultAdd, ResultDies
 from tests.support.wait import wait_until
@@ -37,7 +36,7 @@ class Locked(kiq.Job, name="test_cluster_web.Locked", unique_for=600):
 
 
 @pytest.fixture
-def cconfig(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:  # noqa: F811
+def cconfig(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:
     cfg = Config(redis_url=cluster_url, partitions={"hot": 4}, concurrency=4)
     monkeypatch.setattr(kiq.config, "_default", cfg)
     yield cfg

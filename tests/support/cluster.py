@@ -29,6 +29,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+import kiq.config
+from kiq.config import Config
 from tests.support.needs import needs_binary
 from tests.support.servers import RedisServer
 
@@ -190,3 +192,12 @@ def cluster_url(local_cluster: LocalCluster) -> str:
     for server in local_cluster.primaries():
         server.client().flushall()
     return local_cluster.url
+
+
+@pytest.fixture
+def cconfig(cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:
+    """The default Config on the session cluster, a 4-partition ``hot`` queue."""
+    cfg = Config(redis_url=cluster_url, partitions={"hot": 4})
+    monkeypatch.setattr(kiq.config, "_default", cfg)
+    yield cfg
+    cfg.close()
