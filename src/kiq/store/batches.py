@@ -32,8 +32,9 @@ class Batches(Connection):
     """The batch half of ``Store`` (see the module docstring)."""
 
     def _run_batch_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """``name`` run once, a script's KIQBATCH error as ``kiq.BatchError``."""
         try:
-            return self._retry_once_on_failover(self._evalsha, name, keys, args)
+            return self._batch_eval(name, keys, args)
         except UNREACHABLE as exc:
             raise self.unavailable(exc) from exc
         except ResponseError as exc:
@@ -41,6 +42,10 @@ class Batches(Connection):
             if text.startswith("KIQBATCH "):
                 raise BatchError(text.removeprefix("KIQBATCH ")) from None
             raise
+
+    def _batch_eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """One batch script's call (a cluster: on the batch's slot, then WAIT)."""
+        return self._retry_once_on_failover(self._evalsha, name, keys, args)
 
     def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
         # EVALSHA as one packed write on the lane (as unique_push does): the Script

@@ -85,7 +85,7 @@ from kiq.errors import BatchError
 from kiq.keys import BATCH_CLAIM_TTL, BATCH_SEAL_TTL, batch_root, outbox_job_field
 from kiq.store.batches import Batches, BatchJob, _text
 from kiq.store.cluster_sets import ClusterSets
-from kiq.store.connection import UNREACHABLE, is_transient
+from kiq.store.connection import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +104,9 @@ class ClusterBatches(ClusterSets, Batches):
         self._stamps_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
-    def _batch_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def _batch_eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """``name`` on the batch's slot, then WAIT (``wait_replicas``)."""
-        try:
-            return self._eval_waiting(name, keys, args)
-        except UNREACHABLE as exc:
-            raise self.unavailable(exc) from exc
-        except ResponseError as exc:
-            text = str(exc)
-            if text.startswith("KIQBATCH "):
-                raise BatchError(text.removeprefix("KIQBATCH ")) from None
-            raise
+        return self._eval_waiting(name, keys, args)
 
     def _batch_add(
         self,
@@ -141,7 +133,7 @@ class ClusterBatches(ClusterSets, Batches):
         stamp = self._stamp(bid) if stamp is None else stamp
         for _ in range(STAMP_TRIES):
             args[3] = repr(stamp)
-            added, waiting = self._batch_script("cluster_batch_add", keys, args)
+            added, waiting = self._run_batch_script("cluster_batch_add", keys, args)
             if int(added) != -2:
                 break
             # A sweep found the outbox empty and is unindexing the family at a score not
@@ -259,7 +251,7 @@ class ClusterBatches(ClusterSets, Batches):
         args: list[Any] = [bid, token, ttl, repr(now), parent]
         for name, value in fields.items():
             args += (name, value)
-        return bool(self._batch_script("batch_open", keys, args))
+        return bool(self._run_batch_script("batch_open", keys, args))
 
     def batch_push(self, bid: str, ttl: int, jobs: Sequence[BatchJob]) -> int:
         """Count ``jobs`` in ``bid`` and put them in its outbox (one script on its slot),
@@ -279,7 +271,7 @@ class ClusterBatches(ClusterSets, Batches):
         """``batch_update.lua`` with its cluster flag (callbacks to the outbox), then the
         outbox delivered when it holds anything (this call's callbacks, or leftovers)."""
         args = [self.keys.prefix, op, bid, member, info, "1"]
-        reply = list(self._batch_script("batch_update", [self.keys.batch(bid)], args))
+        reply = list(self._run_batch_script("batch_update", [self.keys.batch(bid)], args))
         if reply and isinstance(reply[-1], int) and reply.pop():  # the outbox's size
             self.batch_deliver(bid)
         return [_text(event) for event in reply]
