@@ -66,7 +66,7 @@ def stranded(config: Config, bid: str, jobs: int) -> None:
         raw = wire.dumps({"class": "X", "queue": QUEUES[i % 3], "jid": jid, "bid": bid})
         args += (jid, QUEUES[i % 3], "", raw)
     keys = [k.batch(bid), k.batch(bid, "jids"), k.batch_outbox(bid), k.batch_outbox_seal(bid)]
-    store._batch_script("cluster_batch_add", keys, args)
+    store._run_batch_script("cluster_batch_add", keys, args)
 
 
 def main() -> None:

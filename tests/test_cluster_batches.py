@@ -98,7 +98,7 @@ def step1_alone(
         args += (name, value)
     for jid, queue, raw in jobs:
         args += (jid, queue, "", raw)
-    return list(store._batch_script("cluster_batch_add", keys, args))
+    return list(store._run_batch_script("cluster_batch_add", keys, args))
 
 
 def test_a_batch_push_counts_every_job_and_delivers_each_once(cconfig: Config) -> None:
@@ -148,7 +148,7 @@ def test_a_callback_decided_but_not_pushed_is_pushed_once_by_the_recovered_jobs_
     store = cconfig.store
     # The outcome's script alone (its process killed before delivering the callbacks):
     args = [cconfig.keys.prefix, "success", batch.bid, jid, "", "1"]
-    reply = store._batch_script("batch_update", [cconfig.keys.batch(batch.bid)], args)
+    reply = store._run_batch_script("batch_update", [cconfig.keys.batch(batch.bid)], args)
     assert sorted(reply[:-1]) == [f"{batch.bid}:complete".encode(), f"{batch.bid}:success".encode()]
     assert reply[-1] == 2  # two callbacks in the outbox
     assert queued(cconfig, "default") == []
@@ -433,7 +433,7 @@ def test_the_sweep_delivers_a_stranded_push_once_then_seals_and_unindexes_it(
     # A writer still holding that stamp (a stalled step 1) writes nothing now...
     late = wire.dumps({"class": "BRow", "jid": "e" * 24, "queue": "q1", "args": [9], "bid": bid})
     k = keys
-    refused = store._batch_script(
+    refused = store._run_batch_script(
         "cluster_batch_add",
         [k.batch(bid), k.batch(bid, "jids"), k.batch_outbox(bid), k.batch_outbox_seal(bid)],
         ["push", 60, "0", repr(stamp), 0, "e" * 24, "q1", "", late],
