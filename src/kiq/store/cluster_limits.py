@@ -12,7 +12,8 @@ limiter and process. Why that is safe: the try itself (the slot, bucket or windo
 only thing a limit depends on) is one step on one slot, as on one Redis; the copy is an
 absolute value (ZADD GT of the last use), so a repeat or a lost copy changes no count,
 it only delays a new limiter's first appearance in the Web UI's Limits page by up to a
-second (or until its next use). A release and a wait touch only the limiter's own keys.
+second (or until its next use). A release and a wait touch only the limiter's own keys
+(and the release's handoff counts in the same per-limiter minute hash: ``_limit_minute``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from kiq.keys import LIMITER_STATS_TTL, LIMITER_TTL, LIMITERS_MAX
 from kiq.store.cluster_sets import ClusterSets
 from kiq.store.connection import UNREACHABLE
-from kiq.store.limits import LimitCall, _granted
+from kiq.store.limits import SLICE_MS, LimitCall, _granted
 
 SYNC_EVERY = 1.0  # seconds between two copies of one limiter's index entry and stats
 
@@ -33,12 +34,22 @@ SYNC_EVERY = 1.0  # seconds between two copies of one limiter's index entry and 
 class ClusterLimits(ClusterSets):
     """``Limits``' tries on a cluster (see the module docstring)."""
 
+    def _limit_index(self, name: str) -> str:
+        """``Limits._limit_index`` on a cluster: the index beside the limiter's keys."""
+        return self.keys.limiter_index_of(name)
+
+    def _limit_minute(self, name: str, at: datetime) -> str:
+        """``Limits._limit_minute`` on a cluster (the release's handoff counts there too)."""
+        return self.keys.limiter_minute_of(name, at)
+
     def limit_try(self, call: LimitCall) -> tuple[bool, int, int]:
         """One try (``limit.lua`` on the limiter's slot), then the copy (module docstring)."""
         k, name = self.keys, call.name
         aux = k.limiter_log(name) if call.kind == "window" else k.limiter_holders(name)
         keys = [k.limiter(name), aux, k.limiter_index_of(name), k.limiter_minute_of(name, call.at)]
+        keys += [k.limiter_waiters(name), k.limiter_leases(name)]
         args: list[Any] = [*call[:-1], LIMITER_STATS_TTL, LIMITERS_MAX]
+        args += [k.limiter_wake_prefix(name), SLICE_MS]
         try:
             reply = self._script("limit")(keys=keys, args=args)
             self._limit_sync(name)

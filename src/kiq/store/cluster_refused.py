@@ -47,7 +47,7 @@ class ClusterRefused(Connection):
     async def alimit_release(self, *args: Any, **kwargs: Any) -> Any:
         refuse("async limiters")
 
-    async def alimit_wait(self, name: str, timeout: float) -> bool:
+    async def alimit_wait(self, name: str, token: str, timeout: float) -> int | None:
         refuse("async limiters")
 
     def batch_open(self, *args: Any, **kwargs: Any) -> Any:
