@@ -143,6 +143,28 @@ def test_a_cancelled_async_waiter_leaves_the_line_and_is_handed_nothing(config, 
     assert asyncio.run(main()) == 0
 
 
+def test_a_waiter_stopped_by_an_exception_gives_its_place_back(config, r, monkeypatch):
+    """A job timeout or shutdown raised into a waiting thread (here: out of its BLPOP):
+    the waiter leaves the line before the exception goes on, so no release hands a
+    slot to a call that is gone."""
+    limiter = kiq.Limiter.concurrent("line-exc", 1, wait_timeout=20, lock_timeout=30)
+    held = limiter.acquire()
+    in_line: list[int] = []
+
+    def interrupted(name: str, token: str, timeout: float) -> int | None:
+        in_line.append(r.zcard("kiq|limiter|line-exc|waiters"))
+        raise TimeoutError("the job's timeout, raised into its thread")
+
+    monkeypatch.setattr(config.store, "limit_wait", interrupted)
+    with pytest.raises(TimeoutError), limiter.within_limit():
+        pass
+
+    assert in_line == [1]
+    assert r.zcard("kiq|limiter|line-exc|waiters") == r.zcard("kiq|limiter|line-exc|leases") == 0
+    limiter.release(held)
+    assert r.zcard("kiq|limiter|line-exc|holders") == 0  # handed to nobody
+
+
 def test_the_handoff_is_the_same_in_both_scripts():
     """limit.lua (a try finding expired locks) and limit_release.lua (a release) hand
     free slots to waiters with one function, kept as two identical copies."""
