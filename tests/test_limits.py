@@ -62,7 +62,8 @@ def test_a_concurrent_limiter_refuses_past_its_count_with_the_wait_until_a_lock_
 
 def test_a_waiter_gets_a_freed_slot_at_once_not_at_its_next_poll(config, r):
     """A caller waiting on a full concurrent limiter is woken by the release (BLPOP on
-    the limiter's free list), well before the lock would have expired."""
+    its own wake-up list, pushed by the release that handed it the slot), well before
+    the lock would have expired."""
     limiter = kiq.Limiter.concurrent("mutex", 1, wait_timeout=10, lock_timeout=30)
     got: list[float] = []
     holder = limiter.within_limit()
