@@ -85,9 +85,13 @@ end
 if kind == 'concurrent' then
   local token, left = ARGV[6], tonumber(ARGV[9])
   redis.call('ZREMRANGEBYSCORE', aux, '-inf', now)  -- expired locks: their holders died
-  handoff(aux, waiters, leases, hash, minute, limit, interval, ttl, now, ARGV[12], name,
-    tonumber(ARGV[10]))
-  if redis.call('ZSCORE', aux, token) then  -- handed a slot (by a release, or just now)
+  if redis.call('ZCARD', waiters) > 0 then  -- someone in line: free slots are theirs
+    handoff(aux, waiters, leases, hash, minute, limit, interval, ttl, now, ARGV[12], name,
+      tonumber(ARGV[10]))
+  end
+  -- a retry (it waited: 10 ms or more, its BLPOP) may have been handed a slot, by a
+  -- release or just now; a first try's token is new
+  if tonumber(ARGV[8]) > 0 and redis.call('ZSCORE', aux, token) then
     redis.call('DEL', ARGV[12] .. token)  -- its wake-up, if not read yet
     return {1, 0, now}  -- counted by the handoff
   end

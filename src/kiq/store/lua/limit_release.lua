@@ -12,6 +12,8 @@
 -- LIST keys without the token (kiq|limiter|<name>|wake|); ARGV[6]: TTL ms of the
 -- limiter's keys; ARGV[7]: the minute hash's TTL s; ARGV[8]: the limiter's name
 -- Returns 1 if something was given back, 0 if not (a lock that expired already).
+-- Nobody in line (no waiters key): only the holder's lock is removed (the common
+-- uncontended release: a few commands, no clock, no handoff).
 -- Types are checked before the first write (a script's writes are not rolled back).
 if ARGV[1] ~= 'concurrent' then
   local level = tonumber(redis.call('HGET', KEYS[1], 'level'))
@@ -20,13 +22,19 @@ if ARGV[1] ~= 'concurrent' then
   redis.call('HSET', KEYS[1], 'level', string.format('%.6f', level))
   return 1
 end
+local token, wake = ARGV[2], ARGV[5]
+local queued = redis.call('EXISTS', KEYS[3]) == 1
 local kinds = {'hash', 'zset', 'zset', 'zset', 'hash'}
 for i, want in ipairs(kinds) do
-  local t = redis.call('TYPE', KEYS[i]).ok
-  if t ~= 'none' and t ~= want then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
+  if queued or i == 2 then  -- nobody in line: only the holders are written
+    local t = redis.call('TYPE', KEYS[i]).ok
+    if t ~= 'none' and t ~= want then
+      return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)
+    end
   end
 end
+redis.call('DEL', wake .. token)  -- a wake-up handed to a waiter that stopped first
+if not queued then return redis.call('ZREM', KEYS[2], token) end
 
 -- handoff begin
 local function handoff(holders, line, leased, hash, minute, limit, lock, ttl, now, wake, name, stats_ttl)
@@ -60,12 +68,10 @@ local function handoff(holders, line, leased, hash, minute, limit, lock, ttl, no
 end
 -- handoff end
 
-local token, wake = ARGV[2], ARGV[5]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('ZREM', KEYS[3], token)  -- a waiter stopping early (no-op for a holder)
 redis.call('ZREM', KEYS[4], token)
-redis.call('DEL', wake .. token)  -- a wake-up handed to a waiter that stopped first
 local given = redis.call('ZREM', KEYS[2], token)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)  -- expired locks: their holders died
 handoff(KEYS[2], KEYS[3], KEYS[4], KEYS[1], KEYS[5], tonumber(ARGV[3]), tonumber(ARGV[4]),
