@@ -3,7 +3,9 @@
   concurrent  a concurrent limiter of 5 across 4 ``kiq worker`` processes x 10 slots,
               20,000 jobs of JOB_TIME holding it (tests/support/limit_jobs.py): the most
               spans open at once (must be 5, never more) and the throughput as a share
-              of 5 / JOB_TIME (the issue asks for 90% or more).
+              of 5 / JOB_TIME (the issue asks for 90% or more); the mean hold (the
+              job's sleep, past JOB_TIME when the box is loaded) and the time a slot
+              stood empty per job (the hand-offs) say where the rest went.
   sigkill     a process killed inside ``within_limit`` (lock_timeout 2 s): the slot is
               refused just after the kill and granted after the lock's end.
   rates       bucket, window, leaky and points limiters (100 per second; points 200 at
@@ -67,15 +69,25 @@ def concurrent(server: RedisServer, folder: Path, jobs: int, job_time: float) ->
         for worker in workers:
             worker.kill()
     spans = [tuple(map(float, s.split())) for s in r.lrange("test:spans", 0, -1)]
+    counts = r.hmget("kiq|limiter|provider-test", "immediate", "waited", "wait_ms")
+    immediate, waited, wait_ms = (int(c or 0) for c in counts)
     elapsed = max(e for _, e in spans) - min(s for s, _ in spans)
     share = jobs * job_time / 5 / elapsed
     most = max_overlap(spans)  # type: ignore[arg-type]
+    held = sum(e - s for s, e in spans)
     return {
         "jobs": jobs,
         "job_time_s": job_time,
         "max_concurrency": most,
         "elapsed_s": round(elapsed, 2),
         "throughput_share": round(share, 3),
+        # where the rest went: a job's own hold past JOB_TIME (its sleep's oversleep on a
+        # loaded box), and the time a slot stood empty per job (the hand-offs)
+        "mean_hold_ms": round(held / jobs * 1000, 2),
+        "idle_slot_ms_per_job": round((5 * elapsed - held) / jobs * 1000, 2),
+        "immediate": immediate,  # calls let in at once (the limiter had a free slot)
+        "waited": waited,  # let in after waiting (handed a slot by a release)
+        "mean_wait_ms": round(wait_ms / max(1, waited), 1),
         "ok": most == 5 and share >= 0.9,
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from pathlib import Path
 
 import orjson
@@ -106,6 +107,32 @@ def test_a_limiter_holds_on_a_cluster_and_the_admin_view_sees_it(cconfig: Config
     assert set(shown) == {"stripe", "mail"}  # copied to the global index
     assert shown["mail"].held == 3
     assert sum(m.held for m in shown["stripe"].minutes) == 3  # the minute stats, copied
+
+
+def test_a_release_hands_the_slot_to_a_waiter_on_a_cluster(cconfig: Config) -> None:
+    """The handoff on a limiter's slot: a waiting thread is made the holder by the
+    release (its wake-up list and line share the limiter's hash tag), a fresh caller
+    right after is refused, and the handed call counts as waited in the limiter's own
+    minute hash (``ClusterLimits._limit_minute``)."""
+    limiter = kiq.Limiter.concurrent("handoff", 1, wait_timeout=0, config=cconfig)
+    patient = kiq.Limiter.concurrent("handoff", 1, wait_timeout=20, config=cconfig)
+    store, keys = cconfig.store, cconfig.keys
+    held = limiter.acquire()
+    got: list[str] = []
+    waiter = threading.Thread(target=lambda: got.append(patient.acquire()))
+    waiter.start()
+    wait_until(lambda: store._r.zcard(keys.limiter_waiters("handoff")) == 1, timeout=10)
+
+    limiter.release(held)
+    with pytest.raises(kiq.OverLimit):
+        limiter.acquire()
+    waiter.join(10)
+
+    assert store._r.zrange(keys.limiter_holders("handoff"), 0, -1) == [got[0].encode()]
+    limiter.release(got[0])
+    (info,) = [i for i in api.limiters(cconfig) if i.name == "handoff"]
+    assert (info.held, info.waited) == (2, 1)
+    assert sum(m.waited for m in info.minutes) == 1
 
 
 def test_an_async_limiter_holds_its_limit_on_a_cluster(cconfig: Config) -> None:

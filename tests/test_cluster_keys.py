@@ -27,6 +27,7 @@ SAMPLE = {
     "bid": "b0123456789ab",
     "part": "jids",
     "wid": "w0123456789ab",
+    "token": "0123456789abcdef",
 }
 NOT_BUILDERS = {"cron_name"}  # parses a key, builds none
 
@@ -60,6 +61,11 @@ def test_every_key_builder_has_a_slot_rule() -> None:
 @pytest.mark.parametrize("name", sorted(SLOT_RULES))
 def test_each_key_lands_where_its_rule_says(name: str, prefix: str) -> None:
     cluster = ClusterKeys(prefix)
+    if name == "limiter_wake_prefix":  # a waiter's wake-up list without its token
+        key = cluster.limiter_wake_prefix("stripe") + "0123456789abcdef"
+        assert key == cluster.limiter_wake("0123456789abcdef", "stripe")
+        assert key_slot(key.encode()) == key_slot(cluster.limiter("stripe").encode())
+        return
     if SLOT_RULES[name] == "derived":  # inprogress_parts: around an identity
         head, tail = cluster.inprogress_parts("default")
         assert head + "host:1" + tail == cluster.inprogress("host:1", "default")

@@ -11,6 +11,7 @@ Full sizes: bench/limits_stress.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,9 @@ import kiq
 from kiq import payload as wire
 from kiq.errors import ConfigError
 from kiq.fetch import UnitOfWork
+from kiq.limiter import SLICE
 from kiq.processor import Executor, State
+from kiq.store.connection import lua
 from tests.support.wait import wait_until
 
 SUPPORT = Path(__file__).parent / "support"
@@ -59,7 +62,8 @@ def test_a_concurrent_limiter_refuses_past_its_count_with_the_wait_until_a_lock_
 
 def test_a_waiter_gets_a_freed_slot_at_once_not_at_its_next_poll(config, r):
     """A caller waiting on a full concurrent limiter is woken by the release (BLPOP on
-    the limiter's free list), well before the lock would have expired."""
+    its own wake-up list, pushed by the release that handed it the slot), well before
+    the lock would have expired."""
     limiter = kiq.Limiter.concurrent("mutex", 1, wait_timeout=10, lock_timeout=30)
     got: list[float] = []
     holder = limiter.within_limit()
@@ -78,6 +82,100 @@ def test_a_waiter_gets_a_freed_slot_at_once_not_at_its_next_poll(config, r):
 
     assert len(got) == 1
     assert got[0] - released < 0.5
+
+
+def test_freed_slots_go_to_the_waiters_in_the_order_they_came(config, r):
+    """Three threads wait on a limit of 1: each release hands the slot to the oldest
+    waiter in the same step (it is the holder before it wakes), so they get in in the
+    order they joined the line."""
+    limiter = kiq.Limiter.concurrent("fifo", 1, wait_timeout=20, lock_timeout=30)
+    order: list[int] = []
+    holder = limiter.within_limit()
+    holder.__enter__()
+
+    def wait_for_it(i: int) -> None:
+        with limiter.within_limit():
+            order.append(i)
+
+    threads = []
+    for i in range(3):
+        threads.append(threading.Thread(target=wait_for_it, args=(i,)))
+        threads[-1].start()
+        wait_until(lambda i=i: r.zcard("kiq|limiter|fifo|waiters") == i + 1)
+    first = r.zrange("kiq|limiter|fifo|waiters", 0, 0)
+    holder.__exit__(None, None, None)
+    assert r.zrange("kiq|limiter|fifo|holders", 0, -1) == first  # handed, not just freed
+    for thread in threads:
+        thread.join(10)
+
+    assert order == [0, 1, 2]
+    fields = r.hgetall("kiq|limiter|fifo")
+    assert (fields["held"], fields["immediate"], fields["waited"]) == ("4", "1", "3")
+    assert r.zcard("kiq|limiter|fifo|waiters") == r.zcard("kiq|limiter|fifo|leases") == 0
+
+
+def test_a_cancelled_async_waiter_leaves_the_line_and_is_handed_nothing(config, r):
+    """An ``async with`` waiter cancelled while it waits gives its place back (the same
+    step as a release), so the next release leaves the slot free for a fresh caller."""
+    limiter = kiq.Limiter.concurrent("async-line", 1, wait_timeout=20, lock_timeout=30)
+    now = kiq.Limiter.concurrent("async-line", 1, wait_timeout=0, lock_timeout=30)
+
+    async def main() -> int:
+        holder = limiter.within_limit()
+        await holder.__aenter__()
+
+        async def wait_for_it() -> None:
+            async with limiter.within_limit():
+                pass
+
+        task = asyncio.create_task(wait_for_it())
+        while r.zcard("kiq|limiter|async-line|waiters") == 0:
+            await asyncio.sleep(0.01)  # a poll of the task's progress, not a timing
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        in_line = r.zcard("kiq|limiter|async-line|waiters")
+        await holder.__aexit__(None, None, None)
+        async with now.within_limit():  # the slot was free, not handed to the gone waiter
+            pass
+        await config.store.aclose()
+        return in_line
+
+    assert asyncio.run(main()) == 0
+
+
+def test_a_waiter_stopped_by_an_exception_gives_its_place_back(config, r, monkeypatch):
+    """A job timeout or shutdown raised into a waiting thread (here: out of its BLPOP):
+    the waiter leaves the line before the exception goes on, so no release hands a
+    slot to a call that is gone."""
+    limiter = kiq.Limiter.concurrent("line-exc", 1, wait_timeout=20, lock_timeout=30)
+    held = limiter.acquire()
+    in_line: list[int] = []
+
+    def interrupted(name: str, token: str, timeout: float) -> int | None:
+        in_line.append(r.zcard("kiq|limiter|line-exc|waiters"))
+        raise TimeoutError("the job's timeout, raised into its thread")
+
+    monkeypatch.setattr(config.store, "limit_wait", interrupted)
+    with pytest.raises(TimeoutError), limiter.within_limit():
+        pass
+
+    assert in_line == [1]
+    assert r.zcard("kiq|limiter|line-exc|waiters") == r.zcard("kiq|limiter|line-exc|leases") == 0
+    limiter.release(held)
+    assert r.zcard("kiq|limiter|line-exc|holders") == 0  # handed to nobody
+
+
+def test_the_handoff_is_the_same_in_both_scripts():
+    """limit.lua (a try finding expired locks) and limit_release.lua (a release) hand
+    free slots to waiters with one function, kept as two identical copies."""
+
+    def handoff(name: str) -> str:
+        text = lua(name)
+        return text[text.index("-- handoff begin") : text.index("-- handoff end")]
+
+    assert handoff("limit") == handoff("limit_release")
+    assert "local function handoff" in handoff("limit")
 
 
 def test_a_bucket_allows_count_per_fixed_window_and_says_when_the_next_opens(config):
@@ -357,6 +455,98 @@ def test_a_sigkilled_holder_gives_its_slot_back_after_lock_timeout(config, r, st
         got = time.time()
 
     assert locked + 1.5 < got < locked + 3.5
+
+
+def start_waiter(redis_url: str, name: str, lock_timeout: float) -> subprocess.Popen[bytes]:
+    """A process waiting on the concurrent limiter ``name`` of 1 (support/limit_waiter.py)."""
+    return subprocess.Popen(
+        [sys.executable, str(SUPPORT / "limit_waiter.py"), redis_url, name, str(lock_timeout)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_release_hands_the_slot_to_a_waiting_process_before_a_fresh_caller(config, r, redis_url):
+    """Two processes wait in line for a limit of 1 held here: the release makes the
+    first of them the holder in its own step, so a fresh caller right after the
+    release is refused, and the processes get in in the order they came."""
+    limiter = kiq.Limiter.concurrent("handoff", 1, wait_timeout=0, lock_timeout=30)
+    holder = limiter.within_limit()
+    holder.__enter__()
+    waiters = []
+    for i in range(2):
+        waiters.append(start_waiter(redis_url, "handoff", 30))
+        wait_until(lambda i=i: r.zcard("kiq|limiter|handoff|waiters") == i + 1, timeout=30)
+    first = r.zrange("kiq|limiter|handoff|waiters", 0, 0)
+
+    holder.__exit__(None, None, None)
+    handed = r.zrange("kiq|limiter|handoff|holders", 0, -1)
+    with pytest.raises(kiq.OverLimit), limiter.within_limit():  # a fresh caller: no barging
+        pass
+    for waiter in waiters:
+        assert waiter.wait(30) == 0
+
+    assert handed == first
+    assert r.lrange("test:got", 0, -1) == [str(w.pid) for w in waiters]
+    assert r.zcard("kiq|limiter|handoff|holders") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_slot_handed_to_a_sigkilled_waiter_comes_back_after_lock_timeout(config, r, redis_url):
+    """A waiting process killed with SIGKILL, then the slot released: the release hands
+    it to the dead waiter (its place had not lapsed yet), which holds it like a killed
+    holder: refused to others until its lock ends (lock_timeout 2 s), then granted."""
+    # held with a long lock (the waiter's start-up may take seconds on a loaded box),
+    # released by the 2 s definition: a handed slot's lock is the releaser's lock_timeout
+    held = kiq.Limiter.concurrent("handoff-kill", 1, lock_timeout=30).acquire()
+    limiter = kiq.Limiter.concurrent("handoff-kill", 1, wait_timeout=0, lock_timeout=2)
+    waiter = start_waiter(redis_url, "handoff-kill", 2)
+    wait_until(lambda: r.zcard("kiq|limiter|handoff-kill|waiters") == 1, timeout=30)
+    (token,) = r.zrange("kiq|limiter|handoff-kill|waiters", 0, 0)
+    waiter.send_signal(signal.SIGKILL)
+    waiter.wait(10)
+
+    limiter.release(held)
+    released = time.time()
+    assert r.zrange("kiq|limiter|handoff-kill|holders", 0, -1) == [token]
+    with pytest.raises(kiq.OverLimit), limiter.within_limit():
+        pass
+    patient = kiq.Limiter.concurrent("handoff-kill", 1, wait_timeout=10, lock_timeout=2)
+    with patient.within_limit():
+        got = time.time()
+
+    assert released + 1.5 < got < released + 3.5
+    assert r.llen("test:got") == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_sigkilled_waiter_whose_place_lapsed_is_handed_nothing(config, r, redis_url):
+    """A waiter renews its place in line each SLICE; killed, its place lapses within
+    two SLICEs, and a release after that leaves the slot free: a fresh caller gets in."""
+    limiter = kiq.Limiter.concurrent("handoff-lapse", 1, wait_timeout=0, lock_timeout=30)
+    holder = limiter.within_limit()
+    holder.__enter__()
+    waiter = start_waiter(redis_url, "handoff-lapse", 30)
+    wait_until(lambda: r.zcard("kiq|limiter|handoff-lapse|leases") == 1, timeout=30)
+    waiter.send_signal(signal.SIGKILL)
+    waiter.wait(10)
+    ((_, lease),) = r.zrange("kiq|limiter|handoff-lapse|leases", 0, 0, withscores=True)
+    assert lease <= redis_ms(r) + 2 * 1000 * SLICE + 50
+    wait_until(lambda: redis_ms(r) > lease, timeout=10)
+
+    holder.__exit__(None, None, None)
+    with limiter.within_limit():  # not handed to the dead waiter
+        pass
+
+    assert r.zcard("kiq|limiter|handoff-lapse|waiters") == 0
+
+
+def redis_ms(r: Any) -> int:
+    seconds, micros = r.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def within(times: list[float], start: float, end: float) -> int:

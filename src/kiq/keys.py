@@ -34,7 +34,8 @@ and are never in the ``queues`` set:
     counts them.
 
 Unique jobs use Sidekiq Enterprise's ``unique:<digest>`` (``Keys.unique``); limiters
-``kiq|limiter|<name>`` (and ``|holders``, ``|log``, ``|free``), ``kiq|limiters``,
+``kiq|limiter|<name>`` (and ``|holders``, ``|log``, ``|waiters``, ``|leases``,
+``|wake|<token>``), ``kiq|limiters``,
 ``kiq|limiter-stats|<minute>``, ``kiq|limited``; queue limits ``kiq|qlimit|<queue>``
 (and ``|rate``).
 """
@@ -251,9 +252,24 @@ class Keys:
         """ZSET: a sliding-window limiter's calls in the window, member -> epoch ms."""
         return f"{self.prefix}kiq|limiter|{name}|log"
 
-    def limiter_free(self, name: str) -> str:
-        """LIST: one element per slot a concurrent limiter freed; waiters BLPOP it."""
-        return f"{self.prefix}kiq|limiter|{name}|free"
+    def limiter_waiters(self, name: str) -> str:
+        """ZSET: a concurrent limiter's waiters in line, token -> epoch ms it joined (the
+        oldest is handed the next freed slot: limit_release.lua)."""
+        return f"{self.prefix}kiq|limiter|{name}|waiters"
+
+    def limiter_leases(self, name: str) -> str:
+        """ZSET: the same waiters, token -> epoch ms its place ends unless renewed (a
+        waiter that died is dropped from the line then, and handed nothing)."""
+        return f"{self.prefix}kiq|limiter|{name}|leases"
+
+    def limiter_wake(self, token: str, name: str) -> str:
+        """LIST: one waiter's wake-up; the release that hands it a slot pushes the grant's
+        epoch ms, the waiter BLPOPs it (the name last: it is the cluster hash tag)."""
+        return f"{self.prefix}kiq|limiter|{name}|wake|{token}"
+
+    def limiter_wake_prefix(self, name: str) -> str:
+        """``limiter_wake`` without its token, for the Lua scripts that append it."""
+        return self.limiter_wake("", name)
 
     @property
     def limiters(self) -> str:
@@ -404,7 +420,10 @@ SLOT_RULES: Final[dict[str, str]] = {
     "limiter": "shard",  # one limiter's keys share the tag {<name>}; limiters are
     "limiter_holders": "shard",  # refused on a cluster (limit.lua also writes the
     "limiter_log": "shard",  # global index and minute stats)
-    "limiter_free": "shard",
+    "limiter_waiters": "shard",
+    "limiter_leases": "shard",
+    "limiter_wake": "shard",
+    "limiter_wake_prefix": "derived",  # built from limiter_wake (already tagged)
     "limiters": "global",
     "limiter_minute": "global",
     "limited": "global",

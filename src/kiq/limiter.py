@@ -15,10 +15,14 @@ limiter gives. Five kinds, as Enterprise (docs/limits.md)::
 
 Each try is one Lua step (``limit.lua``, one round trip) on the server's clock; a
 concurrent slot's release is one more (``limit_release.lua``). A caller that finds the
-limit full waits up to ``wait_timeout``: a concurrent limiter's waiters block on the
-limiter's free list (BLPOP: a release wakes one waiter, the longest waiting), the
-others sleep until the window or the bucket allows (the limiter says when), jittered
-so waiters do not come back at once. Past ``wait_timeout`` the call raises
+limit full waits up to ``wait_timeout``. A concurrent limiter's refused caller joins
+its line (a ZSET in arrival order) and blocks on a wake-up list of its own: the
+release hands the slot to the oldest live waiter in its own step (that waiter is made
+the holder, then woken), so the waiter holds the slot when it wakes, with no round
+trip of its own, and no fresh caller can take the slot first. A waiter renews its
+place each ``SLICE``; a dead one's place lapses and it is handed nothing after that.
+The other kinds sleep until the window or the bucket allows (the limiter says when),
+jittered so waiters do not come back at once. Past ``wait_timeout`` the call raises
 ``kiq.OverLimit`` with ``retry_in``; inside a job the worker catches it and reschedules
 the job (kiq.processor) instead of counting a failure, up to ``reschedule`` times.
 
@@ -31,6 +35,7 @@ per partition (``f"stripe-{account_id}"``) stay bounded in number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import secrets
@@ -42,7 +47,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypedDict, Unpack
 
 from kiq.errors import ConfigError, OverLimit
 from kiq.keys import LIMITER_TTL
-from kiq.store.limits import LimitCall
+from kiq.store.limits import WAIT_SLICE, LimitCall
 
 if TYPE_CHECKING:
     from kiq.config import Config
@@ -65,8 +70,8 @@ class Options(TypedDict, total=False):
 INTERVALS: Final = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 NAME: Final = re.compile(r"[A-Za-z0-9_.:-]{1,200}")  # Enterprise: letters, digits, - and _
 RESCHEDULE: Final = 20  # times a limited job is rescheduled before it fails (Enterprise's)
-SLICE: Final = 1.0  # seconds a waiter blocks at most before trying again (and noticing a
-# job timeout or shutdown raised into its thread); under the sockets' read timeouts
+SLICE: Final = WAIT_SLICE  # seconds a waiter blocks at most before trying again (and
+# noticing a job timeout or shutdown raised into its thread); under the sockets' read timeouts
 
 
 def default_backoff(overrated: int, retry_in: float) -> float:
@@ -222,7 +227,7 @@ class Limiter:
         if left <= 0 or (self.kind != "concurrent" and retry_in > left):
             return None
         if self.kind == "concurrent":
-            return min(left, max(0.001, retry_in), SLICE)  # BLPOP: a release wakes it sooner
+            return min(left, max(0.001, retry_in), SLICE)  # a release's handoff wakes it sooner
         # The limiter says when the next call fits. Every waiter hears the same moment, and
         # a window or leaky bucket frees one call at a time there: a waiter refused again
         # and again spreads its return over more of the next calls' slots (a randomised
@@ -244,25 +249,43 @@ class Limiter:
     def _take(self, points: int) -> tuple[str, float]:
         store = self.config.store
         attempt = _Attempt(self, points)
-        while (pause := attempt.refused(store.limit_try(attempt.call()))) is not None:
-            if self.kind == "concurrent":
-                store.limit_wait(self.name, pause)
-            else:
-                time.sleep(pause)  # a job's own thread; bounded by SLICE (see SLICE)
+        reply = store.limit_try(attempt.call())
+        try:
+            while (pause := attempt.refused(reply)) is not None:
+                if self.kind != "concurrent":
+                    time.sleep(pause)  # a job's own thread; bounded by SLICE (see SLICE)
+                elif (handed := store.limit_wait(self.name, attempt.token, pause)) is not None:
+                    return attempt.token, handed / 1000  # a release made it the holder
+                reply = store.limit_try(attempt.call())
+        except OverLimit:
+            raise  # the last try left the line in its own step
+        except BaseException:  # a job timeout or shutdown raised into the wait
+            self._abandon(attempt)
+            raise
         return attempt.token, attempt.granted_at
+
+    def _abandon(self, attempt: _Attempt) -> None:
+        """A concurrent waiter stopped by an exception: give back its place in line, or
+        the slot a release may have handed it meanwhile (best effort: the exception is
+        what the caller sees; a place not given back lapses within 2 * SLICE)."""
+        if self.kind == "concurrent" and attempt.refusals:
+            with contextlib.suppress(Exception):
+                self.release(attempt.token)
 
     def _release_args(
         self, token: str, points: int, used: int | None
-    ) -> tuple[str, str, str | int, int, int] | None:
+    ) -> tuple[str, str, str | int, int, int, int] | None:
         """What ``limit_release`` is given, or None when there is nothing to give back."""
+        lock_ms, ttl_ms = max(1, round(self.interval * 1000)), max(1, round(self.lifetime * 1000))
         if self.kind == "concurrent":
-            return self.kind, self.name, token, self.limit, self._free_ttl()
+            return self.kind, self.name, token, self.limit, lock_ms, ttl_ms
         if self.kind == "points" and used is not None and used != points:
-            return self.kind, self.name, points - used, self.limit, 0
+            return self.kind, self.name, points - used, self.limit, lock_ms, ttl_ms
         return None
 
     def release(self, token: str, points: int = 1, used: int | None = None) -> None:
-        """Give back a concurrent slot, or the points of an estimate not used."""
+        """Give back a concurrent slot (to the oldest waiter, if any, in the same step),
+        or the points of an estimate not used."""
         if (args := self._release_args(token, points, used)) is not None:
             self.config.store.limit_release(*args)
 
@@ -273,22 +296,29 @@ class Limiter:
     async def _atake(self, points: int) -> tuple[str, float]:
         store = self.config.store
         attempt = _Attempt(self, points)
-        while (pause := attempt.refused(await store.alimit_try(attempt.call()))) is not None:
-            if self.kind == "concurrent":
-                await store.alimit_wait(self.name, pause)
-            else:
-                await asyncio.sleep(pause)
+        reply = await store.alimit_try(attempt.call())
+        try:
+            while (pause := attempt.refused(reply)) is not None:
+                if self.kind != "concurrent":
+                    await asyncio.sleep(pause)
+                elif (
+                    handed := await store.alimit_wait(self.name, attempt.token, pause)
+                ) is not None:
+                    return attempt.token, handed / 1000
+                reply = await store.alimit_try(attempt.call())
+        except OverLimit:
+            raise
+        except BaseException:  # cancelled, or a timeout: as _abandon, on the loop
+            if self.kind == "concurrent" and attempt.refusals:
+                with contextlib.suppress(Exception):
+                    await self.arelease(attempt.token)
+            raise
         return attempt.token, attempt.granted_at
 
     async def arelease(self, token: str, points: int = 1, used: int | None = None) -> None:
         """The asyncio form of ``release``."""
         if (args := self._release_args(token, points, used)) is not None:
             await self.config.store.alimit_release(*args)
-
-    def _free_ttl(self) -> int:
-        # A wake-up nobody took is stale after a lock's lifetime: every holder then has
-        # either released (pushing its own) or expired.
-        return max(1000, round(self.interval * 1000))
 
 
 class _Attempt:

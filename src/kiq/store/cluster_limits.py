@@ -12,12 +12,13 @@ limiter and process. Why that is safe: the try itself (the slot, bucket or windo
 only thing a limit depends on) is one step on one slot, as on one Redis; the copy is an
 absolute value (ZADD GT of the last use), so a repeat or a lost copy changes no count,
 it only delays a new limiter's first appearance in the Web UI's Limits page by up to a
-second (or until its next use). A release and a wait touch only the limiter's own keys.
+second (or until its next use). A release and a wait touch only the limiter's own keys
+(and the release's handoff counts in the same per-limiter minute hash: ``_limit_minute``).
 
 In async code (``async with limiter.within_limit()``) the same calls go through the
 store's asyncio cluster client (``ClusterBase._async_client``): the try on the
 limiter's slot, the copy to the index, the release and the wait (BLPOP on the
-limiter's free list, so a waiting coroutine holds no thread) as in sync code.
+waiter's own wake-up list, so a waiting coroutine holds no thread) as in sync code.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from kiq.keys import LIMITER_STATS_TTL, LIMITER_TTL, LIMITERS_MAX
+from kiq.keys import LIMITER_TTL
 from kiq.store.cluster_sets import ClusterSets
 from kiq.store.connection import UNREACHABLE
 from kiq.store.limits import LimitCall, Limits, _granted
@@ -38,16 +38,17 @@ SYNC_EVERY = 1.0  # seconds between two copies of one limiter's index entry and 
 class ClusterLimits(ClusterSets, Limits):
     """``Limits``' tries on a cluster (see the module docstring)."""
 
-    def _limit_args(self, call: LimitCall) -> tuple[list[str], list[Any]]:
-        """``limit.lua``'s keys on the limiter's slot (index and minute hash beside it)."""
-        k, name = self.keys, call.name
-        aux = k.limiter_log(name) if call.kind == "window" else k.limiter_holders(name)
-        keys = [k.limiter(name), aux, k.limiter_index_of(name), k.limiter_minute_of(name, call.at)]
-        return keys, [*call[:-1], LIMITER_STATS_TTL, LIMITERS_MAX]
+    def _limit_index(self, name: str) -> str:
+        """``Limits._limit_index`` on a cluster: the index beside the limiter's keys."""
+        return self.keys.limiter_index_of(name)
+
+    def _limit_minute(self, name: str, at: datetime) -> str:
+        """``Limits._limit_minute`` on a cluster (the release's handoff counts there too)."""
+        return self.keys.limiter_minute_of(name, at)
 
     def limit_try(self, call: LimitCall) -> tuple[bool, int, int]:
         """One try (``limit.lua`` on the limiter's slot), then the copy (module docstring)."""
-        keys, args = self._limit_args(call)
+        keys, args = self._limit_args(call)  # Limits', with this file's index and minute
         name = call.name
         try:
             reply = self._script("limit")(keys=keys, args=args)

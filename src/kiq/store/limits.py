@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any, NamedTuple
+from datetime import UTC, datetime
+from typing import Any, Final, NamedTuple
 
 from redis.exceptions import NoScriptError
 
 from kiq.keys import LIMITER_STATS_TTL, LIMITERS_MAX
 from kiq.store.connection import UNREACHABLE, Connection, lua
+
+WAIT_SLICE: Final = 1.0  # s a concurrent waiter blocks at most between two tries (and its
+# lease: twice that); under the sockets' read timeouts (kiq.limiter.SLICE)
+SLICE_MS: Final = round(WAIT_SLICE * 1000)
 
 
 class LimitCall(NamedTuple):
@@ -43,15 +47,30 @@ class Limits(Connection):
     """The limiter half of ``Store`` (see the module docstring)."""
 
     # -- one try, one release (kiq.limiter) ----------------------------------------------
+    def _limit_index(self, name: str) -> str:
+        """The index ``limit.lua`` records the limiter in (a cluster's is per limiter)."""
+        return self.keys.limiters
+
+    def _limit_minute(self, name: str, at: datetime) -> str:
+        """The minute hash a try or a handoff counts in (a cluster's is per limiter)."""
+        return self.keys.limiter_minute(at)
+
     def _limit_args(self, call: LimitCall) -> tuple[list[str], list[Any]]:
         k, name = self.keys, call.name
         aux = k.limiter_log(name) if call.kind == "window" else k.limiter_holders(name)
-        keys = [k.limiter(name), aux, k.limiters, k.limiter_minute(call.at)]
-        return keys, [*call[:-1], LIMITER_STATS_TTL, LIMITERS_MAX]
+        keys = [k.limiter(name), aux, self._limit_index(name), self._limit_minute(name, call.at)]
+        keys += [k.limiter_waiters(name), k.limiter_leases(name)]
+        extra = [LIMITER_STATS_TTL, LIMITERS_MAX, k.limiter_wake_prefix(name), SLICE_MS]
+        return keys, [*call[:-1], *extra]
 
-    def _release_keys(self, name: str) -> list[str]:
+    def _release_args(
+        self, kind: str, name: str, value: str | int, limit: int, lock_ms: int, ttl_ms: int
+    ) -> tuple[list[str], list[Any]]:
         k = self.keys
-        return [k.limiter(name), k.limiter_holders(name), k.limiter_free(name)]
+        keys = [k.limiter(name), k.limiter_holders(name), k.limiter_waiters(name)]
+        keys += [k.limiter_leases(name), self._limit_minute(name, datetime.now(UTC))]
+        args = [kind, value, limit, lock_ms, k.limiter_wake_prefix(name), ttl_ms]
+        return keys, [*args, LIMITER_STATS_TTL, name]
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         script = self._script(name)
@@ -72,42 +91,44 @@ class Limits(Connection):
         return _granted(self._run("limit", *self._limit_args(call)))
 
     def limit_release(
-        self, kind: str, name: str, value: str | int, limit: int, ttl_ms: int
+        self, kind: str, name: str, value: str | int, limit: int, lock_ms: int, ttl_ms: int
     ) -> bool:
-        """Give back a concurrent slot (``value``: its token) or unspent points (Lua)."""
-        args = [kind, value, limit, ttl_ms]
-        return bool(int(self._run("limit_release", self._release_keys(name), args)))
+        """Give back a concurrent slot (``value``: its token; the slot goes to the oldest
+        waiter in the same step) or unspent points (Lua). A waiter that stops waiting
+        early gives back its place in line (or the slot it was just handed) the same way."""
+        args = self._release_args(kind, name, value, limit, lock_ms, ttl_ms)
+        return bool(int(self._run("limit_release", *args)))
 
-    def limit_wait(self, name: str, timeout: float) -> bool:
-        """BLPOP the limiter's free list up to ``timeout`` s: True when a slot was freed.
+    def limit_wait(self, name: str, token: str, timeout: float) -> int | None:
+        """BLPOP this waiter's own wake-up list up to ``timeout`` s: the server epoch ms
+        at which a release made it a holder, or None (then it tries again).
 
-        Redis wakes the longest-waiting client first and one per freed slot, so
-        waiters queue fairly and a release wakes one of them, not all (no storm).
+        The release did the taking (``limit_release.lua``), so a woken waiter holds the
+        slot without another round trip, and no fresh caller can take it first.
         """
         with self.translate_errors():
-            return (
-                self._blocking.blpop([self.keys.limiter_free(name)], max(0.01, timeout)) is not None
-            )
+            reply = self._blocking.blpop([self.keys.limiter_wake(token, name)], max(0.01, timeout))
+        return None if reply is None else int(reply[1])
 
     async def alimit_try(self, call: LimitCall) -> tuple[bool, int, int]:
         """The asyncio form of ``limit_try`` (one round trip on the loop's client)."""
         return _granted(await self._arun("limit", *self._limit_args(call)))
 
     async def alimit_release(
-        self, kind: str, name: str, value: str | int, limit: int, ttl_ms: int
+        self, kind: str, name: str, value: str | int, limit: int, lock_ms: int, ttl_ms: int
     ) -> bool:
         """The asyncio form of ``limit_release``."""
-        args = [kind, value, limit, ttl_ms]
-        return bool(int(await self._arun("limit_release", self._release_keys(name), args)))
+        args = self._release_args(kind, name, value, limit, lock_ms, ttl_ms)
+        return bool(int(await self._arun("limit_release", *args)))
 
-    async def alimit_wait(self, name: str, timeout: float) -> bool:
+    async def alimit_wait(self, name: str, token: str, timeout: float) -> int | None:
         """The asyncio form of ``limit_wait`` (``timeout`` is kept under the socket's)."""
         client = self._async_client()  # type: ignore[attr-defined]  # Queues provides it
         try:
-            reply = await client.blpop([self.keys.limiter_free(name)], max(0.01, timeout))
+            reply = await client.blpop([self.keys.limiter_wake(token, name)], max(0.01, timeout))
         except UNREACHABLE as exc:
             raise self.unavailable(exc) from exc
-        return reply is not None
+        return None if reply is None else int(reply[1])
 
     async def _arun(self, name: str, keys: list[str], args: list[Any]) -> Any:
         client = self._async_client()  # type: ignore[attr-defined]  # Queues provides it
