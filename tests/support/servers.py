@@ -81,7 +81,9 @@ class RedisServer:
         sentinel: bool = False,
         admin: dict[str, Any] | None = None,
         name: str = "redis",
+        executable: str | None = None,
     ) -> None:
+        self.executable = executable  # None: binary() (redis-server, else valkey-server)
         self.folder = folder / name
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -131,7 +133,8 @@ class RedisServer:
 
     def start(self) -> None:
         """Start (or start again) with the same config file; wait until it answers PING."""
-        command = [binary(), str(self.conf), *(["--sentinel"] if self.sentinel else [])]
+        server = self.executable or binary()
+        command = [server, str(self.conf), *(["--sentinel"] if self.sentinel else [])]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while not self._pings():
