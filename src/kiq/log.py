@@ -324,6 +324,7 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_LEVEL_NAMES: Final = {logging.INFO: "INFO", logging.WARNING: "WARNING"}  # job lines' levels
 _second: list[Any] = [None, ""]  # (whole second, its formatted prefix): strftime once a second
 
 
@@ -361,22 +362,28 @@ class PlainFormatter(logging.Formatter):
         return line
 
     @staticmethod
-    def deferred(item: _Deferred) -> str | None:
+    def deferred(item: _Deferred, heads: dict[int, str] | None = None) -> str | None:
         """The line ``format`` writes for a deferred job line, without a LogRecord.
 
         Building the record (``BufferedHandler._record``: LogRecord.__init__ looks up
         the process, thread and module name) was a sixth of an INFO-logging worker's
         CPU per no-op job; kiq's own start/done lines need none of it. None when the
         message needs ``plain_message`` (not printable), which takes the record path.
+        ``heads`` caches each thread's `` pid=.. tid=..`` for one flush (two getpid
+        system calls per line otherwise).
         """
         _, level, msg, ctx, created, ident = item
         if not msg.isprintable():
             return None
-        stamp = _stamp(created, int(created * 1000) % 1000)
-        head = f"{stamp} pid={os.getpid()} tid={tid(ident)}"
+        head = heads.get(ident) if heads is not None else None
+        if head is None:
+            head = f" pid={os.getpid()} tid={tid(ident)}"
+            if heads is not None:
+                heads[ident] = head
+        line = _stamp(created, int(created * 1000) % 1000) + head
         if ctx:
-            head += " " + _fields(ctx)
-        return f"{head} {logging.getLevelName(level)}: {msg}"
+            line += " " + _fields(ctx)
+        return f"{line} {_LEVEL_NAMES.get(level) or logging.getLevelName(level)}: {msg}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -467,10 +474,11 @@ class BufferedHandler(logging.Handler):
             lines: list[str] = []
             # kiq's deferred start/done lines straight to text when the format is plain
             plain = type(self.formatter) is PlainFormatter
+            heads: dict[int, str] = {}  # per flush: a fork changes the pid
             while self._records:
                 item = self._records.popleft()
                 if plain and type(item) is tuple:
-                    line = PlainFormatter.deferred(item)
+                    line = PlainFormatter.deferred(item, heads)
                     if line is not None:
                         lines.append(line)
                         continue
