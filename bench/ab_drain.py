@@ -6,7 +6,8 @@
 
 Each round drains --jobs no-op jobs with a fresh `kiq worker -c 10` from each tree, in the
 order A B, then B A, and so on, on one private Redis (bench/kiq_bench.py's drain: to the
-last ack, worker CPU µs/job from /proc); prints every drain and the medians.
+last ack, worker CPU µs/job from /proc, Redis CPU µs/job from INFO cpu, Redis commands
+per job from INFO commandstats); prints every drain and the medians.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=6392)
     args = parser.parse_args(argv)
     trees = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}
-    results: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+    results: dict[str, list[tuple[float, float, float, float]]] = {"A": [], "B": []}
     with RedisServer.private(port=args.port) as server:
         for index in range(args.rounds):
             for tree in ("A", "B") if index % 2 == 0 else ("B", "A"):
@@ -40,14 +41,22 @@ def main(argv: list[str]) -> int:
                 )
                 system.env["PYTHONPATH"] = os.pathsep.join((str(BENCH_DIR), trees[tree]))
                 metrics = system.drain(args.jobs)
-                row = (metrics["drain_acked_per_s"], metrics["cpu_us_per_job"])
+                row = (
+                    metrics["drain_acked_per_s"],
+                    metrics["cpu_us_per_job"],
+                    metrics["redis_cpu_us_per_job"],
+                    metrics["redis_cmds_per_job"],
+                )
                 results[tree].append(row)
-                print(f"round {index + 1} {tree}: {row[0]:,.0f} jobs/s, {row[1]:.1f} µs CPU/job",
-                      flush=True)  # fmt: skip
+                print(f"round {index + 1} {tree}: {row[0]:,.0f} jobs/s, {row[1]:.1f} µs CPU/job, "
+                      f"Redis {row[2]:.1f} µs/job, {row[3]:.2f} cmds/job", flush=True)  # fmt: skip
     for tree, rows in results.items():
         rate = statistics.median(r[0] for r in rows)
         cpu = statistics.median(r[1] for r in rows)
-        print(f"{tree} ({trees[tree]}): median {rate:,.0f} jobs/s, {cpu:.1f} µs CPU/job")
+        rcpu = statistics.median(r[2] for r in rows)
+        cmds = statistics.median(r[3] for r in rows)
+        print(f"{tree} ({trees[tree]}): median {rate:,.0f} jobs/s, {cpu:.1f} µs CPU/job, "
+              f"Redis {rcpu:.1f} µs/job, {cmds:.2f} cmds/job")  # fmt: skip
     return 0
 
 

@@ -11,12 +11,14 @@ of the wrong kind pushed at run time.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 import kiq.api
+from kiq.aio import new_loop
 from kiq.job import read_progress
 from tests.support import capsule_jobs
 from tests.support.inprocess import running
@@ -167,3 +169,41 @@ def test_cancel_one_running_coroutine_by_jid(config) -> None:
         assert runner.cancel(jid) is False
     assert kiq.api.RetrySet(config).size() == 0
     assert kiq.api.fate(jid, config=config)["fate"] == "cancelled"
+
+
+# -- the event loop: uvloop's when installed (kiq[uvloop]), asyncio's otherwise ---------
+
+
+def test_async_capsule_runs_on_uvloop_when_installed(config) -> None:
+    """With uvloop importable an async capsule's loop is uvloop's (and a job runs on it)."""
+    uvloop = pytest.importorskip("uvloop")
+    config.capsule("cancel", queues=["cancel"], concurrency=10, mode="async")
+    STARTED.clear()
+    jid = Waits.perform_async()
+    with running(config) as launcher:
+        runner = launcher.managers[1].aio
+        assert runner is not None
+        assert isinstance(runner.loop, uvloop.Loop)
+        assert STARTED.wait(10.0)
+        wait_until(lambda: jid in launcher.state.cancellers)
+        assert runner.cancel(jid) is True
+        wait_until(lambda: not launcher.state.cancellers)
+
+
+def test_event_loop_is_asyncio_without_uvloop_or_when_refused(monkeypatch) -> None:
+    """uvloop is optional: not importable, or ``KIQ_EVENT_LOOP=asyncio``, gives the
+    standard loop, which runs a coroutine as well."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop -> ImportError
+    loop = new_loop()
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+        assert loop.run_until_complete(asyncio.sleep(0, "ran")) == "ran"
+    finally:
+        loop.close()
+    monkeypatch.delitem(sys.modules, "uvloop")
+    monkeypatch.setenv("KIQ_EVENT_LOOP", "asyncio")
+    loop = new_loop()
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()

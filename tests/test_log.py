@@ -226,6 +226,9 @@ def test_a_deferred_job_line_is_written_as_its_record_would_be(ctx: Any) -> None
     item = ("kiq.job", logging.INFO, "done", ctx, 1_796_000_000.0421, 140_000_000_001)
     via_record = kiq_log.PlainFormatter().format(kiq_log.BufferedHandler._record(item))
     assert kiq_log.PlainFormatter.deferred(item) == via_record
+    heads: dict[int, str] = {}  # the writer's per-flush cache of " pid=.. tid=.."
+    assert kiq_log.PlainFormatter.deferred(item, heads) == via_record
+    assert kiq_log.PlainFormatter.deferred(item, heads) == via_record  # from the cache
     assert "\n" not in via_record
 
 

@@ -8,6 +8,11 @@ with JobTimeout, so it is retried); at the hard shutdown deadline every task is
 cancelled and, like a thread job, not retried: the manager has already put it back
 in its queue. ``cancel(jid)`` cancels one running job (acknowledged, not retried).
 
+The loop is uvloop's when uvloop is installed (the optional extra ``kiq[uvloop]``):
+the same asyncio API, with its scheduling, timers and sockets in C, which cut an
+async capsule's CPU per 50 ms job by a third (docs/capsules.md); the standard loop
+otherwise, or with ``KIQ_EVENT_LOOP=asyncio`` in the environment.
+
 Units arrive in batches (``submit_many``: one wakeup of the loop per fetch, not one
 per job); a unit dispatched from the loop itself (a finished job freeing its slot)
 starts without a wakeup at all.
@@ -16,8 +21,10 @@ starts without a wakeup at all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,14 +41,28 @@ log = logging.getLogger(__name__)
 job_log = kiq_log.job_logger("kiq.job")
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when it is installed (and not refused), else asyncio's."""
+    if os.environ.get("KIQ_EVENT_LOOP", "").lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class AsyncRunner:
     """An event loop in a named thread, fed with units from the fetcher's thread."""
 
     def __init__(self, executor: Executor, name: str = "asyncio") -> None:
         self.executor = executor
         self.name = name
-        self.loop = asyncio.new_event_loop()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop = new_loop()
+        # slot -> its task; a task removes itself when it ends (no done callback,
+        # which cost one more loop callback per job)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
         self._ids = itertools.count(1)
         self._ident: int | None = None  # the loop thread's
         self._tid = ""
@@ -78,10 +99,11 @@ class AsyncRunner:
         return len(self.tasks)
 
     def _spawn_all(self, units: Sequence[UnitOfWork]) -> None:
+        tasks, tid, ids, create = self.tasks, self._tid, self._ids, self.loop.create_task
         for unit in units:
-            task = self.loop.create_task(self._execute(unit))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            slot = f"{tid}-{next(ids)}"
+            # The task first runs at the next loop iteration: it is in ``tasks`` by then.
+            tasks[slot] = create(self._execute(unit, slot))
 
     def cancel(self, jid: str) -> bool:
         """Cancel the running job ``jid`` (from any thread); False if it runs not here.
@@ -99,10 +121,9 @@ class AsyncRunner:
         canceller()
         return True
 
-    async def _execute(self, unit: UnitOfWork) -> None:
+    async def _execute(self, unit: UnitOfWork, slot: str) -> None:
         ex = self.executor
         payload: dict[str, Any] = unit.payload or {}
-        slot = f"{self._tid}-{next(self._ids)}"
         job_class, ctx = ex.begin(unit, slot)
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
         kiq_log.set_level(ex.log_level(unit, job_class))
@@ -113,7 +134,7 @@ class AsyncRunner:
             kiq_log.job_line(job_log, logging.INFO, "start")
         try:
             job = ex.instantiate(unit, job_class)
-            ex.track(job, self._canceller(job))
+            ex.track(job, self._canceller(job, slot))
             timeout = payload.get("timeout")
             seconds = timeout_seconds(timeout)
             chain = ex.config.server_middleware
@@ -138,6 +159,7 @@ class AsyncRunner:
                     raise timed_out(timeout) from error
         except asyncio.CancelledError as error:
             if ex.stopping.is_set():
+                self.tasks.pop(slot, None)
                 with ex.state.lock:
                     ex.state.work.pop(slot, None)
                     if job is not None:
@@ -146,24 +168,33 @@ class AsyncRunner:
             exc = error  # cancelled by the job's own code: a failure like any other
         except BaseException as error:  # a failing job, whatever it raised
             exc = error
+        # Out of ``tasks`` before the outcome is written: a cancel arriving now finds
+        # no task (the job is done), as it found none once the old done callback ran.
+        self.tasks.pop(slot, None)  # cancel_all may have cleared it
         ex.finish(unit, job_class, ctx, exc, slot, value, job)
 
-    def _canceller(self, job: Job) -> Callable[[], None]:
+    def _canceller(self, job: Job, slot: str) -> Callable[[], None]:
         """How a cancel (kiq.cancel, from the heartbeat's thread) reaches this job: set
         its flag and, for a plain ``async def`` job, cancel its task (CancelledError at
         its next await); an iterable job stops at its next item instead."""
-        task = asyncio.current_task()
 
         def cancel() -> None:
             job._kiq_cancelled = True
-            if task is not None and not isinstance(job, IterableJob):
-                self._on_loop(task.cancel)
+            if not isinstance(job, IterableJob):
+                self._on_loop(functools.partial(self._cancel_task, slot))
 
         return cancel
 
+    def _cancel_task(self, slot: str) -> None:
+        task = self.tasks.get(slot)  # on the loop: None if the job ended meanwhile
+        if task is not None:
+            task.cancel()
+
     def cancel_all(self) -> None:
         def cancel() -> None:
-            for task in list(self.tasks):
+            tasks = list(self.tasks.values())
+            self.tasks.clear()  # a task cancelled before it started never removes itself
+            for task in tasks:
                 task.cancel()
 
         self._on_loop(cancel)

@@ -301,11 +301,15 @@ def _b36(number: int) -> str:
 
 
 _tids: dict[tuple[int, int], str] = {}  # (ident, pid) -> tid: formatted twice per job
+# This process's pid, kept current across fork: os.getpid() is a system call, and tid()
+# runs for every job (its busy slot) and every written line.
+_pid: list[int] = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 def tid(ident: int | None = None) -> str:
     """A short thread id like Sidekiq's (base 36 of thread ident XOR pid)."""
-    key = (threading.get_ident() if ident is None else ident, os.getpid())
+    key = (threading.get_ident() if ident is None else ident, _pid[0])
     found = _tids.get(key)
     if found is None:
         if len(_tids) > 10_000:  # threads come and go in long-lived processes
@@ -324,6 +328,7 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_LEVEL_NAMES: Final = {logging.INFO: "INFO", logging.WARNING: "WARNING"}  # job lines' levels
 _second: list[Any] = [None, ""]  # (whole second, its formatted prefix): strftime once a second
 
 
@@ -361,22 +366,27 @@ class PlainFormatter(logging.Formatter):
         return line
 
     @staticmethod
-    def deferred(item: _Deferred) -> str | None:
+    def deferred(item: _Deferred, heads: dict[int, str] | None = None) -> str | None:
         """The line ``format`` writes for a deferred job line, without a LogRecord.
 
         Building the record (``BufferedHandler._record``: LogRecord.__init__ looks up
         the process, thread and module name) was a sixth of an INFO-logging worker's
         CPU per no-op job; kiq's own start/done lines need none of it. None when the
         message needs ``plain_message`` (not printable), which takes the record path.
+        ``heads`` caches each thread's `` pid=.. tid=..`` for one flush.
         """
         _, level, msg, ctx, created, ident = item
         if not msg.isprintable():
             return None
-        stamp = _stamp(created, int(created * 1000) % 1000)
-        head = f"{stamp} pid={os.getpid()} tid={tid(ident)}"
+        head = heads.get(ident) if heads is not None else None
+        if head is None:
+            head = f" pid={_pid[0]} tid={tid(ident)}"
+            if heads is not None:
+                heads[ident] = head
+        line = _stamp(created, int(created * 1000) % 1000) + head
         if ctx:
-            head += " " + _fields(ctx)
-        return f"{head} {logging.getLevelName(level)}: {msg}"
+            line += " " + _fields(ctx)
+        return f"{line} {_LEVEL_NAMES.get(level) or logging.getLevelName(level)}: {msg}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -467,10 +477,11 @@ class BufferedHandler(logging.Handler):
             lines: list[str] = []
             # kiq's deferred start/done lines straight to text when the format is plain
             plain = type(self.formatter) is PlainFormatter
+            heads: dict[int, str] = {}  # per flush: a fork changes the pid and the threads
             while self._records:
                 item = self._records.popleft()
                 if plain and type(item) is tuple:
-                    line = PlainFormatter.deferred(item)
+                    line = PlainFormatter.deferred(item, heads)
                     if line is not None:
                         lines.append(line)
                         continue

@@ -53,7 +53,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from kiq import peers
 from kiq.config import Config
@@ -85,6 +85,16 @@ def bucket_index(ms: float) -> int:
     return bisect.bisect_right(BUCKETS, ms)
 
 
+class _Keys(NamedTuple):
+    """One (class, queue)'s counter keys (Metrics.record)."""
+
+    p: str
+    p_total: tuple[str, str]
+    f: str
+    f_total: tuple[str, str]
+    ms: str
+
+
 class Metrics:
     """Server middleware counting executions, failures and time per job class in memory.
 
@@ -99,6 +109,8 @@ class Metrics:
         self._counts: defaultdict[str, int] = defaultdict(int)  # "<Class>|p" -> n
         self._grams: dict[str, list[int]] = {}  # class -> counts per bucket
         self._totals: defaultdict[tuple[str, str], int] = defaultdict(int)  # (class, "p|q")
+        # (class, queue) -> the keys record() adds to: built once, not three f-strings a job
+        self._keys: dict[tuple[str, str], _Keys] = {}
 
     def __call__(
         self, job: Any, payload: Payload, queue: str, call_next: Callable[[], None]
@@ -159,14 +171,25 @@ class Metrics:
 
     def record(self, klass: str, ms: float | None, queue: str = "default") -> None:
         """Count one run of ``klass`` from ``queue``: ``ms`` it took, or None for a failure."""
+        keys = self._keys.get((klass, queue))
+        if keys is None:
+            if len(self._keys) > 10_000:  # classes or queues named per job: stay bounded
+                self._keys.clear()
+            keys = self._keys[klass, queue] = _Keys(
+                f"{klass}|p",
+                (klass, f"p|{queue}"),
+                f"{klass}|f",
+                (klass, f"f|{queue}"),
+                f"{klass}|ms",
+            )
         with self._lock:
-            self._counts[f"{klass}|p"] += 1
-            self._totals[klass, f"p|{queue}"] += 1
+            self._counts[keys.p] += 1
+            self._totals[keys.p_total] += 1
             if ms is None:
-                self._counts[f"{klass}|f"] += 1
-                self._totals[klass, f"f|{queue}"] += 1
+                self._counts[keys.f] += 1
+                self._totals[keys.f_total] += 1
                 return
-            self._counts[f"{klass}|ms"] += round(ms)
+            self._counts[keys.ms] += round(ms)
             gram = self._grams.get(klass)
             if gram is None:
                 gram = self._grams[klass] = [0] * (len(BUCKETS) + 1)
