@@ -139,4 +139,3 @@ def test_a_swept_process_registers_its_queues_again_at_its_next_beat(config, r):
         assert orjson.loads(r.hget("kiq|fetchers", launcher.identity)) == ["default"]
     finally:  # never started: release what the constructor made
         launcher.manager.executor.reaper.stop()
-        launcher.manager.aio.loop.close()

@@ -31,7 +31,6 @@ def launcher(config):
     launcher = Launcher(config)
     yield launcher
     launcher.manager.executor.reaper.stop()
-    launcher.manager.aio.loop.close()
 
 
 def pushed_created_at(r) -> object:

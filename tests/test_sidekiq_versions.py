@@ -54,7 +54,6 @@ def test_kiq_names_its_capsule_mode_as_sidekiq_does(redis_url, queues, mode):
         info = orjson.loads(launcher._info)
     finally:
         launcher.manager.executor.reaper.stop()
-        launcher.manager.aio.loop.close()
         config.close()
 
     assert info["capsules"]["default"]["mode"] == mode

@@ -102,9 +102,12 @@ class Manager:
         pool: Pool = _LoopAcks(self) if self._route is True else self
         self.executor = Executor(config, state, pool, self.stopping, cap, self.quieted)
         self._prefix = "" if cap.is_default else f"{cap.name}."
-        # A named thread capsule runs no coroutine: no loop thread for it.
+        # A named thread capsule runs no coroutine: no loop thread for it. The default
+        # capsule starts its loop at its first ``async def`` job (``_async_runner``): a
+        # worker of thread jobs only never builds one (uvloop's import alone: 2.3 MB RSS).
         self.aio: AsyncRunner | None = None
-        if self._route is not False:
+        self._aio_lock = threading.Lock()
+        if self._route is True:
             self.aio = AsyncRunner(self.executor, f"{self._prefix}asyncio")
         threads = self.concurrency if cap.mode == "thread" else 0
         self.processors = [self._processor(i) for i in range(threads)]
@@ -211,14 +214,23 @@ class Manager:
             return
         coroutines: list[UnitOfWork] = []
         for unit in ready:
-            if aio is not None:  # the default capsule: each unit by its kind
+            if self._route is None:  # the default capsule: each unit by its kind
                 job_class = lookup(unit.payload["class"]) if unit.payload else None
                 if job_class is not None and job_class.is_async:
                     coroutines.append(unit)
                     continue
             self.inbox.put(unit)
-        if coroutines and aio is not None:
-            aio.submit_many(coroutines)  # one wakeup of the loop for the batch
+        if coroutines:
+            self._async_runner().submit_many(coroutines)  # one wakeup of the loop for all
+
+    def _async_runner(self) -> AsyncRunner:
+        """The default capsule's loop thread, built and started at its first async job."""
+        with self._aio_lock:
+            if self.aio is None:
+                runner = AsyncRunner(self.executor, f"{self._prefix}asyncio")
+                runner.start(self.health)
+                self.aio = runner
+            return self.aio
 
     def _put_back(self, units: list[UnitOfWork]) -> None:
         try:
