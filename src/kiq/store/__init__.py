@@ -38,20 +38,16 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiq.store.batches import Batches
-from kiq.store.cluster import (
+from kiq.store.cluster_url import (
     CLUSTER_SCHEME,
     ClusterURL,
     check_queue_name,
     cluster_url,
     is_cluster_url,
 )
-from kiq.store.cluster_batches import ClusterBatches
-from kiq.store.cluster_limits import ClusterLimits
-from kiq.store.cluster_procs import ClusterProcesses
-from kiq.store.cluster_results import ClusterResults
 from kiq.store.connection import (
     BLOCK_SLACK,
     CONNECT_TIMEOUT,
@@ -82,11 +78,18 @@ class Store(
     """Redis access for kiq: each base class is one file of this package (see above)."""
 
 
-class ClusterStore(ClusterResults, ClusterLimits, ClusterBatches, ClusterProcesses, Store):
-    """``Store`` on a Redis Cluster (``redis+cluster://``, docs/cluster.md): the
-    ``cluster*`` files of this package override what spans slots on a cluster; the
-    rest (heartbeat, registry, cron definitions, counters) runs unchanged on the
-    global slot."""
+if TYPE_CHECKING:
+    from kiq.store.cluster_store import ClusterStore
+
+
+def __getattr__(name: str) -> Any:
+    """``ClusterStore``, imported on first use: a process on one Redis never loads the
+    cluster modules (kiq.store.cluster_url says why)."""
+    if name == "ClusterStore":
+        from kiq.store.cluster_store import ClusterStore
+
+        return ClusterStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(url: str, **options: Any) -> Store:
@@ -94,6 +97,8 @@ def open_store(url: str, **options: Any) -> Store:
 
     ``wait_replicas`` is taken by the cluster store only (and refused for one Redis)."""
     if is_cluster_url(url):
+        from kiq.store.cluster_store import ClusterStore
+
         return ClusterStore(url, **options)
     if options.pop("wait_replicas", 0):
         raise ValueError("wait_replicas is only supported in cluster mode (docs/cluster.md)")

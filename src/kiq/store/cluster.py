@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -40,105 +39,25 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from kiq.keys import PARTITION_SEP, ClusterKeys
+from kiq.keys import ClusterKeys
+from kiq.store.cluster_url import ClusterURL
 from kiq.store.connection import (
     BLOCK_SLACK,
     CONNECT_TIMEOUT,
     SOCKET_TIMEOUT,
     Connection,
     lua,
-    redact,
-    split_hosts,
 )
 from kiq.store.lane import Lane
 
 log = logging.getLogger(__name__)
 
-CLUSTER_SCHEME: Final = "redis+cluster://"
 WAIT_TIMEOUT_MS: Final = 1000  # how long a write waits for its replicas at most
 WARN_EVERY: Final = 30.0  # seconds between two warnings about replicas not reached
 REGISTER_EVERY: Final = 10.0  # seconds a process trusts its SADD queues (see _register)
 # Replies saying a node did not run the command (another node owns the slot now, or
 # the slot is being moved or has no primary yet): safe to send again elsewhere.
 NOT_RUN: Final = (MovedError, AskError, TryAgainError, ClusterDownError)
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.startswith(CLUSTER_SCHEME)
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterURL:
-    """``redis+cluster://[user:password@]host:port[,host:port...]/``: seed nodes only;
-    the client learns the rest of the cluster from them (CLUSTER SLOTS)."""
-
-    nodes: list[tuple[str, int]]
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> ClusterURL:
-        username, password, nodes, path = split_hosts(url.removeprefix(CLUSTER_SCHEME), 6379)
-        db = path.partition("?")[0].strip("/")
-        if not url.startswith(CLUSTER_SCHEME) or not nodes or db not in ("", "0"):
-            raise ValueError(
-                f"{redact(url)} is not a Redis Cluster URL; use "
-                f"redis+cluster://[user:password@]host:port[,host:port...]/ (a cluster has "
-                f"database 0 only)"
-            )
-        return cls(nodes, username, password)
-
-
-def check_queue_name(name: str) -> None:
-    """A queue name must not hold ``{``, ``}`` (they would move the hash tag off the
-    queue) or ``|`` (the partition separator); raises ValueError saying so."""
-    bad = [c for c in "{}" + PARTITION_SEP if c in name]
-    if bad:
-        raise ValueError(
-            f"queue {name!r} holds {''.join(bad)!r}, which cluster mode cannot carry (a "
-            f"hash tag or the partition separator); rename the queue"
-        )
-
-
-def cluster_url(
-    url: str | None,
-    cluster: bool,
-    partitions: dict[str, int],
-    wait_replicas: int,
-    queues: list[str],
-) -> str | None:
-    """The URL to use for the cluster settings (``cluster: true`` turns a ``redis://``
-    URL, one host or ``host:port,host:port``, into ``redis+cluster://``); raises
-    ValueError naming what is wrong and how to fix it."""
-    if url is not None and cluster and not is_cluster_url(url):
-        scheme, sep, rest = url.partition("://")
-        if scheme != "redis" or not sep:
-            raise ValueError(
-                f"cluster: true needs redis_url as redis://host:port[,host:port...]/ (seed "
-                f"nodes) or redis+cluster://..., not {redact(url)}"
-            )
-        url = CLUSTER_SCHEME + rest.split("/", 1)[0] + "/"
-    if url is None and cluster:
-        raise ValueError(
-            "cluster: true needs redis_url: the seed nodes, redis://host:port[,host:port...]/ "
-            "(kiq's embedded Redis is no cluster)"
-        )
-    if url is None or not is_cluster_url(url):
-        what = "partitions" if partitions else "wait_replicas"
-        raise ValueError(
-            f"{what} is a cluster setting: set cluster: true with the seed nodes in "
-            f"redis_url, or use redis+cluster://host:port,host:port/ (docs/cluster.md)"
-        )
-    for name, count in partitions.items():
-        if not isinstance(name, str) or not isinstance(count, int) or not 1 <= count <= 1024:
-            raise ValueError(
-                f"partitions: {name!r}: {count!r} must be a whole number 1..1024 of shards"
-            )
-    for name in [*queues, *partitions]:
-        check_queue_name(name)
-    if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
-        raise ValueError(f"wait_replicas: {wait_replicas!r} must be a whole number >= 0")
-    return url
 
 
 def jid_of(raw: bytes) -> str:
