@@ -63,8 +63,22 @@ class Batches(Connection):
     ) -> bool:
         """Open a ``jobs()`` block on ``bid`` (creating it with ``fields`` if new); True if
         it was created. ``fields`` empty: the batch must exist (re-opened by bid)."""
+        return self._open_batch(bid, token, ttl, now, parent, fields, self.keys.batches)
+
+    def _open_batch(
+        self,
+        bid: str,
+        token: str,
+        ttl: int,
+        now: float,
+        parent: str,
+        fields: Mapping[str, str],
+        index: str,
+    ) -> bool:
+        """``batch_open.lua``; ``index``: where it adds a new batch (a cluster: the batch's
+        own hash again, so nothing is written off its slot)."""
         b = self.keys.batch
-        keys = [b(bid), b(bid, "open"), self.keys.batches]
+        keys = [b(bid), b(bid, "open"), index]
         keys += [b(parent), b(parent, "kids")] if parent else [b(bid), b(bid, "kids")]
         args: list[Any] = [bid, token, ttl, repr(now), parent]
         for name, value in fields.items():

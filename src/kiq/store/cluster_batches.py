@@ -245,13 +245,8 @@ class ClusterBatches(ClusterSets, Batches):
         if fields:  # a new batch: its index entry and its family's stamp, one exchange
             index = self.keys.batches
             self._stamp(bid, also=[(index, ("ZADD", index, "NX", repr(now), bid))])
-        b = self.keys.batch
-        keys = [b(bid), b(bid, "open"), b(bid)]  # KEYS[3] = KEYS[1]: no index write there
-        keys += [b(parent), b(parent, "kids")] if parent else [b(bid), b(bid, "kids")]
-        args: list[Any] = [bid, token, ttl, repr(now), parent]
-        for name, value in fields.items():
-            args += (name, value)
-        return bool(self._run_batch_script("batch_open", keys, args))
+        # The index key is the batch's own hash: no index write on the batch's slot.
+        return self._open_batch(bid, token, ttl, now, parent, fields, self.keys.batch(bid))
 
     def batch_push(self, bid: str, ttl: int, jobs: Sequence[BatchJob]) -> int:
         """Count ``jobs`` in ``bid`` and put them in its outbox (one script on its slot),
