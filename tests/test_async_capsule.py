@@ -176,7 +176,8 @@ def test_cancel_one_running_coroutine_by_jid(config) -> None:
 
 def test_async_capsule_runs_on_uvloop_when_installed(config) -> None:
     """With uvloop importable an async capsule's loop is uvloop's (and a job runs on it)."""
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop  # in the test extra and the dev group (test_needs: no importorskip)
+
     config.capsule("cancel", queues=["cancel"], concurrency=10, mode="async")
     STARTED.clear()
     jid = Waits.perform_async()
