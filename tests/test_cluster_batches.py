@@ -585,3 +585,15 @@ def test_pushes_whose_writer_died_are_delivered_by_a_running_workers_sweep_run_o
     assert {c["bid"] for c in batch_jobs.callbacks(recorded)} == {launched}
     assert kiq.BatchStatus(opened).pending == 0  # ran, its block still open: no callback
     assert all(queued(cconfig, q) == [] for q in [*QUEUES, "default"])
+
+
+def test_a_sweep_index_of_another_type_is_logged_and_the_tick_goes_on(
+    cconfig: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outbox index holding a string (hostile, or a key clash): the sweep says which
+    key to delete and returns, instead of raising WRONGTYPE into the poller (which would
+    restart it, with its scheduled jobs' part of the tick, every tick)."""
+    store, keys = cconfig.store, cconfig.keys
+    store._r.set(keys.batch_outboxes, "not a zset")
+    assert store.batch_sweep(wire.now() + 60, 30.0) == 0
+    assert f"batch outbox index {keys.batch_outboxes} holds another type" in caplog.text

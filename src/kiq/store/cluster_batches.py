@@ -85,7 +85,7 @@ from kiq.errors import BatchError
 from kiq.keys import BATCH_CLAIM_TTL, BATCH_SEAL_TTL, batch_root, outbox_job_field
 from kiq.store.batches import Batches, BatchJob, _text
 from kiq.store.cluster_sets import ClusterSets
-from kiq.store.connection import is_transient
+from kiq.store.connection import is_transient, is_wrong_type
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +314,23 @@ class ClusterBatches(ClusterSets, Batches):
         index = self.keys.batch_outboxes
         low, seen, pushed = "-inf", 0, 0
         while seen < SWEEP_MAX:
-            with self.translate_errors():
-                due = self._r.zrangebyscore(
-                    index, low, f"({now - grace!r}", start=0, num=SWEEP_CHUNK, withscores=True
+            try:
+                with self.translate_errors():
+                    due = self._r.zrangebyscore(
+                        index, low, f"({now - grace!r}", start=0, num=SWEEP_CHUNK, withscores=True
+                    )
+            except ResponseError as exc:
+                if not is_wrong_type(exc):
+                    raise
+                # Hostile or a key clash: raising would restart the poller every tick
+                # (and its scheduled jobs' part with it); say what to fix and go on.
+                log.error(
+                    "batch outbox index %s holds another type (%s): batch pushes stranded "
+                    "by a dead writer are not swept until the key is deleted",
+                    index,
+                    exc,
                 )
+                break
             if not due:
                 break
             seen += len(due)
