@@ -39,12 +39,27 @@ NODE_TIMEOUT_MS = 1000  # cluster-node-timeout: a primary is failed over after ~
 
 
 def cluster_port() -> int:
-    """A free port P with P + 10000 free too (the cluster bus), P <= 55535 (Redis's rule)."""
+    """A free port P with P + 10000 free too (the cluster bus), both below the ephemeral range.
+
+    The kernel hands out ephemeral ports (32768-60999 here) to every client socket and
+    to every ``free_port()`` pick, so a bus port chosen inside that range can be taken
+    between this check and the node's bind (CI saw "Failed listening on port 52888
+    (cluster)"). Below the range only another ``cluster_port()`` pick can collide, and
+    ``LocalCluster.start`` picks again when that happens.
+    """
     rng = random.Random()
+    top = _ephemeral_low() - 10000
     while True:
-        port = rng.randrange(20000, 45000)
+        port = rng.randrange(10000, top)
         if all(_free(p) for p in (port, port + 10000)):
             return port
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS starts at 49152
 
 
 def _free(port: int) -> bool:
@@ -73,6 +88,7 @@ class LocalCluster:
             # A replica with no fresh link may still be promoted (the primary was killed).
             "cluster-replica-validity-factor 0",
         ]
+        self.config = config
         self.servers = [
             RedisServer(folder, config, name=f"node{i}", port=cluster_port(), executable=executable)
             for i in range(nodes)
@@ -95,8 +111,31 @@ class LocalCluster:
         return f"redis+cluster://{hosts}/"
 
     def start(self) -> None:
-        for server in self.servers:
-            server.start()
+        try:
+            for i in range(len(self.servers)):
+                self._start_node(i)
+            self._create()
+        except BaseException:
+            self.__exit__(None, None, None)  # no node outlives a failed start
+            raise
+
+    def _start_node(self, index: int, tries: int = 3) -> None:
+        """Start node ``index``; on a port taken since it was picked, pick another."""
+        for attempt in range(tries):
+            server = self.servers[index]
+            try:
+                server.start()
+                return
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == tries - 1:
+                    raise
+            (server.folder / "nodes.conf").unlink(missing_ok=True)  # its id is for a new port
+            self.servers[index] = RedisServer(
+                server.folder.parent, self.config, name=server.folder.name,
+                port=cluster_port(), executable=server.executable,
+            )  # fmt: skip
+
+    def _create(self) -> None:
         addresses = [f"127.0.0.1:{s.port}" for s in self.servers]
         done = subprocess.run(
             [self.cli, "--cluster", "create", *addresses, "--cluster-replicas",
