@@ -111,7 +111,12 @@ def test_flag_spelling(spec: str, expected: Capsule) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("io:io", "a capsule is NAME:QUEUES:CONCURRENCY[:MODE]"),
+        ("io:io", "a capsule is NAME:QUEUES:CONCURRENCY[:MODE[:PROCESSES]]"),
+        ("io:io:10:async:1:2", "a capsule is NAME:QUEUES:CONCURRENCY[:MODE[:PROCESSES]]"),
+        ("io:io:10:async:0", "processes 0 must be a whole number >= 1"),
+        ("io:io:10:async:two", "processes 'two' must be a whole number >= 1"),
+        ("io:io:10:async:", "processes '' must be a whole number >= 1"),
+        ("default:default:10:thread:1", "the default capsule .* use --processes N"),
         ("io:io:many", "concurrency 'many' must be a whole number >= 1"),
         ("io:io:0", "concurrency 0 must be a whole number >= 1"),
         ("io:io:10:fibers", "mode 'fibers' is not allowed; use thread"),
@@ -125,6 +130,117 @@ def test_bad_flag_spelling_is_one_clear_error(spec: str, message: str) -> None:
     """Each bad ``-g`` spelling names the value and the rule."""
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_flag(spec)
+
+
+# -- processes of its own ----------------------------------------------------------------
+
+OWN = Capsule("io", (("io", 0),), 1000, "async", processes=1)
+
+
+def test_flag_with_processes() -> None:
+    """``-g io:io:1000:async:1``: the fifth part is the capsule's own processes."""
+    assert parse_flag("io:io:1000:async:1") == OWN
+    assert parse_flag("cpu:cpu:4:thread:2").processes == 2
+    assert parse_flag("io:io:1000:async").processes is None  # the shared processes
+
+
+def test_yaml_processes_and_the_process_groups(tmp_path: Path) -> None:
+    """``processes: k`` in the file; ``process_groups`` lists what each worker process
+    runs: the shared ``:processes:`` many (default and every capsule without its own),
+    then each capsule with its own, alone."""
+    file = tmp_path / "sidekiq.yml"
+    file.write_text(
+        ":processes: 2\n:capsules:\n"
+        "  io: {queues: [io], concurrency: 1000, mode: async, processes: 1}\n"
+        "  cpu: {queues: [cpu], concurrency: 4, processes: 2}\n"
+        "  mail: {queues: [mail], concurrency: 5}\n"
+    )
+
+    config = Config.load(file, env={})
+
+    assert config.capsules[0] == OWN
+    assert config.process_groups() == [
+        ("default", "mail"), ("default", "mail"), ("io",), ("cpu",), ("cpu",),
+    ]  # fmt: skip
+    assert Config().process_groups() == [("default",)]
+
+
+def test_capsule_processes_in_code_are_kept_by_a_later_change() -> None:
+    """``config.capsule(..., processes=1)``; changing only its concurrency keeps them."""
+    config = Config()
+
+    config.capsule("io", queues=["io"], concurrency=1000, mode="async", processes=1)
+    again = config.capsule("io", concurrency=50)
+
+    assert again == Capsule("io", (("io", 0),), 50, "async", processes=1)
+    assert config.process_groups() == [("default",), ("io",)]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "yes", "1.5", "[1]"])
+def test_bad_yaml_processes_are_refused(tmp_path: Path, value: str) -> None:
+    """A capsule's ``processes`` must be a whole number >= 1 (``yes`` is YAML's true)."""
+    file = tmp_path / "kiq.yml"
+    file.write_text(f"capsules:\n  io:\n    queues: [io]\n    processes: {value}\n")
+
+    with pytest.raises(
+        ConfigError, match=r"kiq.yml: capsules: capsule 'io': processes .* must be a whole"
+    ):
+        Config.load(file, env={})
+
+
+def test_the_default_capsule_cannot_have_processes_of_its_own(tmp_path: Path) -> None:
+    """In code, in the file or built by hand: the default capsule runs in the shared
+    processes, and the error names --processes."""
+    file = tmp_path / "kiq.yml"
+    file.write_text("capsules:\n  default:\n    queues: [a]\n    processes: 2\n")
+    hand_made = Capsule("default", (("a", 0),), 3, "thread", processes=2)
+
+    for attempt in (
+        lambda: Config().capsule("default", processes=2),
+        lambda: Config.load(file, env={}),
+        lambda: Config(capsules=[hand_made]),
+    ):
+        with pytest.raises(ConfigError, match=r"default capsule .* use --processes N"):
+            attempt()
+
+
+def test_a_hand_built_capsule_with_bad_processes_is_refused() -> None:
+    """``Config(capsules=[Capsule(..., processes=0)])`` fails as the spellings do."""
+    with pytest.raises(ConfigError, match="capsule 'io': processes 0 must be a whole number"):
+        Config(capsules=[Capsule("io", (("io", 0),), 10, "async", processes=0)])
+
+
+def test_cli_flag_with_processes_makes_two_process_groups() -> None:
+    """``-g io:io:50:async:1`` without --processes: two worker processes (so kiq worker
+    runs under its supervisor), the shared one and io's own."""
+    from kiq.cli import build_parser, load_config
+
+    args = build_parser().parse_args(
+        ["worker", "-g", "io:io:50:async:1", "--redis-url", "redis://localhost:1/0"]
+    )
+
+    config = load_config(args)
+
+    assert config.processes == 1
+    assert config.capsules == [Capsule("io", (("io", 0),), 50, "async", processes=1)]
+    assert config.process_groups() == [("default",), ("io",)]
+
+
+def test_launcher_runs_the_named_capsules_only(config: Config) -> None:
+    """``Launcher(config, capsules=("io",))`` has io's manager alone and beats its slots;
+    a name that is no capsule is refused before anything starts."""
+    from kiq.launcher import Launcher
+
+    config.capsule("io", queues=["io"], concurrency=50, mode="async", processes=1)
+    with pytest.raises(ConfigError, match=r"capsules=\['nope'\].*\['default', 'io'\]"):
+        Launcher(config, capsules=["nope"])
+    launcher = Launcher(config, capsules=("io",))
+    try:
+        info = orjson.loads(launcher._info)
+        assert [m.capsule.name for m in launcher.managers] == ["io"]
+        assert (info["concurrency"], info["queues"], list(info["capsules"])) == (50, ["io"], ["io"])
+    finally:  # never started: release what the constructor made
+        launcher.manager.executor.reaper.stop()
 
 
 def test_bad_yaml_capsule_names_the_file_and_key(tmp_path: Path) -> None:

@@ -10,9 +10,15 @@ of slow jobs never starves another. kiq adds a ``mode``:
 * ``async``: ``async def perform`` jobs only, every slot a task on one event loop
   thread, so a capsule of thousands costs no thread per job.
 
+and ``processes``: by default a capsule runs in the shared worker processes (every
+capsule in each of ``--processes`` many); ``processes: k`` gives it k processes of its
+own that run it alone, so it has a GIL of its own (a CPU-busy thread capsule next to
+an async one: issue 14's mixed capsules). ``process_groups`` lists what each process
+of ``kiq worker`` runs (kiq.supervisor).
+
 This module holds the value object and its three spellings, checked at the door:
 the YAML ``:capsules:`` mapping, ``Config.capsule(...)`` in code and the worker's
-``-g NAME:QUEUES:CONCURRENCY[:MODE]`` flag (docs/capsules.md).
+``-g NAME:QUEUES:CONCURRENCY[:MODE[:PROCESSES]]`` flag (docs/capsules.md).
 """
 
 from __future__ import annotations
@@ -27,19 +33,23 @@ Mode = Literal["thread", "async"]
 MODES: Final = ("thread", "async")
 DEFAULT: Final = "default"  # the capsule of the top-level queues and concurrency
 FLAG_EXAMPLE: Final = "-g io:io,webhooks=2:1000:async"
+FLAG_SPELLING: Final = "NAME:QUEUES:CONCURRENCY[:MODE[:PROCESSES]]"
 
 
 @dataclass(frozen=True, slots=True)
 class Capsule:
-    """One capsule's settings: its name, queues (name, weight), slots and mode.
+    """One capsule's settings: its name, queues (name, weight), slots, mode and processes.
 
     ``weight`` 0 everywhere means strict order, as for the top-level queues.
+    ``processes`` None: the capsule runs in the shared worker processes; k: in k
+    processes of its own, which run no other capsule.
     """
 
     name: str
     queues: tuple[tuple[str, int], ...]
     concurrency: int
     mode: Mode = "thread"
+    processes: int | None = None
 
     @property
     def is_default(self) -> bool:
@@ -67,7 +77,13 @@ class Capsule:
 
 
 def build(
-    name: object, queues: object, concurrency: object, mode: object = "thread", *, where: str
+    name: object,
+    queues: object,
+    concurrency: object,
+    mode: object = "thread",
+    processes: object = None,
+    *,
+    where: str,
 ) -> Capsule:
     """A Capsule from loosely typed parts (code, YAML); ConfigError naming ``where``."""
     if not isinstance(name, str) or not name or ":" in name:
@@ -84,7 +100,28 @@ def build(
             f"{where}: capsule {name!r}: mode {mode!r} is not allowed; use thread (def perform "
             f"jobs, a thread per slot) or async (async def perform jobs on one event loop)"
         )
-    return Capsule(name, _queues(queues, name, where), concurrency, mode)
+    own = check_processes(name, processes, where)
+    return Capsule(name, _queues(queues, name, where), concurrency, mode, own)
+
+
+def check_processes(name: str, processes: object, where: str) -> int | None:
+    """A capsule's ``processes``: None (the shared processes) or a whole number >= 1;
+    the default capsule has none of its own (``--processes`` is theirs)."""
+    if processes is None:
+        return None
+    if name == DEFAULT:
+        raise ConfigError(
+            f"{where}: the default capsule runs in the shared worker processes and cannot "
+            f"have processes of its own; use --processes N (:processes: in the file) for "
+            f"their number"
+        )
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ConfigError(
+            f"{where}: capsule {name!r}: processes {processes!r} must be a whole number >= 1 "
+            f"(worker processes that run only this capsule; leave it out to run the capsule "
+            f"in the shared ones)"
+        )
+    return processes
 
 
 def _queues(value: object, name: str, where: str) -> tuple[tuple[str, int], ...]:
@@ -121,22 +158,22 @@ def _queues(value: object, name: str, where: str) -> tuple[tuple[str, int], ...]
 
 
 def parse_flag(spec: str) -> Capsule:
-    """``-g NAME:QUEUES:CONCURRENCY[:MODE]``; QUEUES comma-separated, ``q=3`` for a weight.
+    """``-g NAME:QUEUES:CONCURRENCY[:MODE[:PROCESSES]]``; QUEUES comma-separated, ``q=3``
+    for a weight.
 
     ``-g io:io,webhooks=2:1000:async`` is the async capsule ``io`` of 1000 slots serving
-    ``io`` and ``webhooks`` (weights 0 and 2). One ConfigError line for a bad spelling.
+    ``io`` and ``webhooks`` (weights 0 and 2); ``-g io:io:1000:async:1`` runs it in one
+    process of its own. One ConfigError line for a bad spelling.
     """
     parts = spec.split(":")
-    if len(parts) not in (3, 4):
+    if len(parts) not in (3, 4, 5):
         raise ConfigError(
-            f"-g {spec!r}: a capsule is NAME:QUEUES:CONCURRENCY[:MODE], e.g. {FLAG_EXAMPLE} "
+            f"-g {spec!r}: a capsule is {FLAG_SPELLING}, e.g. {FLAG_EXAMPLE} "
             f"(for a process tag use --tag)"
         )
     name, queue_part, count, *rest = parts
-    try:
-        concurrency: object = int(count)
-    except ValueError:
-        concurrency = count
+    concurrency = _whole(count)
+    processes = _whole(rest[1]) if len(rest) == 2 else None
     queues: list[object] = []
     for item in queue_part.split(","):
         queue, sep, weight = item.strip().partition("=")
@@ -150,7 +187,16 @@ def parse_flag(spec: str) -> Capsule:
                 ) from None
         else:
             queues.append(queue)
-    return build(name, queues, concurrency, rest[0] if rest else "thread", where=f"-g {spec!r}")
+    mode = rest[0] if rest else "thread"
+    return build(name, queues, concurrency, mode, processes, where=f"-g {spec!r}")
+
+
+def _whole(text: str) -> object:
+    """``"12"`` -> 12; anything else stays the text, for ``build`` to name in its error."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def from_file(value: Any, file: str) -> list[Capsule]:
@@ -158,7 +204,8 @@ def from_file(value: Any, file: str) -> list[Capsule]:
     where = f"config file {file}: capsules"
     if not isinstance(value, Mapping):
         raise ConfigError(
-            f"{where}: {value!r} must be a mapping of name -> {{queues, concurrency, mode}}"
+            f"{where}: {value!r} must be a mapping of name -> "
+            f"{{queues, concurrency, mode, processes}}"
         )
     capsules: list[Capsule] = []
     for raw_name, settings in value.items():
@@ -166,10 +213,11 @@ def from_file(value: Any, file: str) -> list[Capsule]:
         if not isinstance(settings, Mapping):
             raise ConfigError(f"{where}: {name!r} must be a mapping with queues and concurrency")
         fields = {str(k).lstrip(":"): v for k, v in settings.items()}
-        unknown = sorted(set(fields) - {"queues", "concurrency", "mode"})
+        unknown = sorted(set(fields) - {"queues", "concurrency", "mode", "processes"})
         if unknown:
             raise ConfigError(
-                f"{where}: {name!r} has unknown keys {unknown}; use queues, concurrency, mode"
+                f"{where}: {name!r} has unknown keys {unknown}; use queues, concurrency, "
+                f"mode, processes"
             )
         capsules.append(
             build(
@@ -177,10 +225,26 @@ def from_file(value: Any, file: str) -> list[Capsule]:
                 fields.get("queues", ["default"]),
                 fields.get("concurrency", 10),
                 fields.get("mode", "thread"),
+                fields.get("processes"),
                 where=where,
             )
         )
     return capsules
+
+
+def process_groups(capsules: Sequence[Capsule], shared: int) -> list[tuple[str, ...]]:
+    """What each worker process runs, one entry per process: ``shared`` processes of the
+    capsules without processes of their own (the default one always among them), then
+    ``processes`` many of each capsule that has its own, each running it alone.
+
+    ``[default, io(processes=2)]``, shared 1 -> ``[("default",), ("io",), ("io",)]``.
+    """
+    common = tuple(c.name for c in capsules if c.processes is None)
+    groups = [common] * shared
+    for capsule in capsules:
+        if capsule.processes is not None:
+            groups += [(capsule.name,)] * capsule.processes
+    return groups
 
 
 def check_all(capsules: Sequence[Capsule]) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from kiq import __version__, generator
 from kiq import log as kiq_log
-from kiq.capsule import Capsule
+from kiq.capsule import FLAG_EXAMPLE, FLAG_SPELLING, Capsule
 from kiq.capsule import parse_flag as parse_capsule_flag
 from kiq.config import Config, find_file, parse_queue, set_default, wait_for_redis
 from kiq.errors import ConfigError, KiqError
@@ -212,9 +212,10 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
         dest="g",
         action="append",
         default=[],
-        metavar="NAME:QUEUES:CONCURRENCY[:MODE]",
+        metavar="NAME:QUEUES:CONCURRENCY[:MODE[:PROCESSES]]",
         help="a capsule, e.g. -g io:io,webhooks=2:1000:async (docs/capsules.md); "
-        "repeatable. Without ':' it is Sidekiq's -g TAG",
+        "PROCESSES runs it in that many processes of its own. Repeatable. Without ':' it "
+        "is Sidekiq's -g TAG",
     )
     parser.add_argument("--tag", help="process tag shown in the Web UI")
     parser.add_argument("-v", "--verbose", action="store_true", default=None, help="debug logging")
@@ -269,7 +270,8 @@ def load_config(args: argparse.Namespace, base: Mapping[str, Any] | None = None)
 
 
 def _capsule_flags(args: argparse.Namespace) -> tuple[str | None, list[Capsule] | None]:
-    """``-g`` values: capsules (NAME:QUEUES:CONCURRENCY[:MODE]) and Sidekiq's ``-g TAG``.
+    """``-g`` values: capsules (NAME:QUEUES:CONCURRENCY[:MODE[:PROCESSES]]) and Sidekiq's
+    ``-g TAG``.
 
     A value with a ':' is a capsule, checked here (one line naming the spelling); a
     plain word is the process tag, as in Sidekiq (``--tag`` is always the tag).
@@ -284,7 +286,7 @@ def _capsule_flags(args: argparse.Namespace) -> tuple[str | None, list[Capsule] 
         else:
             raise ConfigError(
                 f"-g {value!r}: a tag is already given ({tag!r}); a capsule is "
-                f"NAME:QUEUES:CONCURRENCY[:MODE], e.g. -g io:io,webhooks=2:1000:async"
+                f"{FLAG_SPELLING}, e.g. {FLAG_EXAMPLE}"
             )
     return tag, named or None
 
@@ -326,7 +328,7 @@ def run_worker(args: argparse.Namespace, base: Mapping[str, Any] | None = None) 
     set_default(config)
     config.ensure_redis()
     wait_for_redis(config, config.redis_wait)
-    if config.processes > 1:
+    if len(config.process_groups()) > 1:
         config.close()  # the supervisor forks: each child opens connections of its own
     require([*config.require, *args.require])
     from kiq.manager import check_kinds  # local: kiq web & co never load the engine
@@ -343,7 +345,9 @@ def run_worker(args: argparse.Namespace, base: Mapping[str, Any] | None = None) 
 
 
 def _run_processes(config: Config, args: argparse.Namespace) -> int:
-    if config.processes > 1 or args.max_memory_mb is not None:  # a limit needs a parent
+    # A parent for more than one process (--processes N, or a capsule with processes of
+    # its own next to the shared one), or for a memory limit.
+    if len(config.process_groups()) > 1 or args.max_memory_mb is not None:
         from kiq.supervisor import Supervisor
 
         supervisor = Supervisor(config, args.max_memory_mb, install_signals=install_signals)

@@ -212,6 +212,7 @@ class Config:
         self._store_lock = threading.Lock()
         named = self.capsules if isinstance(self.capsules, list) else []
         for cap in [c for c in named if isinstance(c, Capsule) and c.is_default]:
+            capsules.check_processes(cap.name, cap.processes, "capsules")
             self.capsules.remove(cap)  # "default" in a file or -g: the top-level settings
             self.queues, self.concurrency, self.default_mode = (
                 list(cap.queues),
@@ -226,12 +227,15 @@ class Config:
         queues: list[str | tuple[str, int] | list[Any]] | None = None,
         concurrency: int | None = None,
         mode: Mode | None = None,
+        processes: int | None = None,
     ) -> Capsule:
         """Add or change the capsule ``name`` and return it (Sidekiq 7's ``config.capsule``).
 
         ``"default"`` is the top-level ``queues`` / ``concurrency``. A new capsule needs
-        its queues; concurrency defaults to 10 and mode to thread, as in Sidekiq.
-        Call it before the worker starts (in a module the worker imports with -r)::
+        its queues; concurrency defaults to 10 and mode to thread, as in Sidekiq;
+        ``processes=k`` runs it in k worker processes of its own (else it runs in the
+        shared ones). Call it before the worker starts (in a module the worker imports
+        with -r)::
 
             config.capsule("io", queues=["io", ("webhooks", 2)], concurrency=1000, mode="async")
         """
@@ -243,6 +247,7 @@ class Config:
             list(old.queues) if queues is None and old is not None else queues,
             concurrency if concurrency is not None else (old.concurrency if old else 10),
             mode or (old.mode if old else "thread"),
+            processes if processes is not None else (old.processes if old else None),
             where=f"capsule({name!r})",
         )
         previous = (list(self.capsules), list(self.queues), self.concurrency, self.default_mode)
@@ -267,6 +272,12 @@ class Config:
         """The default capsule first, then the named ones in the order they were added."""
         default = Capsule(capsules.DEFAULT, tuple(self.queues), self.concurrency, self.default_mode)
         return [default, *self.capsules]
+
+    def process_groups(self) -> list[tuple[str, ...]]:
+        """The capsule names each worker process runs, one entry per process: the shared
+        ``processes`` many first, then those of the capsules with processes of their own
+        (kiq.capsule.process_groups; kiq.supervisor starts one child per entry)."""
+        return capsules.process_groups(self.all_capsules(), self.processes)
 
     @property
     def total_concurrency(self) -> int:
@@ -345,6 +356,8 @@ class Config:
             isinstance(c, Capsule) for c in self.capsules
         ):
             raise ConfigError(f"capsules: {self.capsules!r} must be a list of kiq.capsule.Capsule")
+        for cap in self.capsules:  # a Capsule built by hand skipped capsule.build's checks
+            capsules.check_processes(cap.name, cap.processes, "capsules")
         if self.default_mode not in capsules.MODES:
             raise ConfigError(
                 f"default_mode: {self.default_mode!r} is not allowed; use thread or async"

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -38,6 +39,7 @@ import orjson
 
 from kiq import __version__, peers
 from kiq import payload as wire
+from kiq.capsule import Capsule
 from kiq.config import Config
 from kiq.errors import ConfigError, RedisUnavailable
 from kiq.manager import Manager, check_kinds, stop_all
@@ -98,7 +100,16 @@ def rss_kb(pid: int | None = None) -> int:
 
 
 class Launcher:
-    def __init__(self, config: Config) -> None:
+    """One kiq process: ``Launcher(config).run()`` runs every capsule of ``config``.
+
+    ``capsules`` names the ones this process runs instead (kiq.supervisor gives each
+    child its group of ``config.process_groups()``: the shared capsules, or one capsule
+    with processes of its own); its heartbeat then lists only those, with their slots::
+
+        Launcher(config, capsules=("io",)).run()
+    """
+
+    def __init__(self, config: Config, capsules: Sequence[str] | None = None) -> None:
         self.config = config
         self.identity = new_identity()
         self.state = State()
@@ -106,10 +117,13 @@ class Launcher:
         self.events: queue.Queue[str] = queue.Queue()
         self.health = Health(on_fail=lambda: self.events.put("DEAD"))
         check_kinds(config)  # a job of the wrong kind for its capsule: refuse to start
-        # One Manager per capsule (kiq.capsule); ``manager`` is the default capsule's.
+        self.capsules = _pick(config, capsules)
+        self.concurrency = sum(cap.concurrency for cap in self.capsules)
+        # One Manager per capsule (kiq.capsule); ``manager`` is the first one's (the
+        # default capsule's, whenever it runs here).
         self.managers = [
             Manager(config, self.identity, self.state, self.outage, self.health, cap)
-            for cap in config.all_capsules()
+            for cap in self.capsules
         ]
         self.manager = self.managers[0]
         self.poller = Poller(config, self.outage)
@@ -132,8 +146,10 @@ class Launcher:
         self.notifier = Notifier()
 
     def _process_info(self) -> bytes:
+        """The heartbeat's ``info``: this process's capsules only, and their slots, so
+        Sidekiq's Busy page shows each process of a split worker as it is."""
         c = self.config
-        caps = c.all_capsules()
+        caps = self.capsules
         weights = [dict(cap.queues) for cap in caps]
         return orjson.dumps(
             {
@@ -141,7 +157,7 @@ class Launcher:
                 "started_at": self.started_at,
                 "pid": os.getpid(),
                 "tag": c.tag or os.path.basename(os.getcwd()),
-                "concurrency": c.total_concurrency,
+                "concurrency": self.concurrency,
                 "queues": list(dict.fromkeys(q for cap in caps for q, _ in cap.queues)),
                 "weights": weights,  # Sidekiq 7: one {queue: weight} per capsule
                 "capsules": {  # Sidekiq 8.0.9+
@@ -167,15 +183,17 @@ class Launcher:
         self._sweep()
         self._last_sweep = time.monotonic()
         self.cron.load()
+        first = self.capsules[0]  # the default capsule, whenever it runs here
         log.info(  # before the first job can start, so its line comes after this one
-            "kiq %s started: %s, concurrency %d, queues %s, Redis %s",
+            "kiq %s started: %s, %sconcurrency %d, queues %s, Redis %s",
             __version__,
             self.identity,
-            self.config.concurrency,
-            ",".join(f"{n}{',' + str(w) if w else ''}" for n, w in self.config.queues),
+            "" if first.is_default else f"capsule {first.name}, {first.mode}, ",
+            first.concurrency,
+            ",".join(f"{n}{',' + str(w) if w else ''}" for n, w in first.queues),
             self.config.store.safe_url,
         )
-        for cap in self.config.capsules:
+        for cap in self.capsules[1:]:
             log.info(
                 "capsule %s: %s, concurrency %d, queues %s",
                 cap.name,
@@ -214,7 +232,7 @@ class Launcher:
         with self.state.lock:
             busy = len(self.state.work)
         state = "quiet, " if self.quiet_flag else ""
-        return f"{state}{busy} of {self.config.total_concurrency} busy"
+        return f"{state}{busy} of {self.concurrency} busy"
 
     def _check_redis(self) -> None:
         store = self.config.store
@@ -274,7 +292,7 @@ class Launcher:
                 manager.fetcher.tune(rtt_us / 1_000_000)
             fields = {
                 "info": self._info,
-                "concurrency": self.config.total_concurrency,
+                "concurrency": self.concurrency,
                 "busy": len(work),
                 "beat": repr(wire.now()),
                 "rtt_us": rtt_us,
@@ -318,7 +336,8 @@ class Launcher:
         """Our heartbeat hash had expired: a sweep may have requeued our jobs
         (``Fetcher.resync``). An error leaves them; they then just run twice."""
         try:
-            self.manager.fetcher.resync()
+            for manager in self.managers:  # every capsule's fetched-ahead units
+                manager.fetcher.resync()
         except TRANSIENT_ERRORS as exc:
             self.outage.error(exc)
 
@@ -444,6 +463,21 @@ class Launcher:
             frame = frames.get(thread.ident or -1)
             stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
             log.warning("thread %s\n%s", thread.name, stack)
+
+
+def _pick(config: Config, names: Sequence[str] | None) -> list[Capsule]:
+    """The capsules named (every one of ``config`` for None), in the config's order."""
+    caps = config.all_capsules()
+    if names is None:
+        return caps
+    known = {cap.name for cap in caps}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ConfigError(
+            f"Launcher(capsules={list(names)!r}): name at least one capsule, each of "
+            f"{sorted(known)}"
+        )
+    return [cap for cap in caps if cap.name in names]
 
 
 def _order_mode(weights: dict[str, int]) -> str:

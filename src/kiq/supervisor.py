@@ -1,13 +1,17 @@
 """Supervisor: ``kiq worker --processes N`` forks N worker processes and keeps them up.
 
 Tasks:
-  1. fork N children after the app is imported (one import, shared pages: Sidekiq
+  1. fork a child per slot after the app is imported (one import, shared pages: Sidekiq
      Enterprise's swarm preload); each child runs its own Launcher with the same Config
      and an identity the supervisor chose (``KIQ_IDENTITY``, kiq.launcher.new_identity).
+     A slot has a group of capsules (``Config.process_groups``): N slots run the shared
+     capsules (the default one and every capsule without ``processes``), then each
+     capsule with ``processes: k`` has k slots that run it alone (a GIL of its own).
   2. a child that died (crash, SIGKILL, OOM kill): recover its in-progress jobs at once,
      by its identity (kiq.recover.Recoverer.recover), instead of waiting ``process_ttl``
      for its heartbeat to expire (that bound stays, for a whole host lost); then start a
-     new child after a short pause, so a child that dies at boot does not spin a core.
+     new child for its slot (the same group) after a short pause, so a child that dies
+     at boot does not spin a core.
   3. memory limit (``--max-memory-mb``, Sidekiq Enterprise's SIDEKIQ_MAXMEM_MB): a child
      whose RSS passes it is quieted once (TSTP: it takes no new job and puts back what
      it fetched ahead), then TERMed once it is idle; if its jobs still run ``timeout``
@@ -18,8 +22,8 @@ Tasks:
      there ``KILL_GRACE`` seconds later is KILLed and its jobs recovered), TSTP and TTIN
      are forwarded; the supervisor exits 0 when all children have exited.
   5. systemd (``Type=notify``): the supervisor is the unit's main process, so it is the
-     one that notifies (systemd ignores other pids by default): READY=1 once every child
-     beats, WATCHDOG=1 and STATUS from its loop, STOPPING=1 at the stop. Children get no
+     one that notifies (systemd ignores other pids by default): READY=1 once every slot's
+     child beats, WATCHDOG=1 and STATUS from its loop, STOPPING=1 at the stop. Children get no
      NOTIFY_SOCKET (a child's restart must not tell systemd the service is stopping).
 """
 
@@ -53,18 +57,21 @@ NOTIFY_VARIABLES: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 @dataclass
 class Child:
-    """One worker process: its slot, the identity it beats as, its memory stop if any."""
+    """One worker process: its slot, the identity it beats as, the capsules it runs, its
+    memory stop if any."""
 
     pid: int
     slot: int
     identity: str
+    group: tuple[str, ...]
     quieted_at: float | None = None  # monotonic: TSTP sent for the memory limit
     stop_by: float | None = None  # monotonic: KILL it if it is still there then
     killed: bool = False
 
 
 class Supervisor:
-    """The parent of ``kiq worker --processes N`` (see the module docstring).
+    """The parent of ``kiq worker --processes N``, or of a worker with a capsule that has
+    processes of its own (see the module docstring).
 
     Example (what kiq.cli does)::
 
@@ -86,6 +93,7 @@ class Supervisor:
         # (cli sits above supervisor in the layering, tests/test_layers.py).
         self.install_signals = install_signals
         self.children: dict[int, Child] = {}
+        self.groups = config.process_groups()  # slot -> the capsules its child runs
         self.stopping = False
         self._pending: list[str] = []
         self._respawn: list[tuple[float, int]] = []  # (monotonic due, slot)
@@ -110,9 +118,9 @@ class Supervisor:
             os.environ.pop(name, None)
         if self.config.redis_url is None:
             _ = self.config.store.url  # start the embedded server once, before forking
-        for slot in range(self.config.processes):
+        for slot in range(len(self.groups)):
             self._spawn(slot)
-        log.info("supervising %d worker processes", self.config.processes)
+        log.info("supervising %d worker processes: %s", len(self.groups), self._layout())
         while self.children or (self._respawn and not self.stopping):
             self._handle_signals()
             self._reap()
@@ -129,9 +137,17 @@ class Supervisor:
         log.info("all worker processes exited")
         return 0
 
+    def _layout(self) -> str:
+        """``2 x default+mail, 1 x io``: how many processes run which capsules."""
+        counts: dict[tuple[str, ...], int] = {}
+        for group in self.groups:
+            counts[group] = counts.get(group, 0) + 1
+        return ", ".join(f"{n} x {'+'.join(group)}" for group, n in counts.items())
+
     # -- children ---------------------------------------------------------------------
     def _spawn(self, slot: int) -> None:
         self.config.close()  # the child opens its own connections
+        group = self.groups[slot]
         nonce = os.urandom(6).hex()
         # Signals wait until the child's Launcher has its handlers: a TSTP for the
         # memory limit would otherwise stop (suspend) a child still booting.
@@ -145,7 +161,7 @@ class Supervisor:
                 from kiq.launcher import Launcher
 
                 os.environ["KIQ_IDENTITY"] = f"{self._host}:{os.getpid()}:{nonce}"
-                launcher = Launcher(self.config)
+                launcher = Launcher(self.config, capsules=group)
                 del os.environ["KIQ_IDENTITY"]  # not for processes a job starts
                 self.install_signals(launcher)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -158,7 +174,7 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        self.children[pid] = Child(pid, slot, f"{self._host}:{pid}:{nonce}")
+        self.children[pid] = Child(pid, slot, f"{self._host}:{pid}:{nonce}", group)
 
     def _start_due(self) -> None:
         now = time.monotonic()
@@ -221,7 +237,7 @@ class Supervisor:
     def _notify(self) -> None:
         if not self.notifier.enabled:
             return
-        status = f"{len(self.children)} of {self.config.processes} worker processes"
+        status = f"{len(self.children)} of {len(self.groups)} worker processes"
         if not self._ready:
             if self._all_beating():
                 self._ready = True
@@ -238,8 +254,8 @@ class Supervisor:
             self.notifier.status(status)
 
     def _all_beating(self) -> bool:
-        """True once every child has written its heartbeat (it is processing)."""
-        if len(self.children) < self.config.processes:
+        """True once every slot's child has written its heartbeat (it is processing)."""
+        if len(self.children) < len(self.groups):
             return False
         identities = [child.identity for child in self.children.values()]
         try:
@@ -311,7 +327,7 @@ class Supervisor:
         for child in self.children.values():
             if child.quieted_at is None or child.stop_by is not None:
                 continue
-            running = self._in_progress(child.identity)
+            running = self._in_progress(child)
             if running == 0:
                 log.info("worker %d is idle: stopping it", child.pid)
                 child.stop_by = now + self.config.timeout + KILL_GRACE
@@ -327,12 +343,12 @@ class Supervisor:
                 child.stop_by, child.killed = now, True
                 self._send(child, signal.SIGKILL)
 
-    def _in_progress(self, identity: str) -> int | None:
-        """How many jobs ``identity`` holds in progress; None if Redis cannot say now."""
-        caps = self.config.all_capsules()
+    def _in_progress(self, child: Child) -> int | None:
+        """How many jobs ``child`` holds in progress; None if Redis cannot say now."""
+        caps = [cap for cap in self.config.all_capsules() if cap.name in child.group]
         names = list(dict.fromkeys(name for cap in caps for name, _ in cap.queues))
         try:
-            return sum(self.config.store.in_progress_sizes(identity, names))
+            return sum(self.config.store.in_progress_sizes(child.identity, names))
         except Exception:  # Redis away (or a key of the wrong type): busy, for all we know
-            log.debug("cannot count the jobs of %s", identity, exc_info=True)
+            log.debug("cannot count the jobs of %s", child.identity, exc_info=True)
             return None

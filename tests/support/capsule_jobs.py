@@ -87,6 +87,19 @@ class IoThread(kiq.Job, name="CapIoThread", queue="io"):
         _redis.rpush("cap:io:threads", threading.current_thread().name)
 
 
+class IoPid(kiq.Job, name="CapIoPid", queue="io"):
+    """An async job recording ``jid pid`` as it begins and as it ends; with ``hold`` it
+    awaits ``cap:release`` in between (at most 20 s)."""
+
+    async def perform(self, hold: bool = False) -> None:
+        _redis.rpush("cap:io:began", f"{self.jid} {os.getpid()}")
+        for _ in range(2000 if hold else 0):
+            if _redis.exists("cap:release"):
+                break
+            await asyncio.sleep(0.01)
+        _redis.rpush("cap:io:pids", f"{self.jid} {os.getpid()}")
+
+
 class Around:
     """Async server middleware: records before and after the awaited job."""
 
