@@ -19,6 +19,7 @@ import orjson
 import pytest
 import redis
 
+import kiq.api
 from kiq.config import Config
 from tests.support import capsule_jobs, jobs
 from tests.support.jobs import identity_of, records
@@ -88,6 +89,9 @@ def test_a_capsule_with_its_own_process_runs_apart_and_comes_back(
         by_capsule["default"]: (["default"], 3, "3", ["default"]),
         by_capsule["io"]: (["io"], 50, "50", ["io"]),
     }
+    for name, slots in (("default", 3), ("io", 50)):  # as the Web UI's Busy page reads it
+        process = kiq.api.ProcessSet.get(str(identity_of(r, by_capsule[name])))
+        assert (process.concurrency, process.queues) == (slots, [name])
 
     thread_jids = [jobs.Record.perform_async(i) for i in range(20)]
     io_jids = [capsule_jobs.IoPid.perform_async() for _ in range(20)]
