@@ -4,7 +4,8 @@ Real ``kiq worker`` processes on real Redis: the supervisor starts the shared pr
 (the default capsule) and the io capsule's own process even without ``--processes``;
 each child's heartbeat lists only its capsules and slots; each queue's jobs run in its
 own process; a SIGKILLed capsule child has its jobs recovered at once and comes back
-with the same capsule; TERM stops both; systemd's READY counts every slot.
+with the same capsule; TERM stops both; systemd's READY counts every slot; memory-limit
+restarts keep each child's capsules.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.support.jobs import identity_of, records
 from tests.support.servers import Worker
 from tests.support.wait import wait_until
 from tests.test_sdnotify import Listener
-from tests.test_supervisor import pids
+from tests.test_supervisor import lines, pids
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +150,24 @@ def test_systemd_ready_counts_the_capsules_own_process(
     finally:
         listener.close()
     assert [m["STATUS"] for m in sent if "READY" in m] == ["2 of 2 worker processes"]
+
+
+def test_memory_limit_restarts_keep_each_childs_capsules(
+    r: redis.Redis, start_worker: Callable[..., Worker]
+) -> None:
+    """--max-memory-mb below any Python process: both children (shared and io's own)
+    are quieted, stopped and replaced, each by a child of its own group, again and
+    again."""
+    worker = start_worker(*SPLIT, "--max-memory-mb", "1")
+
+    def starts() -> tuple[int, int]:
+        started = [msg for _, _, msg in lines(worker.output()) if " started: " in msg]
+        io = sum(", capsule io, async, concurrency 50, queues io," in msg for msg in started)
+        return len(started) - io, io
+
+    wait_until(lambda: min(starts()) >= 3, timeout=60)
+    assert worker.stop() == 0
+    every = [msg for _, _, msg in lines(worker.output()) if " started: " in msg]
+    assert all(  # each child ran one of the two groups, never another mix
+        ", concurrency 3, queues default," in msg or ", capsule io," in msg for msg in every
+    )
