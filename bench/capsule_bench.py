@@ -1,13 +1,15 @@
 """The mixed-capsules section of bench/run.py (issue 14): no head-of-line blocking.
 
-One kiq process with two capsules, Sidekiq 7's model::
+One ``kiq worker`` with two capsules, Sidekiq 7's model, in two layouts::
 
-    kiq worker -r bench/kiq_jobs.py -r bench/io_apps/kiq_io.py \\
-        -c 10 -q default -g io:io:1000:async
+    one process:  kiq worker -r bench/kiq_jobs.py -r bench/io_apps/kiq_io.py \\
+                      -c 10 -q default -g io:io:1000:async
+    own process:  ... -g io:io:1000:async:1   (the async capsule in a process of its own)
 
 the default thread capsule of 10 drains no-op jobs (queue "default") at full speed while
-the async capsule of 1,000 runs 50 ms ``asyncio.sleep`` jobs (queue "io"). Three drains,
-each from a fresh worker of that same command:
+the async capsule of 1,000 runs 50 ms ``asyncio.sleep`` jobs (queue "io"). In one process
+both share one GIL; with ``:1`` the supervisor runs each in its own child. Per layout,
+three drains, each from a fresh worker of that same command:
 
   thread solo   n no-op jobs queued, nothing in "io"
   async solo    n 50 ms jobs queued, nothing in "default"
@@ -31,8 +33,11 @@ from common import BENCH_DIR, Metrics, RedisServer, run_json, tree_cpu_seconds, 
 from io_bench import APPS, kiq_venv
 from kiq_bench import JOBS_FILE, KiqProbe
 
-# The capsule spelling of the capsule work (issue 14 point 1); -g is the CLI's.
-CAPSULE_ARGV = ["-c", "10", "-q", "default", "-g", "io:io:1000:async"]
+# The capsule spellings of the capsule work (issue 14 point 1); -g is the CLI's.
+LAYOUTS: dict[str, list[str]] = {
+    "one process": ["-c", "10", "-q", "default", "-g", "io:io:1000:async"],
+    "own process": ["-c", "10", "-q", "default", "-g", "io:io:1000:async:1"],
+}
 POLL = 0.01
 
 
@@ -41,7 +46,10 @@ class MixedKiq:
 
     name = "kiq capsules"
 
-    def __init__(self, server: RedisServer, *, log_path: Path, timeout: float = 60.0) -> None:
+    def __init__(
+        self, server: RedisServer, *, layout: str, log_path: Path, timeout: float = 60.0
+    ) -> None:
+        self.layout = layout
         self.server = server
         self.redis = server.client()
         self.log_path = log_path
@@ -58,8 +66,9 @@ class MixedKiq:
         self.env = env
 
     def argv(self) -> list[str]:
-        return [str(self.venv / "bin" / "python"), "-m", "kiq.cli", "worker",
-                "-r", str(JOBS_FILE), "-r", str(APPS / "kiq_io.py"), *CAPSULE_ARGV]  # fmt: skip
+        python = str(self.venv / "bin" / "python")
+        apps = ["-r", str(JOBS_FILE), "-r", str(APPS / "kiq_io.py")]
+        return [python, "-m", "kiq.cli", "worker", *apps, *LAYOUTS[self.layout]]
 
     def describe(self) -> dict[str, str]:
         return {"command": " ".join(self.argv())}
@@ -136,8 +145,40 @@ def run_mixed(
     log_dir: Path,
     phase: Callable[[str, list[str], Callable[[], Metrics]], Metrics],
     errors: list[str],
+    layouts: tuple[str, ...] = tuple(LAYOUTS),
 ) -> dict[str, object]:
-    kiq = MixedKiq(server, log_path=log_dir / "kiq-mixed.log")
+    return {
+        "layouts": {
+            layout: _run_layout(
+                server,
+                layout,
+                noop=noop,
+                io=io,
+                runs=runs,
+                log_dir=log_dir,
+                phase=phase,
+                errors=errors,
+            )
+            for layout in layouts
+        },
+        "noop": noop,
+        "io": io,
+    }
+
+
+def _run_layout(
+    server: RedisServer,
+    layout: str,
+    *,
+    noop: int,
+    io: int,
+    runs: int,
+    log_dir: Path,
+    phase: Callable[[str, list[str], Callable[[], Metrics]], Metrics],
+    errors: list[str],
+) -> dict[str, object]:
+    slug = layout.replace(" ", "-")
+    kiq = MixedKiq(server, layout=layout, log_path=log_dir / f"kiq-mixed-{slug}.log")
     steps: list[tuple[str, Callable[[], Metrics]]] = [
         ("thread solo", lambda: kiq.drain(noop, 0)),
         ("async solo", lambda: kiq.drain(0, io)),
@@ -145,10 +186,11 @@ def run_mixed(
     ]
     out: list[dict[str, Metrics]] = []
     for index in range(runs):
-        print(f"\n== mixed capsules, run {index + 1}/{runs}", flush=True)
+        print(f"\n== mixed capsules ({layout}), run {index + 1}/{runs}", flush=True)
         k = index % len(steps)
         run = {
-            label: phase(f"kiq {label}", errors, step) for label, step in [*steps[k:], *steps[:k]]
+            label: phase(f"kiq {layout} {label}", errors, step)
+            for label, step in [*steps[k:], *steps[:k]]
         }
         mixed = run.get("mixed", {})
         for capsule, solo in (("thread", "thread solo"), ("async", "async solo")):
@@ -156,13 +198,21 @@ def run_mixed(
             if base and mixed.get(f"{capsule}_per_s"):
                 mixed[f"{capsule}_of_solo"] = mixed[f"{capsule}_per_s"] / base
         out.append(run)
-    return {"runs": out, "noop": noop, "io": io, "command": " ".join(kiq.argv())}
+    return {"runs": out, "command": " ".join(kiq.argv())}
 
 
 def render(section: dict[str, object]) -> list[str]:
+    layouts: dict[str, dict[str, object]] = section["layouts"]  # type: ignore[assignment]
+    lines: list[str] = []
+    for layout, result in layouts.items():
+        lines += _render_layout(layout, result, int(section["noop"]), int(section["io"]))  # type: ignore[call-overload]
+    return lines
+
+
+def _render_layout(layout: str, result: dict[str, object], noop: int, io: int) -> list[str]:
     import statistics
 
-    runs: list[dict[str, Metrics]] = section["runs"]  # type: ignore[assignment]
+    runs: list[dict[str, Metrics]] = result["runs"]  # type: ignore[assignment]
 
     def med(label: str, key: str) -> float | None:
         values = [r[label][key] for r in runs if key in r.get(label, {})]
@@ -172,11 +222,11 @@ def render(section: dict[str, object]) -> list[str]:
         return "\N{EN DASH}" if value is None else f"{value:,.{digits}f}"
 
     lines = [
-        f"### Mixed capsules: a thread capsule of 10 (no-op jobs) beside an async capsule "
-        f"of 1,000 (50 ms sleeps), one process ({len(runs)} runs, medians)",
+        f"### Mixed capsules, {layout}: a thread capsule of 10 (no-op jobs) beside an async "
+        f"capsule of 1,000 (50 ms sleeps) ({len(runs)} runs, medians)",
         "",
-        f"`{section['command']}`; {int(section['noop']):,} no-op and "  # type: ignore[call-overload]
-        f"{int(section['io']):,} async jobs per drain.",  # type: ignore[call-overload]
+        f"`{result['command']}`; {noop:,} no-op and {io:,} async jobs per drain. Worker CPU "
+        f"is the whole process tree's, in % of one core.",
         "",
         "| capsule | solo jobs/s | mixed jobs/s | mixed / solo (same run) | within 15% "
         "| worker CPU % solo | worker CPU % mixed |",

@@ -22,7 +22,8 @@ Sections (``--sections``, default ``main,link,scale,mix,io,mixed,idle``):
            through kiq's async capsule of 1,000, Sidekiq+YJIT -c 50 and the async peers
            (--io-systems: arq, SAQ, taskiq, streaq at 1,000); bench/io_bench.py
   mixed    issue 14: a thread capsule of 10 (no-op) beside an async capsule of 1,000
-           (50 ms sleeps) in one process, each against its solo rate; capsule_bench.py
+           (50 ms sleeps), each against its solo rate, in one process and with the
+           async capsule in a process of its own (-g io:io:1000:async:1); capsule_bench.py
   idle     issue 14: idle RSS by import layer, and of started kiq / bare-loop / Sidekiq
            workers; idle_bench.py
 
