@@ -147,38 +147,24 @@ def run_mixed(
     errors: list[str],
     layouts: tuple[str, ...] = tuple(LAYOUTS),
 ) -> dict[str, object]:
-    return {
-        "layouts": {
-            layout: _run_layout(
-                server,
-                layout,
-                noop=noop,
-                io=io,
-                runs=runs,
-                log_dir=log_dir,
-                phase=phase,
-                errors=errors,
-            )
-            for layout in layouts
-        },
-        "noop": noop,
-        "io": io,
-    }
+    done: dict[str, object] = {}
+    for layout in layouts:
+        log_path = log_dir / f"kiq-mixed-{layout.replace(' ', '-')}.log"
+        kiq = MixedKiq(server, layout=layout, log_path=log_path)
+        done[layout] = _run_layout(
+            kiq, noop, io, runs, lambda label, step: phase(label, errors, step)
+        )
+    return {"layouts": done, "noop": noop, "io": io}
 
 
 def _run_layout(
-    server: RedisServer,
-    layout: str,
-    *,
+    kiq: MixedKiq,
     noop: int,
     io: int,
     runs: int,
-    log_dir: Path,
-    phase: Callable[[str, list[str], Callable[[], Metrics]], Metrics],
-    errors: list[str],
+    phase: Callable[[str, Callable[[], Metrics]], Metrics],
 ) -> dict[str, object]:
-    slug = layout.replace(" ", "-")
-    kiq = MixedKiq(server, layout=layout, log_path=log_dir / f"kiq-mixed-{slug}.log")
+    layout = kiq.layout
     steps: list[tuple[str, Callable[[], Metrics]]] = [
         ("thread solo", lambda: kiq.drain(noop, 0)),
         ("async solo", lambda: kiq.drain(0, io)),
@@ -189,8 +175,7 @@ def _run_layout(
         print(f"\n== mixed capsules ({layout}), run {index + 1}/{runs}", flush=True)
         k = index % len(steps)
         run = {
-            label: phase(f"kiq {layout} {label}", errors, step)
-            for label, step in [*steps[k:], *steps[:k]]
+            label: phase(f"kiq {layout} {label}", step) for label, step in [*steps[k:], *steps[:k]]
         }
         mixed = run.get("mixed", {})
         for capsule, solo in (("thread", "thread solo"), ("async", "async solo")):
