@@ -246,6 +246,13 @@ def reset_level(token: contextvars.Token[int | None]) -> None:
     _level.reset(token)
 
 
+def use_level(level: int | None) -> None:
+    """``set_level`` for an async job's task, whose context is its own copy (no token
+    to reset): set only if it changes, as most jobs have none and inherit none."""
+    if level is not None or _level.get() is not None:
+        _level.set(level)
+
+
 def structlog_processor(
     logger: object, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
