@@ -87,15 +87,18 @@ def test_a_waiter_gets_a_freed_slot_at_once_not_at_its_next_poll(config, r):
 def test_freed_slots_go_to_the_waiters_in_the_order_they_came(config, r):
     """Three threads wait on a limit of 1: each release hands the slot to the oldest
     waiter in the same step (it is the holder before it wakes), so they get in in the
-    order they joined the line."""
+    order they joined the line. The first one in stays until the holders are read (it
+    would otherwise be done, and have handed the slot on, before the test looks)."""
     limiter = kiq.Limiter.concurrent("fifo", 1, wait_timeout=20, lock_timeout=30)
     order: list[int] = []
+    checked = threading.Event()
     holder = limiter.within_limit()
     holder.__enter__()
 
     def wait_for_it(i: int) -> None:
         with limiter.within_limit():
             order.append(i)
+            checked.wait(10)
 
     threads = []
     for i in range(3):
@@ -105,6 +108,7 @@ def test_freed_slots_go_to_the_waiters_in_the_order_they_came(config, r):
     first = r.zrange("kiq|limiter|fifo|waiters", 0, 0)
     holder.__exit__(None, None, None)
     assert r.zrange("kiq|limiter|fifo|holders", 0, -1) == first  # handed, not just freed
+    checked.set()
     for thread in threads:
         thread.join(10)
 

@@ -44,6 +44,10 @@ for _, pair in ipairs(checks) do
 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+-- A waiter's place in line is its join time in ms with the microseconds as a fraction:
+-- two callers joining within one ms keep their order (in whole ms they tied, and a
+-- ZSET orders ties by token, at random). ~1.7e15 is exact in a double.
+local joined = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 local ok, wait = false, 0
 
 -- handoff: the free slots of a concurrent limiter to the oldest live waiters, each
@@ -72,7 +76,7 @@ local function handoff(holders, line, leased, hash, minute, limit, lock, ttl, no
     end
     redis.call('HINCRBY', hash, 'held', 1)
     redis.call('HINCRBY', hash, 'waited', 1)
-    redis.call('HINCRBY', hash, 'wait_ms', now - tonumber(heads[i + 1]))
+    redis.call('HINCRBY', hash, 'wait_ms', math.max(0, math.floor(now - tonumber(heads[i + 1]))))
     redis.call('HINCRBY', minute, name .. '|waited', 1)
     if redis.call('HINCRBY', minute, name .. '|held', 1) == 1 then
       redis.call('EXPIRE', minute, stats_ttl)
@@ -105,7 +109,7 @@ if kind == 'concurrent' then
     wait = tonumber(first[2]) - now
     if left > 0 then  -- joins the line (kept place if already in it), lease renewed
       local slice = tonumber(ARGV[13])
-      redis.call('ZADD', waiters, 'NX', now, token)
+      redis.call('ZADD', waiters, 'NX', joined, token)
       redis.call('ZADD', leases, now + math.min(left, slice) + slice, token)
       if redis.call('PTTL', waiters) < 0 then redis.call('PEXPIRE', waiters, ttl) end
       if redis.call('PTTL', leases) < 0 then redis.call('PEXPIRE', leases, ttl) end

@@ -58,7 +58,7 @@ local function handoff(holders, line, leased, hash, minute, limit, lock, ttl, no
     end
     redis.call('HINCRBY', hash, 'held', 1)
     redis.call('HINCRBY', hash, 'waited', 1)
-    redis.call('HINCRBY', hash, 'wait_ms', now - tonumber(heads[i + 1]))
+    redis.call('HINCRBY', hash, 'wait_ms', math.max(0, math.floor(now - tonumber(heads[i + 1]))))
     redis.call('HINCRBY', minute, name .. '|waited', 1)
     if redis.call('HINCRBY', minute, name .. '|held', 1) == 1 then
       redis.call('EXPIRE', minute, stats_ttl)
