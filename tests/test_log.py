@@ -216,8 +216,13 @@ def test_the_logged_class_is_the_payloads_own(wrapped: object, logged: str | Non
 
 @pytest.mark.parametrize(
     "ctx",
-    [None, {"jid": "abc", "class": "HardJob", "elapsed": 0.5}, {"class": FORGED}],
-    ids=["no-context", "job-context", "hostile-context"],
+    [
+        None,
+        {"jid": "abc", "class": "HardJob", "elapsed": 0.5},
+        {"class": FORGED},
+        {"class": "Café", "100%s": "a %d %% b", "retry_count": 2},
+    ],
+    ids=["no-context", "job-context", "hostile-context", "percent-and-unicode-context"],
 )
 def test_a_deferred_job_line_is_written_as_its_record_would_be(ctx: Any) -> None:
     """The writer turns kiq's deferred start/done tuples into text without a LogRecord;
@@ -225,11 +230,21 @@ def test_a_deferred_job_line_is_written_as_its_record_would_be(ctx: Any) -> None
     (escaping of hostile context values included)."""
     item = ("kiq.job", logging.INFO, "done", ctx, 1_796_000_000.0421, 140_000_000_001)
     via_record = kiq_log.PlainFormatter().format(kiq_log.BufferedHandler._record(item))
+    kiq_log._formats.clear()
     assert kiq_log.PlainFormatter.deferred(item) == via_record
-    heads: dict[int, str] = {}  # the writer's per-flush cache of " pid=.. tid=.."
-    assert kiq_log.PlainFormatter.deferred(item, heads) == via_record
-    assert kiq_log.PlainFormatter.deferred(item, heads) == via_record  # from the cache
+    assert kiq_log.PlainFormatter.deferred(item) == via_record  # its format from the cache
     assert "\n" not in via_record
+
+
+@pytest.mark.parametrize("msg", ["limited: again in 5.0s", "100% done: %s", "fertig, schön"])
+def test_a_deferred_line_keeps_its_message_as_written(msg: str) -> None:
+    """A message with ``%`` or non-ASCII text goes through the line's cached %-format
+    unchanged: the very line of its record."""
+    ctx = {"class": "HardJob", "jid": "abc", "queue": "default"}
+    item = ("kiq.job", logging.INFO, msg, ctx, 1_796_000_000.999, 140_000_000_001)
+    via_record = kiq_log.PlainFormatter().format(kiq_log.BufferedHandler._record(item))
+    assert kiq_log.PlainFormatter.deferred(item) == via_record
+    assert via_record.endswith(f" INFO: {msg}")
 
 
 def test_a_deferred_line_with_an_unprintable_message_takes_the_record_path() -> None:

@@ -26,7 +26,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from kiq import batch
@@ -126,7 +126,7 @@ class AsyncRunner:
         payload: dict[str, Any] = unit.payload or {}
         job_class, ctx = ex.begin(unit, slot)
         kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
-        kiq_log.set_level(ex.log_level(unit, job_class))
+        kiq_log.use_level(ex.log_level(unit, job_class))
         exc: BaseException | None = None
         value: Any = None
         job: Job | None = None
@@ -136,23 +136,29 @@ class AsyncRunner:
             job = ex.instantiate(unit, job_class)
             ex.track(job, self._canceller(job, slot))
             timeout = payload.get("timeout")
-            seconds = timeout_seconds(timeout)
+            seconds = None if timeout is None else timeout_seconds(timeout)
             chain = ex.config.server_middleware
+            last: Callable[[], Awaitable[Any]]
+            if "result_ttl" in payload or "bid" in payload:  # what perform returns is kept
 
-            async def run() -> Any:
-                nonlocal value  # kept here: a middleware need not return call_next()'s value
-                value = await job.perform(*payload["args"])
-                return value
+                async def run() -> Any:
+                    nonlocal value  # here: a middleware need not return call_next()'s value
+                    value = await job.perform(*payload["args"])
+                    return value
+
+                last = run
+            else:  # perform's own coroutine: one frame less; args read when it starts
+                last = lambda: job.perform(*payload["args"])  # noqa: E731
 
             if "bid" in payload and not batch.admit(ex.config, payload):
                 pass  # invalidated batch, or its success already recorded (kiq.batch)
             elif seconds is None:  # no deadline: no Timeout object per job
-                await chain.ainvoke(job, payload, unit.queue, run)
+                await chain.ainvoke(job, payload, unit.queue, last)
             else:
                 deadline = asyncio.timeout(seconds)
                 try:
                     async with deadline:
-                        await chain.ainvoke(job, payload, unit.queue, run)
+                        await chain.ainvoke(job, payload, unit.queue, last)
                 except TimeoutError as error:
                     if not deadline.expired():
                         raise  # the job's own TimeoutError (a network call...), not its timeout

@@ -177,7 +177,8 @@ class Fetcher:
         """A unit finished (success or failure recorded): ack it and free its slot."""
         with self.cond:
             self._free += 1
-            self._suspects -= unit.suspect
+            if self._suspects:  # 0: no crash survivor runs here (see _isolate)
+                self._suspects -= unit.suspect
             if not self.idle.is_set() or self._ahead:  # the call also releases ahead jobs
                 self._acks.append((unit.queue, unit.raw))
                 self.cond.notify()
@@ -189,7 +190,8 @@ class Fetcher:
         acks = [(unit.queue, unit.raw) for unit in units]
         with self.cond:
             self._free += len(units)
-            self._suspects -= sum(unit.suspect for unit in units)
+            if self._suspects:  # 0: no crash survivor runs here (see _isolate)
+                self._suspects -= sum(unit.suspect for unit in units)
             if not self.idle.is_set():
                 self._acks.extend(acks)
                 self.cond.notify()

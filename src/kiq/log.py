@@ -246,6 +246,13 @@ def reset_level(token: contextvars.Token[int | None]) -> None:
     _level.reset(token)
 
 
+def use_level(level: int | None) -> None:
+    """``set_level`` for an async job's task, whose context is its own copy (no token
+    to reset): set only if it changes, as most jobs have none and inherit none."""
+    if level is not None or _level.get() is not None:
+        _level.set(level)
+
+
 def structlog_processor(
     logger: object, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -304,7 +311,14 @@ _tids: dict[tuple[int, int], str] = {}  # (ident, pid) -> tid: formatted twice p
 # This process's pid, kept current across fork: os.getpid() is a system call, and tid()
 # runs for every job (its busy slot) and every written line.
 _pid: list[int] = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def _forked() -> None:
+    _pid[0] = os.getpid()
+    _formats.clear()  # their pid and tids are the parent's
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def tid(ident: int | None = None) -> str:
@@ -329,7 +343,9 @@ class ContextFilter(logging.Filter):
 
 
 _LEVEL_NAMES: Final = {logging.INFO: "INFO", logging.WARNING: "WARNING"}  # job lines' levels
-_second: list[Any] = [None, ""]  # (whole second, its formatted prefix): strftime once a second
+# (whole second, its formatted prefix): strftime once a second, swapped in as one tuple
+_second: list[tuple[int, str]] = [(-1, "")]
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))  # a stamp's tail, by millisecond
 
 
 def _ts(record: logging.LogRecord) -> str:
@@ -338,10 +354,10 @@ def _ts(record: logging.LogRecord) -> str:
 
 def _stamp(created: float, msecs: int) -> str:
     whole = int(created)
-    if _second[0] != whole:
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _second[0] = whole
-    return f"{_second[1]}.{msecs:03d}Z"
+    second = _second[0]
+    if second[0] != whole:
+        second = _second[0] = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return second[1] + _MILLIS[msecs]
 
 
 def _fields(ctx: dict[str, Any]) -> str:
@@ -366,27 +382,50 @@ class PlainFormatter(logging.Formatter):
         return line
 
     @staticmethod
-    def deferred(item: _Deferred, heads: dict[int, str] | None = None) -> str | None:
+    def deferred(item: _Deferred) -> str | None:
         """The line ``format`` writes for a deferred job line, without a LogRecord.
 
         Building the record (``BufferedHandler._record``: LogRecord.__init__ looks up
         the process, thread and module name) was a sixth of an INFO-logging worker's
         CPU per no-op job; kiq's own start/done lines need none of it. None when the
         message needs ``plain_message`` (not printable), which takes the record path.
-        ``heads`` caches each thread's `` pid=.. tid=..`` for one flush.
+
+        Each line is one ``%`` of a format kept per (thread, level, message, context
+        keys): the pid, tid, keys and message are written into it once, the stamp
+        and the context's values (``%s``: ``str``) per line; a line that is not all
+        printable is made again the long way, escaping its fields as ``format`` does.
         """
         _, level, msg, ctx, created, ident = item
+        keys = tuple(ctx) if ctx else ()
+        fmt = _formats.get((ident, level, msg, keys))
+        if fmt is None:
+            if len(_formats) >= _MAX_FORMATS:  # messages with a number in them: bounded
+                _formats.clear()
+            fmt = _formats[ident, level, msg, keys] = _line_format(ident, level, msg, keys)
+        stamp = _stamp(created, int(created * 1000) % 1000)
+        line = fmt % (stamp, *ctx.values()) if ctx else fmt % (stamp,)
+        if line.isprintable():
+            return line
         if not msg.isprintable():
             return None
-        head = heads.get(ident) if heads is not None else None
-        if head is None:
-            head = f" pid={_pid[0]} tid={tid(ident)}"
-            if heads is not None:
-                heads[ident] = head
-        line = _stamp(created, int(created * 1000) % 1000) + head
+        line = f"{stamp} pid={_pid[0]} tid={tid(ident)}"
         if ctx:
             line += " " + _fields(ctx)
         return f"{line} {_LEVEL_NAMES.get(level) or logging.getLevelName(level)}: {msg}"
+
+
+# (thread ident, level, message, context keys) -> that deferred line's %-format; the
+# writer's alone (BufferedHandler.flush holds its write lock), emptied in a forked child
+_formats: dict[tuple[int, int, str, tuple[str, ...]], str] = {}
+_MAX_FORMATS: Final = 1000
+
+
+def _line_format(ident: int, level: int, msg: str, keys: tuple[str, ...]) -> str:
+    """The %-format of a deferred job line: ``%s`` for the stamp and each context value."""
+    name = _LEVEL_NAMES.get(level) or logging.getLevelName(level)
+    fields = "".join([f" {key}=%s" for key in (key.replace("%", "%%") for key in keys)])
+    tail = f" {name}: {msg}".replace("%", "%%")
+    return f"%s pid={_pid[0]} tid={tid(ident)}{fields}{tail}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -477,11 +516,10 @@ class BufferedHandler(logging.Handler):
             lines: list[str] = []
             # kiq's deferred start/done lines straight to text when the format is plain
             plain = type(self.formatter) is PlainFormatter
-            heads: dict[int, str] = {}  # per flush: a fork changes the pid and the threads
             while self._records:
                 item = self._records.popleft()
                 if plain and type(item) is tuple:
-                    line = PlainFormatter.deferred(item, heads)
+                    line = PlainFormatter.deferred(item)
                     if line is not None:
                         lines.append(line)
                         continue

@@ -582,9 +582,11 @@ def expiry(job: Payload) -> float | None:
     without Sidekiq Pro's client middleware) counts from ``enqueued_at``, the time the
     job became due, else from ``created_at`` (docs/iterable.md).
     """
-    at = to_seconds(job.get("expires_at"))
+    at = job.get("expires_at")  # read per fetched job: the usual None costs no call
     if at is not None:
-        return at
+        at = to_seconds(at)
+        if at is not None:
+            return at
     seconds = job.get("expires_in")
     if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, int | float):
         return None

@@ -250,11 +250,14 @@ class Executor:
     def track(self, job: Job, canceller: Callable[[], None] | None = None) -> None:
         """Make the running ``job`` reachable by a cancel (the heartbeat's check)."""
 
-        def flag() -> None:
-            job._kiq_cancelled = True
+        if canceller is None:
 
+            def flag() -> None:
+                job._kiq_cancelled = True
+
+            canceller = flag
         with self.state.lock:
-            self.state.cancellers[job.jid] = canceller or flag
+            self.state.cancellers[job.jid] = canceller
 
     def finish(
         self,

@@ -106,7 +106,8 @@ def release_at_start(config: Config, payload: Payload | None) -> None:
 
 def release_on_success(config: Config, payload: Payload | None) -> None:
     """``unique_until="success"`` (the default): free the lock once the job succeeded."""
-    if payload is not None and is_unique(payload) and payload.get("unique_until") != "start":
+    # per job: is_unique inlined (most jobs take no lock)
+    if payload is not None and payload.get("unique_for") and payload.get("unique_until") != "start":
         release(config, payload)
 
 
