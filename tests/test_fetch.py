@@ -4,6 +4,7 @@ that acknowledges and refills atomically, requeues, and what a worker leaves beh
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -12,7 +13,7 @@ import pytest
 
 from kiq import payload as wire
 from kiq.client import Client
-from kiq.fetch import QueueOrder
+from kiq.fetch import CALL_AHEAD, QueueOrder
 from kiq.outage import Outage
 from tests.support import jobs
 from tests.support.jobs import identity_of, records
@@ -101,6 +102,28 @@ def test_fetch_ahead_grows_with_the_round_trip(config):
     assert loopback - base <= 1
     assert link - base == 20
     assert fetcher._free == loopback
+
+
+def test_fetch_ahead_covers_the_fetch_calls_of_fast_jobs_only(config):
+    """Fast jobs: the jobs run during the fetch calls' time are taken ahead too, at most
+    CALL_AHEAD * prefetch; slow jobs (a low rate) add none; a slow link's PING still counts."""
+    config.prefetch = 10
+    fetcher = _fetcher(config)
+    base = fetcher._free
+    for _ in range(100):  # 0.3 ms calls, 13 acks each 1 ms apart: 13,000 jobs/s
+        fetcher._retune(0.000_3, 13, 0.001)
+    fast = fetcher._free - base
+    fetcher.tune(0.001)
+    link = fetcher._free - base
+    slow = _fetcher(config)
+    for _ in range(100):  # 0.5 ms calls, one ack every 100 ms: 10 jobs/s
+        slow._retune(0.000_5, 1, 0.1)
+    assert fast == math.ceil(CALL_AHEAD * 0.000_3 * 13_000)  # 12
+    assert link == 20  # the larger: the PING's 20
+    assert slow._free - base <= 1  # as a loopback PING's share
+    for _ in range(100):  # calls stretched to 5 ms (the GIL held by CPU-bound jobs)
+        fetcher._retune(0.005, 13, 0.001)
+    assert fetcher._free - base == CALL_AHEAD * config.prefetch
 
 
 def test_prefetch_zero_turns_fetch_ahead_off_whatever_the_round_trip(config):
