@@ -238,3 +238,52 @@ def test_the_default_capsule_builds_its_loop_at_its_first_async_job(config) -> N
         assert ASYNC_RAN.wait(10.0)
         assert launcher.manager.aio is not None
         assert launcher.manager.aio.loop.is_running()
+
+
+# -- in-process: kiq's own failure around a coroutine costs that job, not a slot ---------
+
+GUARDED: list[int] = []
+
+
+class Guarded(kiq.Job, name="test_async_capsule.Guarded", queue="guard"):
+    async def perform(self, n: int) -> None:
+        GUARDED.append(n)
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [("begin", "starting an async job failed in kiq"),
+     ("finish", "recording the outcome of an async job failed in kiq")],
+)  # fmt: skip
+def test_a_kiq_failure_around_a_coroutine_frees_its_slot(
+    config, monkeypatch, caplog, step, message
+) -> None:
+    """``Executor.begin`` or ``finish`` raising (a kiq bug, not the job's error) is
+    logged with its traceback and frees the slot, as a Processor's watchdog does for a
+    thread: a capsule of one slot still runs the next job; the failed one stays
+    in-progress in Redis (requeued at exit), its busy entry gone."""
+    from kiq.processor import Executor
+
+    config.capsule("guard", queues=["guard"], concurrency=1, mode="async")
+    GUARDED.clear()
+    real = getattr(Executor, step)
+    calls: list[int] = []
+
+    def fails_once(self: Executor, *args: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(f"{step} broke")
+        return real(self, *args)
+
+    monkeypatch.setattr(Executor, step, fails_once)
+    Guarded.perform_async(1)
+    with running(config) as launcher:
+        manager = launcher.managers[1]
+        wait_until(lambda: len(calls) == 1 and manager._in_flight() == 0)
+        Guarded.perform_async(2)
+        wait_until(lambda: 2 in GUARDED and manager._in_flight() == 0)
+        assert config.store.in_progress_sizes(launcher.identity, ["guard"]) == [1]
+        assert not launcher.state.work
+    assert any(message in r.getMessage() and r.exc_info for r in caplog.records)
+    ran = [1, 2] if step == "finish" else [2]  # begin failed: job 1 never started
+    assert ran == GUARDED

@@ -124,9 +124,10 @@ class AsyncRunner:
     async def _execute(self, unit: UnitOfWork, slot: str) -> None:
         ex = self.executor
         payload: dict[str, Any] = unit.payload or {}
-        job_class, ctx = ex.begin(unit, slot)
-        kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
-        kiq_log.use_level(ex.log_level(unit, job_class))
+        started = self._begin(unit, slot)
+        if started is None:
+            return
+        job_class, ctx = started
         exc: BaseException | None = None
         value: Any = None
         job: Job | None = None
@@ -165,11 +166,7 @@ class AsyncRunner:
                     raise timed_out(timeout) from error
         except asyncio.CancelledError as error:
             if ex.stopping.is_set():
-                self.tasks.pop(slot, None)
-                with ex.state.lock:
-                    ex.state.work.pop(slot, None)
-                    if job is not None:
-                        ex.state.cancellers.pop(job.jid, None)
+                self._drop(slot, job)
                 return  # hard shutdown: already requeued
             exc = error  # cancelled by the job's own code: a failure like any other
         except BaseException as error:  # a failing job, whatever it raised
@@ -177,7 +174,57 @@ class AsyncRunner:
         # Out of ``tasks`` before the outcome is written: a cancel arriving now finds
         # no task (the job is done), as it found none once the old done callback ran.
         self.tasks.pop(slot, None)  # cancel_all may have cleared it
-        ex.finish(unit, job_class, ctx, exc, slot, value, job)
+        self._finish(unit, job_class, ctx, exc, slot, value, job)
+
+    def _begin(self, unit: UnitOfWork, slot: str) -> tuple[type[Job] | None, dict[str, Any]] | None:
+        """The executor's start of a job, with its log context and level; None (the
+        slot freed, see ``_lost``) if kiq's own code failed there."""
+        ex = self.executor
+        try:
+            job_class, ctx = ex.begin(unit, slot)
+            kiq_log.set_context(ctx)  # tasks run in a copy of the context: no reset needed
+            kiq_log.use_level(ex.log_level(unit, job_class))
+        except Exception:
+            self._lost(unit, slot, "starting")
+            return None
+        return job_class, ctx
+
+    def _finish(
+        self,
+        unit: UnitOfWork,
+        job_class: type[Job] | None,
+        ctx: dict[str, Any],
+        exc: BaseException | None,
+        slot: str,
+        value: Any,
+        job: Job | None,
+    ) -> None:
+        """The executor's record of the outcome and ack; see ``_lost`` if kiq fails there."""
+        try:
+            self.executor.finish(unit, job_class, ctx, exc, slot, value, job)
+        except Exception:
+            self._lost(unit, slot, "recording the outcome of")
+
+    def _drop(self, slot: str, job: Job | None) -> None:
+        """A task cancelled by the hard shutdown: forget it (its job is requeued)."""
+        self.tasks.pop(slot, None)
+        ex = self.executor
+        with ex.state.lock:
+            ex.state.work.pop(slot, None)
+            if job is not None:
+                ex.state.cancellers.pop(job.jid, None)
+
+    def _lost(self, unit: UnitOfWork, slot: str, step: str) -> None:
+        """kiq's own code failed around a job (a bug: the job's own errors are its
+        outcome): as a Processor's watchdog does for a thread, say so with the
+        traceback and free the slot, so the capsule keeps all its slots. The job stays
+        in-progress in Redis: requeued at exit, or recovered if the process dies."""
+        log.exception("%s an async job failed in kiq; it stays in progress", step)
+        self.tasks.pop(slot, None)
+        ex = self.executor
+        with ex.state.lock:
+            ex.state.work.pop(slot, None)
+        ex.abandon(unit)
 
     def _canceller(self, job: Job, slot: str) -> Callable[[], None]:
         """How a cancel (kiq.cancel, from the heartbeat's thread) reaches this job: set

@@ -164,7 +164,7 @@ class Manager:
             raise
         except BaseException:  # kiq's own bug: as Processor's watchdog, keep the process up
             log.exception("running a job on the waiter thread failed")
-            self._abandon(unit)
+            self.abandon(unit)
         return True
 
     def finished(self, unit: UnitOfWork) -> None:
@@ -246,14 +246,14 @@ class Manager:
             return
         unit = processor.current
         if unit is not None:
-            self._abandon(unit)
+            self.abandon(unit)
         replacement = self._processor(processor.index)
         self.processors[processor.index] = replacement
         replacement.start(self.health)
 
-    def _abandon(self, unit: UnitOfWork) -> None:
-        """Free the slot of a unit whose runner failed; it stays in-progress in Redis
-        (requeued at exit, or recovered if this process dies)."""
+    def abandon(self, unit: UnitOfWork) -> None:
+        """Free the slot of a unit whose runner failed (kiq.processor.Pool); it stays
+        in-progress in Redis (requeued at exit, or recovered if this process dies)."""
         self.fetcher.release(unit)
         self._free_slot()
 
@@ -356,6 +356,10 @@ class _LoopAcks:
     def requeue(self, unit: UnitOfWork) -> None:
         """An interrupted iterable job goes back at once: not batched, it is rare."""
         self.manager.requeue(unit)
+
+    def abandon(self, unit: UnitOfWork) -> None:
+        """A unit kiq itself failed to run (AsyncRunner's guard): its slot, at once."""
+        self.manager.abandon(unit)
 
 
 def stop_all(

@@ -171,6 +171,10 @@ class Pool(Protocol):
     def requeue(self, unit: UnitOfWork) -> None:
         """Move ``unit`` from in-progress back to its queue now, and free its slot."""
 
+    def abandon(self, unit: UnitOfWork) -> None:
+        """Free the slot of a unit whose runner failed in kiq's own code; the job stays
+        in-progress in Redis (requeued at exit, or recovered if the process dies)."""
+
 
 class Executor:
     """The steps shared by thread and async jobs (decode, log, run, record, ack)."""
@@ -188,6 +192,7 @@ class Executor:
         self.state = state
         self.finished = pool.finished  # bound once: called for every job
         self.requeue = pool.requeue
+        self.abandon = pool.abandon
         self.stopping = stopping
         self.capsule = capsule or config.all_capsules()[0]
         # The one kind of job this capsule runs (True: async def), None for both kinds
