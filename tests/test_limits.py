@@ -328,7 +328,11 @@ def executor_for(config) -> tuple[Executor, State, list[UnitOfWork]]:
     pool = type(
         "P",
         (),
-        {"finished": lambda self, unit: done.append(unit), "requeue": lambda self, unit: None},
+        {
+            "finished": lambda self, unit: done.append(unit),
+            "requeue": lambda self, unit: None,
+            "abandon": lambda self, unit: None,
+        },
     )()
     state = State()
     return Executor(config, state, pool, threading.Event()), state, done
