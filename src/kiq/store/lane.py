@@ -171,6 +171,16 @@ class Lane:
         if conn is not None:
             self._pool.release(conn)
 
+    def drop(self) -> None:
+        """Disconnect the held connection and give it back: after a failover it still
+        talks to the demoted primary, which answers READONLY on every write; the next
+        call connects afresh (through Sentinel, to the new primary)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+            self._pool.release(conn)
+
     def _forked(self) -> None:
         """In a forked child: forget the parent's connection, take a fresh lock."""
         self._lock, self._conn = threading.Lock(), None

@@ -301,7 +301,7 @@ class Queues(Connection):
         except NoScriptError:
             replies = None
         except ReadOnlyError:
-            lane.close()
+            lane.drop()
             replies = None
         return script(keys=keys, args=args) if replies is None else replies[0]
 
@@ -341,9 +341,15 @@ class Queues(Connection):
             result = replies[0]
         except ResponseError as exc:
             # A primary demoted to replica (REPLICAOF, failover) ends every blocked command
-            # with "UNBLOCKED ... (master -> replica?)": a failover, not a bug; callers back
-            # off and retry as for READONLY (issue 4).
-            if str(exc).startswith("UNBLOCKED"):
+            # with "UNBLOCKED ... (master -> replica?)", and then answers READONLY: a
+            # failover, not a bug; callers back off and retry (issue 4). The lane's
+            # connection still talks to the demoted server (redis-py's Sentinel connection
+            # would drop itself on READONLY, but the lane reads replies under it): drop it,
+            # so the next BLMOVE connects to the new primary instead of failing forever.
+            unblocked = str(exc).startswith("UNBLOCKED")
+            if unblocked or isinstance(exc, ReadOnlyError):
+                lane.drop()
+            if unblocked:
                 raise ReadOnlyError(str(exc)) from exc
             raise
         return result if isinstance(result, bytes) else None
